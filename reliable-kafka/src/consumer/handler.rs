@@ -1,0 +1,292 @@
+//! The handler side of the listener container: what a handler gets and returns.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sqlx::{PgConnection, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::{BackOff, BoxError, Codec, CodecError, ConfigError, Event, IntoBackOff};
+
+/// How a handler failed; the container decides what happens next.
+///
+/// - [`HandlerError::Transient`]: retried by the handler's [`BackOff`], then dead-lettered
+///   with reason `retries-exhausted`.
+/// - [`HandlerError::RetryAfter`]: as transient, but the next attempt waits `after`.
+/// - [`HandlerError::Permanent`]: dead-lettered at once (reason `permanent-error`).
+///
+/// In every case the handler's transaction is rolled back first.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandlerError {
+    /// A failure that may pass: a timeout, a lost connection, a deadlock.
+    #[error("transient failure")]
+    Transient(#[source] BoxError),
+    /// A failure that retrying cannot fix: a violated invariant, invalid content.
+    #[error("permanent failure")]
+    Permanent(#[source] BoxError),
+    /// A transient failure with a known wait, e.g. from a `Retry-After` header.
+    #[error("transient failure, retry after {after:?}")]
+    RetryAfter {
+        /// Wait before the next attempt.
+        after: Duration,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl HandlerError {
+    /// A transient failure caused by `source`.
+    pub fn transient(source: impl Into<BoxError>) -> Self {
+        HandlerError::Transient(source.into())
+    }
+
+    /// A permanent failure caused by `source`.
+    pub fn permanent(source: impl Into<BoxError>) -> Self {
+        HandlerError::Permanent(source.into())
+    }
+
+    /// A transient failure to retry after `after`.
+    pub fn retry_after(after: Duration, source: impl Into<BoxError>) -> Self {
+        HandlerError::RetryAfter { after, source: source.into() }
+    }
+
+    /// The variant's path, written to the `kafka_dlt-exception-fqcn` header.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HandlerError::Transient(_) => "reliable_kafka::HandlerError::Transient",
+            HandlerError::Permanent(_) => "reliable_kafka::HandlerError::Permanent",
+            HandlerError::RetryAfter { .. } => "reliable_kafka::HandlerError::RetryAfter",
+        }
+    }
+
+    /// Whether the container may retry.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, HandlerError::Permanent(_))
+    }
+}
+
+/// Classifies database errors so `?` on sqlx calls in a handler does the right thing:
+/// lost connections, pool timeouts, I/O errors and the SQLSTATE classes `08`
+/// (connection), `40` (serialization failure, deadlock), `53` (insufficient resources)
+/// and `57` (operator intervention, e.g. a server restart) are transient; every other
+/// database error (constraint violations, bad SQL, decoding) is permanent.
+impl From<sqlx::Error> for HandlerError {
+    fn from(e: sqlx::Error) -> Self {
+        let transient = match &e {
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| ["08", "40", "53", "57"].iter().any(|class| c.starts_with(class))),
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            _ => false,
+        };
+        if transient {
+            HandlerError::Transient(Box::new(e))
+        } else {
+            HandlerError::Permanent(Box::new(e))
+        }
+    }
+}
+
+/// Where a record came from and what its envelope headers say.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RecordInfo {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+    /// Record timestamp, ms since the epoch, if the broker gave one.
+    pub timestamp_ms: Option<i64>,
+    /// Record key bytes.
+    pub key: Option<Vec<u8>>,
+    /// The message id the idempotent consumer deduplicates on.
+    pub message_id: Uuid,
+    /// Event type header.
+    pub event_type: String,
+    /// Schema version header.
+    pub schema_version: u32,
+    /// Outbox insert time, ms since the epoch, if present.
+    pub produced_at_ms: Option<i64>,
+    /// W3C `traceparent`, if present.
+    pub traceparent: Option<String>,
+}
+
+/// What a handler gets besides its event: the open database transaction in which the
+/// container has already recorded the message id, the record's coordinates, and the
+/// attempt number.
+///
+/// Everything the handler writes through [`HandlerContext::tx`] commits together with
+/// the deduplication row, or not at all.
+pub struct HandlerContext {
+    pub(crate) tx: Transaction<'static, Postgres>,
+    pub(crate) record: RecordInfo,
+    pub(crate) attempt: u32,
+    pub(crate) group: std::sync::Arc<str>,
+}
+
+impl HandlerContext {
+    /// The transaction for the handler's database effects (use as `ctx.tx()` wherever
+    /// sqlx takes an executor).
+    pub fn tx(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// The record's coordinates and envelope.
+    pub fn record(&self) -> &RecordInfo {
+        &self.record
+    }
+
+    /// The message id (shortcut for `record().message_id`).
+    pub fn message_id(&self) -> Uuid {
+        self.record.message_id
+    }
+
+    /// 1 on the first delivery attempt, then 2, 3, … on retries.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+}
+
+impl std::fmt::Debug for HandlerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerContext")
+            .field("record", &self.record)
+            .field("attempt", &self.attempt)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-handler settings: topic, consumer group, retry policy, dead-letter topic.
+///
+/// `#[event_handler(...)]` fills these from its arguments.
+#[derive(Debug, Clone, Default)]
+pub struct HandlerOptions {
+    pub(crate) topic: Option<Cow<'static, str>>,
+    pub(crate) group: Option<Cow<'static, str>>,
+    pub(crate) backoff: Option<Result<BackOff, ConfigError>>,
+    pub(crate) dead_letter_topic: Option<Cow<'static, str>>,
+}
+
+impl HandlerOptions {
+    /// No settings: the event's topic, the container's group, the container's default
+    /// back-off and `<topic>.DLQ`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Topic to consume (default: the event's [`Event::TOPIC`]).
+    pub fn topic(mut self, topic: impl Into<Cow<'static, str>>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+    /// Consumer group the handler belongs to; checked against the container's.
+    pub fn group(mut self, group: impl Into<Cow<'static, str>>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+    /// Retry policy; an invalid one is reported by the container's `build()`.
+    pub fn backoff(mut self, backoff: impl IntoBackOff) -> Self {
+        self.backoff = Some(backoff.into_backoff());
+        self
+    }
+    /// Dead-letter topic (default `<topic>.DLQ`).
+    pub fn dead_letter_topic(mut self, topic: impl Into<Cow<'static, str>>) -> Self {
+        self.dead_letter_topic = Some(topic.into());
+        self
+    }
+}
+
+/// A typed handler of one event type. Usually generated by `#[event_handler]`.
+///
+/// Implement it by hand for handlers with state:
+///
+/// ```
+/// use futures::future::BoxFuture;
+/// use reliable_kafka::{Event, EventHandler, HandlerContext, HandlerError, HandlerOptions};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize, Event)]
+/// # #[event(topic = "payment.failed")]
+/// # struct PaymentFailed { payment_id: i64 }
+///
+/// struct Compensator { refund_ratio: f64 }
+///
+/// impl EventHandler for Compensator {
+///     type Event = PaymentFailed;
+///
+///     fn options(&self) -> HandlerOptions {
+///         HandlerOptions::new().group("payment-compensator-group")
+///     }
+///
+///     fn handle<'a>(&'a self, event: PaymentFailed, ctx: &'a mut HandlerContext)
+///         -> BoxFuture<'a, Result<(), HandlerError>> {
+///         Box::pin(async move {
+///             sqlx::query("UPDATE payment SET status = 'FAILED' WHERE id = $1")
+///                 .bind(event.payment_id)
+///                 .execute(ctx.tx())
+///                 .await?;
+///             Ok(())
+///         })
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event handler",
+    note = "annotate an `async fn(event: E, ctx: &mut HandlerContext) -> Result<(), HandlerError>` with `#[event_handler(...)]`, or implement `EventHandler`"
+)]
+pub trait EventHandler: Send + Sync + 'static {
+    /// The event type handled.
+    type Event: Event;
+
+    /// Topic, group, retry and dead-letter settings.
+    fn options(&self) -> HandlerOptions {
+        HandlerOptions::new()
+    }
+
+    /// Handles one event. Database effects go through `ctx.tx()`.
+    ///
+    /// # Errors
+    /// A [`HandlerError`] saying whether to retry.
+    fn handle<'a>(&'a self, event: Self::Event, ctx: &'a mut HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+/// A decoded event, type-erased between decoding and handling.
+pub(crate) type AnyEvent = Box<dyn std::any::Any + Send>;
+
+/// Object-safe face of [`EventHandler`].
+pub(crate) trait ErasedHandler: Send + Sync {
+    fn event_type(&self) -> &'static str;
+    fn schema_version(&self) -> u32;
+    fn decode(&self, payload: &[u8]) -> Result<AnyEvent, CodecError>;
+    fn call<'a>(&'a self, event: AnyEvent, ctx: &'a mut HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+impl<H: EventHandler> ErasedHandler for H {
+    fn event_type(&self) -> &'static str {
+        H::Event::EVENT_TYPE
+    }
+    fn schema_version(&self) -> u32 {
+        H::Event::SCHEMA_VERSION
+    }
+    fn decode(&self, payload: &[u8]) -> Result<AnyEvent, CodecError> {
+        <H::Event as Event>::Codec::decode::<H::Event>(payload).map(|e| Box::new(e) as AnyEvent)
+    }
+    fn call<'a>(&'a self, event: AnyEvent, ctx: &'a mut HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+        let event = *event.downcast::<H::Event>().expect("decoded by the same handler");
+        self.handle(event, ctx)
+    }
+}

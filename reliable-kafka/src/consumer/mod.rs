@@ -1,0 +1,700 @@
+//! The listener container: one consumer group, typed handlers, idempotent processing,
+//! retry, dead-lettering and offset management.
+
+mod dead_letter;
+mod handler;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::ClientContext;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::validate_identifier;
+use crate::kafka::{send_in_order, OutRecord};
+use crate::{headers, BackOff, ConfigError, Error, KafkaConfig};
+
+pub use dead_letter::{DeadLetterInfo, DeadLetterReason};
+use handler::ErasedHandler;
+pub use handler::{EventHandler, HandlerContext, HandlerError, HandlerOptions, RecordInfo};
+
+/// Default suffix of dead-letter topics, as in the seed documents and Spring Kafka's
+/// `DeadLetterPublishingRecoverer` convention of a per-topic DLT.
+pub const DEFAULT_DEAD_LETTER_SUFFIX: &str = ".DLQ";
+
+struct Route {
+    handler: Box<dyn ErasedHandler>,
+    backoff: BackOff,
+    dead_letter_topic: String,
+}
+
+/// Counters of a container, shared with its [`ContainerHandle`].
+#[derive(Debug)]
+pub struct ContainerStats {
+    started: Instant,
+    received: AtomicU64,
+    processed: AtomicU64,
+    duplicates: AtomicU64,
+    retries: AtomicU64,
+    dead_lettered: AtomicU64,
+    infrastructure_errors: AtomicU64,
+    last_activity_ms: AtomicU64,
+}
+
+impl Default for ContainerStats {
+    fn default() -> Self {
+        ContainerStats {
+            started: Instant::now(),
+            received: AtomicU64::new(0),
+            processed: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            infrastructure_errors: AtomicU64::new(0),
+            last_activity_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ContainerStats {
+    /// Records received from Kafka.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+    /// Records whose handler succeeded and committed.
+    pub fn processed(&self) -> u64 {
+        self.processed.load(Ordering::Relaxed)
+    }
+    /// Redelivered records skipped because their message id was already processed.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+    /// Handler attempts that failed transiently and were retried.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+    /// Records published to a dead-letter topic.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Ordering::Relaxed)
+    }
+    /// Failures of the framework's own database or Kafka calls (retried without limit,
+    /// never counted as handler attempts).
+    pub fn infrastructure_errors(&self) -> u64 {
+        self.infrastructure_errors.load(Ordering::Relaxed)
+    }
+    /// Time since the container last received a record or finished one.
+    pub fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+    fn touch(&self) {
+        self.last_activity_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Builder of [`ListenerContainer`].
+pub struct ListenerContainerBuilder {
+    kafka: KafkaConfig,
+    pool: PgPool,
+    group: Option<String>,
+    handlers: Vec<(Box<dyn ErasedHandler>, HandlerOptions, &'static str)>,
+    default_backoff: BackOff,
+    dead_letter_suffix: String,
+    commit_interval: Duration,
+    processed_table: String,
+}
+
+impl std::fmt::Debug for ListenerContainerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerContainerBuilder")
+            .field("kafka", &self.kafka)
+            .field("group", &self.group)
+            .field("handlers", &self.handlers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ListenerContainerBuilder {
+    /// Consumer group id. Optional when the handlers declare their group.
+    pub fn group_id(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Registers a handler; its topic must be unique in the container.
+    pub fn handler<H: EventHandler>(mut self, handler: H) -> Self {
+        let options = handler.options();
+        self.handlers.push((Box::new(handler), options, <H::Event as crate::Event>::TOPIC));
+        self
+    }
+
+    /// Retry policy of handlers that do not set one (default: [`BackOff::default`]).
+    pub fn default_backoff(mut self, backoff: impl Into<BackOff>) -> Self {
+        self.default_backoff = backoff.into();
+        self
+    }
+
+    /// Suffix of default dead-letter topics (default `.DLQ`).
+    pub fn dead_letter_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.dead_letter_suffix = suffix.into();
+        self
+    }
+
+    /// Offsets are committed at most this often while records flow (default 500 ms),
+    /// and always on partition revocation and shutdown. A crash loses at most this much
+    /// commit progress: the records are redelivered and deduplicated.
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval;
+        self
+    }
+
+    /// Deduplication table (default `rk_processed_messages`), optionally schema-qualified.
+    pub fn processed_table(mut self, table: impl Into<String>) -> Self {
+        self.processed_table = table.into();
+        self
+    }
+
+    /// Validates the settings and creates the consumer and the dead-letter producer.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming what is wrong: no handler (`handler`), no group
+    /// (`group.id`), handlers of different groups or the same topic, an invalid back-off,
+    /// a dead-letter topic equal to its source, a back-off whose total wait exceeds
+    /// `max.poll.interval.ms`, an invalid `processed_table`, a zero `commit_interval`.
+    /// [`Error::Kafka`] when librdkafka rejects the configuration.
+    pub fn build(self) -> Result<ListenerContainer, Error> {
+        validate_identifier("processed_table", &self.processed_table)?;
+        if self.commit_interval.is_zero() {
+            return Err(ConfigError::invalid("commit_interval", "must be greater than zero").into());
+        }
+        if self.handlers.is_empty() {
+            return Err(ConfigError::Missing { key: "handler".into() }.into());
+        }
+        let group = match &self.group {
+            Some(g) => g.clone(),
+            None => self.handlers.iter().find_map(|(_, o, _)| o.group.as_deref().map(str::to_owned)).ok_or(
+                ConfigError::Missing { key: "group.id".into() },
+            )?,
+        };
+        if group.is_empty() {
+            return Err(ConfigError::invalid("group.id", "must not be empty").into());
+        }
+        let max_poll_ms: u64 = self
+            .kafka
+            .get("max.poll.interval.ms")
+            .map(|v| v.parse().map_err(|_| ConfigError::invalid("max.poll.interval.ms", "must be an integer (ms)")))
+            .transpose()?
+            .unwrap_or(300_000);
+
+        let mut routes = HashMap::new();
+        for (handler, options, event_topic) in self.handlers {
+            let topic = options.topic.as_deref().unwrap_or(event_topic).to_owned();
+            if let Some(g) = options.group.as_deref() {
+                if g != group {
+                    return Err(ConfigError::GroupMismatch {
+                        topic,
+                        handler_group: g.to_owned(),
+                        container_group: group,
+                    }
+                    .into());
+                }
+            }
+            let backoff = options.backoff.unwrap_or(Ok(self.default_backoff))?;
+            if backoff.max_total_delay() >= Duration::from_millis(max_poll_ms) {
+                return Err(ConfigError::invalid(
+                    "max.poll.interval.ms",
+                    format!(
+                        "the back-off of `{topic}` can wait {:?} in total, longer than max.poll.interval.ms ({max_poll_ms} ms); raise it or shorten the back-off",
+                        backoff.max_total_delay()
+                    ),
+                )
+                .into());
+            }
+            let dead_letter_topic = options
+                .dead_letter_topic
+                .map(|t| t.into_owned())
+                .unwrap_or_else(|| format!("{topic}{}", self.dead_letter_suffix));
+            if dead_letter_topic == topic {
+                return Err(ConfigError::DeadLetterTopicIsSource { topic }.into());
+            }
+            if routes.contains_key(&topic) {
+                return Err(ConfigError::DuplicateHandler { topic }.into());
+            }
+            routes.insert(topic, Route { handler, backoff, dead_letter_topic });
+        }
+
+        let consumer: StreamConsumer<ContainerContext> = self
+            .kafka
+            .client_config(&[
+                ("group.id", group.as_str()),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("isolation.level", "read_committed"),
+            ])
+            .create_with_context(ContainerContext { group: group.clone() })
+            .map_err(Error::kafka("create consumer"))?;
+        let producer: FutureProducer = self
+            .kafka
+            .client_config(KafkaConfig::PRODUCER_PRESETS)
+            .create()
+            .map_err(Error::kafka("create dead-letter producer"))?;
+        let t = &self.processed_table;
+        Ok(ListenerContainer {
+            consumer,
+            inner: Inner {
+                dedup_sql: format!(
+                    "INSERT INTO {t} (consumer_group, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+                ),
+                group: Arc::from(group.as_str()),
+                pool: self.pool,
+                routes,
+                producer,
+                stats: Arc::default(),
+            },
+            commit_interval: self.commit_interval,
+        })
+    }
+}
+
+/// Consumes one consumer group's topics and runs each record through its handler.
+///
+/// For every record, in partition order:
+/// 1. the envelope headers are checked (message id, event type, schema version) and the
+///    payload decoded; a record that fails any of these is a poison pill and goes to the
+///    dead-letter topic at once, with the reason;
+/// 2. a database transaction is opened and `(group, message id)` inserted into the
+///    deduplication table; if it was there already the record is a redelivery and is
+///    skipped;
+/// 3. the handler runs with that transaction; on success it commits (dedup row and
+///    effects together);
+/// 4. on a transient failure the transaction is rolled back and the handler's
+///    [`BackOff`] decides the wait before the next attempt (blocking retry: the
+///    partition waits); after the last attempt, or on a permanent failure, the record is
+///    published to the dead-letter topic with the `kafka_dlt-*` headers;
+/// 5. only then is its offset stored; stored offsets are committed every
+///    `commit_interval`, before partitions are revoked, and at shutdown.
+///
+/// Failures of the framework's own calls (opening the transaction, the dedup insert,
+/// committing, publishing to the dead-letter topic) do not use up the record's
+/// attempts: they are retried until they succeed or the container shuts down, so an
+/// outage of the database or broker never dead-letters good records.
+///
+/// Delivery is at-least-once; database effects are exactly-once per message id and
+/// group. Effects outside the transaction (HTTP calls, Redis) run at least once and
+/// must be idempotent.
+pub struct ListenerContainer {
+    consumer: StreamConsumer<ContainerContext>,
+    inner: Inner,
+    commit_interval: Duration,
+}
+
+struct Inner {
+    group: Arc<str>,
+    pool: PgPool,
+    routes: HashMap<String, Route>,
+    producer: FutureProducer,
+    dedup_sql: String,
+    stats: Arc<ContainerStats>,
+}
+
+impl std::fmt::Debug for ListenerContainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerContainer")
+            .field("group", &self.inner.group)
+            .field("topics", &self.inner.routes.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+struct ContainerContext {
+    group: String,
+}
+
+impl ClientContext for ContainerContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(group = %self.group, fac, "{log_message}"),
+            L::Warning => tracing::warn!(group = %self.group, fac, "{log_message}"),
+            L::Notice | L::Info => tracing::info!(group = %self.group, fac, "{log_message}"),
+            L::Debug => tracing::debug!(group = %self.group, fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(group = %self.group, error = %error, "kafka client error: {reason}");
+    }
+}
+
+impl ConsumerContext for ContainerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Records are processed inside the poll loop, so when this runs every record
+        // handed out has its outcome: commit what is stored before losing the partitions.
+        if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(group = %self.group, partitions = tpl.count(), "partitions revoked; committing");
+            commit(consumer, CommitMode::Sync, &self.group);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned");
+        }
+    }
+}
+
+fn commit<C: ConsumerContext, K: Consumer<C>>(consumer: &K, mode: CommitMode, group: &str) {
+    match consumer.commit_consumer_state(mode) {
+        Ok(()) => {}
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => tracing::warn!(group, error = %e, "offset commit failed; will retry with the next commit"),
+    }
+}
+
+/// What became of one record.
+enum Outcome {
+    /// Processed, skipped as duplicate, or dead-lettered: its offset may be committed.
+    Done,
+    /// Shutdown came first: its offset must not be committed.
+    Interrupted,
+}
+
+enum AttemptError {
+    Infrastructure(Error),
+    Decode(crate::CodecError),
+    Handler(HandlerError),
+}
+
+impl ListenerContainer {
+    /// Starts a builder. `kafka` settings override the consumer presets
+    /// (`enable.auto.commit=false`, `enable.auto.offset.store=false`,
+    /// `auto.offset.reset=earliest`, `isolation.level=read_committed`) and the
+    /// dead-letter producer presets (`acks=all`, `enable.idempotence=true`).
+    pub fn builder(kafka: KafkaConfig, pool: PgPool) -> ListenerContainerBuilder {
+        ListenerContainerBuilder {
+            kafka,
+            pool,
+            group: None,
+            handlers: Vec::new(),
+            default_backoff: BackOff::default(),
+            dead_letter_suffix: DEFAULT_DEAD_LETTER_SUFFIX.to_owned(),
+            commit_interval: Duration::from_millis(500),
+            processed_table: crate::schema::DEFAULT_PROCESSED_TABLE.to_owned(),
+        }
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.inner.group
+    }
+
+    /// The container's counters.
+    pub fn stats(&self) -> Arc<ContainerStats> {
+        self.inner.stats.clone()
+    }
+
+    /// Subscribes and processes records until `shutdown` is cancelled; then finishes
+    /// the record in hand (a retry wait is cut short and that record left uncommitted),
+    /// commits stored offsets, flushes the dead-letter producer and leaves the group.
+    ///
+    /// # Errors
+    /// [`Error::Kafka`] when the subscription fails. Errors while running are logged
+    /// and retried.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let topics: Vec<&str> = self.inner.routes.keys().map(String::as_str).collect();
+        self.consumer.subscribe(&topics).map_err(Error::kafka("subscribe"))?;
+        tracing::info!(group = %self.inner.group, ?topics, "listener container started");
+        let mut last_commit = Instant::now();
+        let mut dirty = false;
+        loop {
+            let received = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                r = tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()) => r,
+            };
+            match received {
+                Err(_idle) => {}
+                Ok(Err(e)) => {
+                    // Broker outages and transport errors surface here; librdkafka recovers.
+                    tracing::debug!(group = %self.inner.group, error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Ok(msg)) => {
+                    self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
+                    self.inner.stats.touch();
+                    match self.inner.process(&msg, &shutdown).await {
+                        Outcome::Done => {
+                            if let Err(e) = self.consumer.store_offset(msg.topic(), msg.partition(), msg.offset()) {
+                                // The partition was revoked meanwhile; its new owner redelivers.
+                                tracing::debug!(error = %e, "offset not stored");
+                            }
+                            dirty = true;
+                            self.inner.stats.touch();
+                        }
+                        Outcome::Interrupted => break,
+                    }
+                }
+            }
+            if dirty && last_commit.elapsed() >= self.commit_interval {
+                commit(&self.consumer, CommitMode::Async, &self.inner.group);
+                dirty = false;
+                last_commit = Instant::now();
+            }
+        }
+        commit(&self.consumer, CommitMode::Sync, &self.inner.group);
+        let producer = self.inner.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        self.consumer.unsubscribe();
+        tracing::info!(group = %self.inner.group, "listener container stopped");
+        Ok(())
+    }
+
+    /// Spawns [`ListenerContainer::run`] on the current Tokio runtime.
+    pub fn spawn(self) -> ContainerHandle {
+        let shutdown = CancellationToken::new();
+        let stats = self.stats();
+        let group = self.inner.group.to_string();
+        let join = tokio::spawn(self.run(shutdown.clone()));
+        ContainerHandle { shutdown, stats, group, join }
+    }
+}
+
+/// A running container, see [`ListenerContainer::spawn`].
+#[derive(Debug)]
+pub struct ContainerHandle {
+    shutdown: CancellationToken,
+    stats: Arc<ContainerStats>,
+    group: String,
+    join: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl ContainerHandle {
+    /// The container's counters.
+    pub fn stats(&self) -> &ContainerStats {
+        &self.stats
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Graceful shutdown: finishes the record in hand, commits, leaves the group.
+    ///
+    /// # Errors
+    /// The error that stopped the container, if any.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        self.shutdown.cancel();
+        match self.join.await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Sleeps `d` unless shutdown comes first; returns whether shutdown came.
+async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shutdown.cancelled() => true,
+    }
+}
+
+fn header_str<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    msg.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value)
+}
+
+/// Reads the envelope; `Err` says which header is missing or malformed.
+fn record_info(msg: &BorrowedMessage<'_>) -> Result<RecordInfo, String> {
+    let text = |name: &str| -> Result<Option<&str>, String> {
+        header_str(msg, name)
+            .map(|v| std::str::from_utf8(v).map_err(|_| format!("header `{name}` is not UTF-8")))
+            .transpose()
+    };
+    let message_id = text(headers::MESSAGE_ID)?
+        .ok_or_else(|| format!("header `{}` is missing", headers::MESSAGE_ID))?;
+    let message_id = Uuid::parse_str(message_id)
+        .map_err(|e| format!("header `{}` is not a UUID: {e}", headers::MESSAGE_ID))?;
+    let event_type = text(headers::EVENT_TYPE)?
+        .ok_or_else(|| format!("header `{}` is missing", headers::EVENT_TYPE))?
+        .to_owned();
+    let schema_version = match text(headers::SCHEMA_VERSION)? {
+        Some(v) => v.parse().map_err(|_| format!("header `{}` is not a u32: {v:?}", headers::SCHEMA_VERSION))?,
+        None => 1,
+    };
+    let produced_at_ms = text(headers::PRODUCED_AT)?.and_then(|v| v.parse().ok());
+    Ok(RecordInfo {
+        topic: msg.topic().to_owned(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        timestamp_ms: msg.timestamp().to_millis(),
+        key: msg.key().map(<[u8]>::to_vec),
+        message_id,
+        event_type,
+        schema_version,
+        produced_at_ms,
+        traceparent: text(headers::TRACEPARENT)?.map(str::to_owned),
+    })
+}
+
+/// The error and its whole source chain, `": "`-separated.
+pub(crate) fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl Inner {
+    async fn process(&self, msg: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> Outcome {
+        let Some(route) = self.routes.get(msg.topic()) else {
+            // Only subscribed topics are delivered; nothing to do.
+            return Outcome::Done;
+        };
+        let info = match record_info(msg) {
+            Ok(i) => i,
+            Err(why) => {
+                return self.dead_letter(msg, route, DeadLetterReason::InvalidHeaders, "reliable_kafka::InvalidHeaders", why, 0, shutdown).await;
+            }
+        };
+        if info.event_type != route.handler.event_type() {
+            let why = format!("event type `{}` is not `{}`", info.event_type, route.handler.event_type());
+            return self.dead_letter(msg, route, DeadLetterReason::UnknownEventType, "reliable_kafka::UnknownEventType", why, 0, shutdown).await;
+        }
+        if info.schema_version > route.handler.schema_version() {
+            let why = format!("schema version {} is newer than the supported {}", info.schema_version, route.handler.schema_version());
+            return self
+                .dead_letter(msg, route, DeadLetterReason::UnsupportedSchemaVersion, "reliable_kafka::UnsupportedSchemaVersion", why, 0, shutdown)
+                .await;
+        }
+        let mut attempt = 1;
+        let mut infra_delay = Duration::from_millis(100);
+        loop {
+            match self.attempt(msg, route, &info, attempt).await {
+                Ok(duplicate) => {
+                    let counter = if duplicate { &self.stats.duplicates } else { &self.stats.processed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    return Outcome::Done;
+                }
+                Err(AttemptError::Infrastructure(e)) => {
+                    self.stats.infrastructure_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
+                        error = %report(&e), "infrastructure failure; retrying the record");
+                    if sleep_or_shutdown(infra_delay, shutdown).await {
+                        return Outcome::Interrupted;
+                    }
+                    infra_delay = (infra_delay * 2).min(Duration::from_secs(5));
+                }
+                Err(AttemptError::Decode(e)) => {
+                    return self.dead_letter(msg, route, DeadLetterReason::Deserialization, "reliable_kafka::CodecError", report(&e), attempt, shutdown).await;
+                }
+                Err(AttemptError::Handler(e)) => {
+                    let delay = match &e {
+                        HandlerError::Permanent(_) => None,
+                        HandlerError::RetryAfter { after, .. } => route.backoff.delay_after(attempt).map(|_| *after),
+                        _ => route.backoff.delay_after(attempt),
+                    };
+                    let Some(delay) = delay else {
+                        let reason = if e.is_transient() { DeadLetterReason::RetriesExhausted } else { DeadLetterReason::PermanentError };
+                        return self.dead_letter(msg, route, reason, e.kind(), report(&e), attempt, shutdown).await;
+                    };
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
+                        attempt, ?delay, error = %report(&e), "handler failed; retrying");
+                    if sleep_or_shutdown(delay, shutdown).await {
+                        return Outcome::Interrupted;
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// One attempt; `Ok(true)` when the message id was already processed.
+    async fn attempt(&self, msg: &BorrowedMessage<'_>, route: &Route, info: &RecordInfo, attempt: u32) -> Result<bool, AttemptError> {
+        let event = route.handler.decode(msg.payload().unwrap_or_default()).map_err(AttemptError::Decode)?;
+        let infra = |op| move |e| AttemptError::Infrastructure(Error::Database { operation: op, source: e });
+        let mut tx = self.pool.begin().await.map_err(infra("begin handler transaction"))?;
+        let inserted = sqlx::query(&self.dedup_sql)
+            .bind(&*self.group)
+            .bind(info.message_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(infra("insert dedup row"))?
+            .rows_affected();
+        if inserted == 0 {
+            tracing::debug!(group = %self.group, message_id = %info.message_id, "duplicate delivery skipped");
+            return Ok(true);
+        }
+        let mut ctx = HandlerContext { tx, record: info.clone(), attempt, group: self.group.clone() };
+        route.handler.call(event, &mut ctx).await.map_err(AttemptError::Handler)?;
+        ctx.tx.commit().await.map_err(infra("commit handler transaction"))?;
+        Ok(false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn dead_letter(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        route: &Route,
+        reason: DeadLetterReason,
+        error_kind: &str,
+        error_message: String,
+        attempts: u32,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let info = DeadLetterInfo {
+            original_topic: msg.topic().to_owned(),
+            original_partition: msg.partition(),
+            original_offset: msg.offset(),
+            original_timestamp_ms: msg.timestamp().to_millis(),
+            consumer_group: self.group.to_string(),
+            reason: Some(reason),
+            error_kind: error_kind.to_owned(),
+            error_message,
+            attempts,
+        };
+        tracing::error!(group = %self.group, topic = %info.original_topic, partition = info.original_partition,
+            offset = info.original_offset, %reason, attempts, error = %info.error_message,
+            dead_letter_topic = %route.dead_letter_topic, "dead-lettering record");
+        let base = msg.headers().map(|h| h.detach()).unwrap_or_else(OwnedHeaders::new);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let record = OutRecord {
+                topic: route.dead_letter_topic.clone(),
+                key: msg.key().map(<[u8]>::to_vec),
+                payload: msg.payload().map(<[u8]>::to_vec),
+                headers: info.append_to(base.clone()),
+            };
+            let sent = send_in_order(&self.producer, vec![record]).await;
+            match sent.into_iter().next().unwrap_or(Err(KafkaError::Canceled)) {
+                Ok(()) => {
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    return Outcome::Done;
+                }
+                Err(e) => {
+                    self.stats.infrastructure_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(group = %self.group, error = %e, "dead-letter publish failed; retrying");
+                }
+            }
+            if sleep_or_shutdown(delay, shutdown).await {
+                return Outcome::Interrupted;
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}

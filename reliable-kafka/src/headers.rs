@@ -1,0 +1,47 @@
+//! Record header names, in one place.
+//!
+//! Envelope headers (`rk-*`) are written by the outbox relay on every record and read by
+//! the listener container. Dead-letter headers use Spring Kafka's `kafka_dlt-*` names and
+//! encodings (see `org.springframework.kafka.support.KafkaHeaders`), so tools written for
+//! Spring Kafka dead-letter topics read ours; the few facts Spring has no header for use
+//! the `rk-dlt-*` prefix.
+
+/// Message id: a UUID (version 7) in its hyphenated text form. The idempotent
+/// consumer deduplicates on it.
+pub const MESSAGE_ID: &str = "rk-message-id";
+/// Event type name, e.g. `PaymentFailed` (UTF-8).
+pub const EVENT_TYPE: &str = "rk-event-type";
+/// Schema version of the payload, a decimal `u32` in ASCII.
+pub const SCHEMA_VERSION: &str = "rk-schema-version";
+/// Time the event was written to the outbox: milliseconds since the Unix epoch,
+/// decimal ASCII.
+pub const PRODUCED_AT: &str = "rk-produced-at";
+/// Media type of the payload, e.g. `application/json`.
+pub const CONTENT_TYPE: &str = "content-type";
+/// W3C Trace Context `traceparent`, copied from the outbox row when present.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Original topic (UTF-8). Spring Kafka `KafkaHeaders.DLT_ORIGINAL_TOPIC`.
+pub const DLT_ORIGINAL_TOPIC: &str = "kafka_dlt-original-topic";
+/// Original partition: 4-byte big-endian `i32`, as Spring Kafka writes it.
+pub const DLT_ORIGINAL_PARTITION: &str = "kafka_dlt-original-partition";
+/// Original offset: 8-byte big-endian `i64`, as Spring Kafka writes it.
+pub const DLT_ORIGINAL_OFFSET: &str = "kafka_dlt-original-offset";
+/// Original record timestamp, ms since the epoch: 8-byte big-endian `i64`.
+pub const DLT_ORIGINAL_TIMESTAMP: &str = "kafka_dlt-original-timestamp";
+/// Original timestamp type, `CreateTime` or `LogAppendTime` (UTF-8).
+pub const DLT_ORIGINAL_TIMESTAMP_TYPE: &str = "kafka_dlt-original-timestamp-type";
+/// Consumer group that gave up on the record (UTF-8).
+pub const DLT_ORIGINAL_CONSUMER_GROUP: &str = "kafka_dlt-original-consumer-group";
+/// Error class. Spring writes the Java exception class; we write the error kind path,
+/// e.g. `reliable_kafka::HandlerError::Transient` (UTF-8).
+pub const DLT_EXCEPTION_FQCN: &str = "kafka_dlt-exception-fqcn";
+/// Error message with its whole source chain, `": "`-separated (UTF-8).
+pub const DLT_EXCEPTION_MESSAGE: &str = "kafka_dlt-exception-message";
+/// Why the record was dead-lettered, one of [`crate::DeadLetterReason`]'s names, e.g.
+/// `retries-exhausted` (UTF-8).
+pub const DLT_REASON: &str = "rk-dlt-reason";
+/// Number of delivery attempts made before dead-lettering, decimal ASCII.
+pub const DLT_ATTEMPTS: &str = "rk-dlt-attempts";
+/// Time of dead-lettering, ms since the epoch, decimal ASCII.
+pub const DLT_DEAD_LETTERED_AT: &str = "rk-dlt-dead-lettered-at";

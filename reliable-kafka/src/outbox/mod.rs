@@ -1,0 +1,120 @@
+//! Transactional outbox: write an event in the same database transaction as the
+//! business change; the [`OutboxRelay`] publishes it after commit.
+
+mod relay;
+
+use std::collections::BTreeMap;
+
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::error::validate_identifier;
+use crate::{Codec, ConfigError, Error, Event};
+
+pub use relay::{OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayStats};
+
+/// Writes events to the outbox table inside the caller's transaction.
+///
+/// Cheap to clone; keep one per application.
+///
+/// ```no_run
+/// # use reliable_kafka::{Event, Outbox};
+/// # use serde::{Deserialize, Serialize};
+/// #[derive(Serialize, Deserialize, Event)]
+/// #[event(topic = "payment.failed", key = payment_id)]
+/// struct PaymentFailed { payment_id: i64 }
+///
+/// # async fn f(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+/// let outbox = Outbox::new();
+/// let mut tx = pool.begin().await?;
+/// sqlx::query("UPDATE payment SET status = 'FAILED' WHERE id = $1").bind(7_i64).execute(&mut *tx).await?;
+/// outbox.enqueue(&mut tx, &PaymentFailed { payment_id: 7 }).await?;
+/// tx.commit().await?; // the event exists if and only if the update committed
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    insert_sql: String,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Extra data for one outbox row, see [`Outbox::enqueue_with`].
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueOptions {
+    /// Message id; a new UUIDv7 when `None`. Set it to make a retried business
+    /// operation enqueue the same message (the insert then fails on the primary key).
+    pub message_id: Option<Uuid>,
+    /// W3C `traceparent` to propagate to consumers.
+    pub traceparent: Option<String>,
+    /// Additional record headers (UTF-8 values).
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Outbox {
+    /// An outbox on the default table `rk_outbox` (created by [`crate::migrate`]).
+    pub fn new() -> Self {
+        Self::with_table(crate::schema::DEFAULT_OUTBOX_TABLE).expect("default table name is valid")
+    }
+
+    /// An outbox on `table` (optionally `schema.table`), which must have the columns of
+    /// the crate's migration.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidIdentifier`] naming `outbox_table` when `table` is not a
+    /// plain lowercase SQL identifier.
+    pub fn with_table(table: &str) -> Result<Self, ConfigError> {
+        validate_identifier("outbox_table", table)?;
+        Ok(Outbox {
+            insert_sql: format!(
+                "INSERT INTO {table} (id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            ),
+        })
+    }
+
+    /// Enqueues `event` in `tx`: it is published after `tx` commits, and never if
+    /// it rolls back. Returns the message id.
+    ///
+    /// # Errors
+    /// [`Error::Codec`] when the event cannot be encoded, [`Error::Database`] when the
+    /// insert fails (the transaction is then aborted, as for any failed statement).
+    pub async fn enqueue<E: Event>(&self, tx: &mut Transaction<'_, Postgres>, event: &E) -> Result<Uuid, Error> {
+        self.enqueue_with(tx, event, EnqueueOptions::default()).await
+    }
+
+    /// [`Outbox::enqueue`] with a chosen message id, trace context or extra headers.
+    ///
+    /// # Errors
+    /// As [`Outbox::enqueue`].
+    pub async fn enqueue_with<E: Event>(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &E,
+        options: EnqueueOptions,
+    ) -> Result<Uuid, Error> {
+        let payload = E::Codec::encode(event).map_err(Error::Codec)?;
+        let id = options.message_id.unwrap_or_else(Uuid::now_v7);
+        let mut headers = options.headers;
+        if let Some(tp) = options.traceparent {
+            headers.insert(crate::headers::TRACEPARENT.to_owned(), tp);
+        }
+        sqlx::query(&self.insert_sql)
+            .bind(id)
+            .bind(E::TOPIC)
+            .bind(event.key())
+            .bind(E::EVENT_TYPE)
+            .bind(E::SCHEMA_VERSION as i32)
+            .bind(payload)
+            .bind(E::Codec::CONTENT_TYPE)
+            .bind(sqlx::types::Json(headers))
+            .execute(&mut **tx)
+            .await
+            .map_err(Error::db("insert outbox row"))?;
+        Ok(id)
+    }
+}

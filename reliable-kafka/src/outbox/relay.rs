@@ -1,0 +1,434 @@
+//! The outbox relay: publishes committed outbox rows to Kafka.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, Producer};
+use sqlx::postgres::PgListener;
+use sqlx::types::Json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::validate_identifier;
+use crate::kafka::{send_in_order, OutRecord};
+use crate::{headers, ConfigError, Error, KafkaConfig};
+
+/// Publishes committed outbox rows to Kafka, in insertion order per key.
+///
+/// How it works, per batch, in one database transaction:
+/// 1. take `pg_try_advisory_xact_lock` on the table's key, so that of several relay
+///    instances exactly one publishes at a time (the others wait for the next wake-up):
+///    no row is published twice by two instances and per-key order holds;
+/// 2. read up to `batch_size` undelivered rows in `seq` order. Rows are selected by
+///    their state, not by a high-water mark, so a row whose transaction commits late
+///    (after rows with a higher `seq`) is never skipped;
+/// 3. produce them all with the idempotent producer (`acks=all`), awaiting the whole
+///    batch once;
+/// 4. mark the delivered rows in one statement (or delete them when retention is zero),
+///    count a failed attempt on the others, commit.
+///
+/// A crash between 3 and 4 republishes the batch: delivery is at-least-once, and the
+/// idempotent consumer removes the duplicates. A row that failed is retried in a later
+/// batch, so it can then follow later rows of its key; rows that failed
+/// `max_send_attempts` times stay in the table with `last_error` set and are no longer
+/// tried (see [`RelayStats::failed`]).
+///
+/// The relay wakes on `NOTIFY rk_outbox` (sent by the table's trigger at commit) and
+/// polls every `poll_interval` in case a notification was missed.
+pub struct OutboxRelay {
+    pool: PgPool,
+    producer: FutureProducer,
+    cfg: RelayConfig,
+    stats: Arc<RelayStats>,
+}
+
+#[derive(Debug, Clone)]
+struct RelayConfig {
+    batch_size: i64,
+    poll_interval: Duration,
+    retention: Duration,
+    cleanup_interval: Duration,
+    max_send_attempts: i32,
+    lock_key: i64,
+    select_sql: String,
+    mark_sql: String,
+    fail_sql: String,
+    cleanup_sql: String,
+}
+
+/// Builder of [`OutboxRelay`].
+#[derive(Debug, Clone)]
+pub struct OutboxRelayBuilder {
+    pool: PgPool,
+    kafka: KafkaConfig,
+    table: String,
+    batch_size: usize,
+    poll_interval: Duration,
+    retention: Duration,
+    cleanup_interval: Duration,
+    max_send_attempts: u32,
+}
+
+/// Counters of a relay, shared with its [`RelayHandle`].
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    published: AtomicU64,
+    failed: AtomicU64,
+    batches: AtomicU64,
+    deleted: AtomicU64,
+}
+
+impl RelayStats {
+    /// Rows published and marked (records).
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+    /// Failed send attempts (records).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+    /// Batches that published at least one row.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+    /// Delivered rows deleted by retention (records).
+    pub fn deleted(&self) -> u64 {
+        self.deleted.load(Ordering::Relaxed)
+    }
+}
+
+/// What one [`OutboxRelay::relay_once`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RelayBatch {
+    /// Rows published and marked.
+    pub published: usize,
+    /// Rows whose send failed (they stay pending).
+    pub failed: usize,
+    /// Another relay instance held the lock; nothing was done.
+    pub lock_busy: bool,
+}
+
+impl OutboxRelayBuilder {
+    /// Outbox table (default `rk_outbox`), optionally `schema.table`.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+    /// Rows claimed and published per transaction (default 500, 1..=100 000).
+    pub fn batch_size(mut self, rows: usize) -> Self {
+        self.batch_size = rows;
+        self
+    }
+    /// Fallback poll when no notification arrives (default 500 ms, > 0).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+    /// How long delivered rows are kept before deletion (default 1 h). Zero deletes
+    /// each row in the transaction that confirms its delivery.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+    /// How often delivered rows past retention are deleted (default 60 s, > 0).
+    pub fn cleanup_interval(mut self, interval: Duration) -> Self {
+        self.cleanup_interval = interval;
+        self
+    }
+    /// Send attempts per row before the relay leaves it aside (default 10, ≥ 1).
+    /// librdkafka retries inside each attempt for up to `message.timeout.ms`.
+    pub fn max_send_attempts(mut self, attempts: u32) -> Self {
+        self.max_send_attempts = attempts;
+        self
+    }
+
+    /// Validates the settings and creates the producer.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the key of an invalid setting (`outbox_table`,
+    /// `batch_size`, `poll_interval`, `cleanup_interval`, `max_send_attempts`);
+    /// [`Error::Kafka`] when librdkafka rejects the producer configuration.
+    pub fn build(self) -> Result<OutboxRelay, Error> {
+        validate_identifier("outbox_table", &self.table)?;
+        if !(1..=100_000).contains(&self.batch_size) {
+            return Err(ConfigError::invalid("batch_size", "must be within 1..=100000").into());
+        }
+        if self.poll_interval.is_zero() {
+            return Err(ConfigError::invalid("poll_interval", "must be greater than zero").into());
+        }
+        if self.cleanup_interval.is_zero() {
+            return Err(ConfigError::invalid("cleanup_interval", "must be greater than zero").into());
+        }
+        if self.max_send_attempts == 0 || self.max_send_attempts > i32::MAX as u32 {
+            return Err(ConfigError::invalid("max_send_attempts", "must be at least 1").into());
+        }
+        let producer: FutureProducer = self
+            .kafka
+            .client_config(KafkaConfig::PRODUCER_PRESETS)
+            .create()
+            .map_err(Error::kafka("create relay producer"))?;
+        let t = &self.table;
+        let cfg = RelayConfig {
+            batch_size: self.batch_size as i64,
+            poll_interval: self.poll_interval,
+            retention: self.retention,
+            cleanup_interval: self.cleanup_interval,
+            max_send_attempts: self.max_send_attempts as i32,
+            lock_key: lock_key(t),
+            select_sql: format!(
+                "SELECT id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers, created_at \
+                 FROM {t} WHERE delivered_at IS NULL AND attempts < $1 ORDER BY seq LIMIT $2"
+            ),
+            mark_sql: if self.retention.is_zero() {
+                format!("DELETE FROM {t} WHERE id = ANY($1)")
+            } else {
+                format!("UPDATE {t} SET delivered_at = now(), attempts = attempts + 1 WHERE id = ANY($1)")
+            },
+            fail_sql: format!(
+                "UPDATE {t} SET attempts = {t}.attempts + 1, last_error = u.err \
+                 FROM unnest($1::uuid[], $2::text[]) AS u(id, err) WHERE {t}.id = u.id"
+            ),
+            cleanup_sql: format!(
+                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE delivered_at < now() - make_interval(secs => $1) LIMIT 10000)"
+            ),
+        };
+        Ok(OutboxRelay { pool: self.pool, producer, cfg, stats: Arc::default() })
+    }
+}
+
+/// Stable 64-bit FNV-1a of the table name: the advisory lock key shared by all relay
+/// instances of one table.
+fn lock_key(table: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"reliable-kafka:relay:".iter().chain(table.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    id: Uuid,
+    aggregatetype: String,
+    aggregateid: Option<String>,
+    #[sqlx(rename = "type")]
+    event_type: String,
+    schema_version: i32,
+    payload: Vec<u8>,
+    content_type: String,
+    headers: Json<std::collections::BTreeMap<String, String>>,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl OutboxRow {
+    fn into_record(self) -> OutRecord {
+        let id = self.id.hyphenated().to_string();
+        let version = self.schema_version.to_string();
+        let produced_at = self.created_at.timestamp_millis().to_string();
+        let mut h = OwnedHeaders::new_with_capacity(5 + self.headers.0.len())
+            .insert(Header { key: headers::MESSAGE_ID, value: Some(&id) })
+            .insert(Header { key: headers::EVENT_TYPE, value: Some(&self.event_type) })
+            .insert(Header { key: headers::SCHEMA_VERSION, value: Some(&version) })
+            .insert(Header { key: headers::PRODUCED_AT, value: Some(&produced_at) })
+            .insert(Header { key: headers::CONTENT_TYPE, value: Some(&self.content_type) });
+        for (k, v) in &self.headers.0 {
+            h = h.insert(Header { key: k, value: Some(v) });
+        }
+        OutRecord {
+            topic: self.aggregatetype,
+            key: self.aggregateid.map(String::into_bytes),
+            payload: Some(self.payload),
+            headers: h,
+        }
+    }
+}
+
+impl OutboxRelay {
+    /// Starts a builder. `kafka` settings override the producer presets
+    /// (`acks=all`, `enable.idempotence=true`).
+    pub fn builder(pool: PgPool, kafka: KafkaConfig) -> OutboxRelayBuilder {
+        OutboxRelayBuilder {
+            pool,
+            kafka,
+            table: crate::schema::DEFAULT_OUTBOX_TABLE.to_owned(),
+            batch_size: 500,
+            poll_interval: Duration::from_millis(500),
+            retention: Duration::from_secs(3600),
+            cleanup_interval: Duration::from_secs(60),
+            max_send_attempts: 10,
+        }
+    }
+
+    /// The relay's counters.
+    pub fn stats(&self) -> Arc<RelayStats> {
+        self.stats.clone()
+    }
+
+    /// Publishes one batch (see the type's documentation).
+    ///
+    /// # Errors
+    /// [`Error::Database`] when the claim or mark fails; the transaction is rolled back
+    /// and the rows stay pending (they may have been sent: at-least-once).
+    pub async fn relay_once(&self) -> Result<RelayBatch, Error> {
+        let mut tx = self.pool.begin().await.map_err(Error::db("begin relay transaction"))?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(self.cfg.lock_key)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(Error::db("take relay lock"))?;
+        if !locked {
+            return Ok(RelayBatch { lock_busy: true, ..RelayBatch::default() });
+        }
+        let rows: Vec<OutboxRow> = sqlx::query_as(&self.cfg.select_sql)
+            .bind(self.cfg.max_send_attempts)
+            .bind(self.cfg.batch_size)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::db("claim outbox rows"))?;
+        if rows.is_empty() {
+            return Ok(RelayBatch::default());
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+        let results = send_in_order(&self.producer, rows.into_iter().map(OutboxRow::into_record).collect()).await;
+
+        let mut delivered = Vec::with_capacity(ids.len());
+        let (mut failed_ids, mut failed_errs) = (Vec::new(), Vec::new());
+        for (id, res) in ids.into_iter().zip(results) {
+            match res {
+                Ok(()) => delivered.push(id),
+                Err(e) => {
+                    tracing::warn!(message_id = %id, error = %e, "outbox row not delivered; will retry");
+                    failed_ids.push(id);
+                    failed_errs.push(e.to_string());
+                }
+            }
+        }
+        if !delivered.is_empty() {
+            sqlx::query(&self.cfg.mark_sql)
+                .bind(&delivered)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("mark outbox rows delivered"))?;
+        }
+        if !failed_ids.is_empty() {
+            sqlx::query(&self.cfg.fail_sql)
+                .bind(&failed_ids)
+                .bind(&failed_errs)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("record outbox send failure"))?;
+        }
+        tx.commit().await.map_err(Error::db("commit relay transaction"))?;
+        let batch = RelayBatch { published: delivered.len(), failed: failed_ids.len(), lock_busy: false };
+        self.stats.published.fetch_add(batch.published as u64, Ordering::Relaxed);
+        self.stats.failed.fetch_add(batch.failed as u64, Ordering::Relaxed);
+        if batch.published > 0 {
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(batch)
+    }
+
+    /// Deletes delivered rows older than the retention, up to 10 000 rows per call.
+    /// Returns the number of rows deleted.
+    ///
+    /// # Errors
+    /// [`Error::Database`] when the delete fails.
+    pub async fn cleanup_once(&self) -> Result<u64, Error> {
+        let n = sqlx::query(&self.cfg.cleanup_sql)
+            .bind(self.cfg.retention.as_secs_f64())
+            .execute(&self.pool)
+            .await
+            .map_err(Error::db("delete delivered outbox rows"))?
+            .rows_affected();
+        self.stats.deleted.fetch_add(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Runs until `shutdown` is cancelled, then flushes the producer. Errors are
+    /// logged and retried after `poll_interval`; this only returns on shutdown.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(mut l) => match l.listen(crate::schema::NOTIFY_CHANNEL).await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay cannot LISTEN; polling only");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox relay cannot LISTEN; polling only");
+                None
+            }
+        };
+        let mut last_cleanup = Instant::now();
+        while !shutdown.is_cancelled() {
+            let more = match self.relay_once().await {
+                Ok(b) => !b.lock_busy && b.published + b.failed == self.cfg.batch_size as usize && b.failed == 0,
+                Err(e) => {
+                    tracing::warn!(error = %crate::report(&e), "outbox relay batch failed");
+                    false
+                }
+            };
+            if !self.cfg.retention.is_zero() && last_cleanup.elapsed() >= self.cfg.cleanup_interval {
+                last_cleanup = Instant::now();
+                if let Err(e) = self.cleanup_once().await {
+                    tracing::warn!(error = %crate::report(&e), "outbox cleanup failed");
+                }
+            }
+            if more {
+                continue;
+            }
+            let notified = async {
+                match listener.as_mut() {
+                    Some(l) => {
+                        if let Err(e) = l.recv().await {
+                            tracing::debug!(error = %e, "outbox listener interrupted");
+                            tokio::time::sleep(self.cfg.poll_interval).await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+    }
+
+    /// Spawns [`OutboxRelay::run`] on the current Tokio runtime.
+    pub fn spawn(self) -> RelayHandle {
+        let shutdown = CancellationToken::new();
+        let stats = self.stats.clone();
+        let join = tokio::spawn(self.run(shutdown.clone()));
+        RelayHandle { shutdown, stats, join }
+    }
+}
+
+/// A running relay, see [`OutboxRelay::spawn`].
+#[derive(Debug)]
+pub struct RelayHandle {
+    shutdown: CancellationToken,
+    stats: Arc<RelayStats>,
+    join: tokio::task::JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// The relay's counters.
+    pub fn stats(&self) -> &RelayStats {
+        &self.stats
+    }
+
+    /// Stops after the current batch, flushes the producer and waits.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.join.await;
+    }
+}
