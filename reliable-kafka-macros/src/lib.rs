@@ -1,1 +1,50 @@
+//! Procedural macros of [reliable-kafka](https://docs.rs/reliable-kafka); use them
+//! through its re-exports `reliable_kafka::Event` and `reliable_kafka::event_handler`.
+//!
+//! The entry points are thin: parsing and expansion live in `event.rs` and
+//! `handler.rs`, every error carries the span of the token at fault, and the generated
+//! code reaches the runtime only through `::reliable_kafka` (override with
+//! `crate = "path"`).
 
+use proc_macro::TokenStream;
+
+mod args;
+mod event;
+mod handler;
+
+/// Derives `reliable_kafka::Event`.
+///
+/// `#[event(topic = "payment.failed", key = payment_id, version = 1, name = "PaymentFailed")]`
+///
+/// | key | required | meaning |
+/// |---|---|---|
+/// | `topic` | yes | topic the outbox relay publishes to |
+/// | `key` | no | field whose `ToString` is the record key (same key → same partition, in order) |
+/// | `version` | no (1) | schema version (`u32`) |
+/// | `name` | no (type name) | event type header value |
+/// | `codec` | no (`JsonCodec`) | path of a `reliable_kafka::Codec` type |
+/// | `crate` | no | path of the `reliable_kafka` crate, as a string |
+#[proc_macro_derive(Event, attributes(event))]
+pub fn derive_event(input: TokenStream) -> TokenStream {
+    event::expand(syn::parse_macro_input!(input as syn::DeriveInput))
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Turns `async fn name(event: E, ctx: &mut HandlerContext) -> Result<(), HandlerError>`
+/// into a unit struct `name` implementing `reliable_kafka::EventHandler`, to register
+/// with `ListenerContainer::builder(..).handler(name)`.
+///
+/// `#[event_handler(topic = "payment.failed", group = "payment-compensator-group", backoff = FixedBackOff::new(Duration::from_secs(1), 4), dlq = "payment.failed.DLQ")]`
+///
+/// | key | required | meaning |
+/// |---|---|---|
+/// | `group` | yes | consumer group |
+/// | `topic` | no (the event's topic) | topic to consume |
+/// | `backoff` | no (container default) | expression of a `BackOff`, `FixedBackOff`, `ExponentialBackOff`, or a `Result` of one |
+/// | `dlq` | no (`<topic>.DLQ`) | dead-letter topic |
+/// | `crate` | no | path of the `reliable_kafka` crate, as a string |
+#[proc_macro_attribute]
+pub fn event_handler(args: TokenStream, item: TokenStream) -> TokenStream {
+    handler::expand(args.into(), item.into()).into()
+}
