@@ -82,6 +82,10 @@ pub use schema::{migrate, migrator, DEFAULT_OUTBOX_TABLE, DEFAULT_PROCESSED_TABL
 
 pub(crate) use consumer::report as report_chain;
 
+/// The shutdown signal taken by [`ListenerContainer::run`] and [`OutboxRelay::run`]
+/// (re-exported from `tokio-util`).
+pub use tokio_util::sync::CancellationToken;
+
 /// The error and its whole `source()` chain, `": "`-separated: the form written to the
 /// `kafka_dlt-exception-message` header and to logs.
 pub fn report(e: &(dyn std::error::Error + 'static)) -> String {

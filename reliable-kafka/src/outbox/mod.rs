@@ -46,6 +46,8 @@ impl Default for Outbox {
 /// Extra data for one outbox row, see [`Outbox::enqueue_with`].
 #[derive(Debug, Clone, Default)]
 pub struct EnqueueOptions {
+    /// Destination topic; [`Event::TOPIC`] when `None`.
+    pub topic: Option<String>,
     /// Message id; a new UUIDv7 when `None`. Set it to make a retried business
     /// operation enqueue the same message (the insert then fails on the primary key).
     pub message_id: Option<Uuid>,
@@ -98,14 +100,14 @@ impl Outbox {
         options: EnqueueOptions,
     ) -> Result<Uuid, Error> {
         let payload = E::Codec::encode(event).map_err(Error::Codec)?;
-        let id = options.message_id.unwrap_or_else(Uuid::now_v7);
-        let mut headers = options.headers;
-        if let Some(tp) = options.traceparent {
+        let EnqueueOptions { topic, message_id, traceparent, mut headers } = options;
+        let id = message_id.unwrap_or_else(Uuid::now_v7);
+        if let Some(tp) = traceparent {
             headers.insert(crate::headers::TRACEPARENT.to_owned(), tp);
         }
         sqlx::query(&self.insert_sql)
             .bind(id)
-            .bind(E::TOPIC)
+            .bind(topic.as_deref().unwrap_or(E::TOPIC))
             .bind(event.key())
             .bind(E::EVENT_TYPE)
             .bind(E::SCHEMA_VERSION as i32)

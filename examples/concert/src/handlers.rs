@@ -1,0 +1,96 @@
+//! The two consumer groups of `payment.failed` (seed 000).
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use reliable_kafka::{
+    event_handler, EventHandler, ExponentialBackOff, FixedBackOff, HandlerContext, HandlerError, HandlerOptions,
+};
+
+use crate::events::PaymentFailed;
+use crate::store::RedisStore;
+
+/// Consumer group restoring the database.
+pub const COMPENSATOR_GROUP: &str = "payment-compensator-group";
+/// Consumer group cleaning Redis.
+pub const CLEANUP_GROUP: &str = "post-payment-cleanup-group";
+
+/// Retries of the compensation: 100 ms doubling to 2 s, ±20 % jitter, 6 attempts.
+pub fn compensation_backoff() -> Result<ExponentialBackOff, reliable_kafka::ConfigError> {
+    ExponentialBackOff::builder()
+        .initial(Duration::from_millis(100))
+        .multiplier(2.0)
+        .max_interval(Duration::from_secs(2))
+        .max_attempts(6)
+        .jitter(0.2)
+        .build()
+}
+
+/// Restores the database after a failed payment: payment and reservation `FAILED`,
+/// seat `AVAILABLE`, the date's available seat count + 1, and a refund if the user was
+/// charged. All of it commits with the deduplication row, so a redelivered event
+/// changes nothing; the updates themselves are deliberately unguarded so that a
+/// duplicate effect would show in the scenario's consistency report.
+#[event_handler(group = "payment-compensator-group", backoff = compensation_backoff())]
+pub async fn compensate_payment(event: PaymentFailed, ctx: &mut HandlerContext) -> Result<(), HandlerError> {
+    let tx = ctx.tx();
+    let found = sqlx::query("UPDATE payment SET status = 'FAILED', compensated_at = now() WHERE id = $1")
+        .bind(event.payment_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if found == 0 {
+        return Err(HandlerError::permanent(format!("payment {} does not exist", event.payment_id)));
+    }
+    sqlx::query("UPDATE reservation SET status = 'FAILED', updated_at = now() WHERE id = $1")
+        .bind(event.reservation_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE seat SET status = 'AVAILABLE' WHERE id = $1").bind(event.seat_id).execute(&mut *tx).await?;
+    sqlx::query("UPDATE concert_date SET available_seat_count = available_seat_count + 1 WHERE id = $1")
+        .bind(event.concert_date_id)
+        .execute(&mut *tx)
+        .await?;
+    if event.charged {
+        sqlx::query("UPDATE app_user SET balance = balance + $2 WHERE id = $1")
+            .bind(event.user_id)
+            .bind(event.amount)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO point_history (user_id, payment_id, kind, amount) VALUES ($1, $2, 'REFUND', $3)")
+            .bind(event.user_id)
+            .bind(event.payment_id)
+            .bind(event.amount)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Cleans Redis after a failed payment: releases the seat hold and expires the queue
+/// token, each only if it still belongs to this payment (compare-and-delete), so a
+/// redelivery never touches a newer hold or token.
+///
+/// A handler with state (the Redis connection) implements [`EventHandler`] by hand.
+#[derive(Debug, Clone)]
+pub struct RedisCleanup {
+    /// The Redis store.
+    pub store: RedisStore,
+}
+
+impl EventHandler for RedisCleanup {
+    type Event = PaymentFailed;
+
+    fn options(&self) -> HandlerOptions {
+        // Seed 001: FixedBackOff(1000 ms, 3 retries), i.e. 4 attempts.
+        HandlerOptions::new().group(CLEANUP_GROUP).backoff(FixedBackOff::new(Duration::from_secs(1), 4))
+    }
+
+    fn handle<'a>(&'a self, event: PaymentFailed, _ctx: &'a mut HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            self.store.release_hold(event.seat_id, event.user_id).await.map_err(HandlerError::transient)?;
+            self.store.expire_token(event.user_id, &event.queue_token).await.map_err(HandlerError::transient)?;
+            Ok(())
+        })
+    }
+}

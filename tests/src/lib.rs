@@ -1,0 +1,282 @@
+//! Shared helpers of the integration tests: an isolated PostgreSQL schema, unique
+//! topic and group names, and a plain consumer to read what was published.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::ClientConfig;
+use reliable_kafka::KafkaConfig;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+/// `DATABASE_URL`, or the local server of the development machines.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A name no other test uses: `<prefix>-<uuid>`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A pool whose connections use a fresh schema (`search_path`), with the crate's
+/// tables migrated into it. Returns the pool and the schema name.
+pub async fn isolated_pool() -> (PgPool, String) {
+    init_tracing();
+    let schema = format!("rkt_{}", uuid::Uuid::new_v4().simple());
+    let base: PgConnectOptions = database_url().parse().expect("DATABASE_URL");
+    let mut admin = base.connect().await.expect("connect to PostgreSQL (DATABASE_URL)");
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut admin).await.unwrap();
+    let pool = pool_in_schema(&schema, 10).await;
+    reliable_kafka::migrate(&pool).await.expect("migrate");
+    (pool, schema)
+}
+
+/// A pool on an existing schema.
+pub async fn pool_in_schema(schema: &str, max: u32) -> PgPool {
+    let base: PgConnectOptions = database_url().parse().expect("DATABASE_URL");
+    PgPoolOptions::new()
+        .max_connections(max)
+        .connect_with(base.options([("search_path", schema)]))
+        .await
+        .expect("pool")
+}
+
+/// `KAFKA_BROKERS` (default 127.0.0.1:9092) with settings that make group joins fast.
+pub fn kafka() -> KafkaConfig {
+    test_settings(KafkaConfig::from_env())
+}
+
+/// Settings for fast rebalances in tests.
+pub fn test_settings(c: KafkaConfig) -> KafkaConfig {
+    c.set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("topic.metadata.refresh.interval.ms", "1000")
+}
+
+/// Creates `topic` with `partitions` partitions (and its `.DLQ` with the same count).
+pub async fn create_topics(kafka: &KafkaConfig, topic: &str, partitions: i32) {
+    let dlq = format!("{topic}.DLQ");
+    kafka.ensure_topics(&[(topic, partitions, 1), (&dlq, partitions, 1)]).await.expect("create topics");
+}
+
+/// Reads `topic` from the beginning with a fresh group until `n` records arrived (or
+/// `timeout`), then keeps reading for `linger` to catch extra (duplicate) records.
+pub async fn read_topic(kafka: &KafkaConfig, topic: &str, n: usize, timeout: Duration, linger: Duration) -> Vec<OwnedMessage> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", kafka.brokers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000");
+    let consumer: StreamConsumer = cc.create().expect("reader");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut linger_until: Option<Instant> = None;
+    loop {
+        let until = linger_until.unwrap_or(deadline);
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        match tokio::time::timeout(until - now, consumer.recv()).await {
+            Ok(Ok(m)) => {
+                out.push(m.detach());
+                if out.len() >= n && linger_until.is_none() {
+                    linger_until = Some(Instant::now() + linger);
+                }
+            }
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) => break,
+        }
+    }
+    drop(consumer);
+    out
+}
+
+/// The value of header `name` as UTF-8.
+pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Counts of each value of header `name`.
+pub fn count_by_header(msgs: &[OwnedMessage], name: &str) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for msg in msgs {
+        *m.entry(header(msg, name).unwrap_or_default()).or_default() += 1;
+    }
+    m
+}
+
+/// Polls `f` every 50 ms until it returns true or `timeout` passes; returns the last
+/// result.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Counts rows of a query returning one `bigint`.
+pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
+}
+
+/// The event of the consumer tests.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, reliable_kafka::Event)]
+#[event(topic = "unused.by.tests", key = key)]
+pub struct Work {
+    /// Record key.
+    pub key: String,
+    /// Sequence number.
+    pub n: u32,
+}
+
+/// How a [`Recorder`] behaves.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// Succeeds.
+    Succeed,
+    /// Fails transiently on the first `k` attempts of each record, then succeeds.
+    FailFirst(u32),
+    /// Always fails transiently.
+    AlwaysTransient,
+    /// Fails permanently.
+    Permanent,
+}
+
+/// A handler that inserts a row into `effects` (no unique constraint, so a second
+/// effect of the same message would show) and then behaves as its [`Mode`] says.
+pub struct Recorder {
+    /// Topic consumed.
+    pub topic: String,
+    /// Consumer group.
+    pub group: String,
+    /// Retry policy.
+    pub backoff: reliable_kafka::BackOff,
+    /// Behaviour.
+    pub mode: Mode,
+    /// Handler invocations.
+    pub calls: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Recorder {
+    /// A recorder on `topic`/`group` with a fast fixed back-off of `attempts` attempts.
+    pub fn new(topic: &str, group: &str, mode: Mode, attempts: u32) -> Self {
+        Recorder {
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+            backoff: reliable_kafka::FixedBackOff::new(Duration::from_millis(20), attempts).unwrap().into(),
+            mode,
+            calls: Default::default(),
+        }
+    }
+}
+
+/// The effects table of [`Recorder`].
+pub async fn create_effects_table(pool: &PgPool) {
+    sqlx::query("CREATE TABLE effects (id bigserial PRIMARY KEY, message_id uuid NOT NULL, key text NOT NULL, n integer NOT NULL)")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+impl reliable_kafka::EventHandler for Recorder {
+    type Event = Work;
+
+    fn options(&self) -> reliable_kafka::HandlerOptions {
+        reliable_kafka::HandlerOptions::new()
+            .topic(self.topic.clone())
+            .group(self.group.clone())
+            .backoff(self.backoff)
+    }
+
+    fn handle<'a>(
+        &'a self,
+        event: Work,
+        ctx: &'a mut reliable_kafka::HandlerContext,
+    ) -> futures::future::BoxFuture<'a, Result<(), reliable_kafka::HandlerError>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let id = ctx.message_id();
+            sqlx::query("INSERT INTO effects (message_id, key, n) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(&event.key)
+                .bind(event.n as i32)
+                .execute(ctx.tx())
+                .await?;
+            let fail = match self.mode {
+                Mode::Succeed => None,
+                Mode::FailFirst(k) if ctx.attempt() <= k => Some(true),
+                Mode::FailFirst(_) => None,
+                Mode::AlwaysTransient => Some(true),
+                Mode::Permanent => Some(false),
+            };
+            match fail {
+                None => Ok(()),
+                Some(true) => Err(reliable_kafka::HandlerError::transient(std::io::Error::other(format!(
+                    "downstream unavailable (attempt {})",
+                    ctx.attempt()
+                )))),
+                Some(false) => Err(reliable_kafka::HandlerError::permanent(std::io::Error::other("seat does not exist"))),
+            }
+        })
+    }
+}
+
+/// Produces one record with the given headers, bypassing the outbox.
+pub async fn produce_raw(kafka: &KafkaConfig, topic: &str, key: &str, payload: &[u8], hdrs: &[(&str, &[u8])]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", kafka.brokers()).create().unwrap();
+    let mut h = OwnedHeaders::new();
+    for (k, v) in hdrs {
+        h = h.insert(Header { key: k, value: Some(*v) });
+    }
+    producer
+        .send(FutureRecord::to(topic).key(key).payload(payload).headers(h), Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce");
+}
+
+/// Produces `work` with a valid envelope and message id `id`.
+pub async fn produce_work(kafka: &KafkaConfig, topic: &str, id: uuid::Uuid, work: &Work) {
+    use reliable_kafka::headers as h;
+    let id = id.to_string();
+    let payload = serde_json::to_vec(work).unwrap();
+    produce_raw(
+        kafka,
+        topic,
+        &work.key,
+        &payload,
+        &[(h::MESSAGE_ID, id.as_bytes()), (h::EVENT_TYPE, b"Work"), (h::SCHEMA_VERSION, b"1")],
+    )
+    .await;
+}
