@@ -124,7 +124,8 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
         ReturnType::Type(_, t) => t.span(),
         ReturnType::Default => sig.span(),
     };
-    let call = quote_spanned!(ret_span=> #krate::__private::Box::pin(#inner_name(event, ctx)));
+    // Spanned at the user's return type, so a wrong one is reported there.
+    let call = quote_spanned!(ret_span=> #krate::__private::handler_future(#inner_name(event, ctx)));
 
     Ok(quote! {
         #(#docs)*

@@ -101,6 +101,14 @@ pub use reliable_kafka_macros::{event_handler, Event};
 pub mod __private {
     pub use futures::future::BoxFuture;
     pub use std::boxed::Box;
+
+    /// Boxes a handler's future; the bound names the return type a handler must have.
+    pub fn handler_future<'a, F>(f: F) -> BoxFuture<'a, Result<(), crate::HandlerError>>
+    where
+        F: std::future::Future<Output = Result<(), crate::HandlerError>> + Send + 'a,
+    {
+        Box::pin(f)
+    }
     pub use std::option::Option;
     pub use std::string::{String, ToString};
 }

@@ -19,7 +19,7 @@ use crate::{headers, ConfigError, Error, KafkaConfig};
 /// Publishes committed outbox rows to Kafka, in insertion order per key.
 ///
 /// How it works, per batch, in one database transaction:
-/// 1. take `pg_try_advisory_xact_lock` on the table's key, so that of several relay
+/// 1. take `pg_try_advisory_xact_lock` on a key derived from the table's OID, so that of several relay
 ///    instances exactly one publishes at a time (the others wait for the next wake-up):
 ///    no row is published twice by two instances and per-key order holds;
 /// 2. read up to `batch_size` undelivered rows in `seq` order. Rows are selected by
@@ -52,7 +52,7 @@ struct RelayConfig {
     retention: Duration,
     cleanup_interval: Duration,
     max_send_attempts: i32,
-    lock_key: i64,
+    table: String,
     select_sql: String,
     mark_sql: String,
     fail_sql: String,
@@ -177,7 +177,7 @@ impl OutboxRelayBuilder {
             retention: self.retention,
             cleanup_interval: self.cleanup_interval,
             max_send_attempts: self.max_send_attempts as i32,
-            lock_key: lock_key(t),
+            table: t.clone(),
             select_sql: format!(
                 "SELECT id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers, created_at \
                  FROM {t} WHERE delivered_at IS NULL AND attempts < $1 ORDER BY seq LIMIT $2"
@@ -199,16 +199,10 @@ impl OutboxRelayBuilder {
     }
 }
 
-/// Stable 64-bit FNV-1a of the table name: the advisory lock key shared by all relay
-/// instances of one table.
-fn lock_key(table: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in b"reliable-kafka:relay:".iter().chain(table.as_bytes()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h as i64
-}
+/// The relay lock: a transaction-level advisory lock whose key is the outbox table's
+/// OID in the low 32 bits and `0x524B` ("RK") above them, so relays of different tables
+/// (or of the same table name in different schemas) never wait for each other.
+const LOCK_SQL: &str = "SELECT pg_try_advisory_xact_lock(($1::regclass::oid::bigint) | (x'524B'::bigint << 32))";
 
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
@@ -275,8 +269,8 @@ impl OutboxRelay {
     /// and the rows stay pending (they may have been sent: at-least-once).
     pub async fn relay_once(&self) -> Result<RelayBatch, Error> {
         let mut tx = self.pool.begin().await.map_err(Error::db("begin relay transaction"))?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(self.cfg.lock_key)
+        let locked: bool = sqlx::query_scalar(LOCK_SQL)
+            .bind(&self.cfg.table)
             .fetch_one(&mut *tx)
             .await
             .map_err(Error::db("take relay lock"))?;
