@@ -30,7 +30,11 @@ pub struct Args(pub Vec<Arg>);
 
 impl Parse for Args {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        Ok(Args(Punctuated::<Arg, Token![,]>::parse_terminated(input)?.into_iter().collect()))
+        Ok(Args(
+            Punctuated::<Arg, Token![,]>::parse_terminated(input)?
+                .into_iter()
+                .collect(),
+        ))
     }
 }
 
@@ -63,7 +67,10 @@ impl<T> Default for Once<T> {
 impl<T> Once<T> {
     pub fn set(&mut self, key: &Ident, value: T, errors: &mut Errors) {
         if self.0.is_some() {
-            errors.push(syn::Error::new(key.span(), format!("duplicate `{key}` argument")));
+            errors.push(syn::Error::new(
+                key.span(),
+                format!("duplicate `{key}` argument"),
+            ));
         } else {
             self.0 = Some(value);
         }
@@ -74,14 +81,24 @@ impl<T> Once<T> {
 pub fn unknown(key: &Ident, valid: &[&str]) -> syn::Error {
     syn::Error::new(
         key.span(),
-        format!("unknown argument `{key}`; expected one of: {}", valid.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")),
+        format!(
+            "unknown argument `{key}`; expected one of: {}",
+            valid
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     )
 }
 
 /// The value as a string literal.
 pub fn lit_str(value: &Expr) -> syn::Result<LitStr> {
     match value {
-        Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => Ok(s.clone()),
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(s),
+            ..
+        }) => Ok(s.clone()),
         other => Err(syn::Error::new_spanned(other, "expected a string literal")),
     }
 }

@@ -15,7 +15,11 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let func: ItemFn = match syn::parse2(item.clone()) {
         Ok(f) => f,
         Err(e) => {
-            let e = syn::Error::new(e.span(), "`#[event_handler]` must be placed on an `async fn`").into_compile_error();
+            let e = syn::Error::new(
+                e.span(),
+                "`#[event_handler]` must be placed on an `async fn`",
+            )
+            .into_compile_error();
             return quote!(#e #item);
         }
     };
@@ -61,13 +65,22 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
 
     let sig = &func.sig;
     if sig.asyncness.is_none() {
-        errors.push(syn::Error::new(sig.fn_token.span(), "an event handler must be an `async fn`"));
+        errors.push(syn::Error::new(
+            sig.fn_token.span(),
+            "an event handler must be an `async fn`",
+        ));
     }
     if !sig.generics.params.is_empty() {
-        errors.push(syn::Error::new_spanned(&sig.generics, "an event handler cannot be generic"));
+        errors.push(syn::Error::new_spanned(
+            &sig.generics,
+            "an event handler cannot be generic",
+        ));
     }
     if let Some(r) = &sig.receiver() {
-        errors.push(syn::Error::new_spanned(r, "an event handler is a free function, not a method"));
+        errors.push(syn::Error::new_spanned(
+            r,
+            "an event handler is a free function, not a method",
+        ));
     }
     if matches!(sig.output, ReturnType::Default) {
         errors.push(syn::Error::new(
@@ -87,10 +100,16 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
     let event_ty = match typed.as_slice() {
         [event, ctx] => {
             if !matches!(&*ctx.ty, Type::Reference(r) if r.mutability.is_some()) {
-                errors.push(syn::Error::new_spanned(&ctx.ty, format!("the second argument must be `&mut HandlerContext`; {shape}")));
+                errors.push(syn::Error::new_spanned(
+                    &ctx.ty,
+                    format!("the second argument must be `&mut HandlerContext`; {shape}"),
+                ));
             }
             if matches!(&*event.ty, Type::Reference(_)) {
-                errors.push(syn::Error::new_spanned(&event.ty, "the event is passed by value; remove the `&`"));
+                errors.push(syn::Error::new_spanned(
+                    &event.ty,
+                    "the event is passed by value; remove the `&`",
+                ));
             }
             Some((*event.ty).clone())
         }
@@ -109,7 +128,11 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
     let vis = &func.vis;
     let name = &sig.ident;
     let docs = func.attrs.iter().filter(|a| a.path().is_ident("doc"));
-    let other_attrs: Vec<_> = func.attrs.iter().filter(|a| !a.path().is_ident("doc")).collect();
+    let other_attrs: Vec<_> = func
+        .attrs
+        .iter()
+        .filter(|a| !a.path().is_ident("doc"))
+        .collect();
     let inner_name = format_ident!("__{}_impl", name);
     let mut inner = func.clone();
     inner.sig.ident = inner_name.clone();
@@ -125,7 +148,8 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
         ReturnType::Default => sig.span(),
     };
     // Spanned at the user's return type, so a wrong one is reported there.
-    let call = quote_spanned!(ret_span=> #krate::__private::handler_future(#inner_name(event, ctx)));
+    let call =
+        quote_spanned!(ret_span=> #krate::__private::handler_future(#inner_name(event, ctx)));
 
     Ok(quote! {
         #(#docs)*

@@ -23,9 +23,15 @@ impl FixedBackOff {
     /// [`ConfigError::InvalidValue`] naming `max_attempts` when it is 0.
     pub fn new(interval: Duration, max_attempts: u32) -> Result<Self, ConfigError> {
         if max_attempts == 0 {
-            return Err(ConfigError::invalid("max_attempts", "must be at least 1 (the first attempt counts)"));
+            return Err(ConfigError::invalid(
+                "max_attempts",
+                "must be at least 1 (the first attempt counts)",
+            ));
         }
-        Ok(FixedBackOff { interval, max_attempts })
+        Ok(FixedBackOff {
+            interval,
+            max_attempts,
+        })
     }
 
     /// Delay between attempts.
@@ -80,7 +86,9 @@ impl ExponentialBackOff {
 
     /// Delay without jitter after failed attempt `attempt` (1-based).
     fn base_delay(&self, attempt: u32) -> Duration {
-        let exp = self.multiplier.powi(attempt.saturating_sub(1).min(1_000) as i32);
+        let exp = self
+            .multiplier
+            .powi(attempt.saturating_sub(1).min(1_000) as i32);
         let secs = (self.initial.as_secs_f64() * exp).min(self.max_interval.as_secs_f64());
         Duration::from_secs_f64(secs)
     }
@@ -135,13 +143,22 @@ impl ExponentialBackOffBuilder {
             return Err(ConfigError::invalid("initial", "must be greater than zero"));
         }
         if !self.multiplier.is_finite() || self.multiplier < 1.0 {
-            return Err(ConfigError::invalid("multiplier", "must be a finite number >= 1.0"));
+            return Err(ConfigError::invalid(
+                "multiplier",
+                "must be a finite number >= 1.0",
+            ));
         }
         if self.max_interval < self.initial {
-            return Err(ConfigError::invalid("max_interval", "must be at least `initial`"));
+            return Err(ConfigError::invalid(
+                "max_interval",
+                "must be at least `initial`",
+            ));
         }
         if self.max_attempts == 0 {
-            return Err(ConfigError::invalid("max_attempts", "must be at least 1 (the first attempt counts)"));
+            return Err(ConfigError::invalid(
+                "max_attempts",
+                "must be at least 1 (the first attempt counts)",
+            ));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
             return Err(ConfigError::invalid("jitter", "must be within [0, 1]"));
@@ -171,7 +188,10 @@ impl Default for BackOff {
     /// attempts without delay. We wait 100 ms between them instead, which costs little
     /// and spares a struggling dependency.
     fn default() -> Self {
-        BackOff::Fixed(FixedBackOff { interval: Duration::from_millis(100), max_attempts: 10 })
+        BackOff::Fixed(FixedBackOff {
+            interval: Duration::from_millis(100),
+            max_attempts: 10,
+        })
     }
 }
 
@@ -210,7 +230,10 @@ impl BackOff {
         match self {
             BackOff::Fixed(f) => f.interval * f.max_attempts.saturating_sub(1),
             BackOff::Exponential(e) => (1..e.max_attempts)
-                .map(|a| Duration::from_secs_f64(e.base_delay(a).as_secs_f64() * (1.0 + e.jitter)).min(e.max_interval))
+                .map(|a| {
+                    Duration::from_secs_f64(e.base_delay(a).as_secs_f64() * (1.0 + e.jitter))
+                        .min(e.max_interval)
+                })
                 .sum(),
         }
     }
@@ -259,23 +282,47 @@ mod tests {
     #[test]
     fn rejects_bad_values_naming_the_key() {
         let cases = [
-            (ExponentialBackOff::builder().initial(Duration::ZERO).build(), "initial"),
-            (ExponentialBackOff::builder().multiplier(0.5).build(), "multiplier"),
-            (ExponentialBackOff::builder().multiplier(f64::NAN).build(), "multiplier"),
-            (ExponentialBackOff::builder().max_interval(Duration::from_millis(1)).build(), "max_interval"),
-            (ExponentialBackOff::builder().max_attempts(0).build(), "max_attempts"),
+            (
+                ExponentialBackOff::builder()
+                    .initial(Duration::ZERO)
+                    .build(),
+                "initial",
+            ),
+            (
+                ExponentialBackOff::builder().multiplier(0.5).build(),
+                "multiplier",
+            ),
+            (
+                ExponentialBackOff::builder().multiplier(f64::NAN).build(),
+                "multiplier",
+            ),
+            (
+                ExponentialBackOff::builder()
+                    .max_interval(Duration::from_millis(1))
+                    .build(),
+                "max_interval",
+            ),
+            (
+                ExponentialBackOff::builder().max_attempts(0).build(),
+                "max_attempts",
+            ),
             (ExponentialBackOff::builder().jitter(1.5).build(), "jitter"),
         ];
         for (res, key) in cases {
             let err = res.unwrap_err();
-            assert!(matches!(&err, ConfigError::InvalidValue { key: k, .. } if k == key), "{err}");
+            assert!(
+                matches!(&err, ConfigError::InvalidValue { key: k, .. } if k == key),
+                "{err}"
+            );
         }
         assert!(FixedBackOff::new(Duration::ZERO, 0).is_err());
     }
 
     #[test]
     fn fixed_gives_max_attempts_minus_one_delays() {
-        let b: BackOff = FixedBackOff::new(Duration::from_millis(50), 3).unwrap().into();
+        let b: BackOff = FixedBackOff::new(Duration::from_millis(50), 3)
+            .unwrap()
+            .into();
         assert_eq!(b.delay_after(1), Some(Duration::from_millis(50)));
         assert_eq!(b.delay_after(2), Some(Duration::from_millis(50)));
         assert_eq!(b.delay_after(3), None);
@@ -292,7 +339,9 @@ mod tests {
             .build()
             .unwrap()
             .into();
-        let delays: Vec<u128> = (1..6).map(|a| b.delay_after(a).unwrap().as_millis()).collect();
+        let delays: Vec<u128> = (1..6)
+            .map(|a| b.delay_after(a).unwrap().as_millis())
+            .collect();
         assert_eq!(delays, [100, 200, 400, 500, 500]);
         assert_eq!(b.delay_after(6), None);
     }

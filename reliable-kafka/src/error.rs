@@ -48,7 +48,9 @@ impl Error {
         move |source| Error::Database { operation, source }
     }
 
-    pub(crate) fn kafka(operation: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+    pub(crate) fn kafka(
+        operation: &'static str,
+    ) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
         move |source| Error::Kafka { operation, source }
     }
 }
@@ -149,7 +151,15 @@ mod tests {
     fn identifiers() {
         assert!(validate_identifier("t", "rk_outbox").is_ok());
         assert!(validate_identifier("t", "app.rk_outbox").is_ok());
-        for bad in ["", "Outbox", "a;drop table x", "a.b.c", "1abc", "a-b", "\"x\""] {
+        for bad in [
+            "",
+            "Outbox",
+            "a;drop table x",
+            "a.b.c",
+            "1abc",
+            "a-b",
+            "\"x\"",
+        ] {
             let err = validate_identifier("outbox_table", bad).unwrap_err();
             assert!(err.to_string().contains("outbox_table"), "{err}");
         }

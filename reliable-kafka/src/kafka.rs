@@ -91,7 +91,9 @@ impl KafkaConfig {
             .map_err(Error::kafka("create admin client"))?;
         let new: Vec<NewTopic<'_>> = topics
             .iter()
-            .map(|(name, partitions, rf)| NewTopic::new(name, *partitions, TopicReplication::Fixed(*rf)))
+            .map(|(name, partitions, rf)| {
+                NewTopic::new(name, *partitions, TopicReplication::Fixed(*rf))
+            })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = admin
@@ -121,7 +123,11 @@ impl Default for KafkaConfig {
 
 fn is_secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    k.contains("password") || k.contains("secret") || k == "sasl.oauthbearer.config" || k == "ssl.key.pem" || k.starts_with("ssl.keystore")
+    k.contains("password")
+        || k.contains("secret")
+        || k == "sasl.oauthbearer.config"
+        || k == "ssl.key.pem"
+        || k.starts_with("ssl.keystore")
 }
 
 impl fmt::Debug for KafkaConfig {
@@ -135,30 +141,6 @@ impl fmt::Debug for KafkaConfig {
             }
         }
         m.finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_hides_secrets() {
-        let c = KafkaConfig::new("b:9092")
-            .set("sasl.password", "hunter2")
-            .set("ssl.keystore.password", "s3cret")
-            .set("sasl.username", "alice");
-        let s = format!("{c:?}");
-        assert!(!s.contains("hunter2") && !s.contains("s3cret"), "{s}");
-        assert!(s.contains("alice") && s.contains("sasl.password"), "{s}");
-    }
-
-    #[test]
-    fn user_settings_win_over_presets() {
-        let c = KafkaConfig::new("b:9092").set("acks", "1");
-        let cc = c.client_config(KafkaConfig::PRODUCER_PRESETS);
-        assert_eq!(cc.get("acks"), Some("1"));
-        assert_eq!(cc.get("enable.idempotence"), Some("true"));
     }
 }
 
@@ -182,7 +164,8 @@ pub(crate) async fn send_in_order(
 
     let mut pending = Vec::with_capacity(records.len());
     for r in &records {
-        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic).headers(r.headers.clone());
+        let mut rec: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&r.topic).headers(r.headers.clone());
         if let Some(k) = &r.key {
             rec = rec.key(k.as_slice());
         }
@@ -217,4 +200,28 @@ pub(crate) async fn send_in_order(
         }
     });
     futures::future::join_all(futures).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_secrets() {
+        let c = KafkaConfig::new("b:9092")
+            .set("sasl.password", "hunter2")
+            .set("ssl.keystore.password", "s3cret")
+            .set("sasl.username", "alice");
+        let s = format!("{c:?}");
+        assert!(!s.contains("hunter2") && !s.contains("s3cret"), "{s}");
+        assert!(s.contains("alice") && s.contains("sasl.password"), "{s}");
+    }
+
+    #[test]
+    fn user_settings_win_over_presets() {
+        let c = KafkaConfig::new("b:9092").set("acks", "1");
+        let cc = c.client_config(KafkaConfig::PRODUCER_PRESETS);
+        assert_eq!(cc.get("acks"), Some("1"));
+        assert_eq!(cc.get("enable.idempotence"), Some("true"));
+    }
 }

@@ -69,16 +69,23 @@ mod kafka;
 mod outbox;
 mod schema;
 
-pub use backoff::{BackOff, ExponentialBackOff, ExponentialBackOffBuilder, FixedBackOff, IntoBackOff};
+pub use backoff::{
+    BackOff, ExponentialBackOff, ExponentialBackOffBuilder, FixedBackOff, IntoBackOff,
+};
 pub use consumer::{
-    ContainerHandle, ContainerStats, DeadLetterInfo, DeadLetterReason, EventHandler, HandlerContext, HandlerError,
-    HandlerOptions, ListenerContainer, ListenerContainerBuilder, RecordInfo, DEFAULT_DEAD_LETTER_SUFFIX,
+    ContainerHandle, ContainerStats, DeadLetterInfo, DeadLetterReason, EventHandler,
+    HandlerContext, HandlerError, HandlerOptions, ListenerContainer, ListenerContainerBuilder,
+    RecordInfo, DEFAULT_DEAD_LETTER_SUFFIX,
 };
 pub use error::{BoxError, ConfigError, Error};
 pub use event::{Codec, CodecError, Event, JsonCodec};
 pub use kafka::{KafkaConfig, DEFAULT_BROKERS};
-pub use outbox::{EnqueueOptions, Outbox, OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayStats};
-pub use schema::{migrate, migrator, DEFAULT_OUTBOX_TABLE, DEFAULT_PROCESSED_TABLE, NOTIFY_CHANNEL};
+pub use outbox::{
+    EnqueueOptions, Outbox, OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayStats,
+};
+pub use schema::{
+    migrate, migrator, DEFAULT_OUTBOX_TABLE, DEFAULT_PROCESSED_TABLE, NOTIFY_CHANNEL,
+};
 
 pub(crate) use consumer::report as report_chain;
 

@@ -13,7 +13,8 @@ use sqlx::{ConnectOptions, PgPool};
 
 /// `DATABASE_URL`, or the local server of the development machines.
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// A name no other test uses: `<prefix>-<uuid>`.
@@ -35,8 +36,14 @@ pub async fn isolated_pool() -> (PgPool, String) {
     init_tracing();
     let schema = format!("rkt_{}", uuid::Uuid::new_v4().simple());
     let base: PgConnectOptions = database_url().parse().expect("DATABASE_URL");
-    let mut admin = base.connect().await.expect("connect to PostgreSQL (DATABASE_URL)");
-    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut admin).await.unwrap();
+    let mut admin = base
+        .connect()
+        .await
+        .expect("connect to PostgreSQL (DATABASE_URL)");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     let pool = pool_in_schema(&schema, 10).await;
     reliable_kafka::migrate(&pool).await.expect("migrate");
     (pool, schema)
@@ -68,12 +75,21 @@ pub fn test_settings(c: KafkaConfig) -> KafkaConfig {
 /// Creates `topic` with `partitions` partitions (and its `.DLQ` with the same count).
 pub async fn create_topics(kafka: &KafkaConfig, topic: &str, partitions: i32) {
     let dlq = format!("{topic}.DLQ");
-    kafka.ensure_topics(&[(topic, partitions, 1), (&dlq, partitions, 1)]).await.expect("create topics");
+    kafka
+        .ensure_topics(&[(topic, partitions, 1), (&dlq, partitions, 1)])
+        .await
+        .expect("create topics");
 }
 
 /// Reads `topic` from the beginning with a fresh group until `n` records arrived (or
 /// `timeout`), then keeps reading for `linger` to catch extra (duplicate) records.
-pub async fn read_topic(kafka: &KafkaConfig, topic: &str, n: usize, timeout: Duration, linger: Duration) -> Vec<OwnedMessage> {
+pub async fn read_topic(
+    kafka: &KafkaConfig,
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+    linger: Duration,
+) -> Vec<OwnedMessage> {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", kafka.brokers())
         .set("group.id", unique("reader"))
@@ -192,7 +208,9 @@ impl Recorder {
         Recorder {
             topic: topic.to_owned(),
             group: group.to_owned(),
-            backoff: reliable_kafka::FixedBackOff::new(Duration::from_millis(20), attempts).unwrap().into(),
+            backoff: reliable_kafka::FixedBackOff::new(Duration::from_millis(20), attempts)
+                .unwrap()
+                .into(),
             mode,
             calls: Default::default(),
         }
@@ -240,27 +258,46 @@ impl reliable_kafka::EventHandler for Recorder {
             };
             match fail {
                 None => Ok(()),
-                Some(true) => Err(reliable_kafka::HandlerError::transient(std::io::Error::other(format!(
-                    "downstream unavailable (attempt {})",
-                    ctx.attempt()
-                )))),
-                Some(false) => Err(reliable_kafka::HandlerError::permanent(std::io::Error::other("seat does not exist"))),
+                Some(true) => Err(reliable_kafka::HandlerError::transient(
+                    std::io::Error::other(format!(
+                        "downstream unavailable (attempt {})",
+                        ctx.attempt()
+                    )),
+                )),
+                Some(false) => Err(reliable_kafka::HandlerError::permanent(
+                    std::io::Error::other("seat does not exist"),
+                )),
             }
         })
     }
 }
 
 /// Produces one record with the given headers, bypassing the outbox.
-pub async fn produce_raw(kafka: &KafkaConfig, topic: &str, key: &str, payload: &[u8], hdrs: &[(&str, &[u8])]) {
+pub async fn produce_raw(
+    kafka: &KafkaConfig,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    hdrs: &[(&str, &[u8])],
+) {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", kafka.brokers()).create().unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .create()
+        .unwrap();
     let mut h = OwnedHeaders::new();
     for (k, v) in hdrs {
-        h = h.insert(Header { key: k, value: Some(*v) });
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
     }
     producer
-        .send(FutureRecord::to(topic).key(key).payload(payload).headers(h), Duration::from_secs(10))
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload).headers(h),
+            Duration::from_secs(10),
+        )
         .await
         .map_err(|(e, _)| e)
         .expect("produce");
@@ -276,7 +313,11 @@ pub async fn produce_work(kafka: &KafkaConfig, topic: &str, id: uuid::Uuid, work
         topic,
         &work.key,
         &payload,
-        &[(h::MESSAGE_ID, id.as_bytes()), (h::EVENT_TYPE, b"Work"), (h::SCHEMA_VERSION, b"1")],
+        &[
+            (h::MESSAGE_ID, id.as_bytes()),
+            (h::EVENT_TYPE, b"Work"),
+            (h::SCHEMA_VERSION, b"1"),
+        ],
     )
     .await;
 }

@@ -89,7 +89,11 @@ pub struct Booking {
 impl Booking {
     /// A service on `pool` and `store`.
     pub fn new(pool: PgPool, store: RedisStore) -> Self {
-        Booking { pool, store, outbox: Outbox::new() }
+        Booking {
+            pool,
+            store,
+            outbox: Outbox::new(),
+        }
     }
 
     /// Issues the user's waiting-queue token.
@@ -106,7 +110,12 @@ impl Booking {
     ///
     /// # Errors
     /// [`BookingError::SeatTaken`] when the seat is held or not available.
-    pub async fn reserve(&self, user_id: i64, seat_id: i64, queue_token: String) -> Result<Reservation, BookingError> {
+    pub async fn reserve(
+        &self,
+        user_id: i64,
+        seat_id: i64,
+        queue_token: String,
+    ) -> Result<Reservation, BookingError> {
         if !self.store.hold_seat(seat_id, user_id).await? {
             return Err(BookingError::SeatTaken { seat_id });
         }
@@ -150,14 +159,21 @@ impl Booking {
     ///
     /// # Errors
     /// [`BookingError::NotPending`] when the reservation was paid or failed already.
-    pub async fn pay(&self, r: &Reservation, gateway: GatewayBehaviour) -> Result<PaymentOutcome, BookingError> {
+    pub async fn pay(
+        &self,
+        r: &Reservation,
+        gateway: GatewayBehaviour,
+    ) -> Result<PaymentOutcome, BookingError> {
         let mut tx = self.pool.begin().await?;
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM reservation WHERE id = $1 FOR UPDATE")
-            .bind(r.id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM reservation WHERE id = $1 FOR UPDATE")
+                .bind(r.id)
+                .fetch_optional(&mut *tx)
+                .await?;
         if status.as_deref() != Some("PENDING") {
-            return Err(BookingError::NotPending { reservation_id: r.id });
+            return Err(BookingError::NotPending {
+                reservation_id: r.id,
+            });
         }
         let mut charged = false;
         let mut failure = match gateway {
@@ -165,12 +181,14 @@ impl Booking {
             GatewayBehaviour::Approve | GatewayBehaviour::FailAfterCharge => None,
         };
         if failure.is_none() {
-            let debited = sqlx::query("UPDATE app_user SET balance = balance - $2 WHERE id = $1 AND balance >= $2")
-                .bind(r.user_id)
-                .bind(r.amount)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            let debited = sqlx::query(
+                "UPDATE app_user SET balance = balance - $2 WHERE id = $1 AND balance >= $2",
+            )
+            .bind(r.user_id)
+            .bind(r.amount)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
             if debited == 1 {
                 charged = true;
                 if gateway == GatewayBehaviour::FailAfterCharge {
@@ -180,7 +198,11 @@ impl Booking {
                 failure = Some("insufficient balance");
             }
         }
-        let status = if failure.is_some() { "FAILED" } else { "COMPLETED" };
+        let status = if failure.is_some() {
+            "FAILED"
+        } else {
+            "COMPLETED"
+        };
         let payment_id: i64 = sqlx::query_scalar(
             "INSERT INTO payment (reservation_id, user_id, amount, status, charged, failure_reason) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
@@ -202,11 +224,16 @@ impl Booking {
         }
         match failure {
             None => {
-                sqlx::query("UPDATE reservation SET status = 'CONFIRMED', updated_at = now() WHERE id = $1")
-                    .bind(r.id)
+                sqlx::query(
+                    "UPDATE reservation SET status = 'CONFIRMED', updated_at = now() WHERE id = $1",
+                )
+                .bind(r.id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE seat SET status = 'SOLD' WHERE id = $1")
+                    .bind(r.seat_id)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query("UPDATE seat SET status = 'SOLD' WHERE id = $1").bind(r.seat_id).execute(&mut *tx).await?;
                 tx.commit().await?;
                 // Token expiry stays in-process (seed 002): Redis, not Kafka.
                 self.store.release_hold(r.seat_id, r.user_id).await?;
@@ -227,7 +254,10 @@ impl Booking {
                 };
                 self.outbox.enqueue(&mut tx, &event).await?;
                 tx.commit().await?;
-                Ok(PaymentOutcome::Failed { payment_id, charged })
+                Ok(PaymentOutcome::Failed {
+                    payment_id,
+                    charged,
+                })
             }
         }
     }

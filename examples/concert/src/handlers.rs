@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use reliable_kafka::{
-    event_handler, EventHandler, ExponentialBackOff, FixedBackOff, HandlerContext, HandlerError, HandlerOptions,
+    event_handler, EventHandler, ExponentialBackOff, FixedBackOff, HandlerContext, HandlerError,
+    HandlerOptions,
 };
 
 use crate::events::PaymentFailed;
@@ -32,25 +33,37 @@ pub fn compensation_backoff() -> Result<ExponentialBackOff, reliable_kafka::Conf
 /// changes nothing; the updates themselves are deliberately unguarded so that a
 /// duplicate effect would show in the scenario's consistency report.
 #[event_handler(group = "payment-compensator-group", backoff = compensation_backoff())]
-pub async fn compensate_payment(event: PaymentFailed, ctx: &mut HandlerContext) -> Result<(), HandlerError> {
+pub async fn compensate_payment(
+    event: PaymentFailed,
+    ctx: &mut HandlerContext,
+) -> Result<(), HandlerError> {
     let tx = ctx.tx();
-    let found = sqlx::query("UPDATE payment SET status = 'FAILED', compensated_at = now() WHERE id = $1")
-        .bind(event.payment_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let found =
+        sqlx::query("UPDATE payment SET status = 'FAILED', compensated_at = now() WHERE id = $1")
+            .bind(event.payment_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
     if found == 0 {
-        return Err(HandlerError::permanent(format!("payment {} does not exist", event.payment_id)));
+        return Err(HandlerError::permanent(format!(
+            "payment {} does not exist",
+            event.payment_id
+        )));
     }
     sqlx::query("UPDATE reservation SET status = 'FAILED', updated_at = now() WHERE id = $1")
         .bind(event.reservation_id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE seat SET status = 'AVAILABLE' WHERE id = $1").bind(event.seat_id).execute(&mut *tx).await?;
-    sqlx::query("UPDATE concert_date SET available_seat_count = available_seat_count + 1 WHERE id = $1")
-        .bind(event.concert_date_id)
+    sqlx::query("UPDATE seat SET status = 'AVAILABLE' WHERE id = $1")
+        .bind(event.seat_id)
         .execute(&mut *tx)
         .await?;
+    sqlx::query(
+        "UPDATE concert_date SET available_seat_count = available_seat_count + 1 WHERE id = $1",
+    )
+    .bind(event.concert_date_id)
+    .execute(&mut *tx)
+    .await?;
     if event.charged {
         sqlx::query("UPDATE app_user SET balance = balance + $2 WHERE id = $1")
             .bind(event.user_id)
@@ -83,13 +96,25 @@ impl EventHandler for RedisCleanup {
 
     fn options(&self) -> HandlerOptions {
         // Seed 001: FixedBackOff(1000 ms, 3 retries), i.e. 4 attempts.
-        HandlerOptions::new().group(CLEANUP_GROUP).backoff(FixedBackOff::new(Duration::from_secs(1), 4))
+        HandlerOptions::new()
+            .group(CLEANUP_GROUP)
+            .backoff(FixedBackOff::new(Duration::from_secs(1), 4))
     }
 
-    fn handle<'a>(&'a self, event: PaymentFailed, _ctx: &'a mut HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(
+        &'a self,
+        event: PaymentFailed,
+        _ctx: &'a mut HandlerContext,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            self.store.release_hold(event.seat_id, event.user_id).await.map_err(HandlerError::transient)?;
-            self.store.expire_token(event.user_id, &event.queue_token).await.map_err(HandlerError::transient)?;
+            self.store
+                .release_hold(event.seat_id, event.user_id)
+                .await
+                .map_err(HandlerError::transient)?;
+            self.store
+                .expire_token(event.user_id, &event.queue_token)
+                .await
+                .map_err(HandlerError::transient)?;
             Ok(())
         })
     }

@@ -12,7 +12,10 @@ use concert::scenario::{self, ScenarioConfig};
 use concert::store::RedisStore;
 
 #[derive(Parser)]
-#[command(version, about = "Concert booking reference application of reliable-kafka")]
+#[command(
+    version,
+    about = "Concert booking reference application of reliable-kafka"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -69,9 +72,21 @@ async fn main() -> anyhow::Result<()> {
     });
     let env = Env::from_env();
     match command {
-        Command::Scenario { users, failure_rate, concurrency, seed, settle_timeout_secs } => {
-            tracing::info!(brokers = env.kafka.brokers(), "running the scenario against PostgreSQL, Redis and Kafka");
-            let pool = sqlx::postgres::PgPoolOptions::new().max_connections(20).connect(&env.database_url).await?;
+        Command::Scenario {
+            users,
+            failure_rate,
+            concurrency,
+            seed,
+            settle_timeout_secs,
+        } => {
+            tracing::info!(
+                brokers = env.kafka.brokers(),
+                "running the scenario against PostgreSQL, Redis and Kafka"
+            );
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(20)
+                .connect(&env.database_url)
+                .await?;
             let store = RedisStore::connect(&env.redis_url, Duration::from_secs(600)).await?;
             let cfg = ScenarioConfig {
                 users,

@@ -106,23 +106,45 @@ impl Report {
 ///
 /// # Errors
 /// When the services cannot be reached or set up.
-pub async fn run(pool: PgPool, store: RedisStore, kafka: KafkaConfig, cfg: &ScenarioConfig) -> anyhow::Result<Report> {
+pub async fn run(
+    pool: PgPool,
+    store: RedisStore,
+    kafka: KafkaConfig,
+    cfg: &ScenarioConfig,
+) -> anyhow::Result<Report> {
     let started = Instant::now();
     crate::migrate(&pool).await?;
-    let dlq = format!("{PAYMENT_FAILED_TOPIC}{}", reliable_kafka::DEFAULT_DEAD_LETTER_SUFFIX);
+    let dlq = format!(
+        "{PAYMENT_FAILED_TOPIC}{}",
+        reliable_kafka::DEFAULT_DEAD_LETTER_SUFFIX
+    );
     kafka
-        .ensure_topics(&[(PAYMENT_FAILED_TOPIC, cfg.partitions, 1), (&dlq, cfg.partitions, 1)])
+        .ensure_topics(&[
+            (PAYMENT_FAILED_TOPIC, cfg.partitions, 1),
+            (&dlq, cfg.partitions, 1),
+        ])
         .await?;
 
-    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build()?.spawn();
-    let compensator = ListenerContainer::builder(kafka.clone(), pool.clone()).handler(compensate_payment).build()?.spawn();
+    let relay = OutboxRelay::builder(pool.clone(), kafka.clone())
+        .build()?
+        .spawn();
+    let compensator = ListenerContainer::builder(kafka.clone(), pool.clone())
+        .handler(compensate_payment)
+        .build()?
+        .spawn();
     let cleanup = ListenerContainer::builder(kafka.clone(), pool.clone())
-        .handler(RedisCleanup { store: store.clone() })
+        .handler(RedisCleanup {
+            store: store.clone(),
+        })
         .build()?
         .spawn();
 
     let (concert_id, seats, users) = seed_data(&pool, cfg.users).await?;
-    tracing::info!(concert_id, users = users.len(), "data created; running users");
+    tracing::info!(
+        concert_id,
+        users = users.len(),
+        "data created; running users"
+    );
 
     let mut rng = fastrand::Rng::with_seed(cfg.seed);
     let plans: Vec<(i64, i64, GatewayBehaviour)> = users
@@ -170,9 +192,15 @@ pub async fn run(pool: PgPool, store: RedisStore, kafka: KafkaConfig, cfg: &Scen
     let mut report;
     loop {
         report = check(&pool, &store, concert_id, &users).await?;
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM rk_outbox WHERE delivered_at IS NULL").fetch_one(&pool).await?;
-        let settled = pending == 0 && report.compensated_db == report.failed && report.cleaned_redis == report.failed;
-        let idle = compensator.stats().idle_for() >= Duration::from_secs(1) && cleanup.stats().idle_for() >= Duration::from_secs(1);
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM rk_outbox WHERE delivered_at IS NULL")
+                .fetch_one(&pool)
+                .await?;
+        let settled = pending == 0
+            && report.compensated_db == report.failed
+            && report.cleaned_redis == report.failed;
+        let idle = compensator.stats().idle_for() >= Duration::from_secs(1)
+            && cleanup.stats().idle_for() >= Duration::from_secs(1);
         if (settled && idle) || Instant::now() >= deadline {
             break;
         }
@@ -199,10 +227,11 @@ pub async fn run(pool: PgPool, store: RedisStore, kafka: KafkaConfig, cfg: &Scen
 /// Returns the concert id, one seat per user and the user ids.
 async fn seed_data(pool: &PgPool, users: usize) -> anyhow::Result<(i64, Vec<i64>, Vec<i64>)> {
     let mut tx = pool.begin().await?;
-    let concert_id: i64 = sqlx::query_scalar("INSERT INTO concert (title) VALUES ($1) RETURNING id")
-        .bind(format!("scenario {}", uuid::Uuid::now_v7()))
-        .fetch_one(&mut *tx)
-        .await?;
+    let concert_id: i64 =
+        sqlx::query_scalar("INSERT INTO concert (title) VALUES ($1) RETURNING id")
+            .bind(format!("scenario {}", uuid::Uuid::now_v7()))
+            .fetch_one(&mut *tx)
+            .await?;
     let dates = users.div_ceil(SEATS_PER_DATE).max(1);
     let mut seats = Vec::with_capacity(users);
     for d in 0..dates {
@@ -244,7 +273,12 @@ async fn seed_data(pool: &PgPool, users: usize) -> anyhow::Result<(i64, Vec<i64>
 }
 
 /// Computes the report from PostgreSQL and Redis.
-async fn check(pool: &PgPool, store: &RedisStore, concert_id: i64, users: &[i64]) -> anyhow::Result<Report> {
+async fn check(
+    pool: &PgPool,
+    store: &RedisStore,
+    concert_id: i64,
+    users: &[i64],
+) -> anyhow::Result<Report> {
     let (payments, failed, compensated_db, unsold_completed): (i64, i64, i64, i64) = sqlx::query_as(
         "SELECT count(*),
                 count(*) FILTER (WHERE p.status = 'FAILED'),
@@ -299,7 +333,11 @@ async fn check(pool: &PgPool, store: &RedisStore, concert_id: i64, users: &[i64]
     .await?;
     let mut cleaned_redis = 0;
     for (seat, user) in &failed_rows {
-        if store.count_existing(&[hold_key(*seat), token_key(*user)]).await? == 0 {
+        if store
+            .count_existing(&[hold_key(*seat), token_key(*user)])
+            .await?
+            == 0
+        {
             cleaned_redis += 1;
         }
     }
@@ -309,7 +347,11 @@ async fn check(pool: &PgPool, store: &RedisStore, concert_id: i64, users: &[i64]
         failed,
         compensated_db,
         cleaned_redis,
-        lost: (failed - compensated_db) + (failed - cleaned_redis) + seats_under + balance_under + unsold_completed,
+        lost: (failed - compensated_db)
+            + (failed - cleaned_redis)
+            + seats_under
+            + balance_under
+            + unsold_completed,
         duplicated: seats_over + double_refunds + balance_over,
         errors: 0,
         wall: Duration::ZERO,

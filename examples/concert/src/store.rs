@@ -24,7 +24,9 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("RedisStore")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
@@ -55,7 +57,13 @@ impl RedisStore {
     pub async fn issue_token(&self, user_id: i64) -> redis::RedisResult<String> {
         let token = uuid::Uuid::now_v7().to_string();
         let mut c = self.conn.clone();
-        redis::cmd("SET").arg(token_key(user_id)).arg(&token).arg("PX").arg(self.ttl.as_millis() as u64).query_async::<()>(&mut c).await?;
+        redis::cmd("SET")
+            .arg(token_key(user_id))
+            .arg(&token)
+            .arg("PX")
+            .arg(self.ttl.as_millis() as u64)
+            .query_async::<()>(&mut c)
+            .await?;
         Ok(token)
     }
 
@@ -82,7 +90,11 @@ impl RedisStore {
     /// Redis errors.
     pub async fn release_hold(&self, seat_id: i64, user_id: i64) -> redis::RedisResult<bool> {
         let mut c = self.conn.clone();
-        let n: i64 = Script::new(DELETE_IF_EQUALS).key(hold_key(seat_id)).arg(user_id).invoke_async(&mut c).await?;
+        let n: i64 = Script::new(DELETE_IF_EQUALS)
+            .key(hold_key(seat_id))
+            .arg(user_id)
+            .invoke_async(&mut c)
+            .await?;
         Ok(n == 1)
     }
 
@@ -93,7 +105,11 @@ impl RedisStore {
     /// Redis errors.
     pub async fn expire_token(&self, user_id: i64, token: &str) -> redis::RedisResult<bool> {
         let mut c = self.conn.clone();
-        let n: i64 = Script::new(DELETE_IF_EQUALS).key(token_key(user_id)).arg(token).invoke_async(&mut c).await?;
+        let n: i64 = Script::new(DELETE_IF_EQUALS)
+            .key(token_key(user_id))
+            .arg(token)
+            .invoke_async(&mut c)
+            .await?;
         Ok(n == 1)
     }
 

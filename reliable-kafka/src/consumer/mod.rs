@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::ClientContext;
 use sqlx::PgPool;
@@ -96,7 +98,8 @@ impl ContainerStats {
         self.started.elapsed().saturating_sub(last)
     }
     fn touch(&self) {
-        self.last_activity_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_activity_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -132,7 +135,11 @@ impl ListenerContainerBuilder {
     /// Registers a handler; its topic must be unique in the container.
     pub fn handler<H: EventHandler>(mut self, handler: H) -> Self {
         let options = handler.options();
-        self.handlers.push((Box::new(handler), options, <H::Event as crate::Event>::TOPIC));
+        self.handlers.push((
+            Box::new(handler),
+            options,
+            <H::Event as crate::Event>::TOPIC,
+        ));
         self
     }
 
@@ -173,16 +180,25 @@ impl ListenerContainerBuilder {
     pub fn build(self) -> Result<ListenerContainer, Error> {
         validate_identifier("processed_table", &self.processed_table)?;
         if self.commit_interval.is_zero() {
-            return Err(ConfigError::invalid("commit_interval", "must be greater than zero").into());
+            return Err(
+                ConfigError::invalid("commit_interval", "must be greater than zero").into(),
+            );
         }
         if self.handlers.is_empty() {
-            return Err(ConfigError::Missing { key: "handler".into() }.into());
+            return Err(ConfigError::Missing {
+                key: "handler".into(),
+            }
+            .into());
         }
         let group = match &self.group {
             Some(g) => g.clone(),
-            None => self.handlers.iter().find_map(|(_, o, _)| o.group.as_deref().map(str::to_owned)).ok_or(
-                ConfigError::Missing { key: "group.id".into() },
-            )?,
+            None => self
+                .handlers
+                .iter()
+                .find_map(|(_, o, _)| o.group.as_deref().map(str::to_owned))
+                .ok_or(ConfigError::Missing {
+                    key: "group.id".into(),
+                })?,
         };
         if group.is_empty() {
             return Err(ConfigError::invalid("group.id", "must not be empty").into());
@@ -190,7 +206,11 @@ impl ListenerContainerBuilder {
         let max_poll_ms: u64 = self
             .kafka
             .get("max.poll.interval.ms")
-            .map(|v| v.parse().map_err(|_| ConfigError::invalid("max.poll.interval.ms", "must be an integer (ms)")))
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ConfigError::invalid("max.poll.interval.ms", "must be an integer (ms)")
+                })
+            })
             .transpose()?
             .unwrap_or(300_000);
 
@@ -228,7 +248,14 @@ impl ListenerContainerBuilder {
             if routes.contains_key(&topic) {
                 return Err(ConfigError::DuplicateHandler { topic }.into());
             }
-            routes.insert(topic, Route { handler, backoff, dead_letter_topic });
+            routes.insert(
+                topic,
+                Route {
+                    handler,
+                    backoff,
+                    dead_letter_topic,
+                },
+            );
         }
 
         let consumer: StreamConsumer<ContainerContext> = self
@@ -240,7 +267,9 @@ impl ListenerContainerBuilder {
                 ("auto.offset.reset", "earliest"),
                 ("isolation.level", "read_committed"),
             ])
-            .create_with_context(ContainerContext { group: group.clone() })
+            .create_with_context(ContainerContext {
+                group: group.clone(),
+            })
             .map_err(Error::kafka("create consumer"))?;
         let producer: FutureProducer = self
             .kafka
@@ -323,7 +352,9 @@ impl ClientContext for ContainerContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {
-            L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(group = %self.group, fac, "{log_message}"),
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(group = %self.group, fac, "{log_message}")
+            }
             L::Warning => tracing::warn!(group = %self.group, fac, "{log_message}"),
             L::Notice | L::Info => tracing::info!(group = %self.group, fac, "{log_message}"),
             L::Debug => tracing::debug!(group = %self.group, fac, "{log_message}"),
@@ -356,7 +387,9 @@ fn commit<C: ConsumerContext, K: Consumer<C>>(consumer: &K, mode: CommitMode, gr
     match consumer.commit_consumer_state(mode) {
         Ok(()) => {}
         Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => tracing::warn!(group, error = %e, "offset commit failed; will retry with the next commit"),
+        Err(e) => {
+            tracing::warn!(group, error = %e, "offset commit failed; will retry with the next commit")
+        }
     }
 }
 
@@ -411,7 +444,9 @@ impl ListenerContainer {
     /// and retried.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let topics: Vec<&str> = self.inner.routes.keys().map(String::as_str).collect();
-        self.consumer.subscribe(&topics).map_err(Error::kafka("subscribe"))?;
+        self.consumer
+            .subscribe(&topics)
+            .map_err(Error::kafka("subscribe"))?;
         tracing::info!(group = %self.inner.group, ?topics, "listener container started");
         let mut last_commit = Instant::now();
         let mut dirty = false;
@@ -433,7 +468,11 @@ impl ListenerContainer {
                     self.inner.stats.touch();
                     match self.inner.process(&msg, &shutdown).await {
                         Outcome::Done => {
-                            if let Err(e) = self.consumer.store_offset(msg.topic(), msg.partition(), msg.offset()) {
+                            if let Err(e) = self.consumer.store_offset(
+                                msg.topic(),
+                                msg.partition(),
+                                msg.offset(),
+                            ) {
                                 // The partition was revoked meanwhile; its new owner redelivers.
                                 tracing::debug!(error = %e, "offset not stored");
                             }
@@ -464,7 +503,12 @@ impl ListenerContainer {
         let stats = self.stats();
         let group = self.inner.group.to_string();
         let join = tokio::spawn(self.run(shutdown.clone()));
-        ContainerHandle { shutdown, stats, group, join }
+        ContainerHandle {
+            shutdown,
+            stats,
+            group,
+            join,
+        }
     }
 }
 
@@ -511,7 +555,10 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
 }
 
 fn header_str<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
-    msg.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value)
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
 }
 
 /// Reads the envelope; `Err` says which header is missing or malformed.
@@ -529,7 +576,9 @@ fn record_info(msg: &BorrowedMessage<'_>) -> Result<RecordInfo, String> {
         .ok_or_else(|| format!("header `{}` is missing", headers::EVENT_TYPE))?
         .to_owned();
     let schema_version = match text(headers::SCHEMA_VERSION)? {
-        Some(v) => v.parse().map_err(|_| format!("header `{}` is not a u32: {v:?}", headers::SCHEMA_VERSION))?,
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("header `{}` is not a u32: {v:?}", headers::SCHEMA_VERSION))?,
         None => 1,
     };
     let produced_at_ms = text(headers::PRODUCED_AT)?.and_then(|v| v.parse().ok());
@@ -568,17 +617,53 @@ impl Inner {
         let info = match record_info(msg) {
             Ok(i) => i,
             Err(why) => {
-                return self.dead_letter(msg, route, DeadLetterReason::InvalidHeaders, "reliable_kafka::InvalidHeaders", why, 0, shutdown).await;
+                return self
+                    .dead_letter(
+                        msg,
+                        route,
+                        DeadLetterReason::InvalidHeaders,
+                        "reliable_kafka::InvalidHeaders",
+                        why,
+                        0,
+                        shutdown,
+                    )
+                    .await;
             }
         };
         if info.event_type != route.handler.event_type() {
-            let why = format!("event type `{}` is not `{}`", info.event_type, route.handler.event_type());
-            return self.dead_letter(msg, route, DeadLetterReason::UnknownEventType, "reliable_kafka::UnknownEventType", why, 0, shutdown).await;
+            let why = format!(
+                "event type `{}` is not `{}`",
+                info.event_type,
+                route.handler.event_type()
+            );
+            return self
+                .dead_letter(
+                    msg,
+                    route,
+                    DeadLetterReason::UnknownEventType,
+                    "reliable_kafka::UnknownEventType",
+                    why,
+                    0,
+                    shutdown,
+                )
+                .await;
         }
         if info.schema_version > route.handler.schema_version() {
-            let why = format!("schema version {} is newer than the supported {}", info.schema_version, route.handler.schema_version());
+            let why = format!(
+                "schema version {} is newer than the supported {}",
+                info.schema_version,
+                route.handler.schema_version()
+            );
             return self
-                .dead_letter(msg, route, DeadLetterReason::UnsupportedSchemaVersion, "reliable_kafka::UnsupportedSchemaVersion", why, 0, shutdown)
+                .dead_letter(
+                    msg,
+                    route,
+                    DeadLetterReason::UnsupportedSchemaVersion,
+                    "reliable_kafka::UnsupportedSchemaVersion",
+                    why,
+                    0,
+                    shutdown,
+                )
                 .await;
         }
         let mut attempt = 1;
@@ -586,12 +671,18 @@ impl Inner {
         loop {
             match self.attempt(msg, route, &info, attempt).await {
                 Ok(duplicate) => {
-                    let counter = if duplicate { &self.stats.duplicates } else { &self.stats.processed };
+                    let counter = if duplicate {
+                        &self.stats.duplicates
+                    } else {
+                        &self.stats.processed
+                    };
                     counter.fetch_add(1, Ordering::Relaxed);
                     return Outcome::Done;
                 }
                 Err(AttemptError::Infrastructure(e)) => {
-                    self.stats.infrastructure_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .infrastructure_errors
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
                         error = %report(&e), "infrastructure failure; retrying the record");
                     if sleep_or_shutdown(infra_delay, shutdown).await {
@@ -600,17 +691,43 @@ impl Inner {
                     infra_delay = (infra_delay * 2).min(Duration::from_secs(5));
                 }
                 Err(AttemptError::Decode(e)) => {
-                    return self.dead_letter(msg, route, DeadLetterReason::Deserialization, "reliable_kafka::CodecError", report(&e), attempt, shutdown).await;
+                    return self
+                        .dead_letter(
+                            msg,
+                            route,
+                            DeadLetterReason::Deserialization,
+                            "reliable_kafka::CodecError",
+                            report(&e),
+                            attempt,
+                            shutdown,
+                        )
+                        .await;
                 }
                 Err(AttemptError::Handler(e)) => {
                     let delay = match &e {
                         HandlerError::Permanent(_) => None,
-                        HandlerError::RetryAfter { after, .. } => route.backoff.delay_after(attempt).map(|_| *after),
+                        HandlerError::RetryAfter { after, .. } => {
+                            route.backoff.delay_after(attempt).map(|_| *after)
+                        }
                         _ => route.backoff.delay_after(attempt),
                     };
                     let Some(delay) = delay else {
-                        let reason = if e.is_transient() { DeadLetterReason::RetriesExhausted } else { DeadLetterReason::PermanentError };
-                        return self.dead_letter(msg, route, reason, e.kind(), report(&e), attempt, shutdown).await;
+                        let reason = if e.is_transient() {
+                            DeadLetterReason::RetriesExhausted
+                        } else {
+                            DeadLetterReason::PermanentError
+                        };
+                        return self
+                            .dead_letter(
+                                msg,
+                                route,
+                                reason,
+                                e.kind(),
+                                report(&e),
+                                attempt,
+                                shutdown,
+                            )
+                            .await;
                     };
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
@@ -625,10 +742,30 @@ impl Inner {
     }
 
     /// One attempt; `Ok(true)` when the message id was already processed.
-    async fn attempt(&self, msg: &BorrowedMessage<'_>, route: &Route, info: &RecordInfo, attempt: u32) -> Result<bool, AttemptError> {
-        let event = route.handler.decode(msg.payload().unwrap_or_default()).map_err(AttemptError::Decode)?;
-        let infra = |op| move |e| AttemptError::Infrastructure(Error::Database { operation: op, source: e });
-        let mut tx = self.pool.begin().await.map_err(infra("begin handler transaction"))?;
+    async fn attempt(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        route: &Route,
+        info: &RecordInfo,
+        attempt: u32,
+    ) -> Result<bool, AttemptError> {
+        let event = route
+            .handler
+            .decode(msg.payload().unwrap_or_default())
+            .map_err(AttemptError::Decode)?;
+        let infra = |op| {
+            move |e| {
+                AttemptError::Infrastructure(Error::Database {
+                    operation: op,
+                    source: e,
+                })
+            }
+        };
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(infra("begin handler transaction"))?;
         let inserted = sqlx::query(&self.dedup_sql)
             .bind(&*self.group)
             .bind(info.message_id)
@@ -640,9 +777,21 @@ impl Inner {
             tracing::debug!(group = %self.group, message_id = %info.message_id, "duplicate delivery skipped");
             return Ok(true);
         }
-        let mut ctx = HandlerContext { tx, record: info.clone(), attempt, group: self.group.clone() };
-        route.handler.call(event, &mut ctx).await.map_err(AttemptError::Handler)?;
-        ctx.tx.commit().await.map_err(infra("commit handler transaction"))?;
+        let mut ctx = HandlerContext {
+            tx,
+            record: info.clone(),
+            attempt,
+            group: self.group.clone(),
+        };
+        route
+            .handler
+            .call(event, &mut ctx)
+            .await
+            .map_err(AttemptError::Handler)?;
+        ctx.tx
+            .commit()
+            .await
+            .map_err(infra("commit handler transaction"))?;
         Ok(false)
     }
 
@@ -671,7 +820,7 @@ impl Inner {
         tracing::error!(group = %self.group, topic = %info.original_topic, partition = info.original_partition,
             offset = info.original_offset, %reason, attempts, error = %info.error_message,
             dead_letter_topic = %route.dead_letter_topic, "dead-lettering record");
-        let base = msg.headers().map(|h| h.detach()).unwrap_or_else(OwnedHeaders::new);
+        let base = msg.headers().map(|h| h.detach()).unwrap_or_default();
         let mut delay = Duration::from_millis(100);
         loop {
             let record = OutRecord {
@@ -687,7 +836,9 @@ impl Inner {
                     return Outcome::Done;
                 }
                 Err(e) => {
-                    self.stats.infrastructure_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .infrastructure_errors
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(group = %self.group, error = %e, "dead-letter publish failed; retrying");
                 }
             }

@@ -85,8 +85,13 @@ impl Outbox {
     /// # Errors
     /// [`Error::Codec`] when the event cannot be encoded, [`Error::Database`] when the
     /// insert fails (the transaction is then aborted, as for any failed statement).
-    pub async fn enqueue<E: Event>(&self, tx: &mut Transaction<'_, Postgres>, event: &E) -> Result<Uuid, Error> {
-        self.enqueue_with(tx, event, EnqueueOptions::default()).await
+    pub async fn enqueue<E: Event>(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        event: &E,
+    ) -> Result<Uuid, Error> {
+        self.enqueue_with(tx, event, EnqueueOptions::default())
+            .await
     }
 
     /// [`Outbox::enqueue`] with a chosen message id, trace context or extra headers.
@@ -100,7 +105,12 @@ impl Outbox {
         options: EnqueueOptions,
     ) -> Result<Uuid, Error> {
         let payload = E::Codec::encode(event).map_err(Error::Codec)?;
-        let EnqueueOptions { topic, message_id, traceparent, mut headers } = options;
+        let EnqueueOptions {
+            topic,
+            message_id,
+            traceparent,
+            mut headers,
+        } = options;
         let id = message_id.unwrap_or_else(Uuid::now_v7);
         if let Some(tp) = traceparent {
             headers.insert(crate::headers::TRACEPARENT.to_owned(), tp);

@@ -45,6 +45,15 @@ pub struct OutboxRelay {
     stats: Arc<RelayStats>,
 }
 
+impl std::fmt::Debug for OutboxRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxRelay")
+            .field("cfg", &self.cfg)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone)]
 struct RelayConfig {
     batch_size: i64,
@@ -160,7 +169,9 @@ impl OutboxRelayBuilder {
             return Err(ConfigError::invalid("poll_interval", "must be greater than zero").into());
         }
         if self.cleanup_interval.is_zero() {
-            return Err(ConfigError::invalid("cleanup_interval", "must be greater than zero").into());
+            return Err(
+                ConfigError::invalid("cleanup_interval", "must be greater than zero").into(),
+            );
         }
         if self.max_send_attempts == 0 || self.max_send_attempts > i32::MAX as u32 {
             return Err(ConfigError::invalid("max_send_attempts", "must be at least 1").into());
@@ -195,14 +206,20 @@ impl OutboxRelayBuilder {
                 "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE delivered_at < now() - make_interval(secs => $1) LIMIT 10000)"
             ),
         };
-        Ok(OutboxRelay { pool: self.pool, producer, cfg, stats: Arc::default() })
+        Ok(OutboxRelay {
+            pool: self.pool,
+            producer,
+            cfg,
+            stats: Arc::default(),
+        })
     }
 }
 
 /// The relay lock: a transaction-level advisory lock whose key is the outbox table's
 /// OID in the low 32 bits and `0x524B` ("RK") above them, so relays of different tables
 /// (or of the same table name in different schemas) never wait for each other.
-const LOCK_SQL: &str = "SELECT pg_try_advisory_xact_lock(($1::regclass::oid::bigint) | (x'524B'::bigint << 32))";
+const LOCK_SQL: &str =
+    "SELECT pg_try_advisory_xact_lock(($1::regclass::oid::bigint) | (x'524B'::bigint << 32))";
 
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
@@ -224,13 +241,31 @@ impl OutboxRow {
         let version = self.schema_version.to_string();
         let produced_at = self.created_at.timestamp_millis().to_string();
         let mut h = OwnedHeaders::new_with_capacity(5 + self.headers.0.len())
-            .insert(Header { key: headers::MESSAGE_ID, value: Some(&id) })
-            .insert(Header { key: headers::EVENT_TYPE, value: Some(&self.event_type) })
-            .insert(Header { key: headers::SCHEMA_VERSION, value: Some(&version) })
-            .insert(Header { key: headers::PRODUCED_AT, value: Some(&produced_at) })
-            .insert(Header { key: headers::CONTENT_TYPE, value: Some(&self.content_type) });
+            .insert(Header {
+                key: headers::MESSAGE_ID,
+                value: Some(&id),
+            })
+            .insert(Header {
+                key: headers::EVENT_TYPE,
+                value: Some(&self.event_type),
+            })
+            .insert(Header {
+                key: headers::SCHEMA_VERSION,
+                value: Some(&version),
+            })
+            .insert(Header {
+                key: headers::PRODUCED_AT,
+                value: Some(&produced_at),
+            })
+            .insert(Header {
+                key: headers::CONTENT_TYPE,
+                value: Some(&self.content_type),
+            });
         for (k, v) in &self.headers.0 {
-            h = h.insert(Header { key: k, value: Some(v) });
+            h = h.insert(Header {
+                key: k,
+                value: Some(v),
+            });
         }
         OutRecord {
             topic: self.aggregatetype,
@@ -268,14 +303,21 @@ impl OutboxRelay {
     /// [`Error::Database`] when the claim or mark fails; the transaction is rolled back
     /// and the rows stay pending (they may have been sent: at-least-once).
     pub async fn relay_once(&self) -> Result<RelayBatch, Error> {
-        let mut tx = self.pool.begin().await.map_err(Error::db("begin relay transaction"))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(Error::db("begin relay transaction"))?;
         let locked: bool = sqlx::query_scalar(LOCK_SQL)
             .bind(&self.cfg.table)
             .fetch_one(&mut *tx)
             .await
             .map_err(Error::db("take relay lock"))?;
         if !locked {
-            return Ok(RelayBatch { lock_busy: true, ..RelayBatch::default() });
+            return Ok(RelayBatch {
+                lock_busy: true,
+                ..RelayBatch::default()
+            });
         }
         let rows: Vec<OutboxRow> = sqlx::query_as(&self.cfg.select_sql)
             .bind(self.cfg.max_send_attempts)
@@ -287,7 +329,11 @@ impl OutboxRelay {
             return Ok(RelayBatch::default());
         }
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-        let results = send_in_order(&self.producer, rows.into_iter().map(OutboxRow::into_record).collect()).await;
+        let results = send_in_order(
+            &self.producer,
+            rows.into_iter().map(OutboxRow::into_record).collect(),
+        )
+        .await;
 
         let mut delivered = Vec::with_capacity(ids.len());
         let (mut failed_ids, mut failed_errs) = (Vec::new(), Vec::new());
@@ -316,10 +362,20 @@ impl OutboxRelay {
                 .await
                 .map_err(Error::db("record outbox send failure"))?;
         }
-        tx.commit().await.map_err(Error::db("commit relay transaction"))?;
-        let batch = RelayBatch { published: delivered.len(), failed: failed_ids.len(), lock_busy: false };
-        self.stats.published.fetch_add(batch.published as u64, Ordering::Relaxed);
-        self.stats.failed.fetch_add(batch.failed as u64, Ordering::Relaxed);
+        tx.commit()
+            .await
+            .map_err(Error::db("commit relay transaction"))?;
+        let batch = RelayBatch {
+            published: delivered.len(),
+            failed: failed_ids.len(),
+            lock_busy: false,
+        };
+        self.stats
+            .published
+            .fetch_add(batch.published as u64, Ordering::Relaxed);
+        self.stats
+            .failed
+            .fetch_add(batch.failed as u64, Ordering::Relaxed);
         if batch.published > 0 {
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
         }
@@ -361,13 +417,18 @@ impl OutboxRelay {
         let mut last_cleanup = Instant::now();
         while !shutdown.is_cancelled() {
             let more = match self.relay_once().await {
-                Ok(b) => !b.lock_busy && b.published + b.failed == self.cfg.batch_size as usize && b.failed == 0,
+                Ok(b) => {
+                    !b.lock_busy
+                        && b.published + b.failed == self.cfg.batch_size as usize
+                        && b.failed == 0
+                }
                 Err(e) => {
                     tracing::warn!(error = %crate::report(&e), "outbox relay batch failed");
                     false
                 }
             };
-            if !self.cfg.retention.is_zero() && last_cleanup.elapsed() >= self.cfg.cleanup_interval {
+            if !self.cfg.retention.is_zero() && last_cleanup.elapsed() >= self.cfg.cleanup_interval
+            {
                 last_cleanup = Instant::now();
                 if let Err(e) = self.cleanup_once().await {
                     tracing::warn!(error = %crate::report(&e), "outbox cleanup failed");
@@ -402,7 +463,11 @@ impl OutboxRelay {
         let shutdown = CancellationToken::new();
         let stats = self.stats.clone();
         let join = tokio::spawn(self.run(shutdown.clone()));
-        RelayHandle { shutdown, stats, join }
+        RelayHandle {
+            shutdown,
+            stats,
+            join,
+        }
     }
 }
 
