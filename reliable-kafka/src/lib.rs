@@ -15,6 +15,8 @@
 //!   [`FixedBackOff`] and [`ExponentialBackOff`] decide the retries; then the record
 //!   goes to a dead-letter topic with Spring Kafka-compatible `kafka_dlt-*` headers.
 //!   A record that cannot be decoded goes there at once.
+//! - **Re-drive** ([`DeadLetterRedriver`]): re-publishes dead-lettered records to their
+//!   topic on an interval, a bounded number of times, then parks them in a table.
 //!
 //! ## Guarantees
 //!
@@ -67,6 +69,7 @@ mod event;
 pub mod headers;
 mod kafka;
 mod outbox;
+mod redrive;
 mod schema;
 
 pub use backoff::{
@@ -82,6 +85,10 @@ pub use event::{Codec, CodecError, Event, JsonCodec};
 pub use kafka::{KafkaConfig, DEFAULT_BROKERS};
 pub use outbox::{
     EnqueueOptions, Outbox, OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayStats,
+};
+pub use redrive::{
+    DeadLetterRedriver, DeadLetterRedriverBuilder, RedriveHandle, RedriveReport, RedriveStats,
+    REDRIVE_COUNT,
 };
 pub use schema::{
     migrate, migrator, DEFAULT_OUTBOX_TABLE, DEFAULT_PROCESSED_TABLE, NOTIFY_CHANNEL,

@@ -181,6 +181,8 @@ pub enum Mode {
     Succeed,
     /// Fails transiently on the first `k` attempts of each record, then succeeds.
     FailFirst(u32),
+    /// Fails transiently on the first `k` calls of the handler (across deliveries).
+    FailCalls(u32),
     /// Always fails transiently.
     AlwaysTransient,
     /// Fails permanently.
@@ -241,7 +243,7 @@ impl reliable_kafka::EventHandler for Recorder {
         ctx: &'a mut reliable_kafka::HandlerContext,
     ) -> futures::future::BoxFuture<'a, Result<(), reliable_kafka::HandlerError>> {
         Box::pin(async move {
-            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
             let id = ctx.message_id();
             sqlx::query("INSERT INTO effects (message_id, key, n) VALUES ($1, $2, $3)")
                 .bind(id)
@@ -253,6 +255,8 @@ impl reliable_kafka::EventHandler for Recorder {
                 Mode::Succeed => None,
                 Mode::FailFirst(k) if ctx.attempt() <= k => Some(true),
                 Mode::FailFirst(_) => None,
+                Mode::FailCalls(k) if call <= k => Some(true),
+                Mode::FailCalls(_) => None,
                 Mode::AlwaysTransient => Some(true),
                 Mode::Permanent => Some(false),
             };

@@ -1,0 +1,514 @@
+//! Re-drive: publishing dead-lettered records back to their original topic, bounded,
+//! and parking those that exhausted their re-drives.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::validate_identifier;
+use crate::kafka::{send_in_order, OutRecord};
+use crate::{headers, ConfigError, DeadLetterInfo, DeadLetterReason, Error, KafkaConfig};
+
+/// Header counting how often a record was re-driven, decimal ASCII. Carried through
+/// the next dead-lettering, so the bound holds across cycles.
+pub const REDRIVE_COUNT: &str = "rk-redrive-count";
+
+/// Periodically re-publishes records from dead-letter topics to their original topic
+/// (read from `kafka_dlt-original-topic`), at most `max_redrives` times per record;
+/// a record past that bound, or dead-lettered for a reason that retrying cannot fix
+/// (a poison pill), is **parked**: stored in `rk_parked_messages` and logged at error
+/// level, for a person to look at.
+///
+/// Each run reads every dead-letter partition from the re-driver's committed offset up
+/// to the end offset seen when the run started, acts on each record (the re-publish is
+/// awaited, the park committed), and then commits its offsets. A crash in between
+/// re-drives a record twice; it carries its original message id, so the idempotent
+/// consumer applies it once.
+///
+/// The re-published record keeps key, payload and headers, minus the `kafka_dlt-*` and
+/// `rk-dlt-*` headers, with [`REDRIVE_COUNT`] incremented.
+pub struct DeadLetterRedriver {
+    consumer: Arc<StreamConsumer>,
+    producer: FutureProducer,
+    pool: PgPool,
+    topics: Vec<String>,
+    max_redrives: u32,
+    reasons: Vec<DeadLetterReason>,
+    interval: Duration,
+    park_sql: String,
+    stats: Arc<RedriveStats>,
+}
+
+impl std::fmt::Debug for DeadLetterRedriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetterRedriver")
+            .field("topics", &self.topics)
+            .field("max_redrives", &self.max_redrives)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builder of [`DeadLetterRedriver`].
+#[derive(Debug, Clone)]
+pub struct DeadLetterRedriverBuilder {
+    kafka: KafkaConfig,
+    pool: PgPool,
+    topics: Vec<String>,
+    group: String,
+    max_redrives: u32,
+    reasons: Vec<DeadLetterReason>,
+    interval: Duration,
+    parked_table: String,
+}
+
+/// Counters of a re-driver.
+#[derive(Debug, Default)]
+pub struct RedriveStats {
+    redriven: AtomicU64,
+    parked: AtomicU64,
+    runs: AtomicU64,
+}
+
+impl RedriveStats {
+    /// Records re-published to their original topic.
+    pub fn redriven(&self) -> u64 {
+        self.redriven.load(Ordering::Relaxed)
+    }
+    /// Records parked.
+    pub fn parked(&self) -> u64 {
+        self.parked.load(Ordering::Relaxed)
+    }
+    /// Completed runs.
+    pub fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
+    }
+}
+
+/// What one [`DeadLetterRedriver::redrive_once`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedriveReport {
+    /// Records re-published.
+    pub redriven: u64,
+    /// Records parked.
+    pub parked: u64,
+}
+
+impl DeadLetterRedriverBuilder {
+    /// Adds a dead-letter topic to re-drive (at least one is required).
+    pub fn topic(mut self, dead_letter_topic: impl Into<String>) -> Self {
+        self.topics.push(dead_letter_topic.into());
+        self
+    }
+    /// Consumer group whose offsets track the re-driver's progress (default
+    /// `reliable-kafka-redrive`).
+    pub fn group_id(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
+    }
+    /// Re-drives per record before it is parked (default 3, as in seed 003; 0 parks
+    /// everything).
+    pub fn max_redrives(mut self, n: u32) -> Self {
+        self.max_redrives = n;
+        self
+    }
+    /// Dead-letter reasons worth re-driving (default: `retries-exhausted` only; poison
+    /// pills and permanent errors are parked at once).
+    pub fn reasons(mut self, reasons: impl IntoIterator<Item = DeadLetterReason>) -> Self {
+        self.reasons = reasons.into_iter().collect();
+        self
+    }
+    /// Time between runs of [`DeadLetterRedriver::run`] (default 5 min, as in seed 003).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+    /// Table of parked records (default `rk_parked_messages`).
+    pub fn parked_table(mut self, table: impl Into<String>) -> Self {
+        self.parked_table = table.into();
+        self
+    }
+
+    /// Validates and creates the consumer and producer.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the key: no `topic`, an empty `group.id`, a zero
+    /// `interval`, an invalid `parked_table`; [`Error::Kafka`] when librdkafka rejects
+    /// the configuration.
+    pub fn build(self) -> Result<DeadLetterRedriver, Error> {
+        if self.topics.is_empty() {
+            return Err(ConfigError::Missing {
+                key: "topic".into(),
+            }
+            .into());
+        }
+        if self.group.is_empty() {
+            return Err(ConfigError::invalid("group.id", "must not be empty").into());
+        }
+        if self.interval.is_zero() {
+            return Err(ConfigError::invalid("interval", "must be greater than zero").into());
+        }
+        validate_identifier("parked_table", &self.parked_table)?;
+        let consumer: StreamConsumer = self
+            .kafka
+            .client_config(&[
+                ("group.id", self.group.as_str()),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+            ])
+            .create()
+            .map_err(Error::kafka("create re-drive consumer"))?;
+        let producer: FutureProducer = self
+            .kafka
+            .client_config(KafkaConfig::PRODUCER_PRESETS)
+            .create()
+            .map_err(Error::kafka("create re-drive producer"))?;
+        let t = &self.parked_table;
+        Ok(DeadLetterRedriver {
+            consumer: Arc::new(consumer),
+            producer,
+            pool: self.pool,
+            topics: self.topics,
+            max_redrives: self.max_redrives,
+            reasons: self.reasons,
+            interval: self.interval,
+            park_sql: format!(
+                "INSERT INTO {t} (dead_letter_topic, dead_letter_partition, dead_letter_offset, message_id, original_topic, \
+                 original_partition, original_offset, consumer_group, reason, error_message, attempts, redrive_count, \
+                 record_key, payload, headers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                 ON CONFLICT DO NOTHING"
+            ),
+            stats: Arc::default(),
+        })
+    }
+}
+
+/// A range of one dead-letter partition to process in a run: `[start, end)`.
+struct Span {
+    topic: String,
+    partition: i32,
+    start: i64,
+    end: i64,
+}
+
+impl DeadLetterRedriver {
+    /// Starts a builder.
+    pub fn builder(kafka: KafkaConfig, pool: PgPool) -> DeadLetterRedriverBuilder {
+        DeadLetterRedriverBuilder {
+            kafka,
+            pool,
+            topics: Vec::new(),
+            group: "reliable-kafka-redrive".to_owned(),
+            max_redrives: 3,
+            reasons: vec![DeadLetterReason::RetriesExhausted],
+            interval: Duration::from_secs(300),
+            parked_table: "rk_parked_messages".to_owned(),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Arc<RedriveStats> {
+        self.stats.clone()
+    }
+
+    /// Processes what the dead-letter topics hold now (see the type's documentation).
+    ///
+    /// # Errors
+    /// [`Error::Kafka`] when metadata, offsets or a re-publish fail; [`Error::Database`]
+    /// when parking fails. Offsets of records already handled are committed first, so
+    /// the next run resumes after them.
+    pub async fn redrive_once(&self) -> Result<RedriveReport, Error> {
+        let consumer = self.consumer.clone();
+        let topics = self.topics.clone();
+        let spans = tokio::task::spawn_blocking(move || plan(&consumer, &topics))
+            .await
+            .map_err(|_| Error::Kafka {
+                operation: "plan re-drive",
+                source: rdkafka::error::KafkaError::Canceled,
+            })??;
+        let mut report = RedriveReport::default();
+        if spans.is_empty() {
+            self.stats.runs.fetch_add(1, Ordering::Relaxed);
+            return Ok(report);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for s in &spans {
+            tpl.add_partition_offset(&s.topic, s.partition, Offset::Offset(s.start))
+                .map_err(Error::kafka("assign dead-letter partitions"))?;
+        }
+        self.consumer
+            .assign(&tpl)
+            .map_err(Error::kafka("assign dead-letter partitions"))?;
+        drop(tpl);
+        let mut remaining: HashMap<(String, i32), i64> = spans
+            .iter()
+            .map(|s| ((s.topic.clone(), s.partition), s.end))
+            .collect();
+        let mut done: HashMap<(String, i32), i64> = HashMap::new();
+        let result = async {
+            while !remaining.is_empty() {
+                let msg = match tokio::time::timeout(Duration::from_secs(30), self.consumer.recv())
+                    .await
+                {
+                    Err(_) => {
+                        tracing::warn!(
+                            left = remaining.len(),
+                            "re-drive run stopped: no record for 30 s"
+                        );
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "re-drive consumer error");
+                        continue;
+                    }
+                    Ok(Ok(m)) => m,
+                };
+                let key = (msg.topic().to_owned(), msg.partition());
+                let Some(&end) = remaining.get(&key) else {
+                    continue;
+                };
+                if msg.offset() >= end {
+                    remaining.remove(&key);
+                    continue;
+                }
+                if self.handle(&msg).await? {
+                    report.redriven += 1;
+                } else {
+                    report.parked += 1;
+                }
+                done.insert(key.clone(), msg.offset() + 1);
+                if msg.offset() + 1 >= end {
+                    remaining.remove(&key);
+                }
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        if !done.is_empty() {
+            let mut commit = TopicPartitionList::new();
+            for ((topic, partition), next) in &done {
+                commit
+                    .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                    .map_err(Error::kafka("commit re-drive offsets"))?;
+            }
+            self.consumer
+                .commit(&commit, CommitMode::Sync)
+                .map_err(Error::kafka("commit re-drive offsets"))?;
+        }
+        let _ = self.consumer.unassign();
+        self.stats
+            .redriven
+            .fetch_add(report.redriven, Ordering::Relaxed);
+        self.stats
+            .parked
+            .fetch_add(report.parked, Ordering::Relaxed);
+        self.stats.runs.fetch_add(1, Ordering::Relaxed);
+        result.map(|()| report)
+    }
+
+    /// Re-drives or parks one record; `true` when re-driven.
+    async fn handle(&self, msg: &rdkafka::message::BorrowedMessage<'_>) -> Result<bool, Error> {
+        let hdrs = msg.headers();
+        let info = hdrs.and_then(DeadLetterInfo::from_headers);
+        let count: u32 = hdrs
+            .and_then(|h| h.iter().find(|x| x.key == REDRIVE_COUNT))
+            .and_then(|x| x.value)
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(0);
+        let park_reason = match &info {
+            None => {
+                Some("not a dead-letter record (kafka_dlt-original-* headers missing)".to_owned())
+            }
+            Some(i) if !i.reason.is_some_and(|r| self.reasons.contains(&r)) => Some(format!(
+                "dead-lettered as `{}`, which re-driving cannot fix",
+                i.reason.map_or("unknown", |r| r.as_str())
+            )),
+            Some(_) if count >= self.max_redrives => Some(format!(
+                "re-driven {count} times (max {})",
+                self.max_redrives
+            )),
+            Some(_) => None,
+        };
+        if let (None, Some(info)) = (&park_reason, &info) {
+            let mut out = OwnedHeaders::new();
+            if let Some(h) = hdrs {
+                for x in h.iter() {
+                    let ours = x.key.starts_with("kafka_dlt-")
+                        || x.key.starts_with("rk-dlt-")
+                        || x.key == REDRIVE_COUNT;
+                    if !ours {
+                        out = out.insert(Header {
+                            key: x.key,
+                            value: x.value,
+                        });
+                    }
+                }
+            }
+            let next = (count + 1).to_string();
+            out = out.insert(Header {
+                key: REDRIVE_COUNT,
+                value: Some(&next),
+            });
+            let record = OutRecord {
+                topic: info.original_topic.clone(),
+                key: msg.key().map(<[u8]>::to_vec),
+                payload: msg.payload().map(<[u8]>::to_vec),
+                headers: out,
+            };
+            let sent = send_in_order(&self.producer, vec![record]).await;
+            sent.into_iter()
+                .next()
+                .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
+                .map_err(Error::kafka("re-publish"))?;
+            tracing::info!(topic = %info.original_topic, original_offset = info.original_offset, redrive = count + 1, "re-drove dead-lettered record");
+            return Ok(true);
+        }
+        let reason = park_reason.unwrap_or_default();
+        let header_list: Vec<serde_json::Value> = hdrs
+            .map(|h| h.iter().map(header_json).collect())
+            .unwrap_or_default();
+        let message_id = hdrs
+            .and_then(|h| h.iter().find(|x| x.key == headers::MESSAGE_ID))
+            .and_then(|x| x.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        sqlx::query(&self.park_sql)
+            .bind(msg.topic())
+            .bind(msg.partition())
+            .bind(msg.offset())
+            .bind(&message_id)
+            .bind(info.as_ref().map(|i| i.original_topic.clone()))
+            .bind(info.as_ref().map(|i| i.original_partition))
+            .bind(info.as_ref().map(|i| i.original_offset))
+            .bind(info.as_ref().map(|i| i.consumer_group.clone()))
+            .bind(&reason)
+            .bind(info.as_ref().map(|i| i.error_message.clone()))
+            .bind(info.as_ref().map(|i| i.attempts as i32))
+            .bind(count as i32)
+            .bind(msg.key())
+            .bind(msg.payload())
+            .bind(sqlx::types::Json(header_list))
+            .execute(&self.pool)
+            .await
+            .map_err(Error::db("park dead-lettered record"))?;
+        tracing::error!(dead_letter_topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
+            message_id = message_id.as_deref().unwrap_or("-"), %reason, "parked dead-lettered record");
+        Ok(false)
+    }
+
+    /// Runs [`DeadLetterRedriver::redrive_once`] every `interval` until `shutdown`.
+    /// Errors are logged; the next run retries.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            match self.redrive_once().await {
+                Ok(r) if r.redriven + r.parked > 0 => tracing::info!(
+                    redriven = r.redriven,
+                    parked = r.parked,
+                    "re-drive run done"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %crate::report(&e), "re-drive run failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Spawns [`DeadLetterRedriver::run`] on the current Tokio runtime.
+    pub fn spawn(self) -> RedriveHandle {
+        let shutdown = CancellationToken::new();
+        let stats = self.stats();
+        let join = tokio::spawn(self.run(shutdown.clone()));
+        RedriveHandle {
+            shutdown,
+            stats,
+            join,
+        }
+    }
+}
+
+/// A header as JSON: `{"key": .., "value": ..}` for text, `{"key": .., "hex": ..}`
+/// for binary values (such as Spring Kafka's big-endian partition and offset), since
+/// PostgreSQL's `jsonb` cannot hold NUL characters.
+fn header_json(h: Header<'_, &[u8]>) -> serde_json::Value {
+    match h.value {
+        None => serde_json::json!({ "key": h.key }),
+        Some(v) => match std::str::from_utf8(v) {
+            Ok(text) if !text.contains('\0') => serde_json::json!({ "key": h.key, "value": text }),
+            _ => {
+                let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
+                serde_json::json!({ "key": h.key, "hex": hex })
+            }
+        },
+    }
+}
+
+/// The partitions of `topics` with records past the committed offset.
+fn plan(consumer: &StreamConsumer, topics: &[String]) -> Result<Vec<Span>, Error> {
+    let timeout = Duration::from_secs(10);
+    let mut all = TopicPartitionList::new();
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(Error::kafka("fetch dead-letter topic metadata"))?;
+        for t in md.topics() {
+            for p in t.partitions() {
+                all.add_partition(t.name(), p.id());
+            }
+        }
+    }
+    let committed = consumer
+        .committed_offsets(all, timeout)
+        .map_err(Error::kafka("read re-drive offsets"))?;
+    let mut spans = Vec::new();
+    for e in committed.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(e.topic(), e.partition(), timeout)
+            .map_err(Error::kafka("read dead-letter watermarks"))?;
+        let start = match e.offset() {
+            Offset::Offset(o) => o.max(low),
+            _ => low,
+        };
+        if start < high {
+            spans.push(Span {
+                topic: e.topic().to_owned(),
+                partition: e.partition(),
+                start,
+                end: high,
+            });
+        }
+    }
+    drop(committed);
+    Ok(spans)
+}
+
+/// A running re-driver, see [`DeadLetterRedriver::spawn`].
+#[derive(Debug)]
+pub struct RedriveHandle {
+    shutdown: CancellationToken,
+    stats: Arc<RedriveStats>,
+    join: tokio::task::JoinHandle<()>,
+}
+
+impl RedriveHandle {
+    /// The counters.
+    pub fn stats(&self) -> &RedriveStats {
+        &self.stats
+    }
+
+    /// Stops after the current run and waits.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.join.await;
+    }
+}
