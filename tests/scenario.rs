@@ -1,39 +1,87 @@
-//! The reference application's payment-failure scenario, small, against real
-//! PostgreSQL, Redis and the Kafka-protocol broker.
+//! The reference application's scenario, small, over HTTP against real PostgreSQL,
+//! Redis and the Kafka-protocol broker, with the demo gateway and webhook receiver
+//! (real local HTTP servers) failing on purpose.
+//!
+//! Unlike the other tests, these use the seed documents' topic and group names, so
+//! they run one at a time (`.config/nextest.toml`); each has its own database schema
+//! and Redis namespace.
 
 use std::time::Duration;
 
-use concert::scenario::{run, ScenarioConfig};
+use concert::app::Flows;
+use concert::scenario::{run, Report, ScenarioConfig};
 use concert::store::RedisStore;
 use reliable_kafka_tests::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payment_failure_scenario_is_consistent() {
-    let (pool, _schema) = isolated_pool().await;
+async fn scenario(cfg: ScenarioConfig) -> Report {
+    let (pool, schema) = isolated_pool().await;
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let store = RedisStore::connect(&redis, Duration::from_secs(600))
+    let store = RedisStore::connect(&redis, Duration::from_secs(600), &schema)
         .await
         .expect("redis");
+    let report = run(pool, store, kafka(), &cfg).await.expect("scenario");
+    println!("{}\n{report:#?}", report.line(cfg.flows));
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_failure_scenario_is_consistent() {
     let cfg = ScenarioConfig {
         users: 120,
         failure_rate: 0.4,
         concurrency: 8,
+        flows: Flows::PaymentFailure,
+        progress: false,
         settle_timeout: Duration::from_secs(120),
         ..Default::default()
     };
-    let report = run(pool, store, kafka(), &cfg).await.expect("scenario");
-    println!("{}", report.line());
-    assert_eq!(report.payments, 120);
-    assert!(
-        report.failed > 20 && report.failed < 80,
-        "about 40 % failed: {report:?}"
-    );
-    assert_eq!(report.compensated_db, report.failed, "{report:?}");
-    assert_eq!(report.cleaned_redis, report.failed, "{report:?}");
+    let r = scenario(cfg.clone()).await;
+    assert_eq!(r.payments, 120);
+    assert!(r.failed > 20 && r.failed < 80, "about 40 % failed: {r:?}");
     assert_eq!(
-        (report.lost, report.duplicated, report.errors),
-        (0, 0, 0),
-        "{report:?}"
+        (r.compensated_db, r.cleaned_redis),
+        (r.failed, r.failed),
+        "{r:?}"
     );
-    assert!(report.line().starts_with("consistency: ok "));
+    assert_eq!(
+        (r.lost, r.duplicated, r.errors),
+        (0, 0, 0),
+        "{:?}",
+        r.problems
+    );
+    assert!(r
+        .line(cfg.flows)
+        .starts_with("consistency: ok payments=120 "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_flows_under_injected_faults_are_consistent() {
+    let cfg = ScenarioConfig {
+        users: 200,
+        failure_rate: 0.3,
+        concurrency: 16,
+        flows: Flows::All,
+        inject_faults: true,
+        progress: false,
+        settle_timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let r = scenario(cfg.clone()).await;
+    assert_eq!((r.users, r.payments), (200, 200));
+    assert!(r.failed > 20, "{r:?}");
+    assert_eq!(r.coupons, 100, "stock of users / 2, all taken");
+    assert_eq!(r.notified + r.dead_lettered, r.completed, "{r:?}");
+    assert!(
+        r.dead_lettered >= 1,
+        "every 50th payment's webhook always fails: {r:?}"
+    );
+    assert_eq!(
+        (r.lost, r.duplicated, r.errors),
+        (0, 0, 0),
+        "{:?}",
+        r.problems
+    );
+    assert!(r
+        .line(cfg.flows)
+        .starts_with("consistency: ok users=200 payments=200 "));
 }

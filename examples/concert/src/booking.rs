@@ -1,26 +1,59 @@
-//! Booking and payment: the writes of the application, each in one transaction.
+//! Booking and payment: the writes of the application.
+//!
+//! - [`Booking::reserve`]: seat hold in Redis, seat and reservation in one transaction.
+//! - [`Booking::open_checkout`]: the idempotency key of an order page (seed 004).
+//! - [`Booking::pay`]: the checkout, idempotent on that key; charges the balance,
+//!   asks the payment gateway, and finalizes with [`finalize`], which writes the
+//!   outcome and its events (outbox) in one transaction.
+
+use std::time::Duration;
 
 use reliable_kafka::Outbox;
-use sqlx::PgPool;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
 
-use crate::events::PaymentFailed;
+use crate::events::{OrderPlaced, PaymentCompleted, PaymentFailed};
+use crate::gateway::{ChargeStatus, GatewayClient, GatewayError};
 use crate::store::RedisStore;
 
 /// Errors of booking and payment.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BookingError {
+    /// The queue token is missing, expired or not the user's.
+    #[error("queue token is not active for user {user_id}")]
+    InvalidToken {
+        /// The user.
+        user_id: i64,
+    },
     /// Someone else holds or reserved the seat.
     #[error("seat {seat_id} is not available")]
     SeatTaken {
         /// The seat.
         seat_id: i64,
     },
-    /// The reservation is not waiting for payment.
-    #[error("reservation {reservation_id} is not pending")]
-    NotPending {
+    /// No such reservation, payment, user or checkout.
+    #[error("{what} {id} does not exist")]
+    NotFound {
+        /// Kind of thing.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The reservation is not waiting for payment (paid, failed, or another user's).
+    #[error("reservation {reservation_id} cannot be paid: it is {status}")]
+    NotPayable {
         /// The reservation.
         reservation_id: i64,
+        /// Its status.
+        status: String,
+    },
+    /// The idempotency key was used before with a different request body.
+    #[error("idempotency key {key} was already used with a different request")]
+    KeyReused {
+        /// The key.
+        key: Uuid,
     },
     /// PostgreSQL failed.
     #[error("database error")]
@@ -34,7 +67,7 @@ pub enum BookingError {
 }
 
 /// A seat reserved and waiting for payment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Reservation {
     /// Reservation id.
     pub id: i64,
@@ -44,38 +77,42 @@ pub struct Reservation {
     pub seat_id: i64,
     /// Concert date.
     pub concert_date_id: i64,
-    /// Seat price in points.
+    /// `PENDING`, `CONFIRMED` or `FAILED`.
+    pub status: String,
+}
+
+/// Body of a payment request; what the idempotency key is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayRequest {
+    /// Reservation to pay.
+    pub reservation_id: i64,
+    /// Paying user.
+    pub user_id: i64,
+}
+
+/// A payment as the API returns it; the same for every repetition of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct PaymentView {
+    /// Payment id.
+    pub payment_id: i64,
+    /// Reservation.
+    pub reservation_id: i64,
+    /// `IN_PROGRESS`, `COMPLETED` or `FAILED`.
+    pub status: String,
+    /// Amount in points.
     pub amount: i64,
-    /// The user's queue token.
-    pub queue_token: String,
+    /// Why it failed, if it did.
+    pub failure_reason: Option<String>,
 }
 
-/// What the payment gateway does with a payment (the scenario injects failures here).
+/// What a payment ended as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GatewayBehaviour {
-    /// Approves.
-    Approve,
-    /// Declines before anything is charged.
-    DeclineBeforeCharge,
-    /// Fails after the balance was charged (confirmation lost): needs a refund.
-    FailAfterCharge,
-}
-
-/// Result of a payment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PaymentOutcome {
-    /// Paid: reservation confirmed, seat sold.
-    Completed {
-        /// Payment id.
-        payment_id: i64,
-    },
-    /// Failed: `payment.failed` is in the outbox; compensation is on its way.
-    Failed {
-        /// Payment id.
-        payment_id: i64,
-        /// Whether the balance was charged.
-        charged: bool,
-    },
+pub enum Outcome {
+    /// The gateway approved.
+    Approved,
+    /// The gateway declined, or never received the charge (recovery).
+    Declined,
 }
 
 /// The booking service.
@@ -83,66 +120,101 @@ pub enum PaymentOutcome {
 pub struct Booking {
     pool: PgPool,
     store: RedisStore,
+    gateway: GatewayClient,
     outbox: Outbox,
+    /// How long a repeated request waits for the first one's outcome.
+    pub duplicate_wait: Duration,
 }
 
+const PAYMENT_VIEW: &str =
+    "SELECT id AS payment_id, reservation_id, status, amount, failure_reason FROM payment WHERE ";
+
 impl Booking {
-    /// A service on `pool` and `store`.
-    pub fn new(pool: PgPool, store: RedisStore) -> Self {
+    /// A service on `pool`, `store` and `gateway`.
+    pub fn new(pool: PgPool, store: RedisStore, gateway: GatewayClient) -> Self {
         Booking {
             pool,
             store,
+            gateway,
             outbox: Outbox::new(),
+            duplicate_wait: Duration::from_secs(5),
         }
+    }
+
+    /// The database pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The Redis store.
+    pub fn store(&self) -> &RedisStore {
+        &self.store
     }
 
     /// Issues the user's waiting-queue token.
     ///
     /// # Errors
-    /// Redis errors.
+    /// [`BookingError::NotFound`] for an unknown user; Redis errors.
     pub async fn enter_queue(&self, user_id: i64) -> Result<String, BookingError> {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM app_user WHERE id = $1)")
+                .bind(user_id)
+                .fetch_one(&self.pool)
+                .await?;
+        if !exists {
+            return Err(BookingError::NotFound {
+                what: "user",
+                id: user_id.to_string(),
+            });
+        }
         Ok(self.store.issue_token(user_id).await?)
     }
 
     /// Holds the seat in Redis (`SET NX` with TTL) and reserves it in the database:
     /// seat `AVAILABLE → RESERVED`, the date's `available_seat_count - 1`, a `PENDING`
-    /// reservation.
+    /// reservation. Needs the user's active queue token.
     ///
     /// # Errors
-    /// [`BookingError::SeatTaken`] when the seat is held or not available.
+    /// [`BookingError::InvalidToken`], [`BookingError::SeatTaken`].
     pub async fn reserve(
         &self,
         user_id: i64,
         seat_id: i64,
-        queue_token: String,
+        queue_token: &str,
     ) -> Result<Reservation, BookingError> {
+        if !self.store.token_is_active(user_id, queue_token).await? {
+            return Err(BookingError::InvalidToken { user_id });
+        }
         if !self.store.hold_seat(seat_id, user_id).await? {
             return Err(BookingError::SeatTaken { seat_id });
         }
         let result = async {
             let mut tx = self.pool.begin().await?;
-            let seat: Option<(i64, i64)> =
-                sqlx::query_as("UPDATE seat SET status = 'RESERVED' WHERE id = $1 AND status = 'AVAILABLE' RETURNING concert_date_id, price")
-                    .bind(seat_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let Some((concert_date_id, amount)) = seat else {
+            let seat: Option<i64> = sqlx::query_scalar(
+                "UPDATE seat SET status = 'RESERVED' WHERE id = $1 AND status = 'AVAILABLE' RETURNING concert_date_id",
+            )
+            .bind(seat_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(concert_date_id) = seat else {
                 return Err(BookingError::SeatTaken { seat_id });
             };
             sqlx::query("UPDATE concert_date SET available_seat_count = available_seat_count - 1 WHERE id = $1")
                 .bind(concert_date_id)
                 .execute(&mut *tx)
                 .await?;
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO reservation (user_id, seat_id, concert_date_id, status) VALUES ($1, $2, $3, 'PENDING') RETURNING id",
+            let r: Reservation = sqlx::query_as(
+                "INSERT INTO reservation (user_id, seat_id, concert_date_id, status, queue_token) \
+                 VALUES ($1, $2, $3, 'PENDING', $4) RETURNING id, user_id, seat_id, concert_date_id, status",
             )
             .bind(user_id)
             .bind(seat_id)
             .bind(concert_date_id)
+            .bind(queue_token)
             .fetch_one(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(Reservation { id, user_id, seat_id, concert_date_id, amount, queue_token: queue_token.clone() })
+            Ok(r)
         }
         .await;
         if result.is_err() {
@@ -151,114 +223,383 @@ impl Booking {
         result
     }
 
-    /// Pays a reservation in one transaction. On success: balance charged, payment
-    /// `COMPLETED`, reservation `CONFIRMED`, seat `SOLD`; then the hold and token are
-    /// released in-process (seed 002). On failure: payment `FAILED` and `payment.failed`
-    /// enqueued in the same transaction, and the call returns at once; the consumers
-    /// compensate (seed 000).
+    /// A reservation.
     ///
     /// # Errors
-    /// [`BookingError::NotPending`] when the reservation was paid or failed already.
-    pub async fn pay(
-        &self,
-        r: &Reservation,
-        gateway: GatewayBehaviour,
-    ) -> Result<PaymentOutcome, BookingError> {
+    /// [`BookingError::NotFound`].
+    pub async fn reservation(&self, id: i64) -> Result<Reservation, BookingError> {
+        sqlx::query_as(
+            "SELECT id, user_id, seat_id, concert_date_id, status FROM reservation WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(BookingError::NotFound {
+            what: "reservation",
+            id: id.to_string(),
+        })
+    }
+
+    /// A payment.
+    ///
+    /// # Errors
+    /// [`BookingError::NotFound`].
+    pub async fn payment(&self, id: i64) -> Result<PaymentView, BookingError> {
+        sqlx::query_as(&format!("{PAYMENT_VIEW} id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(BookingError::NotFound {
+                what: "payment",
+                id: id.to_string(),
+            })
+    }
+
+    /// Opens the order page of a reservation: returns a new idempotency key for its
+    /// payment request.
+    ///
+    /// # Errors
+    /// [`BookingError::NotFound`] for an unknown reservation.
+    pub async fn open_checkout(&self, reservation_id: i64) -> Result<Uuid, BookingError> {
+        self.reservation(reservation_id).await?;
+        let key = Uuid::now_v7();
+        sqlx::query("INSERT INTO checkout (idempotency_key, reservation_id) VALUES ($1, $2)")
+            .bind(key)
+            .bind(reservation_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(key)
+    }
+
+    /// Pays, once per idempotency key: the same request sent N times, concurrently or
+    /// in sequence, makes one payment and gets the same answer (a repetition waits up
+    /// to `duplicate_wait` for the first request's outcome). A different body under the
+    /// same key is rejected.
+    ///
+    /// In one transaction: bind the key to the body, charge the balance, store the
+    /// payment `IN_PROGRESS`. Then the gateway is asked; its answer is written by
+    /// [`finalize`]. Without an answer (timeout, gateway down) the payment stays
+    /// `IN_PROGRESS` and the recovery scheduler settles it. Insufficient balance fails
+    /// the payment at once (`payment.failed`, nothing charged).
+    ///
+    /// # Errors
+    /// [`BookingError::NotFound`] (key), [`BookingError::KeyReused`],
+    /// [`BookingError::NotPayable`], database and outbox errors.
+    pub async fn pay(&self, key: Uuid, req: &PayRequest) -> Result<PaymentView, BookingError> {
+        let body = serde_json::to_value(req).expect("serializable");
         let mut tx = self.pool.begin().await?;
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM reservation WHERE id = $1 FOR UPDATE")
-                .bind(r.id)
+        // The row lock makes repetitions of the same key wait for the first one's commit.
+        let checkout: Option<(i64, Option<serde_json::Value>)> =
+            sqlx::query_as("SELECT reservation_id, request_body FROM checkout WHERE idempotency_key = $1 FOR UPDATE")
+                .bind(key)
                 .fetch_optional(&mut *tx)
                 .await?;
-        if status.as_deref() != Some("PENDING") {
-            return Err(BookingError::NotPending {
-                reservation_id: r.id,
+        let Some((reservation_id, first_body)) = checkout else {
+            return Err(BookingError::NotFound {
+                what: "checkout",
+                id: key.to_string(),
+            });
+        };
+        match first_body {
+            Some(first) if first != body => return Err(BookingError::KeyReused { key }),
+            Some(_) => {
+                tx.commit().await?;
+                return self.await_outcome(key).await;
+            }
+            None => {}
+        }
+        if reservation_id != req.reservation_id {
+            return Err(BookingError::KeyReused { key });
+        }
+        sqlx::query("UPDATE checkout SET request_body = $2 WHERE idempotency_key = $1")
+            .bind(key)
+            .bind(&body)
+            .execute(&mut *tx)
+            .await?;
+        let r: Option<(String, i64, i64)> = sqlx::query_as(
+            "SELECT r.status, r.user_id, s.price \
+             FROM reservation r JOIN seat s ON s.id = r.seat_id WHERE r.id = $1 FOR UPDATE OF r",
+        )
+        .bind(req.reservation_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((status, owner, amount)) = r else {
+            return Err(BookingError::NotFound {
+                what: "reservation",
+                id: req.reservation_id.to_string(),
+            });
+        };
+        let already_paid: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM payment WHERE reservation_id = $1)")
+                .bind(req.reservation_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if status != "PENDING" || owner != req.user_id || already_paid {
+            let status = if owner != req.user_id {
+                "another user's".to_owned()
+            } else if already_paid {
+                "paid".to_owned()
+            } else {
+                status
+            };
+            return Err(BookingError::NotPayable {
+                reservation_id: req.reservation_id,
+                status,
             });
         }
-        let mut charged = false;
-        let mut failure = match gateway {
-            GatewayBehaviour::DeclineBeforeCharge => Some("card declined"),
-            GatewayBehaviour::Approve | GatewayBehaviour::FailAfterCharge => None,
-        };
-        if failure.is_none() {
-            let debited = sqlx::query(
-                "UPDATE app_user SET balance = balance - $2 WHERE id = $1 AND balance >= $2",
-            )
-            .bind(r.user_id)
-            .bind(r.amount)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if debited == 1 {
-                charged = true;
-                if gateway == GatewayBehaviour::FailAfterCharge {
-                    failure = Some("gateway confirmation failed after charge");
-                }
-            } else {
-                failure = Some("insufficient balance");
-            }
-        }
-        let status = if failure.is_some() {
-            "FAILED"
-        } else {
-            "COMPLETED"
-        };
-        let payment_id: i64 = sqlx::query_scalar(
-            "INSERT INTO payment (reservation_id, user_id, amount, status, charged, failure_reason) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        let charged = sqlx::query(
+            "UPDATE app_user SET balance = balance - $2 WHERE id = $1 AND balance >= $2",
         )
-        .bind(r.id)
-        .bind(r.user_id)
-        .bind(r.amount)
-        .bind(status)
+        .bind(owner)
+        .bind(amount)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let payment_id: i64 = sqlx::query_scalar(
+            "INSERT INTO payment (reservation_id, user_id, amount, status, charged, idempotency_key) \
+             VALUES ($1, $2, $3, 'IN_PROGRESS', $4, $5) RETURNING id",
+        )
+        .bind(req.reservation_id)
+        .bind(owner)
+        .bind(amount)
         .bind(charged)
-        .bind(failure)
+        .bind(key)
         .fetch_one(&mut *tx)
         .await?;
-        if charged {
-            sqlx::query("INSERT INTO point_history (user_id, payment_id, kind, amount) VALUES ($1, $2, 'CHARGE', $3)")
-                .bind(r.user_id)
-                .bind(payment_id)
-                .bind(-r.amount)
-                .execute(&mut *tx)
-                .await?;
+        history(&mut tx, payment_id, "IN_PROGRESS", None).await?;
+        if !charged {
+            let failure = Failure {
+                reason: "insufficient balance",
+                charged: false,
+            };
+            finalize_failed(&self.outbox, &mut tx, payment_id, failure).await?;
+            tx.commit().await?;
+            return self.payment(payment_id).await;
         }
-        match failure {
-            None => {
-                sqlx::query(
-                    "UPDATE reservation SET status = 'CONFIRMED', updated_at = now() WHERE id = $1",
-                )
-                .bind(r.id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("UPDATE seat SET status = 'SOLD' WHERE id = $1")
-                    .bind(r.seat_id)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                // Token expiry stays in-process (seed 002): Redis, not Kafka.
-                self.store.release_hold(r.seat_id, r.user_id).await?;
-                self.store.expire_token(r.user_id, &r.queue_token).await?;
-                Ok(PaymentOutcome::Completed { payment_id })
-            }
-            Some(reason) => {
-                let event = PaymentFailed {
-                    payment_id,
-                    reservation_id: r.id,
-                    user_id: r.user_id,
-                    seat_id: r.seat_id,
-                    concert_date_id: r.concert_date_id,
-                    amount: r.amount,
-                    charged,
-                    queue_token: r.queue_token.clone(),
-                    reason: reason.to_owned(),
+        sqlx::query("INSERT INTO point_history (user_id, payment_id, kind, amount) VALUES ($1, $2, 'CHARGE', $3)")
+            .bind(owner)
+            .bind(payment_id)
+            .bind(-amount)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+
+        match self.gateway.charge(payment_id, amount).await {
+            Ok(status) => {
+                let outcome = if status == ChargeStatus::Approved {
+                    Outcome::Approved
+                } else {
+                    Outcome::Declined
                 };
-                self.outbox.enqueue(&mut tx, &event).await?;
-                tx.commit().await?;
-                Ok(PaymentOutcome::Failed {
+                let mut tx = self.pool.begin().await?;
+                let after = finalize(
+                    &mut tx,
+                    &self.outbox,
                     payment_id,
-                    charged,
-                })
+                    outcome,
+                    "gateway answered",
+                )
+                .await?;
+                tx.commit().await?;
+                if let Some(Some(after)) = after {
+                    after.run(&self.store).await?;
+                }
             }
+            Err(e @ (GatewayError::Timeout(_) | GatewayError::Unavailable(_))) => {
+                tracing::info!(payment_id, error = %reliable_kafka::report(&e), "no answer from the gateway; left to recovery");
+            }
+            Err(e) => {
+                tracing::warn!(payment_id, error = %reliable_kafka::report(&e), "gateway protocol error; left to recovery");
+            }
+        }
+        self.payment(payment_id).await
+    }
+
+    /// The payment of `key`, waiting up to `duplicate_wait` while it is in progress.
+    async fn await_outcome(&self, key: Uuid) -> Result<PaymentView, BookingError> {
+        let deadline = tokio::time::Instant::now() + self.duplicate_wait;
+        loop {
+            let p: Option<PaymentView> =
+                sqlx::query_as(&format!("{PAYMENT_VIEW} idempotency_key = $1"))
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            match p {
+                Some(p) if p.status != "IN_PROGRESS" || tokio::time::Instant::now() >= deadline => {
+                    return Ok(p)
+                }
+                None if tokio::time::Instant::now() >= deadline => {
+                    return Err(BookingError::NotFound {
+                        what: "payment for key",
+                        id: key.to_string(),
+                    })
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
+async fn history(
+    tx: &mut Transaction<'_, Postgres>,
+    payment_id: i64,
+    status: &str,
+    note: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO payment_history (payment_id, status, note) VALUES ($1, $2, $3)")
+        .bind(payment_id)
+        .bind(status)
+        .bind(note)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+}
+
+struct Failure {
+    reason: &'static str,
+    charged: bool,
+}
+
+/// Marks an `IN_PROGRESS` payment `FAILED` and enqueues `payment.failed`.
+async fn finalize_failed(
+    outbox: &Outbox,
+    tx: &mut Transaction<'_, Postgres>,
+    payment_id: i64,
+    f: Failure,
+) -> Result<bool, BookingError> {
+    let row: Option<(i64, i64, i64, i64, i64, Option<String>)> = sqlx::query_as(
+        "UPDATE payment p SET status = 'FAILED', failure_reason = $2, updated_at = now() \
+         FROM reservation r WHERE p.id = $1 AND p.status = 'IN_PROGRESS' AND r.id = p.reservation_id \
+         RETURNING p.reservation_id, p.user_id, r.seat_id, r.concert_date_id, p.amount, r.queue_token",
+    )
+    .bind(payment_id)
+    .bind(f.reason)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((reservation_id, user_id, seat_id, concert_date_id, amount, queue_token)) = row else {
+        return Ok(false);
+    };
+    history(tx, payment_id, "FAILED", Some(f.reason)).await?;
+    let event = PaymentFailed {
+        payment_id,
+        reservation_id,
+        user_id,
+        seat_id,
+        concert_date_id,
+        amount,
+        charged: f.charged,
+        queue_token: queue_token.unwrap_or_default(),
+        reason: f.reason.to_owned(),
+    };
+    outbox.enqueue(tx, &event).await?;
+    Ok(true)
+}
+
+/// What to do in Redis once a finalizing transaction committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "release the hold and token after the commit"]
+pub struct AfterCommit {
+    seat_id: i64,
+    user_id: i64,
+    token: Option<String>,
+}
+
+impl AfterCommit {
+    /// Releases the seat hold and expires the queue token: in-process, after the
+    /// commit (seed 002). Both are compare-and-delete, so repeating is harmless.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn run(self, store: &RedisStore) -> Result<(), BookingError> {
+        store.release_hold(self.seat_id, self.user_id).await?;
+        store
+            .expire_token(self.user_id, self.token.as_deref().unwrap_or_default())
+            .await?;
+        Ok(())
+    }
+}
+
+/// Writes a payment's outcome in `tx`, if it is still `IN_PROGRESS` (so the request
+/// path and the recovery scheduler can race safely): approved → payment `COMPLETED`,
+/// reservation `CONFIRMED`, seat `SOLD`, `payment.completed` and `OrderPlaced`
+/// enqueued; declined → payment `FAILED` and `payment.failed` enqueued (the charge is
+/// refunded by the compensator).
+///
+/// Returns `None` when the payment was no longer in progress, else `Some` with the
+/// Redis clean-up to run after commit (nothing to do for a failure: the
+/// `post-payment-cleanup-group` does it).
+///
+/// # Errors
+/// Database and outbox errors.
+pub async fn finalize(
+    tx: &mut Transaction<'_, Postgres>,
+    outbox: &Outbox,
+    payment_id: i64,
+    outcome: Outcome,
+    note: &str,
+) -> Result<Option<Option<AfterCommit>>, BookingError> {
+    match outcome {
+        Outcome::Declined => {
+            let failure = Failure {
+                reason: "declined by the payment gateway",
+                charged: true,
+            };
+            Ok(finalize_failed(outbox, tx, payment_id, failure)
+                .await?
+                .then_some(None))
+        }
+        Outcome::Approved => {
+            let row: Option<(i64, i64, i64, i64, Option<String>)> = sqlx::query_as(
+                "UPDATE payment p SET status = 'COMPLETED', updated_at = now() \
+                 FROM reservation r WHERE p.id = $1 AND p.status = 'IN_PROGRESS' AND r.id = p.reservation_id \
+                 RETURNING p.reservation_id, p.user_id, r.seat_id, p.amount, r.queue_token",
+            )
+            .bind(payment_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some((reservation_id, user_id, seat_id, amount, token)) = row else {
+                return Ok(None);
+            };
+            history(tx, payment_id, "COMPLETED", Some(note)).await?;
+            sqlx::query(
+                "UPDATE reservation SET status = 'CONFIRMED', updated_at = now() WHERE id = $1",
+            )
+            .bind(reservation_id)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query("UPDATE seat SET status = 'SOLD' WHERE id = $1")
+                .bind(seat_id)
+                .execute(&mut **tx)
+                .await?;
+            outbox
+                .enqueue(
+                    tx,
+                    &PaymentCompleted {
+                        payment_id,
+                        reservation_id,
+                        user_id,
+                        amount,
+                    },
+                )
+                .await?;
+            outbox
+                .enqueue(
+                    tx,
+                    &OrderPlaced {
+                        payment_id,
+                        reservation_id,
+                        user_id,
+                        seat_id,
+                        amount,
+                    },
+                )
+                .await?;
+            Ok(Some(Some(AfterCommit {
+                seat_id,
+                user_id,
+                token,
+            })))
         }
     }
 }

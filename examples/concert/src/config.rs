@@ -2,7 +2,8 @@
 
 use reliable_kafka::KafkaConfig;
 
-/// Where the services are: `DATABASE_URL`, `REDIS_URL`, `KAFKA_BROKERS`, each with the
+/// Where the services are: `DATABASE_URL`, `REDIS_URL`, `KAFKA_BROKERS` (and
+/// `REDIS_NAMESPACE`), each with the
 /// local default of the development machines.
 #[derive(Debug, Clone)]
 pub struct Env {
@@ -12,6 +13,8 @@ pub struct Env {
     pub redis_url: String,
     /// Kafka settings (`bootstrap.servers` from `KAFKA_BROKERS`).
     pub kafka: KafkaConfig,
+    /// Prefix of the Redis keys (`REDIS_NAMESPACE`, default `default`).
+    pub redis_namespace: String,
 }
 
 impl Env {
@@ -23,6 +26,8 @@ impl Env {
             redis_url: std::env::var("REDIS_URL")
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
             kafka: KafkaConfig::from_env(),
+            redis_namespace: std::env::var("REDIS_NAMESPACE")
+                .unwrap_or_else(|_| "default".to_owned()),
         }
     }
 }

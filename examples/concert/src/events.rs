@@ -1,10 +1,24 @@
-//! Events of the application.
+//! Events of the application, with the topics of the seed documents.
 
 use reliable_kafka::Event;
 use serde::{Deserialize, Serialize};
 
 /// Topic of [`PaymentFailed`] (seed 000).
 pub const PAYMENT_FAILED_TOPIC: &str = "payment.failed";
+/// Topic of [`PaymentCompleted`] (seed 003).
+pub const PAYMENT_NOTIFICATION_TOPIC: &str = "payment-notification";
+/// Topic of [`OrderPlaced`] (seed 001).
+pub const TRACE_TOPIC: &str = "trace-topic";
+/// Topic of [`CouponIssueRequested`] (seed 001).
+pub const COUPON_TOPIC: &str = "coupon-topic";
+
+/// Every topic of the application, for creation at start-up.
+pub const TOPICS: &[&str] = &[
+    PAYMENT_FAILED_TOPIC,
+    PAYMENT_NOTIFICATION_TOPIC,
+    TRACE_TOPIC,
+    COUPON_TOPIC,
+];
 
 /// A payment failed; everything needed to compensate travels with the event so the
 /// consumers need no call back to the payment service. Keyed by reservation, so all
@@ -30,4 +44,47 @@ pub struct PaymentFailed {
     pub queue_token: String,
     /// Why the payment failed.
     pub reason: String,
+}
+
+/// A payment completed (event type `payment.completed`), published to
+/// `payment-notification` for the user's notification (seed 003).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(topic = "payment-notification", key = user_id, version = 1, name = "payment.completed")]
+pub struct PaymentCompleted {
+    /// Payment.
+    pub payment_id: i64,
+    /// Reservation confirmed.
+    pub reservation_id: i64,
+    /// User to notify.
+    pub user_id: i64,
+    /// Amount in points.
+    pub amount: i64,
+}
+
+/// An order was placed (a payment completed), published to `trace-topic` for the
+/// order-information store and the alert sender (seed 001).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(topic = "trace-topic", key = reservation_id, version = 1)]
+pub struct OrderPlaced {
+    /// Payment.
+    pub payment_id: i64,
+    /// Reservation.
+    pub reservation_id: i64,
+    /// Buyer.
+    pub user_id: i64,
+    /// Seat.
+    pub seat_id: i64,
+    /// Amount in points.
+    pub amount: i64,
+}
+
+/// A user was granted a coupon (stock already decremented); the consumer creates it
+/// (seed 001). Keyed by coupon, so one coupon's requests stay in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(topic = "coupon-topic", key = coupon_id, version = 1)]
+pub struct CouponIssueRequested {
+    /// Coupon kind.
+    pub coupon_id: i64,
+    /// User.
+    pub user_id: i64,
 }

@@ -8,7 +8,7 @@ use reliable_kafka::{
     HandlerOptions,
 };
 
-use crate::events::PaymentFailed;
+use crate::events::{CouponIssueRequested, OrderPlaced, PaymentFailed};
 use crate::store::RedisStore;
 
 /// Consumer group restoring the database.
@@ -118,4 +118,71 @@ impl EventHandler for RedisCleanup {
             Ok(())
         })
     }
+}
+
+/// Consumer group storing order information (seed 001).
+pub const ORDER_INFO_GROUP: &str = "order-info-group";
+/// Consumer group sending order alerts (seed 001).
+pub const ORDER_ALERT_GROUP: &str = "order-alert-group";
+/// Consumer group issuing coupons (seed 001).
+pub const COUPON_GROUP: &str = "coupon-issue-group";
+
+/// Stores the order information of a placed order (`trace-topic`).
+#[event_handler(group = "order-info-group", backoff = FixedBackOff::new(Duration::from_secs(1), 4))]
+pub async fn store_order_info(
+    event: OrderPlaced,
+    ctx: &mut HandlerContext,
+) -> Result<(), HandlerError> {
+    sqlx::query(
+        "INSERT INTO order_info (payment_id, user_id, seat_id, amount) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(event.payment_id)
+    .bind(event.user_id)
+    .bind(event.seat_id)
+    .bind(event.amount)
+    .execute(ctx.tx())
+    .await?;
+    Ok(())
+}
+
+/// Sends the alert of a placed order (`trace-topic`); the alert sink of the example is
+/// a table.
+#[event_handler(group = "order-alert-group", backoff = FixedBackOff::new(Duration::from_secs(1), 4))]
+pub async fn send_order_alert(
+    event: OrderPlaced,
+    ctx: &mut HandlerContext,
+) -> Result<(), HandlerError> {
+    let message = format!(
+        "order placed: payment {} by user {} for {} points",
+        event.payment_id, event.user_id, event.amount
+    );
+    sqlx::query("INSERT INTO order_alert (payment_id, message) VALUES ($1, $2)")
+        .bind(event.payment_id)
+        .bind(message)
+        .execute(ctx.tx())
+        .await?;
+    Ok(())
+}
+
+/// Creates the coupon granted by a request (`coupon-topic`). The unique constraint on
+/// `(coupon_id, user_id)` is the second line of defence behind the deduplication table:
+/// even a re-published request issues nothing twice.
+#[event_handler(group = "coupon-issue-group", backoff = FixedBackOff::new(Duration::from_secs(1), 4))]
+pub async fn issue_coupon(
+    event: CouponIssueRequested,
+    ctx: &mut HandlerContext,
+) -> Result<(), HandlerError> {
+    let code = format!(
+        "C{}-U{}-{}",
+        event.coupon_id,
+        event.user_id,
+        &ctx.message_id().simple().to_string()[..8]
+    );
+    sqlx::query("INSERT INTO coupon (coupon_id, user_id, code) VALUES ($1, $2, $3) ON CONFLICT (coupon_id, user_id) DO NOTHING")
+        .bind(event.coupon_id)
+        .bind(event.user_id)
+        .bind(code)
+        .execute(ctx.tx())
+        .await?;
+    Ok(())
 }

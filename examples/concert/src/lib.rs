@@ -1,32 +1,38 @@
-//! The concert reference application of `reliable-kafka`.
+//! The concert reference application of `reliable-kafka`: the five seed documents
+//! (`../shared/seeds/`) as one service.
 //!
-//! Booking (queue token, seat hold, reservation) and payment write to PostgreSQL and
-//! Redis; a failed payment is compensated by choreography (seed document 000): the
-//! payment service enqueues `payment.failed` in its own transaction through the
-//! transactional outbox and answers at once; two independent consumer groups react:
+//! | flow | seed | module |
+//! |---|---|---|
+//! | queue token, seat hold (Redis) and reservation | 000 | [`booking`], [`store`] |
+//! | checkout with an idempotency key | 004 | [`booking::Booking::pay`] |
+//! | payment, outbox `payment.completed` / `OrderPlaced` | 002, 004 | [`booking::finalize`] |
+//! | payment-failure compensation (two groups) | 000 | [`handlers`] |
+//! | notification webhook, DLQ, bounded re-drive | 003 | [`webhook`], [`app`] |
+//! | order trace (two groups) and coupons | 001 | [`handlers`], [`coupon`] |
+//! | payment recovery in a bulkhead | 004 | [`recovery`], [`gateway`] |
 //!
-//! - `payment-compensator-group` ([`handlers::compensate_payment`]) restores the
-//!   database: payment and reservation `FAILED`, seat `AVAILABLE`, the date's
-//!   `available_seat_count + 1`, and a refund when the user was charged;
-//! - `post-payment-cleanup-group` ([`handlers::RedisCleanup`]) deletes the seat hold and
-//!   expires the queue token in Redis.
-//!
-//! A failure in one group never blocks the other: each has its own offsets, retries
-//! and dead-letter topic.
+//! Everything uses only the public API of `reliable-kafka`.
 
+pub mod api;
+pub mod app;
 pub mod booking;
 pub mod config;
+pub mod coupon;
 pub mod events;
+pub mod gateway;
 pub mod handlers;
+pub mod http;
+pub mod recovery;
 pub mod scenario;
 pub mod store;
+pub mod webhook;
 
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
-/// Creates the library's tables (outbox, dedup) and the application's.
+/// Creates the library's tables (outbox, dedup, parked) and the application's.
 ///
 /// # Errors
 /// When a migration fails.

@@ -1,12 +1,15 @@
 //! `concert`: the reference application of reliable-kafka.
 //!
-//! Delivery semantics: payment failures are published through the transactional
-//! outbox (at-least-once) and consumed by two idempotent consumer groups (database
-//! effects exactly once per event).
+//! Delivery semantics: every event leaves through the transactional outbox
+//! (at-least-once, per-key order) and is consumed by idempotent consumer groups
+//! (database effects once per event); notifications that keep failing are
+//! dead-lettered, re-driven at most 3 times, then parked.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use concert::app::{App, AppConfig, Flows};
 use concert::config::Env;
 use concert::scenario::{self, ScenarioConfig};
 use concert::store::RedisStore;
@@ -21,12 +24,20 @@ struct Cli {
     command: Option<Command>,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum FlowsArg {
+    /// Every flow of the seed documents; report `users= payments= failed= coupons= notified= dead_lettered=`.
+    All,
+    /// Only payment-failure compensation (seed 000); report `payments= failed= compensated_db= cleaned_redis=`.
+    PaymentFailure,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Runs users through reserve and pay with injected payment failures, waits for the
-    /// compensating consumers, and prints the consistency report (last line).
+    /// Drives many users over HTTP through the flows with injected failures, waits for
+    /// the consumers, and prints the consistency report (last line).
     Scenario {
-        /// Number of users (one seat and one payment each).
+        /// Number of users.
         #[arg(long, default_value_t = 1000)]
         users: usize,
         /// Share of failing payments, 0.0..=1.0.
@@ -41,6 +52,27 @@ enum Command {
         /// Seconds to wait for the consumers to settle.
         #[arg(long, default_value_t = 300)]
         settle_timeout_secs: u64,
+        /// Flows to drive.
+        #[arg(long, value_enum, default_value_t = FlowsArg::All)]
+        flows: FlowsArg,
+        /// Run without gateway and webhook faults.
+        #[arg(long)]
+        no_faults: bool,
+    },
+    /// Serves the HTTP API with every consumer and scheduler, until Ctrl-C.
+    Serve {
+        /// API address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Payment gateway base URL (default: start the demo gateway).
+        #[arg(long, env = "GATEWAY_URL")]
+        gateway_url: Option<String>,
+        /// Notification webhook URL (default: start the demo receiver).
+        #[arg(long, env = "WEBHOOK_URL")]
+        webhook_url: Option<String>,
+        /// Seconds between re-drives of dead-lettered notifications.
+        #[arg(long, default_value_t = 300)]
+        redrive_interval_secs: u64,
     },
 }
 
@@ -58,51 +90,78 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,concert=info,reliable_kafka=warn".into()),
+                .unwrap_or_else(|_| "warn,concert=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Scenario {
-        users: 1000,
-        failure_rate: 0.3,
-        concurrency: 32,
-        seed: 42,
-        settle_timeout_secs: 300,
-    });
     let env = Env::from_env();
-    match command {
-        Command::Scenario {
-            users,
-            failure_rate,
-            concurrency,
-            seed,
-            settle_timeout_secs,
-        } => {
-            tracing::info!(
-                brokers = env.kafka.brokers(),
-                "running the scenario against PostgreSQL, Redis and Kafka"
-            );
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(20)
-                .connect(&env.database_url)
-                .await?;
-            let store = RedisStore::connect(&env.redis_url, Duration::from_secs(600)).await?;
-            let cfg = ScenarioConfig {
-                users,
-                failure_rate,
-                concurrency,
-                seed,
-                settle_timeout: Duration::from_secs(settle_timeout_secs),
-                ..ScenarioConfig::default()
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(30)
+        .connect(&env.database_url)
+        .await?;
+    let store = RedisStore::connect(
+        &env.redis_url,
+        Duration::from_secs(600),
+        &env.redis_namespace,
+    )
+    .await?;
+    tracing::info!(
+        brokers = env.kafka.brokers(),
+        "using PostgreSQL, Redis and Kafka"
+    );
+    match cli.command {
+        Some(Command::Serve {
+            listen,
+            gateway_url,
+            webhook_url,
+            redrive_interval_secs,
+        }) => {
+            let cfg = AppConfig {
+                api_addr: listen,
+                gateway_url,
+                webhook_url,
+                redrive_interval: Duration::from_secs(redrive_interval_secs),
+                ..AppConfig::default()
+            };
+            let app = App::start(pool, store, env.kafka, &cfg).await?;
+            eprintln!("serving on {}; Ctrl-C stops", app.api.url());
+            tokio::signal::ctrl_c().await?;
+            app.stop().await?;
+        }
+        command => {
+            let cfg = match command {
+                Some(Command::Scenario {
+                    users,
+                    failure_rate,
+                    concurrency,
+                    seed,
+                    settle_timeout_secs,
+                    flows,
+                    no_faults,
+                }) => ScenarioConfig {
+                    users,
+                    failure_rate,
+                    concurrency,
+                    seed,
+                    settle_timeout: Duration::from_secs(settle_timeout_secs),
+                    flows: match flows {
+                        FlowsArg::All => Flows::All,
+                        FlowsArg::PaymentFailure => Flows::PaymentFailure,
+                    },
+                    inject_faults: !no_faults,
+                    progress: true,
+                },
+                _ => ScenarioConfig::default(),
             };
             let report = scenario::run(pool, store, env.kafka, &cfg).await?;
             eprintln!(
-                "users={users} wall={:.1}s throughput={:.0} users/s",
+                "users={} wall={:.1}s throughput={:.0} users/s",
+                cfg.users,
                 report.wall.as_secs_f64(),
-                users as f64 / report.wall.as_secs_f64()
+                cfg.users as f64 / report.wall.as_secs_f64()
             );
-            println!("{}", report.line());
+            println!("{}", report.line(cfg.flows));
             if !report.is_ok() {
                 std::process::exit(1);
             }

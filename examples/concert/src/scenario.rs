@@ -1,16 +1,23 @@
-//! The scenario: many users reserve and pay with injected payment failures; then the
-//! database and Redis are checked for the compensation invariants.
+//! The scenario / load runner: many concurrent users drive the flows over HTTP while
+//! the payment gateway and the notification webhook fail, hang and decline on purpose;
+//! then a consistency report is computed from PostgreSQL and Redis.
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use reliable_kafka::{KafkaConfig, ListenerContainer, OutboxRelay};
+use indicatif::{ProgressBar, ProgressStyle};
+use reliable_kafka::KafkaConfig;
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde_json::json;
 use sqlx::PgPool;
 
-use crate::booking::{Booking, GatewayBehaviour, PaymentOutcome};
-use crate::events::PAYMENT_FAILED_TOPIC;
-use crate::handlers::{compensate_payment, RedisCleanup};
-use crate::store::{hold_key, token_key, RedisStore};
+use crate::api::{CheckoutResponse, TokenResponse, IDEMPOTENCY_KEY_HEADER, QUEUE_TOKEN_HEADER};
+use crate::app::{App, AppConfig, Flows};
+use crate::booking::{PaymentView, Reservation};
+use crate::gateway::GatewayBehaviour;
+use crate::store::RedisStore;
+use crate::webhook::ReceiverBehaviour;
 
 /// Seats per concert date.
 const SEATS_PER_DATE: usize = 100;
@@ -22,10 +29,11 @@ const START_BALANCE: i64 = 100_000;
 /// Settings of a run.
 #[derive(Debug, Clone)]
 pub struct ScenarioConfig {
-    /// Users; each reserves one seat and pays once.
+    /// Users; each reserves one seat, pays once (some send the payment several times)
+    /// and, with all flows, requests a coupon.
     pub users: usize,
-    /// Share of payments that fail, in `[0, 1]`; half of the failures happen after the
-    /// balance was charged (they need a refund).
+    /// Share of payments that fail, in `[0, 1]`: a fifth by insufficient balance
+    /// (nothing charged), the rest declined by the gateway after the charge (refunded).
     pub failure_rate: f64,
     /// Users in flight at once.
     pub concurrency: usize,
@@ -33,8 +41,15 @@ pub struct ScenarioConfig {
     pub seed: u64,
     /// How long to wait for the consumers to finish.
     pub settle_timeout: Duration,
-    /// Partitions of `payment.failed` and its dead-letter topic when they are created.
-    pub partitions: i32,
+    /// Flows driven and reported.
+    pub flows: Flows,
+    /// Inject gateway errors (5 % of calls answer 503) and hangs (2 % of payments answer
+    /// after 3 s, past the 1 s timeout), and webhook failures (10 % of calls 503, 2 %
+    /// stall past the timeout, every 50th payment always fails: dead-lettered, re-driven
+    /// 3 times, parked).
+    pub inject_faults: bool,
+    /// Show a progress bar on a terminal.
+    pub progress: bool,
 }
 
 impl Default for ScenarioConfig {
@@ -45,7 +60,43 @@ impl Default for ScenarioConfig {
             concurrency: 32,
             seed: 42,
             settle_timeout: Duration::from_secs(300),
-            partitions: 3,
+            flows: Flows::All,
+            inject_faults: true,
+            progress: true,
+        }
+    }
+}
+
+impl ScenarioConfig {
+    /// The application settings of the run: short timeouts and fast schedulers.
+    pub fn app_config(&self) -> AppConfig {
+        let faults = self.inject_faults && self.flows == Flows::All;
+        AppConfig {
+            api_addr: ([127, 0, 0, 1], 0).into(),
+            gateway_behaviour: GatewayBehaviour {
+                decline_rate: self.failure_rate * 0.8,
+                error_rate: if faults { 0.05 } else { 0.0 },
+                hang_rate: if faults { 0.02 } else { 0.0 },
+                hang: Duration::from_secs(3),
+                seed: self.seed,
+            },
+            receiver_behaviour: if faults {
+                ReceiverBehaviour {
+                    fail_rate: 0.1,
+                    delay_rate: 0.02,
+                    delay: Duration::from_secs(3),
+                    always_fail_every: 50,
+                }
+            } else {
+                ReceiverBehaviour::default()
+            },
+            connect_timeout: Duration::from_millis(300),
+            request_timeout: Duration::from_secs(1),
+            redrive_interval: Duration::from_secs(1),
+            recovery_interval: Duration::from_millis(500),
+            stuck_after: Duration::from_secs(2),
+            flows: self.flows,
+            ..AppConfig::default()
         }
     }
 }
@@ -53,24 +104,33 @@ impl Default for ScenarioConfig {
 /// The consistency report, every count from queries on PostgreSQL and Redis.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
-    /// Payments made in this run.
+    /// Users of the run.
+    pub users: i64,
+    /// Payments made.
     pub payments: i64,
     /// Of which failed.
     pub failed: i64,
+    /// Of which completed.
+    pub completed: i64,
     /// Failed payments fully compensated in the database (payment and reservation
     /// FAILED, seat AVAILABLE, refund when charged).
     pub compensated_db: i64,
     /// Failed payments whose seat hold and queue token are gone from Redis.
     pub cleaned_redis: i64,
-    /// Compensations missing: failed payments not compensated in the database or not
-    /// cleaned in Redis, seat counts below the seats actually available, balances below
-    /// their history, completed payments whose seat is not sold.
+    /// Coupons issued.
+    pub coupons: i64,
+    /// Completed payments whose notification was delivered.
+    pub notified: i64,
+    /// Completed payments whose notification was dead-lettered and parked.
+    pub dead_lettered: i64,
+    /// Effects missing (see [`Report::problems`]).
     pub lost: i64,
-    /// Effects applied twice: seat counts above the seats actually available, refunds
-    /// given twice, balances above their history.
+    /// Effects applied twice (see [`Report::problems`]).
     pub duplicated: i64,
-    /// Users whose flow hit an unexpected error.
+    /// Users whose flow hit an unexpected HTTP answer.
     pub errors: i64,
+    /// Each violated invariant with its count.
+    pub problems: Vec<String>,
     /// Wall time of the run.
     pub wall: Duration,
 }
@@ -78,31 +138,27 @@ pub struct Report {
 impl Report {
     /// Whether every invariant holds.
     pub fn is_ok(&self) -> bool {
-        self.lost == 0
-            && self.duplicated == 0
-            && self.errors == 0
-            && self.compensated_db == self.failed
-            && self.cleaned_redis == self.failed
+        self.lost == 0 && self.duplicated == 0 && self.errors == 0
     }
 
-    /// The report's last line.
-    pub fn line(&self) -> String {
-        format!(
-            "consistency: {} payments={} failed={} compensated_db={} cleaned_redis={} lost={} duplicated={}",
-            if self.is_ok() { "ok" } else { "FAILED" },
-            self.payments,
-            self.failed,
-            self.compensated_db,
-            self.cleaned_redis,
-            self.lost,
-            self.duplicated
-        )
+    /// The last line of the report for `flows`.
+    pub fn line(&self, flows: Flows) -> String {
+        let verdict = if self.is_ok() { "ok" } else { "FAILED" };
+        match flows {
+            Flows::PaymentFailure => format!(
+                "consistency: {verdict} payments={} failed={} compensated_db={} cleaned_redis={} lost={} duplicated={}",
+                self.payments, self.failed, self.compensated_db, self.cleaned_redis, self.lost, self.duplicated
+            ),
+            Flows::All => format!(
+                "consistency: {verdict} users={} payments={} failed={} coupons={} notified={} dead_lettered={} lost={} duplicated={}",
+                self.users, self.payments, self.failed, self.coupons, self.notified, self.dead_lettered, self.lost, self.duplicated
+            ),
+        }
     }
 }
 
-/// Runs the scenario: creates a concert with enough seats and the users, starts the
-/// outbox relay and both consumer groups, runs the users, waits until the consumers
-/// are idle, and checks the invariants.
+/// Runs the scenario against PostgreSQL, Redis and Kafka, with the application
+/// started in this process on a free port.
 ///
 /// # Errors
 /// When the services cannot be reached or set up.
@@ -113,125 +169,212 @@ pub async fn run(
     cfg: &ScenarioConfig,
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
-    crate::migrate(&pool).await?;
-    let dlq = format!(
-        "{PAYMENT_FAILED_TOPIC}{}",
-        reliable_kafka::DEFAULT_DEAD_LETTER_SUFFIX
-    );
-    kafka
-        .ensure_topics(&[
-            (PAYMENT_FAILED_TOPIC, cfg.partitions, 1),
-            (&dlq, cfg.partitions, 1),
-        ])
-        .await?;
-
-    let relay = OutboxRelay::builder(pool.clone(), kafka.clone())
-        .build()?
-        .spawn();
-    let compensator = ListenerContainer::builder(kafka.clone(), pool.clone())
-        .handler(compensate_payment)
-        .build()?
-        .spawn();
-    let cleanup = ListenerContainer::builder(kafka.clone(), pool.clone())
-        .handler(RedisCleanup {
-            store: store.clone(),
-        })
-        .build()?
-        .spawn();
-
-    let (concert_id, seats, users) = seed_data(&pool, cfg.users).await?;
+    let app = App::start(pool.clone(), store.clone(), kafka, &cfg.app_config()).await?;
+    let base = app.api.url();
+    let (run_id, seats, users, coupon_id) = seed_data(&pool, cfg).await?;
     tracing::info!(
-        concert_id,
+        run_id,
         users = users.len(),
-        "data created; running users"
+        "data created; running users over HTTP"
     );
 
-    let mut rng = fastrand::Rng::with_seed(cfg.seed);
-    let plans: Vec<(i64, i64, GatewayBehaviour)> = users
-        .iter()
-        .zip(&seats)
-        .map(|(&u, &s)| {
-            let behaviour = if rng.f64() < cfg.failure_rate {
-                if rng.bool() {
-                    GatewayBehaviour::DeclineBeforeCharge
-                } else {
-                    GatewayBehaviour::FailAfterCharge
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let bar = if cfg.progress {
+        ProgressBar::new(users.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} users {pos}/{len} [{bar:40}] {per_sec} eta {eta} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let outcomes: Vec<UserOutcome> =
+        futures::stream::iter(users.iter().copied().zip(seats).enumerate())
+            .map(|(i, (user, seat))| {
+                let (http, base, bar) = (http.clone(), base.clone(), bar.clone());
+                let flows = cfg.flows;
+                async move {
+                    let outcome = user_flow(&http, &base, i, user, seat, coupon_id, flows).await;
+                    bar.inc(1);
+                    outcome
                 }
-            } else {
-                GatewayBehaviour::Approve
-            };
-            (u, s, behaviour)
-        })
-        .collect();
-
-    let booking = Booking::new(pool.clone(), store.clone());
-    let errors = futures::stream::iter(plans)
-        .map(|(user, seat, behaviour)| {
-            let booking = booking.clone();
-            async move {
-                let flow = async {
-                    let token = booking.enter_queue(user).await?;
-                    let reservation = booking.reserve(user, seat, token).await?;
-                    booking.pay(&reservation, behaviour).await
-                };
-                match flow.await {
-                    Ok(PaymentOutcome::Completed { .. } | PaymentOutcome::Failed { .. }) => 0,
-                    Err(e) => {
-                        tracing::error!(user, seat, error = %reliable_kafka::report(&e), "user flow failed");
-                        1
-                    }
-                }
-            }
-        })
-        .buffer_unordered(cfg.concurrency.max(1))
-        .fold(0i64, |acc, e| async move { acc + e })
-        .await;
-    tracing::info!(elapsed = ?started.elapsed(), "users done; waiting for the consumers");
+            })
+            .buffer_unordered(cfg.concurrency.max(1))
+            .collect()
+            .await;
+    bar.finish_with_message("users done; waiting for the consumers");
+    let errors = outcomes.iter().filter(|o| o.error.is_some()).count() as i64;
+    for o in outcomes.iter().filter_map(|o| o.error.as_ref()).take(5) {
+        tracing::error!(error = %o, "user flow failed");
+    }
+    let idempotency_violations = outcomes.iter().filter(|o| o.idempotency_violated).count() as i64;
+    tracing::info!(elapsed = ?started.elapsed(), errors, "users done; waiting for the consumers");
 
     let deadline = Instant::now() + cfg.settle_timeout;
     let mut report;
     loop {
-        report = check(&pool, &store, concert_id, &users).await?;
+        report = check(&pool, &store, run_id, coupon_id, cfg.flows).await?;
         let pending: i64 =
             sqlx::query_scalar("SELECT count(*) FROM rk_outbox WHERE delivered_at IS NULL")
                 .fetch_one(&pool)
                 .await?;
-        let settled = pending == 0
-            && report.compensated_db == report.failed
-            && report.cleaned_redis == report.failed;
-        let idle = compensator.stats().idle_for() >= Duration::from_secs(1)
-            && cleanup.stats().idle_for() >= Duration::from_secs(1);
-        if (settled && idle) || Instant::now() >= deadline {
+        if (pending == 0
+            && report.problems.is_empty()
+            && app.consumers_idle_for(Duration::from_secs(1)))
+            || Instant::now() >= deadline
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    if idempotency_violations > 0 {
+        report.duplicated += idempotency_violations;
+        report.problems.push(format!(
+            "repeated payment requests answered differently: {idempotency_violations}"
+        ));
+    }
+    for p in &report.problems {
+        tracing::error!("invariant violated: {p}");
+    }
+    let webhook_repeats = app
+        .receiver
+        .as_ref()
+        .map(|(r, _)| r.accepted().values().filter(|&&n| n > 1).count())
+        .unwrap_or(0);
+    let stats: Vec<String> = app
+        .containers
+        .iter()
+        .map(|c| {
+            format!(
+                "{}: processed={} duplicates={} dead_lettered={}",
+                c.group(),
+                c.stats().processed(),
+                c.stats().duplicates(),
+                c.stats().dead_lettered()
+            )
+        })
+        .collect();
     tracing::info!(
-        compensator_processed = compensator.stats().processed(),
-        compensator_duplicates = compensator.stats().duplicates(),
-        cleanup_processed = cleanup.stats().processed(),
-        cleanup_duplicates = cleanup.stats().duplicates(),
-        dead_lettered = compensator.stats().dead_lettered() + cleanup.stats().dead_lettered(),
-        relay_published = relay.stats().published(),
+        ?stats,
+        webhook_repeats,
+        relay_published = app.relay.stats().published(),
         "consumers settled"
     );
-    compensator.shutdown().await?;
-    cleanup.shutdown().await?;
-    relay.shutdown().await;
+    app.stop().await?;
     report.errors = errors;
     report.wall = started.elapsed();
     Ok(report)
 }
 
-/// Creates a concert with `ceil(users / 100)` dates of 100 seats and `users` users.
-/// Returns the concert id, one seat per user and the user ids.
-async fn seed_data(pool: &PgPool, users: usize) -> anyhow::Result<(i64, Vec<i64>, Vec<i64>)> {
+struct UserOutcome {
+    error: Option<String>,
+    idempotency_violated: bool,
+}
+
+async fn call<T: DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+    expect: &[StatusCode],
+) -> Result<(StatusCode, T), String> {
+    let resp = req.send().await.map_err(|e| reliable_kafka::report(&e))?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| reliable_kafka::report(&e))?;
+    if !expect.contains(&status) {
+        return Err(format!("unexpected {status}: {text}"));
+    }
+    serde_json::from_str(&text)
+        .map(|v| (status, v))
+        .map_err(|e| format!("bad body {text:?}: {e}"))
+}
+
+async fn user_flow(
+    http: &reqwest::Client,
+    base: &str,
+    i: usize,
+    user: i64,
+    seat: i64,
+    coupon_id: i64,
+    flows: Flows,
+) -> UserOutcome {
+    let mut idempotency_violated = false;
+    let result = async {
+        let (_, t): (_, TokenResponse) = call(
+            http.post(format!("{base}/api/queue/tokens"))
+                .json(&json!({ "user_id": user })),
+            &[StatusCode::CREATED],
+        )
+        .await?;
+        let (_, r): (_, Reservation) = call(
+            http.post(format!("{base}/api/reservations"))
+                .header(QUEUE_TOKEN_HEADER, &t.token)
+                .json(&json!({ "user_id": user, "seat_id": seat })),
+            &[StatusCode::CREATED],
+        )
+        .await?;
+        let (_, c): (_, CheckoutResponse) = call(
+            http.post(format!("{base}/api/reservations/{}/checkout", r.id)),
+            &[StatusCode::CREATED],
+        )
+        .await?;
+        let pay = || {
+            call::<PaymentView>(
+                http.post(format!("{base}/api/payments"))
+                    .header(IDEMPOTENCY_KEY_HEADER, c.idempotency_key.to_string())
+                    .json(&json!({ "reservation_id": r.id, "user_id": user })),
+                &[StatusCode::OK, StatusCode::ACCEPTED],
+            )
+        };
+        // Every 10th user double-clicks: three identical requests at once, then one more.
+        let repeats = if i % 10 == 0 { 3 } else { 1 };
+        let mut answers = futures::future::join_all((0..repeats).map(|_| pay())).await;
+        if repeats > 1 {
+            answers.push(pay().await);
+        }
+        let answers: Vec<PaymentView> = answers
+            .into_iter()
+            .map(|a| a.map(|(_, p)| p))
+            .collect::<Result<_, _>>()?;
+        idempotency_violated = answers
+            .iter()
+            .any(|a| a.payment_id != answers[0].payment_id);
+        if flows == Flows::All {
+            let req = || {
+                http.post(format!("{base}/api/coupons/{coupon_id}/requests"))
+                    .json(&json!({ "user_id": user }))
+            };
+            call::<serde_json::Value>(req(), &[StatusCode::ACCEPTED, StatusCode::CONFLICT]).await?;
+            if i % 9 == 0 {
+                // A repeated request is refused.
+                call::<serde_json::Value>(req(), &[StatusCode::CONFLICT]).await?;
+            }
+        }
+        Ok::<(), String>(())
+    }
+    .await;
+    UserOutcome {
+        error: result.err().map(|e| format!("user {user}: {e}")),
+        idempotency_violated,
+    }
+}
+
+/// Creates a concert with `ceil(users / 100)` dates of 100 seats, `users` users (a
+/// fifth of the failure share without enough balance), and a coupon with stock for
+/// half of them. Returns the run id (= concert id), one seat per user, the user ids
+/// and the coupon id.
+async fn seed_data(
+    pool: &PgPool,
+    cfg: &ScenarioConfig,
+) -> anyhow::Result<(i64, Vec<i64>, Vec<i64>, i64)> {
+    let users = cfg.users;
     let mut tx = pool.begin().await?;
-    let concert_id: i64 =
-        sqlx::query_scalar("INSERT INTO concert (title) VALUES ($1) RETURNING id")
-            .bind(format!("scenario {}", uuid::Uuid::now_v7()))
-            .fetch_one(&mut *tx)
-            .await?;
+    let run_id: i64 = sqlx::query_scalar("INSERT INTO concert (title) VALUES ($1) RETURNING id")
+        .bind(format!("scenario {}", uuid::Uuid::now_v7()))
+        .fetch_one(&mut *tx)
+        .await?;
     let dates = users.div_ceil(SEATS_PER_DATE).max(1);
     let mut seats = Vec::with_capacity(users);
     for d in 0..dates {
@@ -239,7 +382,7 @@ async fn seed_data(pool: &PgPool, users: usize) -> anyhow::Result<(i64, Vec<i64>
             "INSERT INTO concert_date (concert_id, starts_at, total_seat_count, available_seat_count) \
              VALUES ($1, now() + make_interval(days => $2), $3, $3) RETURNING id",
         )
-        .bind(concert_id)
+        .bind(run_id)
         .bind(d as i32 + 1)
         .bind(SEATS_PER_DATE as i32)
         .fetch_one(&mut *tx)
@@ -256,32 +399,61 @@ async fn seed_data(pool: &PgPool, users: usize) -> anyhow::Result<(i64, Vec<i64>
         seats.extend(ids);
     }
     seats.truncate(users);
+    let mut rng = fastrand::Rng::with_seed(cfg.seed);
+    let balances: Vec<i64> = (0..users)
+        .map(|_| {
+            if rng.f64() < cfg.failure_rate * 0.2 {
+                SEAT_PRICE / 2
+            } else {
+                START_BALANCE
+            }
+        })
+        .collect();
     let user_ids: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO app_user (name, balance) SELECT 'user-' || $1 || '-' || n, $2 FROM generate_series(1, $3) AS n RETURNING id",
+        "INSERT INTO app_user (name, balance, run_id) \
+         SELECT 'user-' || $1 || '-' || n, b, $1 FROM unnest($2::bigint[]) WITH ORDINALITY AS t(b, n) RETURNING id",
     )
-    .bind(concert_id)
-    .bind(START_BALANCE)
-    .bind(users as i32)
+    .bind(run_id)
+    .bind(&balances)
     .fetch_all(&mut *tx)
     .await?;
-    sqlx::query("INSERT INTO point_history (user_id, kind, amount) SELECT id, 'TOPUP', balance FROM app_user WHERE id = ANY($1)")
-        .bind(&user_ids)
+    sqlx::query("INSERT INTO point_history (user_id, kind, amount) SELECT id, 'TOPUP', balance FROM app_user WHERE run_id = $1")
+        .bind(run_id)
         .execute(&mut *tx)
         .await?;
+    let stock = (users / 2).max(1) as i32;
+    let coupon_id: i64 = sqlx::query_scalar(
+        "INSERT INTO coupon_stock (name, total, remaining) VALUES ($1, $2, $2) RETURNING id",
+    )
+    .bind(format!("run {run_id}"))
+    .bind(stock)
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
-    Ok((concert_id, seats, user_ids))
+    Ok((run_id, seats, user_ids, coupon_id))
 }
 
-/// Computes the report from PostgreSQL and Redis.
+/// Computes the report of run `run_id` from PostgreSQL and Redis.
 async fn check(
     pool: &PgPool,
     store: &RedisStore,
-    concert_id: i64,
-    users: &[i64],
+    run_id: i64,
+    coupon_id: i64,
+    flows: Flows,
 ) -> anyhow::Result<Report> {
-    let (payments, failed, compensated_db, unsold_completed): (i64, i64, i64, i64) = sqlx::query_as(
+    let mut r = Report::default();
+    let mut lost = Vec::<(&str, i64)>::new();
+    let mut dup = Vec::<(&str, i64)>::new();
+    let one = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).bind(run_id);
+
+    r.users = one("SELECT count(*) FROM app_user WHERE run_id = $1")
+        .fetch_one(pool)
+        .await?;
+    let (payments, failed, completed, in_progress, compensated, unsold): (i64, i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT count(*),
                 count(*) FILTER (WHERE p.status = 'FAILED'),
+                count(*) FILTER (WHERE p.status = 'COMPLETED'),
+                count(*) FILTER (WHERE p.status = 'IN_PROGRESS'),
                 count(*) FILTER (WHERE p.status = 'FAILED' AND p.compensated_at IS NOT NULL
                                    AND r.status = 'FAILED' AND s.status = 'AVAILABLE'
                                    AND (NOT p.charged OR EXISTS (SELECT 1 FROM point_history h
@@ -290,12 +462,22 @@ async fn check(
          FROM payment p
          JOIN reservation r ON r.id = p.reservation_id
          JOIN seat s ON s.id = r.seat_id
-         JOIN concert_date d ON d.id = r.concert_date_id
-         WHERE d.concert_id = $1",
+         JOIN app_user u ON u.id = p.user_id
+         WHERE u.run_id = $1",
     )
-    .bind(concert_id)
+    .bind(run_id)
     .fetch_one(pool)
     .await?;
+    (r.payments, r.failed, r.completed, r.compensated_db) =
+        (payments, failed, completed, compensated);
+    lost.push(("payments of users", r.users - payments));
+    lost.push(("payments still in progress", in_progress));
+    lost.push((
+        "failed payments not compensated in the database",
+        failed - compensated,
+    ));
+    lost.push(("completed payments whose seat is not sold", unsold));
+
     let (seats_over, seats_under): (i64, i64) = sqlx::query_as(
         "SELECT coalesce(sum(greatest(d.available_seat_count - a.n, 0)), 0)::bigint,
                 coalesce(sum(greatest(a.n - d.available_seat_count, 0)), 0)::bigint
@@ -303,57 +485,110 @@ async fn check(
          CROSS JOIN LATERAL (SELECT count(*)::int AS n FROM seat s WHERE s.concert_date_id = d.id AND s.status = 'AVAILABLE') a
          WHERE d.concert_id = $1",
     )
-    .bind(concert_id)
+    .bind(run_id)
     .fetch_one(pool)
     .await?;
-    let double_refunds: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT payment_id FROM point_history
-                               WHERE kind = 'REFUND' AND user_id = ANY($1)
-                               GROUP BY payment_id HAVING count(*) > 1) x",
-    )
-    .bind(users)
-    .fetch_one(pool)
-    .await?;
+    dup.push(("seat counts above the seats available", seats_over));
+    lost.push(("seat counts below the seats available", seats_under));
+    dup.push((
+        "payments refunded twice",
+        one("SELECT count(*) FROM (SELECT h.payment_id FROM point_history h JOIN app_user u ON u.id = h.user_id
+              WHERE h.kind = 'REFUND' AND u.run_id = $1 GROUP BY h.payment_id HAVING count(*) > 1) x")
+        .fetch_one(pool)
+        .await?,
+    ));
     let (balance_over, balance_under): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE u.balance > h.total), count(*) FILTER (WHERE u.balance < h.total)
-         FROM app_user u
-         JOIN (SELECT user_id, sum(amount) AS total FROM point_history WHERE user_id = ANY($1) GROUP BY user_id) h
-           ON h.user_id = u.id",
+         FROM app_user u JOIN (SELECT user_id, sum(amount) AS total FROM point_history GROUP BY user_id) h ON h.user_id = u.id
+         WHERE u.run_id = $1",
     )
-    .bind(users)
+    .bind(run_id)
     .fetch_one(pool)
     .await?;
+    dup.push(("balances above their history", balance_over));
+    lost.push(("balances below their history", balance_under));
 
     let failed_rows: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT r.seat_id, r.user_id FROM payment p JOIN reservation r ON r.id = p.reservation_id
-         JOIN concert_date d ON d.id = r.concert_date_id WHERE d.concert_id = $1 AND p.status = 'FAILED'",
+         JOIN app_user u ON u.id = p.user_id WHERE u.run_id = $1 AND p.status = 'FAILED'",
     )
-    .bind(concert_id)
+    .bind(run_id)
     .fetch_all(pool)
     .await?;
-    let mut cleaned_redis = 0;
     for (seat, user) in &failed_rows {
         if store
-            .count_existing(&[hold_key(*seat), token_key(*user)])
+            .count_existing(&[store.hold_key(*seat), store.token_key(*user)])
             .await?
             == 0
         {
-            cleaned_redis += 1;
+            r.cleaned_redis += 1;
         }
     }
+    lost.push((
+        "failed payments not cleaned in Redis",
+        failed - r.cleaned_redis,
+    ));
 
-    Ok(Report {
-        payments,
-        failed,
-        compensated_db,
-        cleaned_redis,
-        lost: (failed - compensated_db)
-            + (failed - cleaned_redis)
-            + seats_under
-            + balance_under
-            + unsold_completed,
-        duplicated: seats_over + double_refunds + balance_over,
-        errors: 0,
-        wall: Duration::ZERO,
-    })
+    if flows == Flows::All {
+        r.notified = one("SELECT count(*) FROM notification n JOIN app_user u ON u.id = n.user_id WHERE u.run_id = $1")
+            .fetch_one(pool)
+            .await?;
+        r.dead_lettered = one(
+            "SELECT count(DISTINCT (convert_from(k.payload, 'UTF8')::jsonb->>'payment_id')) FROM rk_parked_messages k
+             JOIN app_user u ON u.id = (convert_from(k.payload, 'UTF8')::jsonb->>'user_id')::bigint
+             WHERE k.original_topic = 'payment-notification' AND u.run_id = $1",
+        )
+        .fetch_one(pool)
+        .await?;
+        lost.push((
+            "completed payments neither notified nor dead-lettered",
+            completed - r.notified - r.dead_lettered,
+        ));
+        r.coupons = sqlx::query_scalar("SELECT count(*) FROM coupon WHERE coupon_id = $1")
+            .bind(coupon_id)
+            .fetch_one(pool)
+            .await?;
+        let (requests, stock): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM coupon_request WHERE coupon_id = $1), (SELECT total::bigint FROM coupon_stock WHERE id = $1)",
+        )
+        .bind(coupon_id)
+        .fetch_one(pool)
+        .await?;
+        lost.push(("coupon requests without a coupon", requests - r.coupons));
+        dup.push(("coupons above stock", r.coupons - stock));
+        dup.push((
+            "users with more than one coupon",
+            sqlx::query_scalar("SELECT count(*) FROM (SELECT user_id FROM coupon WHERE coupon_id = $1 GROUP BY user_id HAVING count(*) > 1) x")
+                .bind(coupon_id)
+                .fetch_one(pool)
+                .await?,
+        ));
+        for (what, table) in [
+            ("order information", "order_info"),
+            ("order alerts", "order_alert"),
+        ] {
+            let (rows, distinct): (i64, i64) = sqlx::query_as(&format!(
+                "SELECT count(*), count(DISTINCT t.payment_id) FROM {table} t
+                 JOIN payment p ON p.id = t.payment_id JOIN app_user u ON u.id = p.user_id WHERE u.run_id = $1"
+            ))
+            .bind(run_id)
+            .fetch_one(pool)
+            .await?;
+            lost.push((what, completed - distinct));
+            dup.push((what, rows - distinct));
+        }
+    }
+    for (what, n) in lost {
+        if n != 0 {
+            r.lost += n.abs();
+            r.problems.push(format!("lost: {what}: {n}"));
+        }
+    }
+    for (what, n) in dup {
+        if n > 0 {
+            r.duplicated += n;
+            r.problems.push(format!("duplicated: {what}: {n}"));
+        }
+    }
+    Ok(r)
 }

@@ -20,6 +20,7 @@ return 0
 pub struct RedisStore {
     conn: ConnectionManager,
     ttl: Duration,
+    namespace: String,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -30,24 +31,30 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-/// Key of a user's active queue token.
-pub fn token_key(user_id: i64) -> String {
-    format!("concert:queue:token:{user_id}")
-}
-
-/// Key of a seat's hold.
-pub fn hold_key(seat_id: i64) -> String {
-    format!("concert:seat:hold:{seat_id}")
-}
-
 impl RedisStore {
-    /// Connects; holds and tokens expire after `ttl` on their own.
+    /// Connects; holds and tokens expire after `ttl` on their own. Keys start with
+    /// `concert:<namespace>:`, so that deployments (or tests) sharing a Redis server
+    /// with their own databases do not see each other's holds.
     ///
     /// # Errors
     /// When Redis cannot be reached.
-    pub async fn connect(url: &str, ttl: Duration) -> redis::RedisResult<Self> {
+    pub async fn connect(url: &str, ttl: Duration, namespace: &str) -> redis::RedisResult<Self> {
         let conn = redis::Client::open(url)?.get_connection_manager().await?;
-        Ok(RedisStore { conn, ttl })
+        Ok(RedisStore {
+            conn,
+            ttl,
+            namespace: namespace.to_owned(),
+        })
+    }
+
+    /// Key of a user's active queue token.
+    pub fn token_key(&self, user_id: i64) -> String {
+        format!("concert:{}:queue:token:{user_id}", self.namespace)
+    }
+
+    /// Key of a seat's hold.
+    pub fn hold_key(&self, seat_id: i64) -> String {
+        format!("concert:{}:seat:hold:{seat_id}", self.namespace)
     }
 
     /// Issues an active queue token for `user_id`; returns it.
@@ -58,13 +65,26 @@ impl RedisStore {
         let token = uuid::Uuid::now_v7().to_string();
         let mut c = self.conn.clone();
         redis::cmd("SET")
-            .arg(token_key(user_id))
+            .arg(self.token_key(user_id))
             .arg(&token)
             .arg("PX")
             .arg(self.ttl.as_millis() as u64)
             .query_async::<()>(&mut c)
             .await?;
         Ok(token)
+    }
+
+    /// Whether `token` is the active queue token of `user_id`.
+    ///
+    /// # Errors
+    /// Redis errors.
+    pub async fn token_is_active(&self, user_id: i64, token: &str) -> redis::RedisResult<bool> {
+        let mut c = self.conn.clone();
+        let current: Option<String> = redis::cmd("GET")
+            .arg(self.token_key(user_id))
+            .query_async(&mut c)
+            .await?;
+        Ok(current.as_deref() == Some(token))
     }
 
     /// Holds `seat_id` for `user_id` (`SET NX` with TTL); false when someone holds it.
@@ -74,7 +94,7 @@ impl RedisStore {
     pub async fn hold_seat(&self, seat_id: i64, user_id: i64) -> redis::RedisResult<bool> {
         let mut c = self.conn.clone();
         let r: Option<String> = redis::cmd("SET")
-            .arg(hold_key(seat_id))
+            .arg(self.hold_key(seat_id))
             .arg(user_id)
             .arg("NX")
             .arg("PX")
@@ -91,7 +111,7 @@ impl RedisStore {
     pub async fn release_hold(&self, seat_id: i64, user_id: i64) -> redis::RedisResult<bool> {
         let mut c = self.conn.clone();
         let n: i64 = Script::new(DELETE_IF_EQUALS)
-            .key(hold_key(seat_id))
+            .key(self.hold_key(seat_id))
             .arg(user_id)
             .invoke_async(&mut c)
             .await?;
@@ -106,7 +126,7 @@ impl RedisStore {
     pub async fn expire_token(&self, user_id: i64, token: &str) -> redis::RedisResult<bool> {
         let mut c = self.conn.clone();
         let n: i64 = Script::new(DELETE_IF_EQUALS)
-            .key(token_key(user_id))
+            .key(self.token_key(user_id))
             .arg(token)
             .invoke_async(&mut c)
             .await?;

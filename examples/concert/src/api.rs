@@ -1,0 +1,281 @@
+//! The HTTP API (axum). Errors are `{"error": {"code", "message"}}` with the stable
+//! codes listed in the example's README.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use reliable_kafka::Outbox;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::booking::{Booking, BookingError, PayRequest};
+use crate::coupon::{request_coupon, CouponError};
+use crate::http::ApiError;
+
+/// State shared by the handlers.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// The booking service.
+    pub booking: Booking,
+    /// The outbox (coupon requests).
+    pub outbox: Outbox,
+}
+
+/// The routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/api/queue/tokens", post(issue_token))
+        .route("/api/reservations", post(reserve))
+        .route("/api/reservations/{id}", get(reservation))
+        .route("/api/reservations/{id}/checkout", post(checkout))
+        .route("/api/payments", post(pay))
+        .route("/api/payments/{id}", get(payment))
+        .route("/api/coupons/{id}/requests", post(coupon))
+        .route("/api/users/{id}/coupons", get(coupons))
+        .with_state(state)
+}
+
+/// `Json<T>` whose rejection is an [`ApiError`] with code `invalid_request`.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| ApiJson(v))
+            .map_err(|r: JsonRejection| ApiError::new(r.status(), "invalid_request", r.body_text()))
+    }
+}
+
+/// A positive integer id from the path; anything else is `400 invalid_request`.
+pub struct Id(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<i64>::from_request_parts(parts, state)
+            .await
+            .map_err(|r: PathRejection| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", r.body_text())
+            })?;
+        positive("id", id).map(Id)
+    }
+}
+
+fn positive(field: &str, v: i64) -> Result<i64, ApiError> {
+    if v > 0 {
+        Ok(v)
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("`{field}` must be a positive integer"),
+        ))
+    }
+}
+
+impl From<BookingError> for ApiError {
+    fn from(e: BookingError) -> Self {
+        let (status, code) = match &e {
+            BookingError::InvalidToken { .. } => (StatusCode::UNAUTHORIZED, "queue_token_invalid"),
+            BookingError::SeatTaken { .. } => (StatusCode::CONFLICT, "seat_unavailable"),
+            BookingError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            BookingError::NotPayable { .. } => (StatusCode::CONFLICT, "reservation_not_payable"),
+            BookingError::KeyReused { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
+            _ => {
+                tracing::error!(error = %reliable_kafka::report(&e), "request failed");
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "internal error; retry later",
+                );
+            }
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<CouponError> for ApiError {
+    fn from(e: CouponError) -> Self {
+        let (status, code) = match &e {
+            CouponError::SoldOut { .. } => (StatusCode::CONFLICT, "coupon_sold_out"),
+            CouponError::AlreadyRequested { .. } => {
+                (StatusCode::CONFLICT, "coupon_already_requested")
+            }
+            CouponError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            _ => {
+                tracing::error!(error = %reliable_kafka::report(&e), "coupon request failed");
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "internal error; retry later",
+                );
+            }
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// Body of `POST /api/queue/tokens`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// User.
+    pub user_id: i64,
+}
+
+/// Answer of `POST /api/queue/tokens`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// User.
+    pub user_id: i64,
+    /// Active queue token; send it as `X-Queue-Token`.
+    pub token: String,
+}
+
+async fn issue_token(
+    State(s): State<ApiState>,
+    ApiJson(req): ApiJson<TokenRequest>,
+) -> Result<Response, ApiError> {
+    let user_id = positive("user_id", req.user_id)?;
+    let token = s.booking.enter_queue(user_id).await?;
+    Ok((StatusCode::CREATED, Json(TokenResponse { user_id, token })).into_response())
+}
+
+/// Body of `POST /api/reservations`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveRequest {
+    /// User.
+    pub user_id: i64,
+    /// Seat.
+    pub seat_id: i64,
+}
+
+/// Header carrying the queue token.
+pub const QUEUE_TOKEN_HEADER: &str = "x-queue-token";
+/// Header carrying the checkout's idempotency key.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+async fn reserve(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<ReserveRequest>,
+) -> Result<Response, ApiError> {
+    let user_id = positive("user_id", req.user_id)?;
+    let seat_id = positive("seat_id", req.seat_id)?;
+    let token = headers
+        .get(QUEUE_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "queue_token_invalid",
+                "the `X-Queue-Token` header is required",
+            )
+        })?;
+    let r = s.booking.reserve(user_id, seat_id, token).await?;
+    Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+async fn reservation(State(s): State<ApiState>, Id(id): Id) -> Result<Response, ApiError> {
+    Ok(Json(s.booking.reservation(id).await?).into_response())
+}
+
+/// Answer of `POST /api/reservations/{id}/checkout`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CheckoutResponse {
+    /// Send as `Idempotency-Key` with the payment request.
+    pub idempotency_key: Uuid,
+}
+
+async fn checkout(State(s): State<ApiState>, Id(id): Id) -> Result<Response, ApiError> {
+    let key = s.booking.open_checkout(id).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CheckoutResponse {
+            idempotency_key: key,
+        }),
+    )
+        .into_response())
+}
+
+async fn pay(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<PayRequest>,
+) -> Result<Response, ApiError> {
+    positive("reservation_id", req.reservation_id)?;
+    positive("user_id", req.user_id)?;
+    let key = headers
+        .get(IDEMPOTENCY_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Uuid::parse_str(v).ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "idempotency_key_required",
+                "the `Idempotency-Key` header must hold the UUID returned by the checkout",
+            )
+        })?;
+    let p = s.booking.pay(key, &req).await?;
+    let status = if p.status == "IN_PROGRESS" {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(p)).into_response())
+}
+
+async fn payment(State(s): State<ApiState>, Id(id): Id) -> Result<Response, ApiError> {
+    Ok(Json(s.booking.payment(id).await?).into_response())
+}
+
+/// Body of `POST /api/coupons/{id}/requests`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CouponRequest {
+    /// User.
+    pub user_id: i64,
+}
+
+async fn coupon(
+    State(s): State<ApiState>,
+    Id(coupon_id): Id,
+    ApiJson(req): ApiJson<CouponRequest>,
+) -> Result<Response, ApiError> {
+    let user_id = positive("user_id", req.user_id)?;
+    request_coupon(s.booking.pool(), &s.outbox, coupon_id, user_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "coupon_id": coupon_id, "user_id": user_id, "status": "REQUESTED" })))
+        .into_response())
+}
+
+/// A coupon as listed by `GET /api/users/{id}/coupons`.
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct CouponView {
+    /// Coupon kind.
+    pub coupon_id: i64,
+    /// Code.
+    pub code: String,
+}
+
+async fn coupons(State(s): State<ApiState>, Id(user_id): Id) -> Result<Response, ApiError> {
+    let list: Vec<CouponView> =
+        sqlx::query_as("SELECT coupon_id, code FROM coupon WHERE user_id = $1 ORDER BY id")
+            .bind(user_id)
+            .fetch_all(s.booking.pool())
+            .await
+            .map_err(BookingError::from)?;
+    Ok(Json(list).into_response())
+}

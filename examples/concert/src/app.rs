@@ -1,0 +1,256 @@
+//! The whole application in one process: HTTP API, outbox relay, the six consumer
+//! groups, the dead-letter re-drive scheduler, the payment recovery bulkhead and, in
+//! demo mode, the payment gateway and webhook receiver.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reliable_kafka::{
+    CancellationToken, ContainerHandle, DeadLetterRedriver, KafkaConfig, ListenerContainer, Outbox,
+    OutboxRelay, RedriveHandle, RelayHandle, DEFAULT_DEAD_LETTER_SUFFIX,
+};
+use sqlx::PgPool;
+
+use crate::api::{router, ApiState};
+use crate::booking::Booking;
+use crate::events::{PAYMENT_NOTIFICATION_TOPIC, TOPICS};
+use crate::gateway::{DemoGateway, GatewayBehaviour, GatewayClient};
+use crate::handlers::{
+    compensate_payment, issue_coupon, send_order_alert, store_order_info, RedisCleanup,
+};
+use crate::http::Server;
+use crate::recovery::PaymentRecovery;
+use crate::store::RedisStore;
+use crate::webhook::{DemoReceiver, ReceiverBehaviour, WebhookNotifier};
+
+/// Which flows the consumers serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flows {
+    /// Everything of the five seed documents.
+    All,
+    /// Only the payment-failure compensation (seed 000).
+    PaymentFailure,
+}
+
+/// Settings of the application.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// Where the API listens (port 0: any free port).
+    pub api_addr: SocketAddr,
+    /// Payment gateway base URL; `None` starts the demo gateway.
+    pub gateway_url: Option<String>,
+    /// Behaviour of the demo gateway.
+    pub gateway_behaviour: GatewayBehaviour,
+    /// Notification webhook URL; `None` starts the demo receiver.
+    pub webhook_url: Option<String>,
+    /// Behaviour of the demo receiver.
+    pub receiver_behaviour: ReceiverBehaviour,
+    /// TCP connect timeout of outgoing HTTP calls.
+    pub connect_timeout: Duration,
+    /// Whole-request timeout of outgoing HTTP calls.
+    pub request_timeout: Duration,
+    /// Interval of the dead-letter re-drive (seed 003: 5 min).
+    pub redrive_interval: Duration,
+    /// Re-drives per dead-lettered notification before it is parked (seed 003: 3).
+    pub max_redrives: u32,
+    /// Interval of the payment recovery (seed 004: 1 s).
+    pub recovery_interval: Duration,
+    /// A payment is stuck after this long in progress.
+    pub stuck_after: Duration,
+    /// Partitions of topics the app creates (seed 001: 3).
+    pub partitions: i32,
+    /// Flows served.
+    pub flows: Flows,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            api_addr: ([127, 0, 0, 1], 8080).into(),
+            gateway_url: None,
+            gateway_behaviour: GatewayBehaviour::default(),
+            webhook_url: None,
+            receiver_behaviour: ReceiverBehaviour::default(),
+            connect_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(2),
+            redrive_interval: Duration::from_secs(300),
+            max_redrives: 3,
+            recovery_interval: Duration::from_secs(1),
+            stuck_after: Duration::from_secs(5),
+            partitions: 3,
+            flows: Flows::All,
+        }
+    }
+}
+
+/// The running application.
+#[derive(Debug)]
+pub struct App {
+    /// The HTTP API.
+    pub api: Server,
+    /// The demo gateway, when started.
+    pub gateway: Option<(DemoGateway, Server)>,
+    /// The demo webhook receiver, when started.
+    pub receiver: Option<(DemoReceiver, Server)>,
+    /// The consumer groups.
+    pub containers: Vec<ContainerHandle>,
+    /// The outbox relay.
+    pub relay: RelayHandle,
+    /// The re-drive scheduler of `payment-notification.DLQ`.
+    pub redriver: Option<RedriveHandle>,
+    recovery: (CancellationToken, std::thread::JoinHandle<()>),
+}
+
+impl App {
+    /// Migrates, creates the topics, and starts every part.
+    ///
+    /// # Errors
+    /// When a service cannot be reached or a part cannot be configured.
+    pub async fn start(
+        pool: PgPool,
+        store: RedisStore,
+        kafka: KafkaConfig,
+        cfg: &AppConfig,
+    ) -> anyhow::Result<App> {
+        crate::migrate(&pool).await?;
+        let dlqs: Vec<String> = TOPICS
+            .iter()
+            .map(|t| format!("{t}{DEFAULT_DEAD_LETTER_SUFFIX}"))
+            .collect();
+        let specs: Vec<(&str, i32, i32)> = TOPICS
+            .iter()
+            .copied()
+            .chain(dlqs.iter().map(String::as_str))
+            .map(|t| (t, cfg.partitions, 1))
+            .collect();
+        kafka.ensure_topics(&specs).await?;
+
+        let any_port: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let gateway = match &cfg.gateway_url {
+            Some(_) => None,
+            None => {
+                let g = DemoGateway::new(cfg.gateway_behaviour);
+                let server = g.start(any_port).await?;
+                Some((g, server))
+            }
+        };
+        let receiver = match &cfg.webhook_url {
+            Some(_) => None,
+            None => {
+                let r = DemoReceiver::new(cfg.receiver_behaviour);
+                let server = r.start(any_port).await?;
+                Some((r, server))
+            }
+        };
+        let gateway_url = cfg
+            .gateway_url
+            .clone()
+            .unwrap_or_else(|| gateway.as_ref().map(|(_, s)| s.url()).unwrap_or_default());
+        let webhook_url = cfg.webhook_url.clone().unwrap_or_else(|| {
+            receiver
+                .as_ref()
+                .map(|(_, s)| format!("{}/notify", s.url()))
+                .unwrap_or_default()
+        });
+        let client = GatewayClient::new(&gateway_url, cfg.connect_timeout, cfg.request_timeout, 3)?;
+
+        let relay = OutboxRelay::builder(pool.clone(), kafka.clone())
+            .build()?
+            .spawn();
+        let build = || ListenerContainer::builder(kafka.clone(), pool.clone());
+        let mut containers = vec![
+            build().handler(compensate_payment).build()?.spawn(),
+            build()
+                .handler(RedisCleanup {
+                    store: store.clone(),
+                })
+                .build()?
+                .spawn(),
+        ];
+        let mut redriver = None;
+        if cfg.flows == Flows::All {
+            let notifier =
+                WebhookNotifier::new(&webhook_url, cfg.connect_timeout, cfg.request_timeout)?;
+            containers.push(build().handler(notifier).build()?.spawn());
+            containers.push(build().handler(store_order_info).build()?.spawn());
+            containers.push(build().handler(send_order_alert).build()?.spawn());
+            containers.push(build().handler(issue_coupon).build()?.spawn());
+            redriver = Some(
+                DeadLetterRedriver::builder(kafka.clone(), pool.clone())
+                    .topic(format!(
+                        "{PAYMENT_NOTIFICATION_TOPIC}{DEFAULT_DEAD_LETTER_SUFFIX}"
+                    ))
+                    .group_id("notification-redrive")
+                    .max_redrives(cfg.max_redrives)
+                    .interval(cfg.redrive_interval)
+                    .build()?
+                    .spawn(),
+            );
+        }
+
+        // The bulkhead gets its own small pool as well as its own thread and runtime.
+        let recovery_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with((*pool.connect_options()).clone())
+            .await?;
+        let recovery_token = CancellationToken::new();
+        let recovery = PaymentRecovery::new(
+            recovery_pool,
+            store.clone(),
+            client.clone(),
+            "app",
+            cfg.stuck_after,
+        )
+        .spawn_bulkhead(cfg.recovery_interval, recovery_token.clone());
+
+        let booking = Booking::new(pool, store, client);
+        let api = Server::start(
+            router(ApiState {
+                booking,
+                outbox: Outbox::new(),
+            }),
+            cfg.api_addr,
+        )
+        .await?;
+        tracing::info!(api = %api.url(), gateway = %gateway_url, webhook = %webhook_url, "concert app started");
+        Ok(App {
+            api,
+            gateway,
+            receiver,
+            containers,
+            relay,
+            redriver,
+            recovery: (recovery_token, recovery),
+        })
+    }
+
+    /// Whether every consumer group has been idle for `d`.
+    pub fn consumers_idle_for(&self, d: Duration) -> bool {
+        self.containers.iter().all(|c| c.stats().idle_for() >= d)
+    }
+
+    /// Stops the API, then the schedulers and consumers (each finishes its record in
+    /// hand and commits), then the relay.
+    ///
+    /// # Errors
+    /// The first container error.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.api.stop().await;
+        self.recovery.0.cancel();
+        let _ = tokio::task::spawn_blocking(move || self.recovery.1.join()).await;
+        if let Some(r) = self.redriver {
+            r.shutdown().await;
+        }
+        for c in self.containers {
+            c.shutdown().await?;
+        }
+        self.relay.shutdown().await;
+        if let Some((_, s)) = self.gateway {
+            s.stop().await;
+        }
+        if let Some((_, s)) = self.receiver {
+            s.stop().await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,197 @@
+//! The notification webhook: the sender used by the `telegram-notification` group,
+//! and a demo receiver (a real local HTTP server) that fails or stalls on demand.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use futures::future::BoxFuture;
+use reliable_kafka::{EventHandler, FixedBackOff, HandlerContext, HandlerError, HandlerOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::events::PaymentCompleted;
+use crate::http::Server;
+
+/// Consumer group of the notification sender (seed 003).
+pub const NOTIFICATION_GROUP: &str = "telegram-notification";
+
+/// Body posted to the webhook.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notification {
+    /// Payment.
+    pub payment_id: i64,
+    /// User.
+    pub user_id: i64,
+    /// Text for the user.
+    pub text: String,
+}
+
+/// Sends a notification for each completed payment: `POST` to the webhook with connect
+/// and request timeouts. 2xx records the notification (in the handler's transaction,
+/// so once per payment); 5xx, 429, timeouts and refused connections are transient
+/// (retried, then `payment-notification.DLQ`, then re-driven); other 4xx permanent.
+///
+/// The HTTP call itself is at-least-once: a receiver may see a redelivered
+/// notification when the database commit after a successful call failed.
+#[derive(Debug, Clone)]
+pub struct WebhookNotifier {
+    http: reqwest::Client,
+    url: String,
+    backoff: FixedBackOff,
+}
+
+impl WebhookNotifier {
+    /// A sender to `url` with the given timeouts, retrying 3 times 200 ms apart.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(
+        url: impl Into<String>,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> reqwest::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .timeout(request_timeout)
+            .build()?;
+        let backoff =
+            FixedBackOff::new(Duration::from_millis(200), 3).expect("3 attempts is valid");
+        Ok(WebhookNotifier {
+            http,
+            url: url.into(),
+            backoff,
+        })
+    }
+}
+
+impl EventHandler for WebhookNotifier {
+    type Event = PaymentCompleted;
+
+    fn options(&self) -> HandlerOptions {
+        HandlerOptions::new()
+            .group(NOTIFICATION_GROUP)
+            .backoff(self.backoff)
+    }
+
+    fn handle<'a>(
+        &'a self,
+        event: PaymentCompleted,
+        ctx: &'a mut HandlerContext,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let body = Notification {
+                payment_id: event.payment_id,
+                user_id: event.user_id,
+                text: format!(
+                    "Payment {} of {} points completed.",
+                    event.payment_id, event.amount
+                ),
+            };
+            let resp = self
+                .http
+                .post(&self.url)
+                .json(&body)
+                .send()
+                .await
+                .map_err(HandlerError::transient)?;
+            let status = resp.status();
+            if let Err(e) = resp.error_for_status() {
+                return Err(
+                    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                        HandlerError::transient(e)
+                    } else {
+                        HandlerError::permanent(e)
+                    },
+                );
+            }
+            sqlx::query("INSERT INTO notification (payment_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(event.payment_id)
+                .bind(event.user_id)
+                .execute(ctx.tx())
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+/// How the demo receiver misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ReceiverBehaviour {
+    /// Share of calls answered `503`.
+    pub fail_rate: f64,
+    /// Share of calls answered after `delay` (past the sender's timeout, typically).
+    pub delay_rate: f64,
+    /// The delay.
+    pub delay: Duration,
+    /// Payments whose id is a multiple of this always get `503` (0: none), so that
+    /// some notifications end dead-lettered and parked.
+    pub always_fail_every: i64,
+}
+
+/// A webhook receiver recording what it accepted.
+#[derive(Clone, Default)]
+pub struct DemoReceiver {
+    behaviour: Arc<Mutex<ReceiverBehaviour>>,
+    accepted: Arc<Mutex<HashMap<i64, u32>>>,
+}
+
+impl std::fmt::Debug for DemoReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DemoReceiver")
+            .field("behaviour", &*self.behaviour.lock().unwrap())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DemoReceiver {
+    /// A receiver behaving as `behaviour`.
+    pub fn new(behaviour: ReceiverBehaviour) -> Self {
+        DemoReceiver {
+            behaviour: Arc::new(Mutex::new(behaviour)),
+            accepted: Arc::default(),
+        }
+    }
+
+    /// Changes the behaviour of later calls.
+    pub fn set_behaviour(&self, behaviour: ReceiverBehaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+
+    /// Notifications accepted, by payment id, with how often each was received.
+    pub fn accepted(&self) -> HashMap<i64, u32> {
+        self.accepted.lock().unwrap().clone()
+    }
+
+    /// Serves `POST /notify` on `addr`.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Server> {
+        Server::start(
+            Router::new()
+                .route("/notify", post(receive))
+                .with_state(self.clone()),
+            addr,
+        )
+        .await
+    }
+}
+
+async fn receive(State(r): State<DemoReceiver>, Json(n): Json<Notification>) -> StatusCode {
+    let b = *r.behaviour.lock().unwrap();
+    if (b.always_fail_every > 0 && n.payment_id % b.always_fail_every == 0)
+        || fastrand::f64() < b.fail_rate
+    {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    if fastrand::f64() < b.delay_rate {
+        tokio::time::sleep(b.delay).await;
+    }
+    *r.accepted.lock().unwrap().entry(n.payment_id).or_default() += 1;
+    StatusCode::OK
+}
