@@ -329,7 +329,7 @@ async fn user_flow(
             )
         };
         // Every 10th user double-clicks: three identical requests at once, then one more.
-        let repeats = if i % 10 == 0 { 3 } else { 1 };
+        let repeats = if i.is_multiple_of(10) { 3 } else { 1 };
         let mut answers = futures::future::join_all((0..repeats).map(|_| pay())).await;
         if repeats > 1 {
             answers.push(pay().await);
@@ -347,7 +347,7 @@ async fn user_flow(
                     .json(&json!({ "user_id": user }))
             };
             call::<serde_json::Value>(req(), &[StatusCode::ACCEPTED, StatusCode::CONFLICT]).await?;
-            if i % 9 == 0 {
+            if i.is_multiple_of(9) {
                 // A repeated request is refused.
                 call::<serde_json::Value>(req(), &[StatusCode::CONFLICT]).await?;
             }
