@@ -24,13 +24,7 @@ async fn setup(name: &str, partitions: i32) -> Setup {
     let kafka = kafka();
     let topic = unique(name);
     create_topics(&kafka, &topic, partitions).await;
-    Setup {
-        pool,
-        schema,
-        kafka,
-        group: unique("group"),
-        topic,
-    }
+    Setup { pool, schema, kafka, group: unique("group"), topic }
 }
 
 async fn effects(pool: &sqlx::PgPool) -> i64 {
@@ -38,69 +32,32 @@ async fn effects(pool: &sqlx::PgPool) -> i64 {
 }
 
 fn dead_letters(msgs: &[rdkafka::message::OwnedMessage]) -> Vec<DeadLetterInfo> {
-    msgs.iter()
-        .map(|m| DeadLetterInfo::from_headers(m.headers().expect("headers")).expect("dlt headers"))
-        .collect()
+    msgs.iter().map(|m| DeadLetterInfo::from_headers(m.headers().expect("headers")).expect("dlt headers")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_message_delivered_twice_changes_the_database_once() {
     let s = setup("dup", 1).await;
     let id = Uuid::now_v7();
-    let work = Work {
-        key: "k".into(),
-        n: 1,
-    };
+    let work = Work { key: "k".into(), n: 1 };
     produce_work(&s.kafka, &s.topic, id, &work).await;
     produce_work(&s.kafka, &s.topic, id, &work).await; // redelivery: same message id
-    produce_work(
-        &s.kafka,
-        &s.topic,
-        Uuid::now_v7(),
-        &Work {
-            key: "k".into(),
-            n: 2,
-        },
-    )
-    .await;
+    produce_work(&s.kafka, &s.topic, Uuid::now_v7(), &Work { key: "k".into(), n: 2 }).await;
 
     let recorder = Recorder::new(&s.topic, &s.group, Mode::Succeed, 1);
     let calls = recorder.calls.clone();
-    let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone())
-        .handler(recorder)
-        .build()
-        .unwrap()
-        .spawn();
+    let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone()).handler(recorder).build().unwrap().spawn();
     assert!(
-        eventually(Duration::from_secs(30), || async {
-            c.stats().processed() + c.stats().duplicates() == 3
-        })
-        .await
+        eventually(Duration::from_secs(30), || async { c.stats().processed() + c.stats().duplicates() == 3 }).await
     );
     assert_eq!(c.stats().duplicates(), 1);
     c.shutdown().await.unwrap();
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        2,
-        "the duplicate never reached the handler"
-    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the duplicate never reached the handler");
     assert_eq!(effects(&s.pool).await, 2);
-    assert_eq!(
-        count(
-            &s.pool,
-            &format!("SELECT count(*) FROM effects WHERE message_id = '{id}'")
-        )
-        .await,
-        1
-    );
-    let dedup = count(
-        &s.pool,
-        &format!(
-            "SELECT count(*) FROM rk_processed_messages WHERE consumer_group = '{}'",
-            s.group
-        ),
-    )
-    .await;
+    assert_eq!(count(&s.pool, &format!("SELECT count(*) FROM effects WHERE message_id = '{id}'")).await, 1);
+    let dedup =
+        count(&s.pool, &format!("SELECT count(*) FROM rk_processed_messages WHERE consumer_group = '{}'", s.group))
+            .await;
     assert_eq!(dedup, 2);
 }
 
@@ -109,16 +66,7 @@ async fn a_consumer_killed_after_db_commit_before_offset_commit_causes_no_second
     let s = setup("crash", 2).await;
     let n = 20;
     for i in 0..n {
-        produce_work(
-            &s.kafka,
-            &s.topic,
-            Uuid::now_v7(),
-            &Work {
-                key: format!("k{}", i % 4),
-                n: i,
-            },
-        )
-        .await;
+        produce_work(&s.kafka, &s.topic, Uuid::now_v7(), &Work { key: format!("k{}", i % 4), n: i }).await;
     }
     // A separate process processes everything, then dies by SIGKILL before its
     // (hour-long) commit interval: the database has the effects, Kafka no offsets.
@@ -126,35 +74,18 @@ async fn a_consumer_killed_after_db_commit_before_offset_commit_causes_no_second
         .args([&s.schema, &s.topic, &s.group])
         .spawn()
         .expect("spawn child consumer");
-    let done = eventually(Duration::from_secs(60), || async {
-        effects(&s.pool).await == i64::from(n)
-    })
-    .await;
+    let done = eventually(Duration::from_secs(60), || async { effects(&s.pool).await == i64::from(n) }).await;
     child.kill().expect("SIGKILL");
     child.wait().unwrap();
     assert!(done, "child processed all records");
 
     let recorder = Recorder::new(&s.topic, &s.group, Mode::Succeed, 1);
     let calls = recorder.calls.clone();
-    let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone())
-        .handler(recorder)
-        .build()
-        .unwrap()
-        .spawn();
-    let redelivered = eventually(Duration::from_secs(60), || async {
-        c.stats().duplicates() == u64::from(n)
-    })
-    .await;
-    let stats = (
-        c.stats().received(),
-        c.stats().processed(),
-        c.stats().duplicates(),
-    );
+    let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone()).handler(recorder).build().unwrap().spawn();
+    let redelivered = eventually(Duration::from_secs(60), || async { c.stats().duplicates() == u64::from(n) }).await;
+    let stats = (c.stats().received(), c.stats().processed(), c.stats().duplicates());
     c.shutdown().await.unwrap();
-    assert!(
-        redelivered,
-        "every record came again after the crash (received, processed, duplicates) = {stats:?}"
-    );
+    assert!(redelivered, "every record came again after the crash (received, processed, duplicates) = {stats:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 0, "no handler ran twice");
     assert_eq!(effects(&s.pool).await, i64::from(n), "no second effect");
 }
@@ -163,44 +94,19 @@ async fn a_consumer_killed_after_db_commit_before_offset_commit_causes_no_second
 async fn transient_failures_below_max_attempts_end_in_one_effect() {
     let s = setup("transient", 1).await;
     for i in 0..3 {
-        produce_work(
-            &s.kafka,
-            &s.topic,
-            Uuid::now_v7(),
-            &Work {
-                key: "k".into(),
-                n: i,
-            },
-        )
-        .await;
+        produce_work(&s.kafka, &s.topic, Uuid::now_v7(), &Work { key: "k".into(), n: i }).await;
     }
     let recorder = Recorder::new(&s.topic, &s.group, Mode::FailFirst(2), 4);
     let calls = recorder.calls.clone();
-    let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone())
-        .handler(recorder)
-        .build()
-        .unwrap()
-        .spawn();
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            c.stats().processed() == 3
-        })
-        .await
-    );
+    let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone()).handler(recorder).build().unwrap().spawn();
+    assert!(eventually(Duration::from_secs(30), || async { c.stats().processed() == 3 }).await);
     let (retries, dead) = (c.stats().retries(), c.stats().dead_lettered());
     c.shutdown().await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 9, "3 attempts per record");
     assert_eq!(retries, 6);
     assert_eq!(dead, 0);
-    assert_eq!(
-        effects(&s.pool).await,
-        3,
-        "failed attempts rolled back their effects"
-    );
-    let ns: Vec<i32> = sqlx::query_scalar("SELECT n FROM effects ORDER BY id")
-        .fetch_all(&s.pool)
-        .await
-        .unwrap();
+    assert_eq!(effects(&s.pool).await, 3, "failed attempts rolled back their effects");
+    let ns: Vec<i32> = sqlx::query_scalar("SELECT n FROM effects ORDER BY id").fetch_all(&s.pool).await.unwrap();
     assert_eq!(ns, [0, 1, 2], "partition order kept through retries");
 }
 
@@ -208,70 +114,23 @@ async fn transient_failures_below_max_attempts_end_in_one_effect() {
 async fn a_record_failing_every_attempt_is_dead_lettered_after_exactly_max_attempts() {
     let s = setup("exhausted", 1).await;
     let id = Uuid::now_v7();
-    produce_work(
-        &s.kafka,
-        &s.topic,
-        id,
-        &Work {
-            key: "seat-7".into(),
-            n: 7,
-        },
-    )
-    .await;
-    produce_work(
-        &s.kafka,
-        &s.topic,
-        Uuid::now_v7(),
-        &Work {
-            key: "seat-8".into(),
-            n: 8,
-        },
-    )
-    .await;
+    produce_work(&s.kafka, &s.topic, id, &Work { key: "seat-7".into(), n: 7 }).await;
+    produce_work(&s.kafka, &s.topic, Uuid::now_v7(), &Work { key: "seat-8".into(), n: 8 }).await;
     let recorder = Recorder::new(&s.topic, &s.group, Mode::AlwaysTransient, 3);
     let calls = recorder.calls.clone();
-    let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone())
-        .handler(recorder)
-        .build()
-        .unwrap()
-        .spawn();
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            c.stats().dead_lettered() == 2
-        })
-        .await
-    );
+    let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone()).handler(recorder).build().unwrap().spawn();
+    assert!(eventually(Duration::from_secs(30), || async { c.stats().dead_lettered() == 2 }).await);
     c.shutdown().await.unwrap();
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        6,
-        "exactly 3 attempts per record"
-    );
+    assert_eq!(calls.load(Ordering::SeqCst), 6, "exactly 3 attempts per record");
     assert_eq!(effects(&s.pool).await, 0);
 
-    let dlq = read_topic(
-        &s.kafka,
-        &format!("{}.DLQ", s.topic),
-        2,
-        Duration::from_secs(30),
-        Duration::from_secs(1),
-    )
-    .await;
+    let dlq =
+        read_topic(&s.kafka, &format!("{}.DLQ", s.topic), 2, Duration::from_secs(30), Duration::from_secs(1)).await;
     assert_eq!(dlq.len(), 2);
     let first = &dlq[0];
     assert_eq!(first.key(), Some(&b"seat-7"[..]), "original key kept");
-    assert_eq!(
-        serde_json::from_slice::<Work>(first.payload().unwrap())
-            .unwrap()
-            .n,
-        7,
-        "original payload kept"
-    );
-    assert_eq!(
-        header(first, headers::MESSAGE_ID),
-        Some(id.to_string()),
-        "original headers kept"
-    );
+    assert_eq!(serde_json::from_slice::<Work>(first.payload().unwrap()).unwrap().n, 7, "original payload kept");
+    assert_eq!(header(first, headers::MESSAGE_ID), Some(id.to_string()), "original headers kept");
     let info = &dead_letters(&dlq)[0];
     assert_eq!(info.original_topic, s.topic);
     assert_eq!(info.original_partition, 0);
@@ -281,49 +140,22 @@ async fn a_record_failing_every_attempt_is_dead_lettered_after_exactly_max_attem
     assert_eq!(info.reason, Some(DeadLetterReason::RetriesExhausted));
     assert_eq!(info.attempts, 3);
     assert_eq!(info.error_kind, "reliable_kafka::HandlerError::Transient");
-    assert_eq!(
-        info.error_message,
-        "transient failure: downstream unavailable (attempt 3)"
-    );
+    assert_eq!(info.error_message, "transient failure: downstream unavailable (attempt 3)");
     assert_eq!(dead_letters(&dlq)[1].original_offset, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_failure_is_dead_lettered_without_retry() {
     let s = setup("permanent", 1).await;
-    produce_work(
-        &s.kafka,
-        &s.topic,
-        Uuid::now_v7(),
-        &Work {
-            key: "k".into(),
-            n: 1,
-        },
-    )
-    .await;
+    produce_work(&s.kafka, &s.topic, Uuid::now_v7(), &Work { key: "k".into(), n: 1 }).await;
     let recorder = Recorder::new(&s.topic, &s.group, Mode::Permanent, 5);
     let calls = recorder.calls.clone();
-    let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone())
-        .handler(recorder)
-        .build()
-        .unwrap()
-        .spawn();
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            c.stats().dead_lettered() == 1
-        })
-        .await
-    );
+    let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone()).handler(recorder).build().unwrap().spawn();
+    assert!(eventually(Duration::from_secs(30), || async { c.stats().dead_lettered() == 1 }).await);
     c.shutdown().await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    let dlq = read_topic(
-        &s.kafka,
-        &format!("{}.DLQ", s.topic),
-        1,
-        Duration::from_secs(30),
-        Duration::from_secs(1),
-    )
-    .await;
+    let dlq =
+        read_topic(&s.kafka, &format!("{}.DLQ", s.topic), 1, Duration::from_secs(30), Duration::from_secs(1)).await;
     let info = &dead_letters(&dlq)[0];
     assert_eq!(info.reason, Some(DeadLetterReason::PermanentError));
     assert_eq!(info.attempts, 1);
@@ -337,42 +169,23 @@ async fn poison_records_are_dead_lettered_at_once_and_the_partition_moves_on() {
     let ok = |n| Work { key: "k".into(), n };
     produce_work(&s.kafka, &s.topic, Uuid::now_v7(), &ok(1)).await;
     let poison_id = Uuid::now_v7().to_string();
-    produce_raw(
-        &s.kafka,
-        &s.topic,
-        "k",
-        b"{not json",
-        &[(h, poison_id.as_bytes()), (headers::EVENT_TYPE, b"Work")],
-    )
-    .await;
+    produce_raw(&s.kafka, &s.topic, "k", b"{not json", &[(h, poison_id.as_bytes()), (headers::EVENT_TYPE, b"Work")])
+        .await;
     produce_raw(
         &s.kafka,
         &s.topic,
         "k",
         br#"{"key":"k","n":"two"}"#,
-        &[
-            (h, Uuid::now_v7().to_string().as_bytes()),
-            (headers::EVENT_TYPE, b"Work"),
-        ],
+        &[(h, Uuid::now_v7().to_string().as_bytes()), (headers::EVENT_TYPE, b"Work")],
     )
     .await;
-    produce_raw(
-        &s.kafka,
-        &s.topic,
-        "k",
-        br#"{"key":"k","n":3}"#,
-        &[(headers::EVENT_TYPE, b"Work")],
-    )
-    .await; // no message id
+    produce_raw(&s.kafka, &s.topic, "k", br#"{"key":"k","n":3}"#, &[(headers::EVENT_TYPE, b"Work")]).await; // no message id
     produce_raw(
         &s.kafka,
         &s.topic,
         "k",
         br#"{"key":"k","n":4}"#,
-        &[
-            (h, Uuid::now_v7().to_string().as_bytes()),
-            (headers::EVENT_TYPE, b"Other"),
-        ],
+        &[(h, Uuid::now_v7().to_string().as_bytes()), (headers::EVENT_TYPE, b"Other")],
     )
     .await;
     produce_raw(
@@ -380,74 +193,34 @@ async fn poison_records_are_dead_lettered_at_once_and_the_partition_moves_on() {
         &s.topic,
         "k",
         br#"{"key":"k","n":5}"#,
-        &[
-            (h, Uuid::now_v7().to_string().as_bytes()),
-            (headers::EVENT_TYPE, b"Work"),
-            (headers::SCHEMA_VERSION, b"9"),
-        ],
+        &[(h, Uuid::now_v7().to_string().as_bytes()), (headers::EVENT_TYPE, b"Work"), (headers::SCHEMA_VERSION, b"9")],
     )
     .await;
     produce_work(&s.kafka, &s.topic, Uuid::now_v7(), &ok(6)).await;
 
     let recorder = Recorder::new(&s.topic, &s.group, Mode::Succeed, 5);
     let calls = recorder.calls.clone();
-    let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone())
-        .handler(recorder)
-        .build()
-        .unwrap()
-        .spawn();
+    let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone()).handler(recorder).build().unwrap().spawn();
     assert!(
-        eventually(Duration::from_secs(30), || async {
-            c.stats().processed() == 2 && c.stats().dead_lettered() == 5
-        })
-        .await
+        eventually(Duration::from_secs(30), || async { c.stats().processed() == 2 && c.stats().dead_lettered() == 5 })
+            .await
     );
     let retries = c.stats().retries();
     c.shutdown().await.unwrap();
     assert_eq!(retries, 0, "poison pills are never retried");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    let ns: Vec<i32> = sqlx::query_scalar("SELECT n FROM effects ORDER BY id")
-        .fetch_all(&s.pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        ns,
-        [1, 6],
-        "the records around the poison pills were processed"
-    );
+    let ns: Vec<i32> = sqlx::query_scalar("SELECT n FROM effects ORDER BY id").fetch_all(&s.pool).await.unwrap();
+    assert_eq!(ns, [1, 6], "the records around the poison pills were processed");
 
-    let dlq = read_topic(
-        &s.kafka,
-        &format!("{}.DLQ", s.topic),
-        5,
-        Duration::from_secs(30),
-        Duration::from_secs(1),
-    )
-    .await;
+    let dlq =
+        read_topic(&s.kafka, &format!("{}.DLQ", s.topic), 5, Duration::from_secs(30), Duration::from_secs(1)).await;
     let infos = dead_letters(&dlq);
     let reasons: Vec<_> = infos.iter().map(|i| i.reason.unwrap()).collect();
     use DeadLetterReason::*;
-    assert_eq!(
-        reasons,
-        [
-            Deserialization,
-            Deserialization,
-            InvalidHeaders,
-            UnknownEventType,
-            UnsupportedSchemaVersion
-        ]
-    );
+    assert_eq!(reasons, [Deserialization, Deserialization, InvalidHeaders, UnknownEventType, UnsupportedSchemaVersion]);
     assert_eq!(dlq[0].payload(), Some(&b"{not json"[..]), "raw bytes kept");
-    assert!(
-        infos[0].error_message.starts_with("decoding failed: "),
-        "{}",
-        infos[0].error_message
-    );
-    assert!(
-        infos[2].error_message.contains(headers::MESSAGE_ID),
-        "{}",
-        infos[2].error_message
-    );
+    assert!(infos[0].error_message.starts_with("decoding failed: "), "{}", infos[0].error_message);
+    assert!(infos[2].error_message.contains(headers::MESSAGE_ID), "{}", infos[2].error_message);
     assert!(infos.iter().all(|i| i.attempts <= 1));
 }
 
@@ -457,24 +230,65 @@ async fn bad_container_configuration_fails_at_build_naming_the_key() {
     let r = |topic: &str, group: &str| Recorder::new(topic, group, Mode::Succeed, 1);
     let msg = |b: reliable_kafka::ListenerContainerBuilder| {
         let e = b.build().expect_err("must be rejected");
-        std::error::Error::source(&e)
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| e.to_string())
+        std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string())
     };
     let base = || ListenerContainer::builder(kafka(), pool.clone());
     assert!(msg(base()).contains("handler"));
-    assert!(msg(base().handler(r("t", "g")).dead_letter_suffix(""))
-        .contains("dead-letter topic of `t`"));
+    assert!(msg(base().handler(r("t", "g")).dead_letter_suffix("")).contains("dead-letter topic of `t`"));
     assert!(msg(base().handler(r("t", "g")).handler(r("t", "g"))).contains("more than one handler"));
     assert!(msg(base().handler(r("t", "g")).handler(r("u", "h"))).contains("declares group `h`"));
     assert!(msg(base().handler(r("t", "g")).processed_table("x y")).contains("processed_table"));
-    assert!(
-        msg(base().handler(r("t", "g")).commit_interval(Duration::ZERO))
-            .contains("commit_interval")
-    );
+    assert!(msg(base().handler(r("t", "g")).commit_interval(Duration::ZERO)).contains("commit_interval"));
     let mut slow = r("t", "g");
-    slow.backoff = reliable_kafka::FixedBackOff::new(Duration::from_secs(100), 4)
-        .unwrap()
-        .into();
+    slow.backoff = reliable_kafka::FixedBackOff::new(Duration::from_secs(100), 4).unwrap().into();
     assert!(msg(base().handler(slow)).contains("max.poll.interval.ms"));
+}
+
+/// Runs one record through a `mode` handler and returns the dead-letter info.
+async fn dead_letter_of(name: &str, mode: Mode, attempts: u32, timeout: Duration) -> (Setup, DeadLetterInfo, u32) {
+    let s = setup(name, 1).await;
+    produce_work(&s.kafka, &s.topic, Uuid::now_v7(), &Work { key: "k".into(), n: 1 }).await;
+    produce_work(&s.kafka, &s.topic, Uuid::now_v7(), &Work { key: "k".into(), n: 2 }).await;
+    let recorder = Recorder::new(&s.topic, &s.group, mode, attempts);
+    let calls = recorder.calls.clone();
+    let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone())
+        .handler(recorder)
+        .handler_timeout(timeout)
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(eventually(Duration::from_secs(30), || async { c.stats().dead_lettered() == 2 }).await);
+    c.shutdown().await.unwrap();
+    let dlq =
+        read_topic(&s.kafka, &format!("{}.DLQ", s.topic), 2, Duration::from_secs(30), Duration::from_secs(1)).await;
+    let info = dead_letters(&dlq).remove(0);
+    (s, info, calls.load(Ordering::SeqCst))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_dead_letters_its_record_and_the_container_goes_on() {
+    let (s, info, calls) = dead_letter_of("panic", Mode::Panic, 3, Duration::from_secs(15)).await;
+    assert_eq!(calls, 2, "a panic is permanent: one attempt per record, both records reached");
+    assert_eq!(info.reason, Some(DeadLetterReason::PermanentError));
+    assert_eq!(info.error_message, "permanent failure: handler panicked: handler bug for n = 1");
+    assert_eq!(effects(&s.pool).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_swallows_a_failed_statement_is_not_taken_for_a_success() {
+    let (s, info, _) = dead_letter_of("swallow", Mode::SwallowDbError, 3, Duration::from_secs(15)).await;
+    assert_eq!(info.reason, Some(DeadLetterReason::PermanentError));
+    assert!(info.error_message.contains("transaction was aborted"), "{}", info.error_message);
+    let dedup = count(&s.pool, "SELECT count(*) FROM rk_processed_messages").await;
+    assert_eq!((effects(&s.pool).await, dedup), (0, 0), "nothing was committed, and nothing claims it was");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_over_its_timeout_is_retried_then_dead_lettered() {
+    let (s, info, calls) =
+        dead_letter_of("timeout", Mode::Sleep(Duration::from_secs(5)), 2, Duration::from_millis(200)).await;
+    assert_eq!(calls, 4, "2 attempts per record");
+    assert_eq!(info.reason, Some(DeadLetterReason::RetriesExhausted));
+    assert_eq!(info.error_message, "transient failure: handler did not finish within 200ms");
+    assert_eq!(effects(&s.pool).await, 0, "abandoned attempts rolled back");
 }

@@ -14,23 +14,9 @@ async fn enqueue(pool: &sqlx::PgPool, topic: &str, range: std::ops::Range<u32>) 
     let mut ids = Vec::new();
     let mut tx = pool.begin().await.unwrap();
     for n in range {
-        let opts = EnqueueOptions {
-            topic: Some(topic.to_owned()),
-            ..Default::default()
-        };
+        let opts = EnqueueOptions { topic: Some(topic.to_owned()), ..Default::default() };
         ids.push(
-            outbox
-                .enqueue_with(
-                    &mut tx,
-                    &Work {
-                        key: format!("k{}", n % 5),
-                        n,
-                    },
-                    opts,
-                )
-                .await
-                .unwrap()
-                .to_string(),
+            outbox.enqueue_with(&mut tx, &Work { key: format!("k{}", n % 5), n }, opts).await.unwrap().to_string(),
         );
     }
     tx.commit().await.unwrap();
@@ -38,11 +24,7 @@ async fn enqueue(pool: &sqlx::PgPool, topic: &str, range: std::ops::Range<u32>) 
 }
 
 async fn pending(pool: &sqlx::PgPool) -> i64 {
-    count(
-        pool,
-        "SELECT count(*) FROM rk_outbox WHERE delivered_at IS NULL",
-    )
-    .await
+    count(pool, "SELECT count(*) FROM rk_outbox WHERE delivered_at IS NULL").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,40 +46,16 @@ async fn injected_produce_errors_lose_nothing_and_duplicate_nothing() {
     ];
     mock.request_errors(RDKafkaApiKey::Produce, &errors.repeat(4));
 
-    let relay = OutboxRelay::builder(pool.clone(), kafka.clone())
-        .batch_size(50)
-        .build()
-        .unwrap()
-        .spawn();
+    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).batch_size(50).build().unwrap().spawn();
     ids.extend(enqueue(&pool, &topic, 300..600).await);
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            pending(&pool).await == 0
-        })
-        .await,
-        "relay caught up"
-    );
+    assert!(eventually(Duration::from_secs(60), || async { pending(&pool).await == 0 }).await, "relay caught up");
     relay.shutdown().await;
 
-    let msgs = read_topic(
-        &kafka,
-        &topic,
-        ids.len(),
-        Duration::from_secs(30),
-        Duration::from_secs(2),
-    )
-    .await;
+    let msgs = read_topic(&kafka, &topic, ids.len(), Duration::from_secs(30), Duration::from_secs(2)).await;
     let got = count_by_header(&msgs, headers::MESSAGE_ID);
     let want: HashSet<String> = ids.into_iter().collect();
-    assert_eq!(
-        got.keys().cloned().collect::<HashSet<_>>(),
-        want,
-        "every row published"
-    );
-    assert!(
-        got.values().all(|&c| c == 1),
-        "idempotent producer retried without duplicates"
-    );
+    assert_eq!(got.keys().cloned().collect::<HashSet<_>>(), want, "every row published");
+    assert!(got.values().all(|&c| c == 1), "idempotent producer retried without duplicates");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,8 +65,7 @@ async fn a_broker_outage_during_relay_loses_nothing() {
     mock.create_topic(&topic, 2, 1).unwrap();
     // Short delivery timeout so that sends fail during the outage and the relay's own
     // retry (rows stay pending, attempts + 1) is exercised, not only librdkafka's.
-    let kafka =
-        test_settings(KafkaConfig::new(mock.bootstrap_servers())).set("message.timeout.ms", "1500");
+    let kafka = test_settings(KafkaConfig::new(mock.bootstrap_servers())).set("message.timeout.ms", "1500");
     let (pool, _schema) = isolated_pool().await;
     let relay = OutboxRelay::builder(pool.clone(), kafka.clone())
         .batch_size(100)
@@ -117,44 +74,24 @@ async fn a_broker_outage_during_relay_loses_nothing() {
         .unwrap()
         .spawn();
     let mut ids = enqueue(&pool, &topic, 0..200).await;
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            pending(&pool).await == 0
-        })
-        .await
-    );
+    assert!(eventually(Duration::from_secs(30), || async { pending(&pool).await == 0 }).await);
 
     mock.broker_down(1).unwrap();
     ids.extend(enqueue(&pool, &topic, 200..400).await);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(
-        pending(&pool).await > 0,
-        "nothing can be delivered while the broker is down"
-    );
+    assert!(pending(&pool).await > 0, "nothing can be delivered while the broker is down");
     let failed_during_outage = relay.stats().failed();
     mock.broker_up(1).unwrap();
 
     assert!(
-        eventually(Duration::from_secs(60), || async {
-            pending(&pool).await == 0
-        })
-        .await,
+        eventually(Duration::from_secs(60), || async { pending(&pool).await == 0 }).await,
         "relay caught up after the outage"
     );
     relay.shutdown().await;
     assert!(failed_during_outage > 0, "the outage made sends fail");
 
-    let msgs = read_topic(
-        &kafka,
-        &topic,
-        ids.len(),
-        Duration::from_secs(30),
-        Duration::from_secs(2),
-    )
-    .await;
-    let got: HashSet<String> = count_by_header(&msgs, headers::MESSAGE_ID)
-        .into_keys()
-        .collect();
+    let msgs = read_topic(&kafka, &topic, ids.len(), Duration::from_secs(30), Duration::from_secs(2)).await;
+    let got: HashSet<String> = count_by_header(&msgs, headers::MESSAGE_ID).into_keys().collect();
     let want: HashSet<String> = ids.into_iter().collect();
     assert_eq!(got, want, "every row published at least once");
     let attempts: i64 = count(&pool, "SELECT max(attempts)::bigint FROM rk_outbox").await;

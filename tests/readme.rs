@@ -10,9 +10,5 @@ fn readme_quick_start_is_the_compiled_example() {
     let block = &readme[start..start + readme[start..].find("```").unwrap()];
     let code_start = bin.find("use ").unwrap();
     let code = bin[code_start..bin.rfind("fn main() {}").unwrap()].trim_end();
-    assert_eq!(
-        block.trim_end(),
-        code,
-        "copy src/bin/readme-quickstart.rs into README.md's quick start"
-    );
+    assert_eq!(block.trim_end(), code, "copy src/bin/readme-quickstart.rs into README.md's quick start");
 }

@@ -9,12 +9,10 @@ use reliable_kafka_tests::*;
 use uuid::Uuid;
 
 async fn parked(pool: &sqlx::PgPool) -> Vec<(String, i32, Option<String>)> {
-    sqlx::query_as(
-        "SELECT reason, redrive_count, message_id FROM rk_parked_messages ORDER BY parked_at",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap()
+    sqlx::query_as("SELECT reason, redrive_count, message_id FROM rk_parked_messages ORDER BY parked_at")
+        .fetch_all(pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,24 +25,11 @@ async fn a_record_that_keeps_failing_is_redriven_max_times_then_parked() {
     create_topics(&kafka, &topic, 1).await;
     let group = unique("group");
     let id = Uuid::now_v7();
-    produce_work(
-        &kafka,
-        &topic,
-        id,
-        &Work {
-            key: "k".into(),
-            n: 1,
-        },
-    )
-    .await;
+    produce_work(&kafka, &topic, id, &Work { key: "k".into(), n: 1 }).await;
 
     let recorder = Recorder::new(&topic, &group, Mode::AlwaysTransient, 2);
     let calls = recorder.calls.clone();
-    let c = ListenerContainer::builder(kafka.clone(), pool.clone())
-        .handler(recorder)
-        .build()
-        .unwrap()
-        .spawn();
+    let c = ListenerContainer::builder(kafka.clone(), pool.clone()).handler(recorder).build().unwrap().spawn();
     let redriver = DeadLetterRedriver::builder(kafka.clone(), pool.clone())
         .topic(&dlq)
         .group_id(unique("redrive"))
@@ -54,45 +39,25 @@ async fn a_record_that_keeps_failing_is_redriven_max_times_then_parked() {
 
     for round in 1..=2u64 {
         assert!(
-            eventually(Duration::from_secs(30), || async {
-                c.stats().dead_lettered() == round
-            })
-            .await,
+            eventually(Duration::from_secs(30), || async { c.stats().dead_lettered() == round }).await,
             "round {round}"
         );
         let r = redriver.redrive_once().await.unwrap();
         assert_eq!((r.redriven, r.parked), (1, 0), "round {round}");
     }
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            c.stats().dead_lettered() == 3
-        })
-        .await
-    );
+    assert!(eventually(Duration::from_secs(30), || async { c.stats().dead_lettered() == 3 }).await);
     let r = redriver.redrive_once().await.unwrap();
     assert_eq!((r.redriven, r.parked), (0, 1), "third dead-lettering parks");
-    assert_eq!(
-        redriver.redrive_once().await.unwrap(),
-        Default::default(),
-        "nothing left"
-    );
+    assert_eq!(redriver.redrive_once().await.unwrap(), Default::default(), "nothing left");
     c.shutdown().await.unwrap();
 
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        6,
-        "2 attempts x (1 delivery + 2 re-drives)"
-    );
+    assert_eq!(calls.load(Ordering::SeqCst), 6, "2 attempts x (1 delivery + 2 re-drives)");
     assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 0);
     let rows = parked(&pool).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].0, "re-driven 2 times (max 2)");
     assert_eq!(rows[0].1, 2);
-    assert_eq!(
-        rows[0].2,
-        Some(id.to_string()),
-        "parked with its message id"
-    );
+    assert_eq!(rows[0].2, Some(id.to_string()), "parked with its message id");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,35 +69,19 @@ async fn a_redriven_record_that_now_succeeds_has_one_effect_and_poison_is_parked
     let dlq = format!("{topic}.DLQ");
     create_topics(&kafka, &topic, 1).await;
     let group = unique("group");
-    produce_work(
-        &kafka,
-        &topic,
-        Uuid::now_v7(),
-        &Work {
-            key: "k".into(),
-            n: 1,
-        },
-    )
-    .await;
+    produce_work(&kafka, &topic, Uuid::now_v7(), &Work { key: "k".into(), n: 1 }).await;
     produce_raw(
         &kafka,
         &topic,
         "k",
         b"garbage",
-        &[
-            (headers::MESSAGE_ID, Uuid::now_v7().to_string().as_bytes()),
-            (headers::EVENT_TYPE, b"Work"),
-        ],
+        &[(headers::MESSAGE_ID, Uuid::now_v7().to_string().as_bytes()), (headers::EVENT_TYPE, b"Work")],
     )
     .await;
 
     // The downstream is down for the first 2 calls (both attempts of the first delivery).
     let recorder = Recorder::new(&topic, &group, Mode::FailCalls(2), 2);
-    let c = ListenerContainer::builder(kafka.clone(), pool.clone())
-        .handler(recorder)
-        .build()
-        .unwrap()
-        .spawn();
+    let c = ListenerContainer::builder(kafka.clone(), pool.clone()).handler(recorder).build().unwrap().spawn();
     let redriver = DeadLetterRedriver::builder(kafka.clone(), pool.clone())
         .topic(&dlq)
         .group_id(unique("redrive"))
@@ -141,18 +90,10 @@ async fn a_redriven_record_that_now_succeeds_has_one_effect_and_poison_is_parked
         .unwrap()
         .spawn();
     assert!(
-        eventually(Duration::from_secs(30), || async {
-            c.stats().processed() == 1
-        })
-        .await,
+        eventually(Duration::from_secs(30), || async { c.stats().processed() == 1 }).await,
         "re-driven record processed"
     );
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            redriver.stats().parked() == 1
-        })
-        .await
-    );
+    assert!(eventually(Duration::from_secs(10), || async { redriver.stats().parked() == 1 }).await);
     let redriven = redriver.stats().redriven();
     redriver.shutdown().await;
     c.shutdown().await.unwrap();
@@ -160,9 +101,6 @@ async fn a_redriven_record_that_now_succeeds_has_one_effect_and_poison_is_parked
     assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 1);
     let rows = parked(&pool).await;
     assert_eq!(rows.len(), 1);
-    assert_eq!(
-        rows[0].0,
-        "dead-lettered as `deserialization`, which re-driving cannot fix"
-    );
+    assert_eq!(rows[0].0, "dead-lettered as `deserialization`, which re-driving cannot fix");
     assert_eq!(rows[0].1, 0);
 }

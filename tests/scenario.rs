@@ -16,9 +16,7 @@ use reliable_kafka_tests::*;
 async fn scenario(cfg: ScenarioConfig) -> Report {
     let (pool, schema) = isolated_pool().await;
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let store = RedisStore::connect(&redis, Duration::from_secs(600), &schema)
-        .await
-        .expect("redis");
+    let store = RedisStore::connect(&redis, Duration::from_secs(600), &schema).await.expect("redis");
     let report = run(pool, store, kafka(), &cfg).await.expect("scenario");
     println!("{}\n{report:#?}", report.line(cfg.flows));
     report
@@ -38,20 +36,9 @@ async fn payment_failure_scenario_is_consistent() {
     let r = scenario(cfg.clone()).await;
     assert_eq!(r.payments, 120);
     assert!(r.failed > 20 && r.failed < 80, "about 40 % failed: {r:?}");
-    assert_eq!(
-        (r.compensated_db, r.cleaned_redis),
-        (r.failed, r.failed),
-        "{r:?}"
-    );
-    assert_eq!(
-        (r.lost, r.duplicated, r.errors),
-        (0, 0, 0),
-        "{:?}",
-        r.problems
-    );
-    assert!(r
-        .line(cfg.flows)
-        .starts_with("consistency: ok payments=120 "));
+    assert_eq!((r.compensated_db, r.cleaned_redis), (r.failed, r.failed), "{r:?}");
+    assert_eq!((r.lost, r.duplicated, r.errors), (0, 0, 0), "{:?}", r.problems);
+    assert!(r.line(cfg.flows).starts_with("consistency: ok payments=120 "));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,17 +58,7 @@ async fn all_flows_under_injected_faults_are_consistent() {
     assert!(r.failed > 20, "{r:?}");
     assert_eq!(r.coupons, 100, "stock of users / 2, all taken");
     assert_eq!(r.notified + r.dead_lettered, r.completed, "{r:?}");
-    assert!(
-        r.dead_lettered >= 1,
-        "every 50th payment's webhook always fails: {r:?}"
-    );
-    assert_eq!(
-        (r.lost, r.duplicated, r.errors),
-        (0, 0, 0),
-        "{:?}",
-        r.problems
-    );
-    assert!(r
-        .line(cfg.flows)
-        .starts_with("consistency: ok users=200 payments=200 "));
+    assert!(r.dead_lettered >= 1, "every 50th payment's webhook always fails: {r:?}");
+    assert_eq!((r.lost, r.duplicated, r.errors), (0, 0, 0), "{:?}", r.problems);
+    assert!(r.line(cfg.flows).starts_with("consistency: ok users=200 payments=200 "));
 }

@@ -20,16 +20,10 @@ fn relay(c: &mut Criterion) {
         (pool, topic)
     });
     let mut group = c.benchmark_group("relay");
-    group
-        .throughput(Throughput::Elements(ROWS))
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(20));
+    group.throughput(Throughput::Elements(ROWS)).sample_size(10).measurement_time(Duration::from_secs(20));
     for batch in [100usize, 1000] {
-        let relay = OutboxRelay::builder(pool.clone(), kafka())
-            .batch_size(batch)
-            .retention(Duration::ZERO)
-            .build()
-            .unwrap();
+        let relay =
+            OutboxRelay::builder(pool.clone(), kafka()).batch_size(batch).retention(Duration::ZERO).build().unwrap();
         group.bench_function(format!("batch_{batch}"), |b| {
             b.to_async(&rt).iter_custom(|iters| {
                 let (pool, topic, relay) = (pool.clone(), topic.clone(), &relay);
@@ -56,21 +50,8 @@ async fn fill(pool: &sqlx::PgPool, topic: &str) {
     let outbox = Outbox::new();
     let mut tx = pool.begin().await.unwrap();
     for n in 0..ROWS as u32 {
-        let opts = EnqueueOptions {
-            topic: Some(topic.to_owned()),
-            ..Default::default()
-        };
-        outbox
-            .enqueue_with(
-                &mut tx,
-                &Work {
-                    key: format!("k{}", n % 64),
-                    n,
-                },
-                opts,
-            )
-            .await
-            .unwrap();
+        let opts = EnqueueOptions { topic: Some(topic.to_owned()), ..Default::default() };
+        outbox.enqueue_with(&mut tx, &Work { key: format!("k{}", n % 64), n }, opts).await.unwrap();
     }
     tx.commit().await.unwrap();
 }

@@ -30,11 +30,7 @@ pub struct Args(pub Vec<Arg>);
 
 impl Parse for Args {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        Ok(Args(
-            Punctuated::<Arg, Token![,]>::parse_terminated(input)?
-                .into_iter()
-                .collect(),
-        ))
+        Ok(Args(Punctuated::<Arg, Token![,]>::parse_terminated(input)?.into_iter().collect()))
     }
 }
 
@@ -67,10 +63,7 @@ impl<T> Default for Once<T> {
 impl<T> Once<T> {
     pub fn set(&mut self, key: &Ident, value: T, errors: &mut Errors) {
         if self.0.is_some() {
-            errors.push(syn::Error::new(
-                key.span(),
-                format!("duplicate `{key}` argument"),
-            ));
+            errors.push(syn::Error::new(key.span(), format!("duplicate `{key}` argument")));
         } else {
             self.0 = Some(value);
         }
@@ -83,11 +76,7 @@ pub fn unknown(key: &Ident, valid: &[&str]) -> syn::Error {
         key.span(),
         format!(
             "unknown argument `{key}`; expected one of: {}",
-            valid
-                .iter()
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            valid.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
         ),
     )
 }
@@ -95,10 +84,7 @@ pub fn unknown(key: &Ident, valid: &[&str]) -> syn::Error {
 /// The value as a string literal.
 pub fn lit_str(value: &Expr) -> syn::Result<LitStr> {
     match value {
-        Expr::Lit(syn::ExprLit {
-            lit: syn::Lit::Str(s),
-            ..
-        }) => Ok(s.clone()),
+        Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => Ok(s.clone()),
         other => Err(syn::Error::new_spanned(other, "expected a string literal")),
     }
 }

@@ -43,23 +43,14 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
                             key.set(&arg.key, p.path.get_ident().unwrap().clone(), &mut errors)
                         }
                         other => {
-                            return Err(syn::Error::new_spanned(
-                                other,
-                                "expected a field name, e.g. `key = order_id`",
-                            ))
+                            return Err(syn::Error::new_spanned(other, "expected a field name, e.g. `key = order_id`"))
                         }
                     },
                     "version" => match &arg.value {
-                        Expr::Lit(syn::ExprLit {
-                            lit: syn::Lit::Int(i),
-                            ..
-                        }) => {
+                        Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(i), .. }) => {
                             let v: u32 = i.base10_parse()?;
                             if v == 0 {
-                                return Err(syn::Error::new(
-                                    i.span(),
-                                    "version must be at least 1",
-                                ));
+                                return Err(syn::Error::new(i.span(), "version must be at least 1"));
                             }
                             version.set(&arg.key, i.clone(), &mut errors)
                         }
@@ -103,21 +94,12 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
             Data::Struct(s) => match &s.fields {
                 Fields::Named(named) => {
                     if !named.named.iter().any(|f| f.ident.as_ref() == Some(k)) {
-                        errors.push(syn::Error::new(
-                            k.span(),
-                            format!("no field `{k}` in `{}`", input.ident),
-                        ));
+                        errors.push(syn::Error::new(k.span(), format!("no field `{k}` in `{}`", input.ident)));
                     }
                 }
-                _ => errors.push(syn::Error::new(
-                    k.span(),
-                    "`key` needs a struct with named fields",
-                )),
+                _ => errors.push(syn::Error::new(k.span(), "`key` needs a struct with named fields")),
             },
-            _ => errors.push(syn::Error::new(
-                k.span(),
-                "`key` needs a struct with named fields",
-            )),
+            _ => errors.push(syn::Error::new(k.span(), "`key` needs a struct with named fields")),
         }
     }
     errors.finish()?;
@@ -131,10 +113,7 @@ pub fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
         let s = ident.to_string();
         quote!(#s)
     });
-    let codec = codec
-        .0
-        .map(|c| quote!(#c))
-        .unwrap_or_else(|| quote!(#krate::JsonCodec));
+    let codec = codec.0.map(|c| quote!(#c)).unwrap_or_else(|| quote!(#krate::JsonCodec));
     let key_body = match &key.0 {
         Some(k) => {
             quote_spanned!(k.span()=> #krate::__private::Option::Some(#krate::__private::ToString::to_string(&self.#k)))

@@ -15,11 +15,8 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let func: ItemFn = match syn::parse2(item.clone()) {
         Ok(f) => f,
         Err(e) => {
-            let e = syn::Error::new(
-                e.span(),
-                "`#[event_handler]` must be placed on an `async fn`",
-            )
-            .into_compile_error();
+            let e =
+                syn::Error::new(e.span(), "`#[event_handler]` must be placed on an `async fn`").into_compile_error();
             return quote!(#e #item);
         }
     };
@@ -65,22 +62,13 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
 
     let sig = &func.sig;
     if sig.asyncness.is_none() {
-        errors.push(syn::Error::new(
-            sig.fn_token.span(),
-            "an event handler must be an `async fn`",
-        ));
+        errors.push(syn::Error::new(sig.fn_token.span(), "an event handler must be an `async fn`"));
     }
     if !sig.generics.params.is_empty() {
-        errors.push(syn::Error::new_spanned(
-            &sig.generics,
-            "an event handler cannot be generic",
-        ));
+        errors.push(syn::Error::new_spanned(&sig.generics, "an event handler cannot be generic"));
     }
     if let Some(r) = &sig.receiver() {
-        errors.push(syn::Error::new_spanned(
-            r,
-            "an event handler is a free function, not a method",
-        ));
+        errors.push(syn::Error::new_spanned(r, "an event handler is a free function, not a method"));
     }
     if matches!(sig.output, ReturnType::Default) {
         errors.push(syn::Error::new(
@@ -106,10 +94,7 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
                 ));
             }
             if matches!(&*event.ty, Type::Reference(_)) {
-                errors.push(syn::Error::new_spanned(
-                    &event.ty,
-                    "the event is passed by value; remove the `&`",
-                ));
+                errors.push(syn::Error::new_spanned(&event.ty, "the event is passed by value; remove the `&`"));
             }
             Some((*event.ty).clone())
         }
@@ -128,11 +113,7 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
     let vis = &func.vis;
     let name = &sig.ident;
     let docs = func.attrs.iter().filter(|a| a.path().is_ident("doc"));
-    let other_attrs: Vec<_> = func
-        .attrs
-        .iter()
-        .filter(|a| !a.path().is_ident("doc"))
-        .collect();
+    let other_attrs: Vec<_> = func.attrs.iter().filter(|a| !a.path().is_ident("doc")).collect();
     let inner_name = format_ident!("__{}_impl", name);
     let mut inner = func.clone();
     inner.sig.ident = inner_name.clone();
@@ -148,8 +129,7 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
         ReturnType::Default => sig.span(),
     };
     // Spanned at the user's return type, so a wrong one is reported there.
-    let call =
-        quote_spanned!(ret_span=> #krate::__private::handler_future(#inner_name(event, ctx)));
+    let call = quote_spanned!(ret_span=> #krate::__private::handler_future(#inner_name(event, ctx)));
 
     Ok(quote! {
         #(#docs)*

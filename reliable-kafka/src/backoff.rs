@@ -9,6 +9,21 @@ use std::time::Duration;
 
 use crate::ConfigError;
 
+/// Longest delay a policy may use: one day. Longer waits belong in a scheduler.
+pub const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+/// Most attempts a policy may make.
+pub const MAX_ATTEMPTS: u32 = 10_000;
+
+fn check_attempts(max_attempts: u32) -> Result<(), ConfigError> {
+    if max_attempts == 0 {
+        return Err(ConfigError::invalid("max_attempts", "must be at least 1 (the first attempt counts)"));
+    }
+    if max_attempts > MAX_ATTEMPTS {
+        return Err(ConfigError::invalid("max_attempts", "must be at most 10000"));
+    }
+    Ok(())
+}
+
 /// The same delay between every attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FixedBackOff {
@@ -20,18 +35,14 @@ impl FixedBackOff {
     /// `interval` between attempts; `max_attempts` delivery attempts in total (≥ 1).
     ///
     /// # Errors
-    /// [`ConfigError::InvalidValue`] naming `max_attempts` when it is 0.
+    /// [`ConfigError::InvalidValue`] naming `max_attempts` when it is 0 or above
+    /// [`MAX_ATTEMPTS`], or `interval` when it exceeds [`MAX_DELAY`].
     pub fn new(interval: Duration, max_attempts: u32) -> Result<Self, ConfigError> {
-        if max_attempts == 0 {
-            return Err(ConfigError::invalid(
-                "max_attempts",
-                "must be at least 1 (the first attempt counts)",
-            ));
+        check_attempts(max_attempts)?;
+        if interval > MAX_DELAY {
+            return Err(ConfigError::invalid("interval", "must be at most 24 h"));
         }
-        Ok(FixedBackOff {
-            interval,
-            max_attempts,
-        })
+        Ok(FixedBackOff { interval, max_attempts })
     }
 
     /// Delay between attempts.
@@ -86,9 +97,7 @@ impl ExponentialBackOff {
 
     /// Delay without jitter after failed attempt `attempt` (1-based).
     fn base_delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .multiplier
-            .powi(attempt.saturating_sub(1).min(1_000) as i32);
+        let exp = self.multiplier.powi(attempt.saturating_sub(1).min(1_000) as i32);
         let secs = (self.initial.as_secs_f64() * exp).min(self.max_interval.as_secs_f64());
         Duration::from_secs_f64(secs)
     }
@@ -136,30 +145,22 @@ impl ExponentialBackOffBuilder {
     ///
     /// # Errors
     /// [`ConfigError::InvalidValue`] naming the key: `initial` is zero, `multiplier` is
-    /// below 1 or not finite, `max_interval` is below `initial`, `max_attempts` is 0, or
-    /// `jitter` is outside `[0, 1]`.
+    /// below 1 or not finite, `max_interval` is below `initial` or above [`MAX_DELAY`],
+    /// `max_attempts` is 0 or above [`MAX_ATTEMPTS`], or `jitter` is outside `[0, 1]`.
     pub fn build(self) -> Result<ExponentialBackOff, ConfigError> {
         if self.initial.is_zero() {
             return Err(ConfigError::invalid("initial", "must be greater than zero"));
         }
         if !self.multiplier.is_finite() || self.multiplier < 1.0 {
-            return Err(ConfigError::invalid(
-                "multiplier",
-                "must be a finite number >= 1.0",
-            ));
+            return Err(ConfigError::invalid("multiplier", "must be a finite number >= 1.0"));
         }
         if self.max_interval < self.initial {
-            return Err(ConfigError::invalid(
-                "max_interval",
-                "must be at least `initial`",
-            ));
+            return Err(ConfigError::invalid("max_interval", "must be at least `initial`"));
         }
-        if self.max_attempts == 0 {
-            return Err(ConfigError::invalid(
-                "max_attempts",
-                "must be at least 1 (the first attempt counts)",
-            ));
+        if self.max_interval > MAX_DELAY {
+            return Err(ConfigError::invalid("max_interval", "must be at most 24 h"));
         }
+        check_attempts(self.max_attempts)?;
         if !(0.0..=1.0).contains(&self.jitter) {
             return Err(ConfigError::invalid("jitter", "must be within [0, 1]"));
         }
@@ -188,10 +189,7 @@ impl Default for BackOff {
     /// attempts without delay. We wait 100 ms between them instead, which costs little
     /// and spares a struggling dependency.
     fn default() -> Self {
-        BackOff::Fixed(FixedBackOff {
-            interval: Duration::from_millis(100),
-            max_attempts: 10,
-        })
+        BackOff::Fixed(FixedBackOff { interval: Duration::from_millis(100), max_attempts: 10 })
     }
 }
 
@@ -230,10 +228,7 @@ impl BackOff {
         match self {
             BackOff::Fixed(f) => f.interval * f.max_attempts.saturating_sub(1),
             BackOff::Exponential(e) => (1..e.max_attempts)
-                .map(|a| {
-                    Duration::from_secs_f64(e.base_delay(a).as_secs_f64() * (1.0 + e.jitter))
-                        .min(e.max_interval)
-                })
+                .map(|a| Duration::from_secs_f64(e.base_delay(a).as_secs_f64() * (1.0 + e.jitter)).min(e.max_interval))
                 .sum(),
         }
     }
@@ -282,47 +277,27 @@ mod tests {
     #[test]
     fn rejects_bad_values_naming_the_key() {
         let cases = [
-            (
-                ExponentialBackOff::builder()
-                    .initial(Duration::ZERO)
-                    .build(),
-                "initial",
-            ),
-            (
-                ExponentialBackOff::builder().multiplier(0.5).build(),
-                "multiplier",
-            ),
-            (
-                ExponentialBackOff::builder().multiplier(f64::NAN).build(),
-                "multiplier",
-            ),
-            (
-                ExponentialBackOff::builder()
-                    .max_interval(Duration::from_millis(1))
-                    .build(),
-                "max_interval",
-            ),
-            (
-                ExponentialBackOff::builder().max_attempts(0).build(),
-                "max_attempts",
-            ),
+            (ExponentialBackOff::builder().initial(Duration::ZERO).build(), "initial"),
+            (ExponentialBackOff::builder().multiplier(0.5).build(), "multiplier"),
+            (ExponentialBackOff::builder().multiplier(f64::NAN).build(), "multiplier"),
+            (ExponentialBackOff::builder().max_interval(Duration::from_millis(1)).build(), "max_interval"),
+            (ExponentialBackOff::builder().max_attempts(0).build(), "max_attempts"),
+            (ExponentialBackOff::builder().max_attempts(20_000).build(), "max_attempts"),
+            (ExponentialBackOff::builder().max_interval(Duration::MAX).build(), "max_interval"),
             (ExponentialBackOff::builder().jitter(1.5).build(), "jitter"),
         ];
         for (res, key) in cases {
             let err = res.unwrap_err();
-            assert!(
-                matches!(&err, ConfigError::InvalidValue { key: k, .. } if k == key),
-                "{err}"
-            );
+            assert!(matches!(&err, ConfigError::InvalidValue { key: k, .. } if k == key), "{err}");
         }
         assert!(FixedBackOff::new(Duration::ZERO, 0).is_err());
+        assert!(FixedBackOff::new(Duration::MAX, 3).is_err());
+        assert!(FixedBackOff::new(Duration::MAX, 3).is_err());
     }
 
     #[test]
     fn fixed_gives_max_attempts_minus_one_delays() {
-        let b: BackOff = FixedBackOff::new(Duration::from_millis(50), 3)
-            .unwrap()
-            .into();
+        let b: BackOff = FixedBackOff::new(Duration::from_millis(50), 3).unwrap().into();
         assert_eq!(b.delay_after(1), Some(Duration::from_millis(50)));
         assert_eq!(b.delay_after(2), Some(Duration::from_millis(50)));
         assert_eq!(b.delay_after(3), None);
@@ -339,9 +314,7 @@ mod tests {
             .build()
             .unwrap()
             .into();
-        let delays: Vec<u128> = (1..6)
-            .map(|a| b.delay_after(a).unwrap().as_millis())
-            .collect();
+        let delays: Vec<u128> = (1..6).map(|a| b.delay_after(a).unwrap().as_millis()).collect();
         assert_eq!(delays, [100, 200, 400, 500, 500]);
         assert_eq!(b.delay_after(6), None);
     }

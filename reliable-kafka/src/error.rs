@@ -48,9 +48,7 @@ impl Error {
         move |source| Error::Database { operation, source }
     }
 
-    pub(crate) fn kafka(
-        operation: &'static str,
-    ) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
+    pub(crate) fn kafka(operation: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
         move |source| Error::Kafka { operation, source }
     }
 }
@@ -116,10 +114,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub(crate) fn invalid(key: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
-        ConfigError::InvalidValue {
-            key: Cow::Borrowed(key),
-            reason: reason.into(),
-        }
+        ConfigError::InvalidValue { key: Cow::Borrowed(key), reason: reason.into() }
     }
 }
 
@@ -136,10 +131,7 @@ pub(crate) fn validate_identifier(key: &'static str, value: &str) -> Result<(), 
     if parts.len() <= 2 && parts.iter().all(|p| part_ok(p)) {
         Ok(())
     } else {
-        Err(ConfigError::InvalidIdentifier {
-            key: Cow::Borrowed(key),
-            value: value.to_owned(),
-        })
+        Err(ConfigError::InvalidIdentifier { key: Cow::Borrowed(key), value: value.to_owned() })
     }
 }
 
@@ -151,15 +143,7 @@ mod tests {
     fn identifiers() {
         assert!(validate_identifier("t", "rk_outbox").is_ok());
         assert!(validate_identifier("t", "app.rk_outbox").is_ok());
-        for bad in [
-            "",
-            "Outbox",
-            "a;drop table x",
-            "a.b.c",
-            "1abc",
-            "a-b",
-            "\"x\"",
-        ] {
+        for bad in ["", "Outbox", "a;drop table x", "a.b.c", "1abc", "a-b", "\"x\""] {
             let err = validate_identifier("outbox_table", bad).unwrap_err();
             assert!(err.to_string().contains("outbox_table"), "{err}");
         }

@@ -54,17 +54,11 @@ pub struct CodecError {
 impl CodecError {
     /// An encoding error with its cause.
     pub fn encode(source: impl Into<BoxError>) -> Self {
-        CodecError {
-            operation: "encoding",
-            source: source.into(),
-        }
+        CodecError { operation: "encoding", source: source.into() }
     }
     /// A decoding error with its cause.
     pub fn decode(source: impl Into<BoxError>) -> Self {
-        CodecError {
-            operation: "decoding",
-            source: source.into(),
-        }
+        CodecError { operation: "decoding", source: source.into() }
     }
 }
 

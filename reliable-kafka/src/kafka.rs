@@ -85,21 +85,14 @@ impl KafkaConfig {
     /// [`Error::Kafka`] when the admin request fails for another reason than the topic
     /// already existing.
     pub async fn ensure_topics(&self, topics: &[(&str, i32, i32)]) -> Result<(), Error> {
-        let admin: AdminClient<DefaultClientContext> = self
-            .client_config(&[])
-            .create()
-            .map_err(Error::kafka("create admin client"))?;
+        let admin: AdminClient<DefaultClientContext> =
+            self.client_config(&[]).create().map_err(Error::kafka("create admin client"))?;
         let new: Vec<NewTopic<'_>> = topics
             .iter()
-            .map(|(name, partitions, rf)| {
-                NewTopic::new(name, *partitions, TopicReplication::Fixed(*rf))
-            })
+            .map(|(name, partitions, rf)| NewTopic::new(name, *partitions, TopicReplication::Fixed(*rf)))
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = admin
-            .create_topics(new.iter(), &opts)
-            .await
-            .map_err(Error::kafka("create topics"))?;
+        let results = admin.create_topics(new.iter(), &opts).await.map_err(Error::kafka("create topics"))?;
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -164,8 +157,7 @@ pub(crate) async fn send_in_order(
 
     let mut pending = Vec::with_capacity(records.len());
     for r in &records {
-        let mut rec: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&r.topic).headers(r.headers.clone());
+        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&r.topic).headers(r.headers.clone());
         if let Some(k) = &r.key {
             rec = rec.key(k.as_slice());
         }

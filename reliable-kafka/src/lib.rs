@@ -73,26 +73,20 @@ mod redrive;
 mod schema;
 
 pub use backoff::{
-    BackOff, ExponentialBackOff, ExponentialBackOffBuilder, FixedBackOff, IntoBackOff,
+    BackOff, ExponentialBackOff, ExponentialBackOffBuilder, FixedBackOff, IntoBackOff, MAX_ATTEMPTS, MAX_DELAY,
 };
 pub use consumer::{
-    ContainerHandle, ContainerStats, DeadLetterInfo, DeadLetterReason, EventHandler,
-    HandlerContext, HandlerError, HandlerOptions, ListenerContainer, ListenerContainerBuilder,
-    RecordInfo, DEFAULT_DEAD_LETTER_SUFFIX,
+    ContainerHandle, ContainerStats, DeadLetterInfo, DeadLetterReason, EventHandler, HandlerContext, HandlerError,
+    HandlerOptions, ListenerContainer, ListenerContainerBuilder, RecordInfo, DEFAULT_DEAD_LETTER_SUFFIX,
 };
 pub use error::{BoxError, ConfigError, Error};
 pub use event::{Codec, CodecError, Event, JsonCodec};
 pub use kafka::{KafkaConfig, DEFAULT_BROKERS};
-pub use outbox::{
-    EnqueueOptions, Outbox, OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayStats,
-};
+pub use outbox::{EnqueueOptions, Outbox, OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayStats};
 pub use redrive::{
-    DeadLetterRedriver, DeadLetterRedriverBuilder, RedriveHandle, RedriveReport, RedriveStats,
-    REDRIVE_COUNT,
+    DeadLetterRedriver, DeadLetterRedriverBuilder, RedriveHandle, RedriveReport, RedriveStats, REDRIVE_COUNT,
 };
-pub use schema::{
-    migrate, migrator, DEFAULT_OUTBOX_TABLE, DEFAULT_PROCESSED_TABLE, NOTIFY_CHANNEL,
-};
+pub use schema::{migrate, migrator, DEFAULT_OUTBOX_TABLE, DEFAULT_PROCESSED_TABLE, NOTIFY_CHANNEL};
 
 pub(crate) use consumer::report as report_chain;
 

@@ -35,6 +35,9 @@ pub const REDRIVE_COUNT: &str = "rk-redrive-count";
 ///
 /// The re-published record keeps key, payload and headers, minus the `kafka_dlt-*` and
 /// `rk-dlt-*` headers, with [`REDRIVE_COUNT`] incremented.
+///
+/// Several instances may run: a PostgreSQL advisory lock per re-drive group lets one
+/// run at a time; the others skip their turn.
 pub struct DeadLetterRedriver {
     consumer: Arc<StreamConsumer>,
     producer: FutureProducer,
@@ -44,8 +47,12 @@ pub struct DeadLetterRedriver {
     reasons: Vec<DeadLetterReason>,
     interval: Duration,
     park_sql: String,
+    lock_name: String,
     stats: Arc<RedriveStats>,
 }
+
+const LOCK_SQL: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))";
+const UNLOCK_SQL: &str = "SELECT pg_advisory_unlock(hashtextextended($1, 0))";
 
 impl std::fmt::Debug for DeadLetterRedriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -145,10 +152,7 @@ impl DeadLetterRedriverBuilder {
     /// the configuration.
     pub fn build(self) -> Result<DeadLetterRedriver, Error> {
         if self.topics.is_empty() {
-            return Err(ConfigError::Missing {
-                key: "topic".into(),
-            }
-            .into());
+            return Err(ConfigError::Missing { key: "topic".into() }.into());
         }
         if self.group.is_empty() {
             return Err(ConfigError::invalid("group.id", "must not be empty").into());
@@ -187,6 +191,7 @@ impl DeadLetterRedriverBuilder {
                  record_key, payload, headers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
                  ON CONFLICT DO NOTHING"
             ),
+            lock_name: format!("reliable-kafka:redrive:{}", self.group),
             stats: Arc::default(),
         })
     }
@@ -227,14 +232,33 @@ impl DeadLetterRedriver {
     /// when parking fails. Offsets of records already handled are committed first, so
     /// the next run resumes after them.
     pub async fn redrive_once(&self) -> Result<RedriveReport, Error> {
+        // One instance at a time per re-drive group: a session advisory lock on a pooled
+        // connection, released at the end (or when the connection dies with its process).
+        let mut conn = self.pool.acquire().await.map_err(Error::db("acquire re-drive lock connection"))?;
+        let locked: bool = sqlx::query_scalar(LOCK_SQL)
+            .bind(&self.lock_name)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(Error::db("take re-drive lock"))?;
+        if !locked {
+            tracing::debug!(group = %self.lock_name, "another re-driver instance is running; skipped");
+            return Ok(RedriveReport::default());
+        }
+        let result = self.redrive_locked().await;
+        if let Err(e) = sqlx::query(UNLOCK_SQL).bind(&self.lock_name).execute(&mut *conn).await {
+            // Close the connection rather than return it to the pool still holding the lock.
+            tracing::warn!(error = %e, "re-drive unlock failed; closing the connection");
+            let _ = conn.detach();
+        }
+        result
+    }
+
+    async fn redrive_locked(&self) -> Result<RedriveReport, Error> {
         let consumer = self.consumer.clone();
         let topics = self.topics.clone();
         let spans = tokio::task::spawn_blocking(move || plan(&consumer, &topics))
             .await
-            .map_err(|_| Error::Kafka {
-                operation: "plan re-drive",
-                source: rdkafka::error::KafkaError::Canceled,
-            })??;
+            .map_err(|_| Error::Kafka { operation: "plan re-drive", source: rdkafka::error::KafkaError::Canceled })??;
         let mut report = RedriveReport::default();
         if spans.is_empty() {
             self.stats.runs.fetch_add(1, Ordering::Relaxed);
@@ -245,29 +269,26 @@ impl DeadLetterRedriver {
             tpl.add_partition_offset(&s.topic, s.partition, Offset::Offset(s.start))
                 .map_err(Error::kafka("assign dead-letter partitions"))?;
         }
-        self.consumer
-            .assign(&tpl)
-            .map_err(Error::kafka("assign dead-letter partitions"))?;
+        self.consumer.assign(&tpl).map_err(Error::kafka("assign dead-letter partitions"))?;
         drop(tpl);
-        let mut remaining: HashMap<(String, i32), i64> = spans
-            .iter()
-            .map(|s| ((s.topic.clone(), s.partition), s.end))
-            .collect();
+        let mut remaining: HashMap<(String, i32), i64> =
+            spans.iter().map(|s| ((s.topic.clone(), s.partition), s.end)).collect();
         let mut done: HashMap<(String, i32), i64> = HashMap::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
         let result = async {
             while !remaining.is_empty() {
-                let msg = match tokio::time::timeout(Duration::from_secs(30), self.consumer.recv())
-                    .await
-                {
+                let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(Duration::from_secs(30));
+                let msg = match tokio::time::timeout(wait, self.consumer.recv()).await {
                     Err(_) => {
                         tracing::warn!(
                             left = remaining.len(),
-                            "re-drive run stopped: no record for 30 s"
+                            "re-drive run stopped early: no record within 30 s or the run's 10 min are up"
                         );
                         break;
                     }
                     Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "re-drive consumer error");
+                        tracing::warn!(error = %e, "re-drive consumer error");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     }
                     Ok(Ok(m)) => m,
@@ -300,17 +321,11 @@ impl DeadLetterRedriver {
                     .add_partition_offset(topic, *partition, Offset::Offset(*next))
                     .map_err(Error::kafka("commit re-drive offsets"))?;
             }
-            self.consumer
-                .commit(&commit, CommitMode::Sync)
-                .map_err(Error::kafka("commit re-drive offsets"))?;
+            self.consumer.commit(&commit, CommitMode::Sync).map_err(Error::kafka("commit re-drive offsets"))?;
         }
         let _ = self.consumer.unassign();
-        self.stats
-            .redriven
-            .fetch_add(report.redriven, Ordering::Relaxed);
-        self.stats
-            .parked
-            .fetch_add(report.parked, Ordering::Relaxed);
+        self.stats.redriven.fetch_add(report.redriven, Ordering::Relaxed);
+        self.stats.parked.fetch_add(report.parked, Ordering::Relaxed);
         self.stats.runs.fetch_add(1, Ordering::Relaxed);
         result.map(|()| report)
     }
@@ -325,39 +340,29 @@ impl DeadLetterRedriver {
             .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
             .unwrap_or(0);
         let park_reason = match &info {
-            None => {
-                Some("not a dead-letter record (kafka_dlt-original-* headers missing)".to_owned())
-            }
+            None => Some("not a dead-letter record (kafka_dlt-original-* headers missing)".to_owned()),
             Some(i) if !i.reason.is_some_and(|r| self.reasons.contains(&r)) => Some(format!(
                 "dead-lettered as `{}`, which re-driving cannot fix",
                 i.reason.map_or("unknown", |r| r.as_str())
             )),
-            Some(_) if count >= self.max_redrives => Some(format!(
-                "re-driven {count} times (max {})",
-                self.max_redrives
-            )),
+            Some(_) if count >= self.max_redrives => {
+                Some(format!("re-driven {count} times (max {})", self.max_redrives))
+            }
             Some(_) => None,
         };
         if let (None, Some(info)) = (&park_reason, &info) {
             let mut out = OwnedHeaders::new();
             if let Some(h) = hdrs {
                 for x in h.iter() {
-                    let ours = x.key.starts_with("kafka_dlt-")
-                        || x.key.starts_with("rk-dlt-")
-                        || x.key == REDRIVE_COUNT;
+                    let ours =
+                        x.key.starts_with("kafka_dlt-") || x.key.starts_with("rk-dlt-") || x.key == REDRIVE_COUNT;
                     if !ours {
-                        out = out.insert(Header {
-                            key: x.key,
-                            value: x.value,
-                        });
+                        out = out.insert(Header { key: x.key, value: x.value });
                     }
                 }
             }
             let next = (count + 1).to_string();
-            out = out.insert(Header {
-                key: REDRIVE_COUNT,
-                value: Some(&next),
-            });
+            out = out.insert(Header { key: REDRIVE_COUNT, value: Some(&next) });
             let record = OutRecord {
                 topic: info.original_topic.clone(),
                 key: msg.key().map(<[u8]>::to_vec),
@@ -373,9 +378,7 @@ impl DeadLetterRedriver {
             return Ok(true);
         }
         let reason = park_reason.unwrap_or_default();
-        let header_list: Vec<serde_json::Value> = hdrs
-            .map(|h| h.iter().map(header_json).collect())
-            .unwrap_or_default();
+        let header_list: Vec<serde_json::Value> = hdrs.map(|h| h.iter().map(header_json).collect()).unwrap_or_default();
         let message_id = hdrs
             .and_then(|h| h.iter().find(|x| x.key == headers::MESSAGE_ID))
             .and_then(|x| x.value)
@@ -409,11 +412,9 @@ impl DeadLetterRedriver {
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             match self.redrive_once().await {
-                Ok(r) if r.redriven + r.parked > 0 => tracing::info!(
-                    redriven = r.redriven,
-                    parked = r.parked,
-                    "re-drive run done"
-                ),
+                Ok(r) if r.redriven + r.parked > 0 => {
+                    tracing::info!(redriven = r.redriven, parked = r.parked, "re-drive run done")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %crate::report(&e), "re-drive run failed"),
             }
@@ -429,11 +430,7 @@ impl DeadLetterRedriver {
         let shutdown = CancellationToken::new();
         let stats = self.stats();
         let join = tokio::spawn(self.run(shutdown.clone()));
-        RedriveHandle {
-            shutdown,
-            stats,
-            join,
-        }
+        RedriveHandle { shutdown, stats, join }
     }
 }
 
@@ -458,18 +455,15 @@ fn plan(consumer: &StreamConsumer, topics: &[String]) -> Result<Vec<Span>, Error
     let timeout = Duration::from_secs(10);
     let mut all = TopicPartitionList::new();
     for topic in topics {
-        let md = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(Error::kafka("fetch dead-letter topic metadata"))?;
+        let md =
+            consumer.fetch_metadata(Some(topic), timeout).map_err(Error::kafka("fetch dead-letter topic metadata"))?;
         for t in md.topics() {
             for p in t.partitions() {
                 all.add_partition(t.name(), p.id());
             }
         }
     }
-    let committed = consumer
-        .committed_offsets(all, timeout)
-        .map_err(Error::kafka("read re-drive offsets"))?;
+    let committed = consumer.committed_offsets(all, timeout).map_err(Error::kafka("read re-drive offsets"))?;
     let mut spans = Vec::new();
     for e in committed.elements() {
         let (low, high) = consumer
@@ -480,12 +474,7 @@ fn plan(consumer: &StreamConsumer, topics: &[String]) -> Result<Vec<Span>, Error
             _ => low,
         };
         if start < high {
-            spans.push(Span {
-                topic: e.topic().to_owned(),
-                partition: e.partition(),
-                start,
-                end: high,
-            });
+            spans.push(Span { topic: e.topic().to_owned(), partition: e.partition(), start, end: high });
         }
     }
     drop(committed);

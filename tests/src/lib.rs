@@ -13,8 +13,7 @@ use sqlx::{ConnectOptions, PgPool};
 
 /// `DATABASE_URL`, or the local server of the development machines.
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// A name no other test uses: `<prefix>-<uuid>`.
@@ -36,14 +35,8 @@ pub async fn isolated_pool() -> (PgPool, String) {
     init_tracing();
     let schema = format!("rkt_{}", uuid::Uuid::new_v4().simple());
     let base: PgConnectOptions = database_url().parse().expect("DATABASE_URL");
-    let mut admin = base
-        .connect()
-        .await
-        .expect("connect to PostgreSQL (DATABASE_URL)");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    let mut admin = base.connect().await.expect("connect to PostgreSQL (DATABASE_URL)");
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut admin).await.unwrap();
     let pool = pool_in_schema(&schema, 10).await;
     reliable_kafka::migrate(&pool).await.expect("migrate");
     (pool, schema)
@@ -52,11 +45,7 @@ pub async fn isolated_pool() -> (PgPool, String) {
 /// A pool on an existing schema.
 pub async fn pool_in_schema(schema: &str, max: u32) -> PgPool {
     let base: PgConnectOptions = database_url().parse().expect("DATABASE_URL");
-    PgPoolOptions::new()
-        .max_connections(max)
-        .connect_with(base.options([("search_path", schema)]))
-        .await
-        .expect("pool")
+    PgPoolOptions::new().max_connections(max).connect_with(base.options([("search_path", schema)])).await.expect("pool")
 }
 
 /// `KAFKA_BROKERS` (default 127.0.0.1:9092) with settings that make group joins fast.
@@ -75,10 +64,7 @@ pub fn test_settings(c: KafkaConfig) -> KafkaConfig {
 /// Creates `topic` with `partitions` partitions (and its `.DLQ` with the same count).
 pub async fn create_topics(kafka: &KafkaConfig, topic: &str, partitions: i32) {
     let dlq = format!("{topic}.DLQ");
-    kafka
-        .ensure_topics(&[(topic, partitions, 1), (&dlq, partitions, 1)])
-        .await
-        .expect("create topics");
+    kafka.ensure_topics(&[(topic, partitions, 1), (&dlq, partitions, 1)]).await.expect("create topics");
 }
 
 /// Reads `topic` from the beginning with a fresh group until `n` records arrived (or
@@ -124,11 +110,7 @@ pub async fn read_topic(
 
 /// The value of header `name` as UTF-8.
 pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+    m.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// Counts of each value of header `name`.
@@ -187,6 +169,12 @@ pub enum Mode {
     AlwaysTransient,
     /// Fails permanently.
     Permanent,
+    /// Panics.
+    Panic,
+    /// Runs a failing SQL statement, ignores its error and returns `Ok`.
+    SwallowDbError,
+    /// Sleeps for the given time before succeeding.
+    Sleep(Duration),
 }
 
 /// A handler that inserts a row into `effects` (no unique constraint, so a second
@@ -210,9 +198,7 @@ impl Recorder {
         Recorder {
             topic: topic.to_owned(),
             group: group.to_owned(),
-            backoff: reliable_kafka::FixedBackOff::new(Duration::from_millis(20), attempts)
-                .unwrap()
-                .into(),
+            backoff: reliable_kafka::FixedBackOff::new(Duration::from_millis(20), attempts).unwrap().into(),
             mode,
             calls: Default::default(),
         }
@@ -231,10 +217,7 @@ impl reliable_kafka::EventHandler for Recorder {
     type Event = Work;
 
     fn options(&self) -> reliable_kafka::HandlerOptions {
-        reliable_kafka::HandlerOptions::new()
-            .topic(self.topic.clone())
-            .group(self.group.clone())
-            .backoff(self.backoff)
+        reliable_kafka::HandlerOptions::new().topic(self.topic.clone()).group(self.group.clone()).backoff(self.backoff)
     }
 
     fn handle<'a>(
@@ -251,6 +234,14 @@ impl reliable_kafka::EventHandler for Recorder {
                 .bind(event.n as i32)
                 .execute(ctx.tx())
                 .await?;
+            match self.mode {
+                Mode::Panic => panic!("handler bug for n = {}", event.n),
+                Mode::SwallowDbError => {
+                    let _ = sqlx::query("SELECT 1 / 0").execute(ctx.tx()).await;
+                }
+                Mode::Sleep(d) => tokio::time::sleep(d).await,
+                _ => {}
+            }
             let fail = match self.mode {
                 Mode::Succeed => None,
                 Mode::FailFirst(k) if ctx.attempt() <= k => Some(true),
@@ -259,49 +250,33 @@ impl reliable_kafka::EventHandler for Recorder {
                 Mode::FailCalls(_) => None,
                 Mode::AlwaysTransient => Some(true),
                 Mode::Permanent => Some(false),
+                Mode::Panic | Mode::SwallowDbError | Mode::Sleep(_) => None,
             };
             match fail {
                 None => Ok(()),
-                Some(true) => Err(reliable_kafka::HandlerError::transient(
-                    std::io::Error::other(format!(
-                        "downstream unavailable (attempt {})",
-                        ctx.attempt()
-                    )),
-                )),
-                Some(false) => Err(reliable_kafka::HandlerError::permanent(
-                    std::io::Error::other("seat does not exist"),
-                )),
+                Some(true) => Err(reliable_kafka::HandlerError::transient(std::io::Error::other(format!(
+                    "downstream unavailable (attempt {})",
+                    ctx.attempt()
+                )))),
+                Some(false) => {
+                    Err(reliable_kafka::HandlerError::permanent(std::io::Error::other("seat does not exist")))
+                }
             }
         })
     }
 }
 
 /// Produces one record with the given headers, bypassing the outbox.
-pub async fn produce_raw(
-    kafka: &KafkaConfig,
-    topic: &str,
-    key: &str,
-    payload: &[u8],
-    hdrs: &[(&str, &[u8])],
-) {
+pub async fn produce_raw(kafka: &KafkaConfig, topic: &str, key: &str, payload: &[u8], hdrs: &[(&str, &[u8])]) {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka.brokers())
-        .create()
-        .unwrap();
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", kafka.brokers()).create().unwrap();
     let mut h = OwnedHeaders::new();
     for (k, v) in hdrs {
-        h = h.insert(Header {
-            key: k,
-            value: Some(*v),
-        });
+        h = h.insert(Header { key: k, value: Some(*v) });
     }
     producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(payload).headers(h),
-            Duration::from_secs(10),
-        )
+        .send(FutureRecord::to(topic).key(key).payload(payload).headers(h), Duration::from_secs(10))
         .await
         .map_err(|(e, _)| e)
         .expect("produce");
@@ -317,11 +292,7 @@ pub async fn produce_work(kafka: &KafkaConfig, topic: &str, id: uuid::Uuid, work
         topic,
         &work.key,
         &payload,
-        &[
-            (h::MESSAGE_ID, id.as_bytes()),
-            (h::EVENT_TYPE, b"Work"),
-            (h::SCHEMA_VERSION, b"1"),
-        ],
+        &[(h::MESSAGE_ID, id.as_bytes()), (h::EVENT_TYPE, b"Work"), (h::SCHEMA_VERSION, b"1")],
     )
     .await;
 }

@@ -64,9 +64,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Path(id) = Path::<i64>::from_request_parts(parts, state)
             .await
-            .map_err(|r: PathRejection| {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", r.body_text())
-            })?;
+            .map_err(|r: PathRejection| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", r.body_text()))?;
         positive("id", id).map(Id)
     }
 }
@@ -75,11 +73,7 @@ fn positive(field: &str, v: i64) -> Result<i64, ApiError> {
     if v > 0 {
         Ok(v)
     } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!("`{field}` must be a positive integer"),
-        ))
+        Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("`{field}` must be a positive integer")))
     }
 }
 
@@ -90,9 +84,7 @@ impl From<BookingError> for ApiError {
             BookingError::SeatTaken { .. } => (StatusCode::CONFLICT, "seat_unavailable"),
             BookingError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             BookingError::NotPayable { .. } => (StatusCode::CONFLICT, "reservation_not_payable"),
-            BookingError::KeyReused { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
-            }
+            BookingError::KeyReused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             _ => {
                 tracing::error!(error = %reliable_kafka::report(&e), "request failed");
                 return ApiError::new(
@@ -110,9 +102,7 @@ impl From<CouponError> for ApiError {
     fn from(e: CouponError) -> Self {
         let (status, code) = match &e {
             CouponError::SoldOut { .. } => (StatusCode::CONFLICT, "coupon_sold_out"),
-            CouponError::AlreadyRequested { .. } => {
-                (StatusCode::CONFLICT, "coupon_already_requested")
-            }
+            CouponError::AlreadyRequested { .. } => (StatusCode::CONFLICT, "coupon_already_requested"),
             CouponError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             _ => {
                 tracing::error!(error = %reliable_kafka::report(&e), "coupon request failed");
@@ -144,10 +134,7 @@ pub struct TokenResponse {
     pub token: String,
 }
 
-async fn issue_token(
-    State(s): State<ApiState>,
-    ApiJson(req): ApiJson<TokenRequest>,
-) -> Result<Response, ApiError> {
+async fn issue_token(State(s): State<ApiState>, ApiJson(req): ApiJson<TokenRequest>) -> Result<Response, ApiError> {
     let user_id = positive("user_id", req.user_id)?;
     let token = s.booking.enter_queue(user_id).await?;
     Ok((StatusCode::CREATED, Json(TokenResponse { user_id, token })).into_response())
@@ -175,16 +162,9 @@ async fn reserve(
 ) -> Result<Response, ApiError> {
     let user_id = positive("user_id", req.user_id)?;
     let seat_id = positive("seat_id", req.seat_id)?;
-    let token = headers
-        .get(QUEUE_TOKEN_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "queue_token_invalid",
-                "the `X-Queue-Token` header is required",
-            )
-        })?;
+    let token = headers.get(QUEUE_TOKEN_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "queue_token_invalid", "the `X-Queue-Token` header is required")
+    })?;
     let r = s.booking.reserve(user_id, seat_id, token).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
@@ -202,13 +182,7 @@ pub struct CheckoutResponse {
 
 async fn checkout(State(s): State<ApiState>, Id(id): Id) -> Result<Response, ApiError> {
     let key = s.booking.open_checkout(id).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(CheckoutResponse {
-            idempotency_key: key,
-        }),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(CheckoutResponse { idempotency_key: key })).into_response())
 }
 
 async fn pay(
@@ -223,18 +197,14 @@ async fn pay(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| Uuid::parse_str(v).ok())
         .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "idempotency_key_required",
-                "the `Idempotency-Key` header must hold the UUID returned by the checkout",
-            )
-        })?;
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_required",
+            "the `Idempotency-Key` header must hold the UUID returned by the checkout",
+        )
+    })?;
     let p = s.booking.pay(key, &req).await?;
-    let status = if p.status == "IN_PROGRESS" {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::OK
-    };
+    let status = if p.status == "IN_PROGRESS" { StatusCode::ACCEPTED } else { StatusCode::OK };
     Ok((status, Json(p)).into_response())
 }
 
@@ -257,7 +227,10 @@ async fn coupon(
 ) -> Result<Response, ApiError> {
     let user_id = positive("user_id", req.user_id)?;
     request_coupon(s.booking.pool(), &s.outbox, coupon_id, user_id).await?;
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "coupon_id": coupon_id, "user_id": user_id, "status": "REQUESTED" })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "coupon_id": coupon_id, "user_id": user_id, "status": "REQUESTED" })),
+    )
         .into_response())
 }
 
@@ -271,11 +244,10 @@ pub struct CouponView {
 }
 
 async fn coupons(State(s): State<ApiState>, Id(user_id): Id) -> Result<Response, ApiError> {
-    let list: Vec<CouponView> =
-        sqlx::query_as("SELECT coupon_id, code FROM coupon WHERE user_id = $1 ORDER BY id")
-            .bind(user_id)
-            .fetch_all(s.booking.pool())
-            .await
-            .map_err(BookingError::from)?;
+    let list: Vec<CouponView> = sqlx::query_as("SELECT coupon_id, code FROM coupon WHERE user_id = $1 ORDER BY id")
+        .bind(user_id)
+        .fetch_all(s.booking.pool())
+        .await
+        .map_err(BookingError::from)?;
     Ok(Json(list).into_response())
 }

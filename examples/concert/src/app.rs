@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use reliable_kafka::{
-    CancellationToken, ContainerHandle, DeadLetterRedriver, KafkaConfig, ListenerContainer, Outbox,
-    OutboxRelay, RedriveHandle, RelayHandle, DEFAULT_DEAD_LETTER_SUFFIX,
+    CancellationToken, ContainerHandle, DeadLetterRedriver, KafkaConfig, ListenerContainer, Outbox, OutboxRelay,
+    RedriveHandle, RelayHandle, DEFAULT_DEAD_LETTER_SUFFIX,
 };
 use sqlx::PgPool;
 
@@ -15,9 +15,7 @@ use crate::api::{router, ApiState};
 use crate::booking::Booking;
 use crate::events::{PAYMENT_NOTIFICATION_TOPIC, TOPICS};
 use crate::gateway::{DemoGateway, GatewayBehaviour, GatewayClient};
-use crate::handlers::{
-    compensate_payment, issue_coupon, send_order_alert, store_order_info, RedisCleanup,
-};
+use crate::handlers::{compensate_payment, issue_coupon, send_order_alert, store_order_info, RedisCleanup};
 use crate::http::Server;
 use crate::recovery::PaymentRecovery;
 use crate::store::RedisStore;
@@ -106,23 +104,11 @@ impl App {
     ///
     /// # Errors
     /// When a service cannot be reached or a part cannot be configured.
-    pub async fn start(
-        pool: PgPool,
-        store: RedisStore,
-        kafka: KafkaConfig,
-        cfg: &AppConfig,
-    ) -> anyhow::Result<App> {
+    pub async fn start(pool: PgPool, store: RedisStore, kafka: KafkaConfig, cfg: &AppConfig) -> anyhow::Result<App> {
         crate::migrate(&pool).await?;
-        let dlqs: Vec<String> = TOPICS
-            .iter()
-            .map(|t| format!("{t}{DEFAULT_DEAD_LETTER_SUFFIX}"))
-            .collect();
-        let specs: Vec<(&str, i32, i32)> = TOPICS
-            .iter()
-            .copied()
-            .chain(dlqs.iter().map(String::as_str))
-            .map(|t| (t, cfg.partitions, 1))
-            .collect();
+        let dlqs: Vec<String> = TOPICS.iter().map(|t| format!("{t}{DEFAULT_DEAD_LETTER_SUFFIX}")).collect();
+        let specs: Vec<(&str, i32, i32)> =
+            TOPICS.iter().copied().chain(dlqs.iter().map(String::as_str)).map(|t| (t, cfg.partitions, 1)).collect();
         kafka.ensure_topics(&specs).await?;
 
         let any_port: SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -142,44 +128,30 @@ impl App {
                 Some((r, server))
             }
         };
-        let gateway_url = cfg
-            .gateway_url
+        let gateway_url =
+            cfg.gateway_url.clone().unwrap_or_else(|| gateway.as_ref().map(|(_, s)| s.url()).unwrap_or_default());
+        let webhook_url = cfg
+            .webhook_url
             .clone()
-            .unwrap_or_else(|| gateway.as_ref().map(|(_, s)| s.url()).unwrap_or_default());
-        let webhook_url = cfg.webhook_url.clone().unwrap_or_else(|| {
-            receiver
-                .as_ref()
-                .map(|(_, s)| format!("{}/notify", s.url()))
-                .unwrap_or_default()
-        });
+            .unwrap_or_else(|| receiver.as_ref().map(|(_, s)| format!("{}/notify", s.url())).unwrap_or_default());
         let client = GatewayClient::new(&gateway_url, cfg.connect_timeout, cfg.request_timeout, 3)?;
 
-        let relay = OutboxRelay::builder(pool.clone(), kafka.clone())
-            .build()?
-            .spawn();
+        let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build()?.spawn();
         let build = || ListenerContainer::builder(kafka.clone(), pool.clone());
         let mut containers = vec![
             build().handler(compensate_payment).build()?.spawn(),
-            build()
-                .handler(RedisCleanup {
-                    store: store.clone(),
-                })
-                .build()?
-                .spawn(),
+            build().handler(RedisCleanup { store: store.clone() }).build()?.spawn(),
         ];
         let mut redriver = None;
         if cfg.flows == Flows::All {
-            let notifier =
-                WebhookNotifier::new(&webhook_url, cfg.connect_timeout, cfg.request_timeout)?;
+            let notifier = WebhookNotifier::new(&webhook_url, cfg.connect_timeout, cfg.request_timeout)?;
             containers.push(build().handler(notifier).build()?.spawn());
             containers.push(build().handler(store_order_info).build()?.spawn());
             containers.push(build().handler(send_order_alert).build()?.spawn());
             containers.push(build().handler(issue_coupon).build()?.spawn());
             redriver = Some(
                 DeadLetterRedriver::builder(kafka.clone(), pool.clone())
-                    .topic(format!(
-                        "{PAYMENT_NOTIFICATION_TOPIC}{DEFAULT_DEAD_LETTER_SUFFIX}"
-                    ))
+                    .topic(format!("{PAYMENT_NOTIFICATION_TOPIC}{DEFAULT_DEAD_LETTER_SUFFIX}"))
                     .group_id("notification-redrive")
                     .max_redrives(cfg.max_redrives)
                     .interval(cfg.redrive_interval)
@@ -194,34 +166,13 @@ impl App {
             .connect_with((*pool.connect_options()).clone())
             .await?;
         let recovery_token = CancellationToken::new();
-        let recovery = PaymentRecovery::new(
-            recovery_pool,
-            store.clone(),
-            client.clone(),
-            "app",
-            cfg.stuck_after,
-        )
-        .spawn_bulkhead(cfg.recovery_interval, recovery_token.clone());
+        let recovery = PaymentRecovery::new(recovery_pool, store.clone(), client.clone(), "app", cfg.stuck_after)
+            .spawn_bulkhead(cfg.recovery_interval, recovery_token.clone());
 
         let booking = Booking::new(pool, store, client);
-        let api = Server::start(
-            router(ApiState {
-                booking,
-                outbox: Outbox::new(),
-            }),
-            cfg.api_addr,
-        )
-        .await?;
+        let api = Server::start(router(ApiState { booking, outbox: Outbox::new() }), cfg.api_addr).await?;
         tracing::info!(api = %api.url(), gateway = %gateway_url, webhook = %webhook_url, "concert app started");
-        Ok(App {
-            api,
-            gateway,
-            receiver,
-            containers,
-            relay,
-            redriver,
-            recovery: (recovery_token, recovery),
-        })
+        Ok(App { api, gateway, receiver, containers, relay, redriver, recovery: (recovery_token, recovery) })
     }
 
     /// Whether every consumer group has been idle for `d`.

@@ -132,13 +132,7 @@ const PAYMENT_VIEW: &str =
 impl Booking {
     /// A service on `pool`, `store` and `gateway`.
     pub fn new(pool: PgPool, store: RedisStore, gateway: GatewayClient) -> Self {
-        Booking {
-            pool,
-            store,
-            gateway,
-            outbox: Outbox::new(),
-            duplicate_wait: Duration::from_secs(5),
-        }
+        Booking { pool, store, gateway, outbox: Outbox::new(), duplicate_wait: Duration::from_secs(5) }
     }
 
     /// The database pool.
@@ -156,16 +150,12 @@ impl Booking {
     /// # Errors
     /// [`BookingError::NotFound`] for an unknown user; Redis errors.
     pub async fn enter_queue(&self, user_id: i64) -> Result<String, BookingError> {
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM app_user WHERE id = $1)")
-                .bind(user_id)
-                .fetch_one(&self.pool)
-                .await?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM app_user WHERE id = $1)")
+            .bind(user_id)
+            .fetch_one(&self.pool)
+            .await?;
         if !exists {
-            return Err(BookingError::NotFound {
-                what: "user",
-                id: user_id.to_string(),
-            });
+            return Err(BookingError::NotFound { what: "user", id: user_id.to_string() });
         }
         Ok(self.store.issue_token(user_id).await?)
     }
@@ -176,12 +166,7 @@ impl Booking {
     ///
     /// # Errors
     /// [`BookingError::InvalidToken`], [`BookingError::SeatTaken`].
-    pub async fn reserve(
-        &self,
-        user_id: i64,
-        seat_id: i64,
-        queue_token: &str,
-    ) -> Result<Reservation, BookingError> {
+    pub async fn reserve(&self, user_id: i64, seat_id: i64, queue_token: &str) -> Result<Reservation, BookingError> {
         if !self.store.token_is_active(user_id, queue_token).await? {
             return Err(BookingError::InvalidToken { user_id });
         }
@@ -228,16 +213,11 @@ impl Booking {
     /// # Errors
     /// [`BookingError::NotFound`].
     pub async fn reservation(&self, id: i64) -> Result<Reservation, BookingError> {
-        sqlx::query_as(
-            "SELECT id, user_id, seat_id, concert_date_id, status FROM reservation WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(BookingError::NotFound {
-            what: "reservation",
-            id: id.to_string(),
-        })
+        sqlx::query_as("SELECT id, user_id, seat_id, concert_date_id, status FROM reservation WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(BookingError::NotFound { what: "reservation", id: id.to_string() })
     }
 
     /// A payment.
@@ -249,10 +229,7 @@ impl Booking {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
-            .ok_or(BookingError::NotFound {
-                what: "payment",
-                id: id.to_string(),
-            })
+            .ok_or(BookingError::NotFound { what: "payment", id: id.to_string() })
     }
 
     /// Opens the order page of a reservation: returns a new idempotency key for its
@@ -295,10 +272,7 @@ impl Booking {
                 .fetch_optional(&mut *tx)
                 .await?;
         let Some((reservation_id, first_body)) = checkout else {
-            return Err(BookingError::NotFound {
-                what: "checkout",
-                id: key.to_string(),
-            });
+            return Err(BookingError::NotFound { what: "checkout", id: key.to_string() });
         };
         match first_body {
             Some(first) if first != body => return Err(BookingError::KeyReused { key }),
@@ -324,16 +298,12 @@ impl Booking {
         .fetch_optional(&mut *tx)
         .await?;
         let Some((status, owner, amount)) = r else {
-            return Err(BookingError::NotFound {
-                what: "reservation",
-                id: req.reservation_id.to_string(),
-            });
+            return Err(BookingError::NotFound { what: "reservation", id: req.reservation_id.to_string() });
         };
-        let already_paid: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM payment WHERE reservation_id = $1)")
-                .bind(req.reservation_id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let already_paid: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM payment WHERE reservation_id = $1)")
+            .bind(req.reservation_id)
+            .fetch_one(&mut *tx)
+            .await?;
         if status != "PENDING" || owner != req.user_id || already_paid {
             let status = if owner != req.user_id {
                 "another user's".to_owned()
@@ -342,19 +312,14 @@ impl Booking {
             } else {
                 status
             };
-            return Err(BookingError::NotPayable {
-                reservation_id: req.reservation_id,
-                status,
-            });
+            return Err(BookingError::NotPayable { reservation_id: req.reservation_id, status });
         }
-        let charged = sqlx::query(
-            "UPDATE app_user SET balance = balance - $2 WHERE id = $1 AND balance >= $2",
-        )
-        .bind(owner)
-        .bind(amount)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
+        let charged = sqlx::query("UPDATE app_user SET balance = balance - $2 WHERE id = $1 AND balance >= $2")
+            .bind(owner)
+            .bind(amount)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
             == 1;
         let payment_id: i64 = sqlx::query_scalar(
             "INSERT INTO payment (reservation_id, user_id, amount, status, charged, idempotency_key) \
@@ -369,10 +334,7 @@ impl Booking {
         .await?;
         history(&mut tx, payment_id, "IN_PROGRESS", None).await?;
         if !charged {
-            let failure = Failure {
-                reason: "insufficient balance",
-                charged: false,
-            };
+            let failure = Failure { reason: "insufficient balance", charged: false };
             finalize_failed(&self.outbox, &mut tx, payment_id, failure).await?;
             tx.commit().await?;
             return self.payment(payment_id).await;
@@ -387,20 +349,9 @@ impl Booking {
 
         match self.gateway.charge(payment_id, amount).await {
             Ok(status) => {
-                let outcome = if status == ChargeStatus::Approved {
-                    Outcome::Approved
-                } else {
-                    Outcome::Declined
-                };
+                let outcome = if status == ChargeStatus::Approved { Outcome::Approved } else { Outcome::Declined };
                 let mut tx = self.pool.begin().await?;
-                let after = finalize(
-                    &mut tx,
-                    &self.outbox,
-                    payment_id,
-                    outcome,
-                    "gateway answered",
-                )
-                .await?;
+                let after = finalize(&mut tx, &self.outbox, payment_id, outcome, "gateway answered").await?;
                 tx.commit().await?;
                 if let Some(Some(after)) = after {
                     after.run(&self.store).await?;
@@ -420,20 +371,14 @@ impl Booking {
     async fn await_outcome(&self, key: Uuid) -> Result<PaymentView, BookingError> {
         let deadline = tokio::time::Instant::now() + self.duplicate_wait;
         loop {
-            let p: Option<PaymentView> =
-                sqlx::query_as(&format!("{PAYMENT_VIEW} idempotency_key = $1"))
-                    .bind(key)
-                    .fetch_optional(&self.pool)
-                    .await?;
+            let p: Option<PaymentView> = sqlx::query_as(&format!("{PAYMENT_VIEW} idempotency_key = $1"))
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
             match p {
-                Some(p) if p.status != "IN_PROGRESS" || tokio::time::Instant::now() >= deadline => {
-                    return Ok(p)
-                }
+                Some(p) if p.status != "IN_PROGRESS" || tokio::time::Instant::now() >= deadline => return Ok(p),
                 None if tokio::time::Instant::now() >= deadline => {
-                    return Err(BookingError::NotFound {
-                        what: "payment for key",
-                        id: key.to_string(),
-                    })
+                    return Err(BookingError::NotFound { what: "payment for key", id: key.to_string() })
                 }
                 _ => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -513,9 +458,7 @@ impl AfterCommit {
     /// Redis errors.
     pub async fn run(self, store: &RedisStore) -> Result<(), BookingError> {
         store.release_hold(self.seat_id, self.user_id).await?;
-        store
-            .expire_token(self.user_id, self.token.as_deref().unwrap_or_default())
-            .await?;
+        store.expire_token(self.user_id, self.token.as_deref().unwrap_or_default()).await?;
         Ok(())
     }
 }
@@ -541,13 +484,8 @@ pub async fn finalize(
 ) -> Result<Option<Option<AfterCommit>>, BookingError> {
     match outcome {
         Outcome::Declined => {
-            let failure = Failure {
-                reason: "declined by the payment gateway",
-                charged: true,
-            };
-            Ok(finalize_failed(outbox, tx, payment_id, failure)
-                .await?
-                .then_some(None))
+            let failure = Failure { reason: "declined by the payment gateway", charged: true };
+            Ok(finalize_failed(outbox, tx, payment_id, failure).await?.then_some(None))
         }
         Outcome::Approved => {
             let row: Option<(i64, i64, i64, i64, Option<String>)> = sqlx::query_as(
@@ -562,44 +500,14 @@ pub async fn finalize(
                 return Ok(None);
             };
             history(tx, payment_id, "COMPLETED", Some(note)).await?;
-            sqlx::query(
-                "UPDATE reservation SET status = 'CONFIRMED', updated_at = now() WHERE id = $1",
-            )
-            .bind(reservation_id)
-            .execute(&mut **tx)
-            .await?;
-            sqlx::query("UPDATE seat SET status = 'SOLD' WHERE id = $1")
-                .bind(seat_id)
+            sqlx::query("UPDATE reservation SET status = 'CONFIRMED', updated_at = now() WHERE id = $1")
+                .bind(reservation_id)
                 .execute(&mut **tx)
                 .await?;
-            outbox
-                .enqueue(
-                    tx,
-                    &PaymentCompleted {
-                        payment_id,
-                        reservation_id,
-                        user_id,
-                        amount,
-                    },
-                )
-                .await?;
-            outbox
-                .enqueue(
-                    tx,
-                    &OrderPlaced {
-                        payment_id,
-                        reservation_id,
-                        user_id,
-                        seat_id,
-                        amount,
-                    },
-                )
-                .await?;
-            Ok(Some(Some(AfterCommit {
-                seat_id,
-                user_id,
-                token,
-            })))
+            sqlx::query("UPDATE seat SET status = 'SOLD' WHERE id = $1").bind(seat_id).execute(&mut **tx).await?;
+            outbox.enqueue(tx, &PaymentCompleted { payment_id, reservation_id, user_id, amount }).await?;
+            outbox.enqueue(tx, &OrderPlaced { payment_id, reservation_id, user_id, seat_id, amount }).await?;
+            Ok(Some(Some(AfterCommit { seat_id, user_id, token })))
         }
     }
 }

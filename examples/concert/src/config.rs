@@ -23,11 +23,9 @@ impl Env {
         Env {
             database_url: std::env::var("DATABASE_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned()),
-            redis_url: std::env::var("REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+            redis_url: std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
             kafka: KafkaConfig::from_env(),
-            redis_namespace: std::env::var("REDIS_NAMESPACE")
-                .unwrap_or_else(|_| "default".to_owned()),
+            redis_namespace: std::env::var("REDIS_NAMESPACE").unwrap_or_else(|_| "default".to_owned()),
         }
     }
 }

@@ -50,42 +50,28 @@ impl From<sqlx::Error> for CouponError {
 ///
 /// # Errors
 /// [`CouponError::SoldOut`], [`CouponError::AlreadyRequested`], [`CouponError::NotFound`].
-pub async fn request_coupon(
-    pool: &PgPool,
-    outbox: &Outbox,
-    coupon_id: i64,
-    user_id: i64,
-) -> Result<(), CouponError> {
+pub async fn request_coupon(pool: &PgPool, outbox: &Outbox, coupon_id: i64, user_id: i64) -> Result<(), CouponError> {
     let mut tx = pool.begin().await?;
-    let remaining: Option<i32> =
-        sqlx::query_scalar("SELECT remaining FROM coupon_stock WHERE id = $1 FOR UPDATE")
-            .bind(coupon_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let remaining: Option<i32> = sqlx::query_scalar("SELECT remaining FROM coupon_stock WHERE id = $1 FOR UPDATE")
+        .bind(coupon_id)
+        .fetch_optional(&mut *tx)
+        .await?;
     let Some(remaining) = remaining else {
-        return Err(CouponError::NotFound {
-            what: "coupon",
-            id: coupon_id,
-        });
+        return Err(CouponError::NotFound { what: "coupon", id: coupon_id });
     };
     let user: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM app_user WHERE id = $1)")
         .bind(user_id)
         .fetch_one(&mut *tx)
         .await?;
     if !user {
-        return Err(CouponError::NotFound {
-            what: "user",
-            id: user_id,
-        });
+        return Err(CouponError::NotFound { what: "user", id: user_id });
     }
-    let first = sqlx::query(
-        "INSERT INTO coupon_request (coupon_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-    )
-    .bind(coupon_id)
-    .bind(user_id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
+    let first = sqlx::query("INSERT INTO coupon_request (coupon_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(coupon_id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
         == 1;
     if !first {
         return Err(CouponError::AlreadyRequested { coupon_id, user_id });
@@ -97,10 +83,7 @@ pub async fn request_coupon(
         .bind(coupon_id)
         .execute(&mut *tx)
         .await?;
-    outbox
-        .enqueue(&mut tx, &CouponIssueRequested { coupon_id, user_id })
-        .await
-        .map_err(BookingError::from)?;
+    outbox.enqueue(&mut tx, &CouponIssueRequested { coupon_id, user_id }).await.map_err(BookingError::from)?;
     tx.commit().await?;
     Ok(())
 }

@@ -13,12 +13,7 @@ pub const TRACE_TOPIC: &str = "trace-topic";
 pub const COUPON_TOPIC: &str = "coupon-topic";
 
 /// Every topic of the application, for creation at start-up.
-pub const TOPICS: &[&str] = &[
-    PAYMENT_FAILED_TOPIC,
-    PAYMENT_NOTIFICATION_TOPIC,
-    TRACE_TOPIC,
-    COUPON_TOPIC,
-];
+pub const TOPICS: &[&str] = &[PAYMENT_FAILED_TOPIC, PAYMENT_NOTIFICATION_TOPIC, TRACE_TOPIC, COUPON_TOPIC];
 
 /// A payment failed; everything needed to compensate travels with the event so the
 /// consumers need no call back to the payment service. Keyed by reservation, so all

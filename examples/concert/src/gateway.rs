@@ -45,13 +45,7 @@ pub struct GatewayBehaviour {
 
 impl Default for GatewayBehaviour {
     fn default() -> Self {
-        GatewayBehaviour {
-            decline_rate: 0.0,
-            error_rate: 0.0,
-            hang_rate: 0.0,
-            hang: Duration::from_secs(30),
-            seed: 7,
-        }
+        GatewayBehaviour { decline_rate: 0.0, error_rate: 0.0, hang_rate: 0.0, hang: Duration::from_secs(30), seed: 7 }
     }
 }
 
@@ -86,9 +80,7 @@ pub struct DemoGateway {
 
 impl std::fmt::Debug for DemoGateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DemoGateway")
-            .field("behaviour", &*self.behaviour.lock().unwrap())
-            .finish_non_exhaustive()
+        f.debug_struct("DemoGateway").field("behaviour", &*self.behaviour.lock().unwrap()).finish_non_exhaustive()
     }
 }
 
@@ -100,10 +92,7 @@ fn per_id(seed: u64, id: i64, salt: u64) -> f64 {
 impl DemoGateway {
     /// A gateway behaving as `behaviour`.
     pub fn new(behaviour: GatewayBehaviour) -> Self {
-        DemoGateway {
-            behaviour: Arc::new(Mutex::new(behaviour)),
-            state: Arc::default(),
-        }
+        DemoGateway { behaviour: Arc::new(Mutex::new(behaviour)), state: Arc::default() }
     }
 
     /// Changes the behaviour of later calls.
@@ -164,10 +153,7 @@ async fn charge(
     Ok(Json(ChargeResponse { status }))
 }
 
-async fn status(
-    State(g): State<DemoGateway>,
-    Path(payment_id): Path<i64>,
-) -> Result<Json<ChargeResponse>, StatusCode> {
+async fn status(State(g): State<DemoGateway>, Path(payment_id): Path<i64>) -> Result<Json<ChargeResponse>, StatusCode> {
     let b = *g.behaviour.lock().unwrap();
     let mut s = g.state.lock().unwrap();
     s.calls += 1;
@@ -234,21 +220,14 @@ impl GatewayClient {
         request_timeout: Duration,
         max_retries: usize,
     ) -> reqwest::Result<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .timeout(request_timeout)
-            .build()?;
+        let http = reqwest::Client::builder().connect_timeout(connect_timeout).timeout(request_timeout).build()?;
         let retry = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(50))
             .with_max_delay(Duration::from_secs(1))
             .with_factor(2.0)
             .with_jitter()
             .with_max_times(max_retries);
-        Ok(GatewayClient {
-            http,
-            base: base.into(),
-            retry,
-        })
+        Ok(GatewayClient { http, base: base.into(), retry })
     }
 
     /// Asks the gateway to charge; idempotent per payment id.
@@ -267,15 +246,9 @@ impl GatewayClient {
                 .map_err(classify)?
                 .error_for_status()
                 .map_err(classify)?;
-            resp.json::<ChargeResponse>()
-                .await
-                .map(|r| r.status)
-                .map_err(classify)
+            resp.json::<ChargeResponse>().await.map(|r| r.status).map_err(classify)
         };
-        attempt
-            .retry(self.retry)
-            .when(GatewayError::retryable)
-            .await
+        attempt.retry(self.retry).when(GatewayError::retryable).await
     }
 
     /// What the gateway knows of a payment: `None` when it never received the charge.
@@ -290,14 +263,8 @@ impl GatewayClient {
                 return Ok(None);
             }
             let resp = resp.error_for_status().map_err(classify)?;
-            resp.json::<ChargeResponse>()
-                .await
-                .map(|r| Some(r.status))
-                .map_err(classify)
+            resp.json::<ChargeResponse>().await.map(|r| Some(r.status)).map_err(classify)
         };
-        attempt
-            .retry(self.retry)
-            .when(GatewayError::retryable)
-            .await
+        attempt.retry(self.retry).when(GatewayError::retryable).await
     }
 }

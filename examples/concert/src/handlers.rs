@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use reliable_kafka::{
-    event_handler, EventHandler, ExponentialBackOff, FixedBackOff, HandlerContext, HandlerError,
-    HandlerOptions,
+    event_handler, EventHandler, ExponentialBackOff, FixedBackOff, HandlerContext, HandlerError, HandlerOptions,
 };
 
 use crate::events::{CouponIssueRequested, OrderPlaced, PaymentFailed};
@@ -33,37 +32,25 @@ pub fn compensation_backoff() -> Result<ExponentialBackOff, reliable_kafka::Conf
 /// changes nothing; the updates themselves are deliberately unguarded so that a
 /// duplicate effect would show in the scenario's consistency report.
 #[event_handler(group = "payment-compensator-group", backoff = compensation_backoff())]
-pub async fn compensate_payment(
-    event: PaymentFailed,
-    ctx: &mut HandlerContext,
-) -> Result<(), HandlerError> {
+pub async fn compensate_payment(event: PaymentFailed, ctx: &mut HandlerContext) -> Result<(), HandlerError> {
     let tx = ctx.tx();
-    let found =
-        sqlx::query("UPDATE payment SET status = 'FAILED', compensated_at = now() WHERE id = $1")
-            .bind(event.payment_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+    let found = sqlx::query("UPDATE payment SET status = 'FAILED', compensated_at = now() WHERE id = $1")
+        .bind(event.payment_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
     if found == 0 {
-        return Err(HandlerError::permanent(format!(
-            "payment {} does not exist",
-            event.payment_id
-        )));
+        return Err(HandlerError::permanent(format!("payment {} does not exist", event.payment_id)));
     }
     sqlx::query("UPDATE reservation SET status = 'FAILED', updated_at = now() WHERE id = $1")
         .bind(event.reservation_id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE seat SET status = 'AVAILABLE' WHERE id = $1")
-        .bind(event.seat_id)
+    sqlx::query("UPDATE seat SET status = 'AVAILABLE' WHERE id = $1").bind(event.seat_id).execute(&mut *tx).await?;
+    sqlx::query("UPDATE concert_date SET available_seat_count = available_seat_count + 1 WHERE id = $1")
+        .bind(event.concert_date_id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
-        "UPDATE concert_date SET available_seat_count = available_seat_count + 1 WHERE id = $1",
-    )
-    .bind(event.concert_date_id)
-    .execute(&mut *tx)
-    .await?;
     if event.charged {
         sqlx::query("UPDATE app_user SET balance = balance + $2 WHERE id = $1")
             .bind(event.user_id)
@@ -96,9 +83,7 @@ impl EventHandler for RedisCleanup {
 
     fn options(&self) -> HandlerOptions {
         // Seed 001: FixedBackOff(1000 ms, 3 retries), i.e. 4 attempts.
-        HandlerOptions::new()
-            .group(CLEANUP_GROUP)
-            .backoff(FixedBackOff::new(Duration::from_secs(1), 4))
+        HandlerOptions::new().group(CLEANUP_GROUP).backoff(FixedBackOff::new(Duration::from_secs(1), 4))
     }
 
     fn handle<'a>(
@@ -107,14 +92,8 @@ impl EventHandler for RedisCleanup {
         _ctx: &'a mut HandlerContext,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            self.store
-                .release_hold(event.seat_id, event.user_id)
-                .await
-                .map_err(HandlerError::transient)?;
-            self.store
-                .expire_token(event.user_id, &event.queue_token)
-                .await
-                .map_err(HandlerError::transient)?;
+            self.store.release_hold(event.seat_id, event.user_id).await.map_err(HandlerError::transient)?;
+            self.store.expire_token(event.user_id, &event.queue_token).await.map_err(HandlerError::transient)?;
             Ok(())
         })
     }
@@ -129,33 +108,23 @@ pub const COUPON_GROUP: &str = "coupon-issue-group";
 
 /// Stores the order information of a placed order (`trace-topic`).
 #[event_handler(group = "order-info-group", backoff = FixedBackOff::new(Duration::from_secs(1), 4))]
-pub async fn store_order_info(
-    event: OrderPlaced,
-    ctx: &mut HandlerContext,
-) -> Result<(), HandlerError> {
-    sqlx::query(
-        "INSERT INTO order_info (payment_id, user_id, seat_id, amount) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(event.payment_id)
-    .bind(event.user_id)
-    .bind(event.seat_id)
-    .bind(event.amount)
-    .execute(ctx.tx())
-    .await?;
+pub async fn store_order_info(event: OrderPlaced, ctx: &mut HandlerContext) -> Result<(), HandlerError> {
+    sqlx::query("INSERT INTO order_info (payment_id, user_id, seat_id, amount) VALUES ($1, $2, $3, $4)")
+        .bind(event.payment_id)
+        .bind(event.user_id)
+        .bind(event.seat_id)
+        .bind(event.amount)
+        .execute(ctx.tx())
+        .await?;
     Ok(())
 }
 
 /// Sends the alert of a placed order (`trace-topic`); the alert sink of the example is
 /// a table.
 #[event_handler(group = "order-alert-group", backoff = FixedBackOff::new(Duration::from_secs(1), 4))]
-pub async fn send_order_alert(
-    event: OrderPlaced,
-    ctx: &mut HandlerContext,
-) -> Result<(), HandlerError> {
-    let message = format!(
-        "order placed: payment {} by user {} for {} points",
-        event.payment_id, event.user_id, event.amount
-    );
+pub async fn send_order_alert(event: OrderPlaced, ctx: &mut HandlerContext) -> Result<(), HandlerError> {
+    let message =
+        format!("order placed: payment {} by user {} for {} points", event.payment_id, event.user_id, event.amount);
     sqlx::query("INSERT INTO order_alert (payment_id, message) VALUES ($1, $2)")
         .bind(event.payment_id)
         .bind(message)
@@ -168,21 +137,15 @@ pub async fn send_order_alert(
 /// `(coupon_id, user_id)` is the second line of defence behind the deduplication table:
 /// even a re-published request issues nothing twice.
 #[event_handler(group = "coupon-issue-group", backoff = FixedBackOff::new(Duration::from_secs(1), 4))]
-pub async fn issue_coupon(
-    event: CouponIssueRequested,
-    ctx: &mut HandlerContext,
-) -> Result<(), HandlerError> {
-    let code = format!(
-        "C{}-U{}-{}",
-        event.coupon_id,
-        event.user_id,
-        &ctx.message_id().simple().to_string()[..8]
-    );
-    sqlx::query("INSERT INTO coupon (coupon_id, user_id, code) VALUES ($1, $2, $3) ON CONFLICT (coupon_id, user_id) DO NOTHING")
-        .bind(event.coupon_id)
-        .bind(event.user_id)
-        .bind(code)
-        .execute(ctx.tx())
-        .await?;
+pub async fn issue_coupon(event: CouponIssueRequested, ctx: &mut HandlerContext) -> Result<(), HandlerError> {
+    let code = format!("C{}-U{}-{}", event.coupon_id, event.user_id, &ctx.message_id().simple().to_string()[..8]);
+    sqlx::query(
+        "INSERT INTO coupon (coupon_id, user_id, code) VALUES ($1, $2, $3) ON CONFLICT (coupon_id, user_id) DO NOTHING",
+    )
+    .bind(event.coupon_id)
+    .bind(event.user_id)
+    .bind(code)
+    .execute(ctx.tx())
+    .await?;
     Ok(())
 }

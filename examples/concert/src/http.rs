@@ -30,15 +30,9 @@ impl Server {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let join = tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await;
+            let _ = axum::serve(listener, router).with_graceful_shutdown(async move { token.cancelled().await }).await;
         });
-        Ok(Server {
-            addr,
-            shutdown,
-            join,
-        })
+        Ok(Server { addr, shutdown, join })
     }
 
     /// `http://<addr>`.
@@ -79,22 +73,13 @@ struct ErrorInner<'a> {
 impl ApiError {
     /// An error response.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorInner {
-                code: self.code,
-                message: &self.message,
-            },
-        };
+        let body = ErrorBody { error: ErrorInner { code: self.code, message: &self.message } };
         (self.status, Json(body)).into_response()
     }
 }

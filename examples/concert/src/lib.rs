@@ -38,10 +38,7 @@ static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 /// When a migration fails.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     reliable_kafka::migrate(pool).await?;
-    let mut app = Migrator {
-        migrations: std::borrow::Cow::Borrowed(&MIGRATIONS.migrations),
-        ..Migrator::DEFAULT
-    };
+    let mut app = Migrator { migrations: std::borrow::Cow::Borrowed(&MIGRATIONS.migrations), ..Migrator::DEFAULT };
     // The library's migrations share `_sqlx_migrations`.
     app.set_ignore_missing(true);
     app.run(pool).await?;

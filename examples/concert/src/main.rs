@@ -15,10 +15,7 @@ use concert::scenario::{self, ScenarioConfig};
 use concert::store::RedisStore;
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Concert booking reference application of reliable-kafka"
-)]
+#[command(version, about = "Concert booking reference application of reliable-kafka")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -89,34 +86,17 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,concert=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,concert=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let env = Env::from_env();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(30)
-        .connect(&env.database_url)
-        .await?;
-    let store = RedisStore::connect(
-        &env.redis_url,
-        Duration::from_secs(600),
-        &env.redis_namespace,
-    )
-    .await?;
-    tracing::info!(
-        brokers = env.kafka.brokers(),
-        "using PostgreSQL, Redis and Kafka"
-    );
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(30).connect(&env.database_url).await?;
+    let store = RedisStore::connect(&env.redis_url, Duration::from_secs(600), &env.redis_namespace).await?;
+    tracing::info!(brokers = env.kafka.brokers(), "using PostgreSQL, Redis and Kafka");
     match cli.command {
-        Some(Command::Serve {
-            listen,
-            gateway_url,
-            webhook_url,
-            redrive_interval_secs,
-        }) => {
+        Some(Command::Serve { listen, gateway_url, webhook_url, redrive_interval_secs }) => {
             let cfg = AppConfig {
                 api_addr: listen,
                 gateway_url,

@@ -90,9 +90,7 @@ impl PaymentRecovery {
             };
             // Same transaction as the claim: the lock holds until the outcome commits, and
             // the `status = 'IN_PROGRESS'` guard makes a race with the request path harmless.
-            let Some(after) =
-                finalize(&mut tx, &self.outbox, payment_id, outcome, "recovered").await?
-            else {
+            let Some(after) = finalize(&mut tx, &self.outbox, payment_id, outcome, "recovered").await? else {
                 tx.commit().await?;
                 continue;
             };
@@ -116,11 +114,7 @@ impl PaymentRecovery {
     ///
     /// # Panics
     /// When the thread or its runtime cannot be created.
-    pub fn spawn_bulkhead(
-        self,
-        interval: Duration,
-        shutdown: CancellationToken,
-    ) -> std::thread::JoinHandle<()> {
+    pub fn spawn_bulkhead(self, interval: Duration, shutdown: CancellationToken) -> std::thread::JoinHandle<()> {
         std::thread::Builder::new()
             .name(format!("payment-recovery-{}", self.instance))
             .spawn(move || {
@@ -130,7 +124,9 @@ impl PaymentRecovery {
                         match self.recover_once().await {
                             Ok(0) => {}
                             Ok(n) => tracing::info!(instance = %self.instance, settled = n, "recovered stuck payments"),
-                            Err(e) => tracing::warn!(error = %reliable_kafka::report(&e), "payment recovery run failed"),
+                            Err(e) => {
+                                tracing::warn!(error = %reliable_kafka::report(&e), "payment recovery run failed")
+                            }
                         }
                         tokio::select! {
                             _ = tokio::time::sleep(interval) => {}

@@ -162,51 +162,33 @@ impl Report {
 ///
 /// # Errors
 /// When the services cannot be reached or set up.
-pub async fn run(
-    pool: PgPool,
-    store: RedisStore,
-    kafka: KafkaConfig,
-    cfg: &ScenarioConfig,
-) -> anyhow::Result<Report> {
+pub async fn run(pool: PgPool, store: RedisStore, kafka: KafkaConfig, cfg: &ScenarioConfig) -> anyhow::Result<Report> {
     let started = Instant::now();
     let app = App::start(pool.clone(), store.clone(), kafka, &cfg.app_config()).await?;
     let base = app.api.url();
     let (run_id, seats, users, coupon_id) = seed_data(&pool, cfg).await?;
-    tracing::info!(
-        run_id,
-        users = users.len(),
-        "data created; running users over HTTP"
-    );
+    tracing::info!(run_id, users = users.len(), "data created; running users over HTTP");
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    let bar = if cfg.progress {
-        ProgressBar::new(users.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let bar = if cfg.progress { ProgressBar::new(users.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} users {pos}/{len} [{bar:40}] {per_sec} eta {eta} {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{spinner} users {pos}/{len} [{bar:40}] {per_sec} eta {eta} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
-    let outcomes: Vec<UserOutcome> =
-        futures::stream::iter(users.iter().copied().zip(seats).enumerate())
-            .map(|(i, (user, seat))| {
-                let (http, base, bar) = (http.clone(), base.clone(), bar.clone());
-                let flows = cfg.flows;
-                async move {
-                    let outcome = user_flow(&http, &base, i, user, seat, coupon_id, flows).await;
-                    bar.inc(1);
-                    outcome
-                }
-            })
-            .buffer_unordered(cfg.concurrency.max(1))
-            .collect()
-            .await;
+    let outcomes: Vec<UserOutcome> = futures::stream::iter(users.iter().copied().zip(seats).enumerate())
+        .map(|(i, (user, seat))| {
+            let (http, base, bar) = (http.clone(), base.clone(), bar.clone());
+            let flows = cfg.flows;
+            async move {
+                let outcome = user_flow(&http, &base, i, user, seat, coupon_id, flows).await;
+                bar.inc(1);
+                outcome
+            }
+        })
+        .buffer_unordered(cfg.concurrency.max(1))
+        .collect()
+        .await;
     bar.finish_with_message("users done; waiting for the consumers");
     let errors = outcomes.iter().filter(|o| o.error.is_some()).count() as i64;
     for o in outcomes.iter().filter_map(|o| o.error.as_ref()).take(5) {
@@ -220,12 +202,8 @@ pub async fn run(
     loop {
         report = check(&pool, &store, run_id, coupon_id, cfg.flows).await?;
         let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM rk_outbox WHERE delivered_at IS NULL")
-                .fetch_one(&pool)
-                .await?;
-        if (pending == 0
-            && report.problems.is_empty()
-            && app.consumers_idle_for(Duration::from_secs(1)))
+            sqlx::query_scalar("SELECT count(*) FROM rk_outbox WHERE delivered_at IS NULL").fetch_one(&pool).await?;
+        if (pending == 0 && report.problems.is_empty() && app.consumers_idle_for(Duration::from_secs(1)))
             || Instant::now() >= deadline
         {
             break;
@@ -234,18 +212,13 @@ pub async fn run(
     }
     if idempotency_violations > 0 {
         report.duplicated += idempotency_violations;
-        report.problems.push(format!(
-            "repeated payment requests answered differently: {idempotency_violations}"
-        ));
+        report.problems.push(format!("repeated payment requests answered differently: {idempotency_violations}"));
     }
     for p in &report.problems {
         tracing::error!("invariant violated: {p}");
     }
-    let webhook_repeats = app
-        .receiver
-        .as_ref()
-        .map(|(r, _)| r.accepted().values().filter(|&&n| n > 1).count())
-        .unwrap_or(0);
+    let webhook_repeats =
+        app.receiver.as_ref().map(|(r, _)| r.accepted().values().filter(|&&n| n > 1).count()).unwrap_or(0);
     let stats: Vec<String> = app
         .containers
         .iter()
@@ -259,12 +232,7 @@ pub async fn run(
             )
         })
         .collect();
-    tracing::info!(
-        ?stats,
-        webhook_repeats,
-        relay_published = app.relay.stats().published(),
-        "consumers settled"
-    );
+    tracing::info!(?stats, webhook_repeats, relay_published = app.relay.stats().published(), "consumers settled");
     app.stop().await?;
     report.errors = errors;
     report.wall = started.elapsed();
@@ -286,9 +254,7 @@ async fn call<T: DeserializeOwned>(
     if !expect.contains(&status) {
         return Err(format!("unexpected {status}: {text}"));
     }
-    serde_json::from_str(&text)
-        .map(|v| (status, v))
-        .map_err(|e| format!("bad body {text:?}: {e}"))
+    serde_json::from_str(&text).map(|v| (status, v)).map_err(|e| format!("bad body {text:?}: {e}"))
 }
 
 async fn user_flow(
@@ -303,8 +269,7 @@ async fn user_flow(
     let mut idempotency_violated = false;
     let result = async {
         let (_, t): (_, TokenResponse) = call(
-            http.post(format!("{base}/api/queue/tokens"))
-                .json(&json!({ "user_id": user })),
+            http.post(format!("{base}/api/queue/tokens")).json(&json!({ "user_id": user })),
             &[StatusCode::CREATED],
         )
         .await?;
@@ -315,11 +280,8 @@ async fn user_flow(
             &[StatusCode::CREATED],
         )
         .await?;
-        let (_, c): (_, CheckoutResponse) = call(
-            http.post(format!("{base}/api/reservations/{}/checkout", r.id)),
-            &[StatusCode::CREATED],
-        )
-        .await?;
+        let (_, c): (_, CheckoutResponse) =
+            call(http.post(format!("{base}/api/reservations/{}/checkout", r.id)), &[StatusCode::CREATED]).await?;
         let pay = || {
             call::<PaymentView>(
                 http.post(format!("{base}/api/payments"))
@@ -334,18 +296,11 @@ async fn user_flow(
         if repeats > 1 {
             answers.push(pay().await);
         }
-        let answers: Vec<PaymentView> = answers
-            .into_iter()
-            .map(|a| a.map(|(_, p)| p))
-            .collect::<Result<_, _>>()?;
-        idempotency_violated = answers
-            .iter()
-            .any(|a| a.payment_id != answers[0].payment_id);
+        let answers: Vec<PaymentView> = answers.into_iter().map(|a| a.map(|(_, p)| p)).collect::<Result<_, _>>()?;
+        idempotency_violated = answers.iter().any(|a| a.payment_id != answers[0].payment_id);
         if flows == Flows::All {
-            let req = || {
-                http.post(format!("{base}/api/coupons/{coupon_id}/requests"))
-                    .json(&json!({ "user_id": user }))
-            };
+            let req =
+                || http.post(format!("{base}/api/coupons/{coupon_id}/requests")).json(&json!({ "user_id": user }));
             call::<serde_json::Value>(req(), &[StatusCode::ACCEPTED, StatusCode::CONFLICT]).await?;
             if i.is_multiple_of(9) {
                 // A repeated request is refused.
@@ -355,20 +310,14 @@ async fn user_flow(
         Ok::<(), String>(())
     }
     .await;
-    UserOutcome {
-        error: result.err().map(|e| format!("user {user}: {e}")),
-        idempotency_violated,
-    }
+    UserOutcome { error: result.err().map(|e| format!("user {user}: {e}")), idempotency_violated }
 }
 
 /// Creates a concert with `ceil(users / 100)` dates of 100 seats, `users` users (a
 /// fifth of the failure share without enough balance), and a coupon with stock for
 /// half of them. Returns the run id (= concert id), one seat per user, the user ids
 /// and the coupon id.
-async fn seed_data(
-    pool: &PgPool,
-    cfg: &ScenarioConfig,
-) -> anyhow::Result<(i64, Vec<i64>, Vec<i64>, i64)> {
+async fn seed_data(pool: &PgPool, cfg: &ScenarioConfig) -> anyhow::Result<(i64, Vec<i64>, Vec<i64>, i64)> {
     let users = cfg.users;
     let mut tx = pool.begin().await?;
     let run_id: i64 = sqlx::query_scalar("INSERT INTO concert (title) VALUES ($1) RETURNING id")
@@ -400,15 +349,8 @@ async fn seed_data(
     }
     seats.truncate(users);
     let mut rng = fastrand::Rng::with_seed(cfg.seed);
-    let balances: Vec<i64> = (0..users)
-        .map(|_| {
-            if rng.f64() < cfg.failure_rate * 0.2 {
-                SEAT_PRICE / 2
-            } else {
-                START_BALANCE
-            }
-        })
-        .collect();
+    let balances: Vec<i64> =
+        (0..users).map(|_| if rng.f64() < cfg.failure_rate * 0.2 { SEAT_PRICE / 2 } else { START_BALANCE }).collect();
     let user_ids: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO app_user (name, balance, run_id) \
          SELECT 'user-' || $1 || '-' || n, b, $1 FROM unnest($2::bigint[]) WITH ORDINALITY AS t(b, n) RETURNING id",
@@ -417,40 +359,34 @@ async fn seed_data(
     .bind(&balances)
     .fetch_all(&mut *tx)
     .await?;
-    sqlx::query("INSERT INTO point_history (user_id, kind, amount) SELECT id, 'TOPUP', balance FROM app_user WHERE run_id = $1")
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?;
-    let stock = (users / 2).max(1) as i32;
-    let coupon_id: i64 = sqlx::query_scalar(
-        "INSERT INTO coupon_stock (name, total, remaining) VALUES ($1, $2, $2) RETURNING id",
+    sqlx::query(
+        "INSERT INTO point_history (user_id, kind, amount) SELECT id, 'TOPUP', balance FROM app_user WHERE run_id = $1",
     )
-    .bind(format!("run {run_id}"))
-    .bind(stock)
-    .fetch_one(&mut *tx)
+    .bind(run_id)
+    .execute(&mut *tx)
     .await?;
+    let stock = (users / 2).max(1) as i32;
+    let coupon_id: i64 =
+        sqlx::query_scalar("INSERT INTO coupon_stock (name, total, remaining) VALUES ($1, $2, $2) RETURNING id")
+            .bind(format!("run {run_id}"))
+            .bind(stock)
+            .fetch_one(&mut *tx)
+            .await?;
     tx.commit().await?;
     Ok((run_id, seats, user_ids, coupon_id))
 }
 
 /// Computes the report of run `run_id` from PostgreSQL and Redis.
-async fn check(
-    pool: &PgPool,
-    store: &RedisStore,
-    run_id: i64,
-    coupon_id: i64,
-    flows: Flows,
-) -> anyhow::Result<Report> {
+async fn check(pool: &PgPool, store: &RedisStore, run_id: i64, coupon_id: i64, flows: Flows) -> anyhow::Result<Report> {
     let mut r = Report::default();
     let mut lost = Vec::<(&str, i64)>::new();
     let mut dup = Vec::<(&str, i64)>::new();
     let one = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).bind(run_id);
 
-    r.users = one("SELECT count(*) FROM app_user WHERE run_id = $1")
-        .fetch_one(pool)
-        .await?;
-    let (payments, failed, completed, in_progress, compensated, unsold): (i64, i64, i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*),
+    r.users = one("SELECT count(*) FROM app_user WHERE run_id = $1").fetch_one(pool).await?;
+    let (payments, failed, completed, in_progress, compensated, unsold): (i64, i64, i64, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT count(*),
                 count(*) FILTER (WHERE p.status = 'FAILED'),
                 count(*) FILTER (WHERE p.status = 'COMPLETED'),
                 count(*) FILTER (WHERE p.status = 'IN_PROGRESS'),
@@ -464,18 +400,14 @@ async fn check(
          JOIN seat s ON s.id = r.seat_id
          JOIN app_user u ON u.id = p.user_id
          WHERE u.run_id = $1",
-    )
-    .bind(run_id)
-    .fetch_one(pool)
-    .await?;
-    (r.payments, r.failed, r.completed, r.compensated_db) =
-        (payments, failed, completed, compensated);
+        )
+        .bind(run_id)
+        .fetch_one(pool)
+        .await?;
+    (r.payments, r.failed, r.completed, r.compensated_db) = (payments, failed, completed, compensated);
     lost.push(("payments of users", r.users - payments));
     lost.push(("payments still in progress", in_progress));
-    lost.push((
-        "failed payments not compensated in the database",
-        failed - compensated,
-    ));
+    lost.push(("failed payments not compensated in the database", failed - compensated));
     lost.push(("completed payments whose seat is not sold", unsold));
 
     let (seats_over, seats_under): (i64, i64) = sqlx::query_as(
@@ -516,18 +448,11 @@ async fn check(
     .fetch_all(pool)
     .await?;
     for (seat, user) in &failed_rows {
-        if store
-            .count_existing(&[store.hold_key(*seat), store.token_key(*user)])
-            .await?
-            == 0
-        {
+        if store.count_existing(&[store.hold_key(*seat), store.token_key(*user)]).await? == 0 {
             r.cleaned_redis += 1;
         }
     }
-    lost.push((
-        "failed payments not cleaned in Redis",
-        failed - r.cleaned_redis,
-    ));
+    lost.push(("failed payments not cleaned in Redis", failed - r.cleaned_redis));
 
     if flows == Flows::All {
         r.notified = one("SELECT count(*) FROM notification n JOIN app_user u ON u.id = n.user_id WHERE u.run_id = $1")
@@ -540,10 +465,7 @@ async fn check(
         )
         .fetch_one(pool)
         .await?;
-        lost.push((
-            "completed payments neither notified nor dead-lettered",
-            completed - r.notified - r.dead_lettered,
-        ));
+        lost.push(("completed payments neither notified nor dead-lettered", completed - r.notified - r.dead_lettered));
         r.coupons = sqlx::query_scalar("SELECT count(*) FROM coupon WHERE coupon_id = $1")
             .bind(coupon_id)
             .fetch_one(pool)
@@ -563,10 +485,7 @@ async fn check(
                 .fetch_one(pool)
                 .await?,
         ));
-        for (what, table) in [
-            ("order information", "order_info"),
-            ("order alerts", "order_alert"),
-        ] {
+        for (what, table) in [("order information", "order_info"), ("order alerts", "order_alert")] {
             let (rows, distinct): (i64, i64) = sqlx::query_as(&format!(
                 "SELECT count(*), count(DISTINCT t.payment_id) FROM {table} t
                  JOIN payment p ON p.id = t.payment_id JOIN app_user u ON u.id = p.user_id WHERE u.run_id = $1"

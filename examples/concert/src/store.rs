@@ -25,9 +25,7 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore")
-            .field("ttl", &self.ttl)
-            .finish_non_exhaustive()
+        f.debug_struct("RedisStore").field("ttl", &self.ttl).finish_non_exhaustive()
     }
 }
 
@@ -40,11 +38,7 @@ impl RedisStore {
     /// When Redis cannot be reached.
     pub async fn connect(url: &str, ttl: Duration, namespace: &str) -> redis::RedisResult<Self> {
         let conn = redis::Client::open(url)?.get_connection_manager().await?;
-        Ok(RedisStore {
-            conn,
-            ttl,
-            namespace: namespace.to_owned(),
-        })
+        Ok(RedisStore { conn, ttl, namespace: namespace.to_owned() })
     }
 
     /// Key of a user's active queue token.
@@ -80,10 +74,7 @@ impl RedisStore {
     /// Redis errors.
     pub async fn token_is_active(&self, user_id: i64, token: &str) -> redis::RedisResult<bool> {
         let mut c = self.conn.clone();
-        let current: Option<String> = redis::cmd("GET")
-            .arg(self.token_key(user_id))
-            .query_async(&mut c)
-            .await?;
+        let current: Option<String> = redis::cmd("GET").arg(self.token_key(user_id)).query_async(&mut c).await?;
         Ok(current.as_deref() == Some(token))
     }
 
@@ -110,11 +101,8 @@ impl RedisStore {
     /// Redis errors.
     pub async fn release_hold(&self, seat_id: i64, user_id: i64) -> redis::RedisResult<bool> {
         let mut c = self.conn.clone();
-        let n: i64 = Script::new(DELETE_IF_EQUALS)
-            .key(self.hold_key(seat_id))
-            .arg(user_id)
-            .invoke_async(&mut c)
-            .await?;
+        let n: i64 =
+            Script::new(DELETE_IF_EQUALS).key(self.hold_key(seat_id)).arg(user_id).invoke_async(&mut c).await?;
         Ok(n == 1)
     }
 
@@ -125,11 +113,7 @@ impl RedisStore {
     /// Redis errors.
     pub async fn expire_token(&self, user_id: i64, token: &str) -> redis::RedisResult<bool> {
         let mut c = self.conn.clone();
-        let n: i64 = Script::new(DELETE_IF_EQUALS)
-            .key(self.token_key(user_id))
-            .arg(token)
-            .invoke_async(&mut c)
-            .await?;
+        let n: i64 = Script::new(DELETE_IF_EQUALS).key(self.token_key(user_id)).arg(token).invoke_async(&mut c).await?;
         Ok(n == 1)
     }
 

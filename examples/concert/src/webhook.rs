@@ -50,22 +50,10 @@ impl WebhookNotifier {
     ///
     /// # Errors
     /// When the HTTP client cannot be built.
-    pub fn new(
-        url: impl Into<String>,
-        connect_timeout: Duration,
-        request_timeout: Duration,
-    ) -> reqwest::Result<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .timeout(request_timeout)
-            .build()?;
-        let backoff =
-            FixedBackOff::new(Duration::from_millis(200), 3).expect("3 attempts is valid");
-        Ok(WebhookNotifier {
-            http,
-            url: url.into(),
-            backoff,
-        })
+    pub fn new(url: impl Into<String>, connect_timeout: Duration, request_timeout: Duration) -> reqwest::Result<Self> {
+        let http = reqwest::Client::builder().connect_timeout(connect_timeout).timeout(request_timeout).build()?;
+        let backoff = FixedBackOff::new(Duration::from_millis(200), 3).expect("3 attempts is valid");
+        Ok(WebhookNotifier { http, url: url.into(), backoff })
     }
 }
 
@@ -73,9 +61,7 @@ impl EventHandler for WebhookNotifier {
     type Event = PaymentCompleted;
 
     fn options(&self) -> HandlerOptions {
-        HandlerOptions::new()
-            .group(NOTIFICATION_GROUP)
-            .backoff(self.backoff)
+        HandlerOptions::new().group(NOTIFICATION_GROUP).backoff(self.backoff)
     }
 
     fn handle<'a>(
@@ -87,27 +73,16 @@ impl EventHandler for WebhookNotifier {
             let body = Notification {
                 payment_id: event.payment_id,
                 user_id: event.user_id,
-                text: format!(
-                    "Payment {} of {} points completed.",
-                    event.payment_id, event.amount
-                ),
+                text: format!("Payment {} of {} points completed.", event.payment_id, event.amount),
             };
-            let resp = self
-                .http
-                .post(&self.url)
-                .json(&body)
-                .send()
-                .await
-                .map_err(HandlerError::transient)?;
+            let resp = self.http.post(&self.url).json(&body).send().await.map_err(HandlerError::transient)?;
             let status = resp.status();
             if let Err(e) = resp.error_for_status() {
-                return Err(
-                    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                        HandlerError::transient(e)
-                    } else {
-                        HandlerError::permanent(e)
-                    },
-                );
+                return Err(if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                    HandlerError::transient(e)
+                } else {
+                    HandlerError::permanent(e)
+                });
             }
             sqlx::query("INSERT INTO notification (payment_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                 .bind(event.payment_id)
@@ -142,19 +117,14 @@ pub struct DemoReceiver {
 
 impl std::fmt::Debug for DemoReceiver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DemoReceiver")
-            .field("behaviour", &*self.behaviour.lock().unwrap())
-            .finish_non_exhaustive()
+        f.debug_struct("DemoReceiver").field("behaviour", &*self.behaviour.lock().unwrap()).finish_non_exhaustive()
     }
 }
 
 impl DemoReceiver {
     /// A receiver behaving as `behaviour`.
     pub fn new(behaviour: ReceiverBehaviour) -> Self {
-        DemoReceiver {
-            behaviour: Arc::new(Mutex::new(behaviour)),
-            accepted: Arc::default(),
-        }
+        DemoReceiver { behaviour: Arc::new(Mutex::new(behaviour)), accepted: Arc::default() }
     }
 
     /// Changes the behaviour of later calls.
@@ -172,21 +142,13 @@ impl DemoReceiver {
     /// # Errors
     /// When the address cannot be bound.
     pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Server> {
-        Server::start(
-            Router::new()
-                .route("/notify", post(receive))
-                .with_state(self.clone()),
-            addr,
-        )
-        .await
+        Server::start(Router::new().route("/notify", post(receive)).with_state(self.clone()), addr).await
     }
 }
 
 async fn receive(State(r): State<DemoReceiver>, Json(n): Json<Notification>) -> StatusCode {
     let b = *r.behaviour.lock().unwrap();
-    if (b.always_fail_every > 0 && n.payment_id % b.always_fail_every == 0)
-        || fastrand::f64() < b.fail_rate
-    {
+    if (b.always_fail_every > 0 && n.payment_id % b.always_fail_every == 0) || fastrand::f64() < b.fail_rate {
         return StatusCode::SERVICE_UNAVAILABLE;
     }
     if fastrand::f64() < b.delay_rate {

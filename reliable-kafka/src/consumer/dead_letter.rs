@@ -51,10 +51,7 @@ impl DeadLetterReason {
 
     /// Whether a handler error caused it (as opposed to bad input).
     pub fn is_handler_failure(&self) -> bool {
-        matches!(
-            self,
-            DeadLetterReason::RetriesExhausted | DeadLetterReason::PermanentError
-        )
+        matches!(self, DeadLetterReason::RetriesExhausted | DeadLetterReason::PermanentError)
     }
 }
 
@@ -90,15 +87,13 @@ pub struct DeadLetterInfo {
 
 impl DeadLetterInfo {
     /// Reads the dead-letter headers; `None` when a required one (original topic,
-    /// partition, offset) is missing or malformed.
+    /// partition, offset) is missing or malformed. When a header occurs more than once
+    /// (a record dead-lettered again from a dead-letter topic), the last one counts, as
+    /// in Spring Kafka.
     pub fn from_headers<H: Headers>(h: &H) -> Option<Self> {
-        let get = |name: &str| h.iter().find(|x| x.key == name).and_then(|x| x.value);
+        let get = |name: &str| h.iter().filter(|x| x.key == name).last().and_then(|x| x.value);
         let text = |name: &str| get(name).map(|v| String::from_utf8_lossy(v).into_owned());
-        let be_i64 = |name: &str| {
-            get(name)
-                .and_then(|v| <[u8; 8]>::try_from(v).ok())
-                .map(i64::from_be_bytes)
-        };
+        let be_i64 = |name: &str| get(name).and_then(|v| <[u8; 8]>::try_from(v).ok()).map(i64::from_be_bytes);
         Some(DeadLetterInfo {
             original_topic: text(headers::DLT_ORIGINAL_TOPIC)?,
             original_partition: get(headers::DLT_ORIGINAL_PARTITION)
@@ -107,14 +102,10 @@ impl DeadLetterInfo {
             original_offset: be_i64(headers::DLT_ORIGINAL_OFFSET)?,
             original_timestamp_ms: be_i64(headers::DLT_ORIGINAL_TIMESTAMP),
             consumer_group: text(headers::DLT_ORIGINAL_CONSUMER_GROUP).unwrap_or_default(),
-            reason: text(headers::DLT_REASON)
-                .as_deref()
-                .and_then(DeadLetterReason::parse),
+            reason: text(headers::DLT_REASON).as_deref().and_then(DeadLetterReason::parse),
             error_kind: text(headers::DLT_EXCEPTION_FQCN).unwrap_or_default(),
             error_message: text(headers::DLT_EXCEPTION_MESSAGE).unwrap_or_default(),
-            attempts: text(headers::DLT_ATTEMPTS)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0),
+            attempts: text(headers::DLT_ATTEMPTS).and_then(|s| s.parse().ok()).unwrap_or(0),
         })
     }
 
@@ -126,56 +117,23 @@ impl DeadLetterInfo {
         let partition = self.original_partition.to_be_bytes();
         let offset = self.original_offset.to_be_bytes();
         h = h
-            .insert(Header {
-                key: headers::DLT_ORIGINAL_TOPIC,
-                value: Some(self.original_topic.as_bytes()),
-            })
-            .insert(Header {
-                key: headers::DLT_ORIGINAL_PARTITION,
-                value: Some(&partition[..]),
-            })
-            .insert(Header {
-                key: headers::DLT_ORIGINAL_OFFSET,
-                value: Some(&offset[..]),
-            });
+            .insert(Header { key: headers::DLT_ORIGINAL_TOPIC, value: Some(self.original_topic.as_bytes()) })
+            .insert(Header { key: headers::DLT_ORIGINAL_PARTITION, value: Some(&partition[..]) })
+            .insert(Header { key: headers::DLT_ORIGINAL_OFFSET, value: Some(&offset[..]) });
         if let Some(ts) = self.original_timestamp_ms {
             let ts = ts.to_be_bytes();
             h = h
-                .insert(Header {
-                    key: headers::DLT_ORIGINAL_TIMESTAMP,
-                    value: Some(&ts[..]),
-                })
-                .insert(Header {
-                    key: headers::DLT_ORIGINAL_TIMESTAMP_TYPE,
-                    value: Some("CreateTime".as_bytes()),
-                });
+                .insert(Header { key: headers::DLT_ORIGINAL_TIMESTAMP, value: Some(&ts[..]) })
+                .insert(Header { key: headers::DLT_ORIGINAL_TIMESTAMP_TYPE, value: Some("CreateTime".as_bytes()) });
         }
         if let Some(reason) = self.reason {
-            h = h.insert(Header {
-                key: headers::DLT_REASON,
-                value: Some(reason.as_str().as_bytes()),
-            });
+            h = h.insert(Header { key: headers::DLT_REASON, value: Some(reason.as_str().as_bytes()) });
         }
-        h.insert(Header {
-            key: headers::DLT_ORIGINAL_CONSUMER_GROUP,
-            value: Some(self.consumer_group.as_bytes()),
-        })
-        .insert(Header {
-            key: headers::DLT_EXCEPTION_FQCN,
-            value: Some(self.error_kind.as_bytes()),
-        })
-        .insert(Header {
-            key: headers::DLT_EXCEPTION_MESSAGE,
-            value: Some(self.error_message.as_bytes()),
-        })
-        .insert(Header {
-            key: headers::DLT_ATTEMPTS,
-            value: Some(attempts.as_bytes()),
-        })
-        .insert(Header {
-            key: headers::DLT_DEAD_LETTERED_AT,
-            value: Some(now.as_bytes()),
-        })
+        h.insert(Header { key: headers::DLT_ORIGINAL_CONSUMER_GROUP, value: Some(self.consumer_group.as_bytes()) })
+            .insert(Header { key: headers::DLT_EXCEPTION_FQCN, value: Some(self.error_kind.as_bytes()) })
+            .insert(Header { key: headers::DLT_EXCEPTION_MESSAGE, value: Some(self.error_message.as_bytes()) })
+            .insert(Header { key: headers::DLT_ATTEMPTS, value: Some(attempts.as_bytes()) })
+            .insert(Header { key: headers::DLT_DEAD_LETTERED_AT, value: Some(now.as_bytes()) })
     }
 }
 

@@ -50,10 +50,7 @@ impl HandlerError {
 
     /// A transient failure to retry after `after`.
     pub fn retry_after(after: Duration, source: impl Into<BoxError>) -> Self {
-        HandlerError::RetryAfter {
-            after,
-            source: source.into(),
-        }
+        HandlerError::RetryAfter { after, source: source.into() }
     }
 
     /// The variant's path, written to the `kafka_dlt-exception-fqcn` header.
@@ -79,11 +76,9 @@ impl HandlerError {
 impl From<sqlx::Error> for HandlerError {
     fn from(e: sqlx::Error) -> Self {
         let transient = match &e {
-            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-                ["08", "40", "53", "57"]
-                    .iter()
-                    .any(|class| c.starts_with(class))
-            }),
+            sqlx::Error::Database(db) => {
+                db.code().is_some_and(|c| ["08", "40", "53", "57"].iter().any(|class| c.starts_with(class)))
+            }
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
@@ -266,11 +261,8 @@ pub trait EventHandler: Send + Sync + 'static {
     ///
     /// # Errors
     /// A [`HandlerError`] saying whether to retry.
-    fn handle<'a>(
-        &'a self,
-        event: Self::Event,
-        ctx: &'a mut HandlerContext,
-    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn handle<'a>(&'a self, event: Self::Event, ctx: &'a mut HandlerContext)
+        -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
 /// A decoded event, type-erased between decoding and handling.
@@ -281,11 +273,7 @@ pub(crate) trait ErasedHandler: Send + Sync {
     fn event_type(&self) -> &'static str;
     fn schema_version(&self) -> u32;
     fn decode(&self, payload: &[u8]) -> Result<AnyEvent, CodecError>;
-    fn call<'a>(
-        &'a self,
-        event: AnyEvent,
-        ctx: &'a mut HandlerContext,
-    ) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn call<'a>(&'a self, event: AnyEvent, ctx: &'a mut HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
 impl<H: EventHandler> ErasedHandler for H {
@@ -298,14 +286,8 @@ impl<H: EventHandler> ErasedHandler for H {
     fn decode(&self, payload: &[u8]) -> Result<AnyEvent, CodecError> {
         <H::Event as Event>::Codec::decode::<H::Event>(payload).map(|e| Box::new(e) as AnyEvent)
     }
-    fn call<'a>(
-        &'a self,
-        event: AnyEvent,
-        ctx: &'a mut HandlerContext,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        let event = *event
-            .downcast::<H::Event>()
-            .expect("decoded by the same handler");
+    fn call<'a>(&'a self, event: AnyEvent, ctx: &'a mut HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+        let event = *event.downcast::<H::Event>().expect("decoded by the same handler");
         self.handle(event, ctx)
     }
 }

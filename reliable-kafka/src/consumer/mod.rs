@@ -5,13 +5,13 @@ mod dead_letter;
 mod handler;
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use futures::FutureExt;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{FutureProducer, Producer};
@@ -98,8 +98,7 @@ impl ContainerStats {
         self.started.elapsed().saturating_sub(last)
     }
     fn touch(&self) {
-        self.last_activity_ms
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_activity_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -113,6 +112,8 @@ pub struct ListenerContainerBuilder {
     dead_letter_suffix: String,
     commit_interval: Duration,
     processed_table: String,
+    handler_timeout: Duration,
+    processed_retention: Duration,
 }
 
 impl std::fmt::Debug for ListenerContainerBuilder {
@@ -135,11 +136,7 @@ impl ListenerContainerBuilder {
     /// Registers a handler; its topic must be unique in the container.
     pub fn handler<H: EventHandler>(mut self, handler: H) -> Self {
         let options = handler.options();
-        self.handlers.push((
-            Box::new(handler),
-            options,
-            <H::Event as crate::Event>::TOPIC,
-        ));
+        self.handlers.push((Box::new(handler), options, <H::Event as crate::Event>::TOPIC));
         self
     }
 
@@ -163,6 +160,22 @@ impl ListenerContainerBuilder {
         self
     }
 
+    /// Longest time one handler attempt may take (default 15 s); a slower attempt is
+    /// abandoned (its transaction rolled back) and counts as a transient failure.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = timeout;
+        self
+    }
+
+    /// How long deduplication rows are kept (default 7 days). A redelivery later than
+    /// this, e.g. a re-drive from a dead-letter topic, would run again: keep it above
+    /// the longest redelivery path (re-drive interval × re-drives). Rows of this group
+    /// older than this are deleted every 10 minutes.
+    pub fn processed_retention(mut self, retention: Duration) -> Self {
+        self.processed_retention = retention;
+        self
+    }
+
     /// Deduplication table (default `rk_processed_messages`), optionally schema-qualified.
     pub fn processed_table(mut self, table: impl Into<String>) -> Self {
         self.processed_table = table.into();
@@ -180,15 +193,10 @@ impl ListenerContainerBuilder {
     pub fn build(self) -> Result<ListenerContainer, Error> {
         validate_identifier("processed_table", &self.processed_table)?;
         if self.commit_interval.is_zero() {
-            return Err(
-                ConfigError::invalid("commit_interval", "must be greater than zero").into(),
-            );
+            return Err(ConfigError::invalid("commit_interval", "must be greater than zero").into());
         }
         if self.handlers.is_empty() {
-            return Err(ConfigError::Missing {
-                key: "handler".into(),
-            }
-            .into());
+            return Err(ConfigError::Missing { key: "handler".into() }.into());
         }
         let group = match &self.group {
             Some(g) => g.clone(),
@@ -196,9 +204,7 @@ impl ListenerContainerBuilder {
                 .handlers
                 .iter()
                 .find_map(|(_, o, _)| o.group.as_deref().map(str::to_owned))
-                .ok_or(ConfigError::Missing {
-                    key: "group.id".into(),
-                })?,
+                .ok_or(ConfigError::Missing { key: "group.id".into() })?,
         };
         if group.is_empty() {
             return Err(ConfigError::invalid("group.id", "must not be empty").into());
@@ -206,11 +212,7 @@ impl ListenerContainerBuilder {
         let max_poll_ms: u64 = self
             .kafka
             .get("max.poll.interval.ms")
-            .map(|v| {
-                v.parse().map_err(|_| {
-                    ConfigError::invalid("max.poll.interval.ms", "must be an integer (ms)")
-                })
-            })
+            .map(|v| v.parse().map_err(|_| ConfigError::invalid("max.poll.interval.ms", "must be an integer (ms)")))
             .transpose()?
             .unwrap_or(300_000);
 
@@ -228,11 +230,16 @@ impl ListenerContainerBuilder {
                 }
             }
             let backoff = options.backoff.unwrap_or(Ok(self.default_backoff))?;
-            if backoff.max_total_delay() >= Duration::from_millis(max_poll_ms) {
+            // A record retried in place keeps the consumer from polling: all its attempts
+            // and waits must fit in max.poll.interval.ms, or the group evicts the member.
+            let worst = self.handler_timeout * backoff.max_attempts() + backoff.max_total_delay();
+            if worst >= Duration::from_millis(max_poll_ms) {
                 return Err(ConfigError::invalid(
                     "max.poll.interval.ms",
                     format!(
-                        "the back-off of `{topic}` can wait {:?} in total, longer than max.poll.interval.ms ({max_poll_ms} ms); raise it or shorten the back-off",
+                        "`{topic}` can take {worst:?} on one record ({} attempts of up to handler_timeout {:?} plus {:?} of back-off), longer than max.poll.interval.ms ({max_poll_ms} ms); raise it, or lower the attempts, the back-off or handler_timeout",
+                        backoff.max_attempts(),
+                        self.handler_timeout,
                         backoff.max_total_delay()
                     ),
                 )
@@ -248,14 +255,7 @@ impl ListenerContainerBuilder {
             if routes.contains_key(&topic) {
                 return Err(ConfigError::DuplicateHandler { topic }.into());
             }
-            routes.insert(
-                topic,
-                Route {
-                    handler,
-                    backoff,
-                    dead_letter_topic,
-                },
-            );
+            routes.insert(topic, Route { handler, backoff, dead_letter_topic });
         }
 
         let consumer: StreamConsumer<ContainerContext> = self
@@ -267,9 +267,7 @@ impl ListenerContainerBuilder {
                 ("auto.offset.reset", "earliest"),
                 ("isolation.level", "read_committed"),
             ])
-            .create_with_context(ContainerContext {
-                group: group.clone(),
-            })
+            .create_with_context(ContainerContext { group: group.clone(), commit_failed: Arc::default() })
             .map_err(Error::kafka("create consumer"))?;
         let producer: FutureProducer = self
             .kafka
@@ -283,11 +281,18 @@ impl ListenerContainerBuilder {
                 dedup_sql: format!(
                     "INSERT INTO {t} (consumer_group, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
                 ),
+                prune_sql: format!(
+                    "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM {t} WHERE consumer_group = $1 \
+                     AND processed_at < now() - make_interval(secs => $2) LIMIT 10000)"
+                ),
                 group: Arc::from(group.as_str()),
                 pool: self.pool,
                 routes,
                 producer,
                 stats: Arc::default(),
+                handler_timeout: self.handler_timeout,
+                processed_retention: self.processed_retention,
+                max_retry_after: Duration::from_millis(max_poll_ms / 4),
             },
             commit_interval: self.commit_interval,
         })
@@ -312,10 +317,20 @@ impl ListenerContainerBuilder {
 /// 5. only then is its offset stored; stored offsets are committed every
 ///    `commit_interval`, before partitions are revoked, and at shutdown.
 ///
+/// A handler attempt is bounded by `handler_timeout` (a transient failure when
+/// exceeded); a panicking handler fails its record permanently; a handler that returns
+/// `Ok` after swallowing a failed SQL statement (PostgreSQL would silently roll back)
+/// fails it permanently too. `RetryAfter` waits are capped at a quarter of
+/// `max.poll.interval.ms`. `build()` checks that all attempts and waits of one record
+/// fit in `max.poll.interval.ms`.
+///
 /// Failures of the framework's own calls (opening the transaction, the dedup insert,
-/// committing, publishing to the dead-letter topic) do not use up the record's
-/// attempts: they are retried until they succeed or the container shuts down, so an
-/// outage of the database or broker never dead-letters good records.
+/// a lost connection at commit, publishing to the dead-letter topic) do not use up the
+/// record's attempts: they are retried until they succeed or the container shuts down,
+/// so an outage of the database or broker never dead-letters good records (a long
+/// outage can exceed `max.poll.interval.ms`; the member then rejoins afterwards and the
+/// record is redelivered). An error the database reports at commit (a deferred
+/// constraint, a serialization failure) is classified like a handler's sqlx error.
 ///
 /// Delivery is at-least-once; database effects are exactly-once per message id and
 /// group. Effects outside the transaction (HTTP calls, Redis) run at least once and
@@ -332,7 +347,11 @@ struct Inner {
     routes: HashMap<String, Route>,
     producer: FutureProducer,
     dedup_sql: String,
+    prune_sql: String,
     stats: Arc<ContainerStats>,
+    handler_timeout: Duration,
+    processed_retention: Duration,
+    max_retry_after: Duration,
 }
 
 impl std::fmt::Debug for ListenerContainer {
@@ -346,6 +365,8 @@ impl std::fmt::Debug for ListenerContainer {
 
 struct ContainerContext {
     group: String,
+    /// Set when an asynchronous commit failed, so the loop commits again.
+    commit_failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ClientContext for ContainerContext {
@@ -376,6 +397,16 @@ impl ConsumerContext for ContainerContext {
         }
     }
 
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &rdkafka::TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(group = %self.group, error = %e, "offset commit failed; committing again");
+                self.commit_failed.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned");
@@ -391,6 +422,35 @@ fn commit<C: ConsumerContext, K: Consumer<C>>(consumer: &K, mode: CommitMode, gr
             tracing::warn!(group, error = %e, "offset commit failed; will retry with the next commit")
         }
     }
+}
+
+/// A database error at the framework's own statements: an error the server reported
+/// (a deferred constraint, a serialization failure) belongs to the handler's work and is
+/// classified like a handler's sqlx error; a lost connection is an infrastructure
+/// failure, retried without using up attempts (the dedup row makes that safe).
+fn classify_db(e: sqlx::Error, operation: &'static str) -> AttemptError {
+    match e {
+        sqlx::Error::Database(_) => AttemptError::Handler(HandlerError::from(e)),
+        other => AttemptError::Infrastructure(Error::Database { operation, source: other }),
+    }
+}
+
+/// Failures the container detects around a handler, found as the source of the
+/// [`HandlerError`] it records (and in the `kafka_dlt-exception-message` header).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandlerFault {
+    /// The handler did not finish within the container's `handler_timeout`
+    /// (transient).
+    #[error("handler did not finish within {0:?}")]
+    Timeout(Duration),
+    /// The handler panicked (permanent).
+    #[error("handler panicked: {0}")]
+    Panic(String),
+    /// The handler returned `Ok`, but a statement in its transaction had failed, so
+    /// PostgreSQL would have rolled the transaction back (permanent).
+    #[error("handler returned Ok but its transaction was aborted by a failed statement; nothing was committed")]
+    AbortedTransaction,
 }
 
 /// What became of one record.
@@ -422,6 +482,8 @@ impl ListenerContainer {
             dead_letter_suffix: DEFAULT_DEAD_LETTER_SUFFIX.to_owned(),
             commit_interval: Duration::from_millis(500),
             processed_table: crate::schema::DEFAULT_PROCESSED_TABLE.to_owned(),
+            handler_timeout: Duration::from_secs(15),
+            processed_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 
@@ -444,11 +506,18 @@ impl ListenerContainer {
     /// and retried.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let topics: Vec<&str> = self.inner.routes.keys().map(String::as_str).collect();
-        self.consumer
-            .subscribe(&topics)
-            .map_err(Error::kafka("subscribe"))?;
+        self.consumer.subscribe(&topics).map_err(Error::kafka("subscribe"))?;
         tracing::info!(group = %self.inner.group, ?topics, "listener container started");
+        let pruner = tokio::spawn(prune_processed(
+            self.inner.pool.clone(),
+            self.inner.prune_sql.clone(),
+            self.inner.group.clone(),
+            self.inner.processed_retention,
+            shutdown.clone(),
+        ));
+        let commit_failed = self.consumer.context().commit_failed.clone();
         let mut last_commit = Instant::now();
+        let mut last_error_log: Option<Instant> = None;
         let mut dirty = false;
         loop {
             let received = tokio::select! {
@@ -459,8 +528,12 @@ impl ListenerContainer {
             match received {
                 Err(_idle) => {}
                 Ok(Err(e)) => {
-                    // Broker outages and transport errors surface here; librdkafka recovers.
-                    tracing::debug!(group = %self.inner.group, error = %e, "consumer error");
+                    // Broker outages, authorization and unknown-topic errors surface here;
+                    // librdkafka recovers from the transient ones. Logged at most every 10 s.
+                    if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(group = %self.inner.group, error = %e, "consumer error");
+                        last_error_log = Some(Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Ok(Ok(msg)) => {
@@ -468,11 +541,7 @@ impl ListenerContainer {
                     self.inner.stats.touch();
                     match self.inner.process(&msg, &shutdown).await {
                         Outcome::Done => {
-                            if let Err(e) = self.consumer.store_offset(
-                                msg.topic(),
-                                msg.partition(),
-                                msg.offset(),
-                            ) {
+                            if let Err(e) = self.consumer.store_offset(msg.topic(), msg.partition(), msg.offset()) {
                                 // The partition was revoked meanwhile; its new owner redelivers.
                                 tracing::debug!(error = %e, "offset not stored");
                             }
@@ -483,6 +552,9 @@ impl ListenerContainer {
                     }
                 }
             }
+            if commit_failed.swap(false, Ordering::Relaxed) {
+                dirty = true;
+            }
             if dirty && last_commit.elapsed() >= self.commit_interval {
                 commit(&self.consumer, CommitMode::Async, &self.inner.group);
                 dirty = false;
@@ -490,6 +562,7 @@ impl ListenerContainer {
             }
         }
         commit(&self.consumer, CommitMode::Sync, &self.inner.group);
+        pruner.abort();
         let producer = self.inner.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
         self.consumer.unsubscribe();
@@ -503,12 +576,7 @@ impl ListenerContainer {
         let stats = self.stats();
         let group = self.inner.group.to_string();
         let join = tokio::spawn(self.run(shutdown.clone()));
-        ContainerHandle {
-            shutdown,
-            stats,
-            group,
-            join,
-        }
+        ContainerHandle { shutdown, stats, group, join }
     }
 }
 
@@ -546,6 +614,25 @@ impl ContainerHandle {
     }
 }
 
+/// Deletes deduplication rows of `group` older than `retention`, every 10 minutes.
+async fn prune_processed(pool: PgPool, sql: String, group: Arc<str>, retention: Duration, shutdown: CancellationToken) {
+    loop {
+        loop {
+            match sqlx::query(&sql).bind(&*group).bind(retention.as_secs_f64()).execute(&pool).await {
+                Ok(r) if r.rows_affected() == 10_000 => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(%group, error = %report(&e), "pruning the deduplication table failed");
+                    break;
+                }
+            }
+        }
+        if sleep_or_shutdown(Duration::from_secs(600), &shutdown).await {
+            return;
+        }
+    }
+}
+
 /// Sleeps `d` unless shutdown comes first; returns whether shutdown came.
 async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
@@ -555,10 +642,7 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
 }
 
 fn header_str<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
-    msg.headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
+    msg.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value)
 }
 
 /// Reads the envelope; `Err` says which header is missing or malformed.
@@ -568,17 +652,14 @@ fn record_info(msg: &BorrowedMessage<'_>) -> Result<RecordInfo, String> {
             .map(|v| std::str::from_utf8(v).map_err(|_| format!("header `{name}` is not UTF-8")))
             .transpose()
     };
-    let message_id = text(headers::MESSAGE_ID)?
-        .ok_or_else(|| format!("header `{}` is missing", headers::MESSAGE_ID))?;
-    let message_id = Uuid::parse_str(message_id)
-        .map_err(|e| format!("header `{}` is not a UUID: {e}", headers::MESSAGE_ID))?;
-    let event_type = text(headers::EVENT_TYPE)?
-        .ok_or_else(|| format!("header `{}` is missing", headers::EVENT_TYPE))?
-        .to_owned();
+    let message_id =
+        text(headers::MESSAGE_ID)?.ok_or_else(|| format!("header `{}` is missing", headers::MESSAGE_ID))?;
+    let message_id =
+        Uuid::parse_str(message_id).map_err(|e| format!("header `{}` is not a UUID: {e}", headers::MESSAGE_ID))?;
+    let event_type =
+        text(headers::EVENT_TYPE)?.ok_or_else(|| format!("header `{}` is missing", headers::EVENT_TYPE))?.to_owned();
     let schema_version = match text(headers::SCHEMA_VERSION)? {
-        Some(v) => v
-            .parse()
-            .map_err(|_| format!("header `{}` is not a u32: {v:?}", headers::SCHEMA_VERSION))?,
+        Some(v) => v.parse().map_err(|_| format!("header `{}` is not a u32: {v:?}", headers::SCHEMA_VERSION))?,
         None => 1,
     };
     let produced_at_ms = text(headers::PRODUCED_AT)?.and_then(|v| v.parse().ok());
@@ -631,11 +712,7 @@ impl Inner {
             }
         };
         if info.event_type != route.handler.event_type() {
-            let why = format!(
-                "event type `{}` is not `{}`",
-                info.event_type,
-                route.handler.event_type()
-            );
+            let why = format!("event type `{}` is not `{}`", info.event_type, route.handler.event_type());
             return self
                 .dead_letter(
                     msg,
@@ -671,18 +748,12 @@ impl Inner {
         loop {
             match self.attempt(msg, route, &info, attempt).await {
                 Ok(duplicate) => {
-                    let counter = if duplicate {
-                        &self.stats.duplicates
-                    } else {
-                        &self.stats.processed
-                    };
+                    let counter = if duplicate { &self.stats.duplicates } else { &self.stats.processed };
                     counter.fetch_add(1, Ordering::Relaxed);
                     return Outcome::Done;
                 }
                 Err(AttemptError::Infrastructure(e)) => {
-                    self.stats
-                        .infrastructure_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats.infrastructure_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
                         error = %report(&e), "infrastructure failure; retrying the record");
                     if sleep_or_shutdown(infra_delay, shutdown).await {
@@ -707,7 +778,7 @@ impl Inner {
                     let delay = match &e {
                         HandlerError::Permanent(_) => None,
                         HandlerError::RetryAfter { after, .. } => {
-                            route.backoff.delay_after(attempt).map(|_| *after)
+                            route.backoff.delay_after(attempt).map(|_| (*after).min(self.max_retry_after))
                         }
                         _ => route.backoff.delay_after(attempt),
                     };
@@ -717,17 +788,7 @@ impl Inner {
                         } else {
                             DeadLetterReason::PermanentError
                         };
-                        return self
-                            .dead_letter(
-                                msg,
-                                route,
-                                reason,
-                                e.kind(),
-                                report(&e),
-                                attempt,
-                                shutdown,
-                            )
-                            .await;
+                        return self.dead_letter(msg, route, reason, e.kind(), report(&e), attempt, shutdown).await;
                     };
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
@@ -749,23 +810,9 @@ impl Inner {
         info: &RecordInfo,
         attempt: u32,
     ) -> Result<bool, AttemptError> {
-        let event = route
-            .handler
-            .decode(msg.payload().unwrap_or_default())
-            .map_err(AttemptError::Decode)?;
-        let infra = |op| {
-            move |e| {
-                AttemptError::Infrastructure(Error::Database {
-                    operation: op,
-                    source: e,
-                })
-            }
-        };
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(infra("begin handler transaction"))?;
+        let event = route.handler.decode(msg.payload().unwrap_or_default()).map_err(AttemptError::Decode)?;
+        let infra = |op| move |e| AttemptError::Infrastructure(Error::Database { operation: op, source: e });
+        let mut tx = self.pool.begin().await.map_err(infra("begin handler transaction"))?;
         let inserted = sqlx::query(&self.dedup_sql)
             .bind(&*self.group)
             .bind(info.message_id)
@@ -777,21 +824,35 @@ impl Inner {
             tracing::debug!(group = %self.group, message_id = %info.message_id, "duplicate delivery skipped");
             return Ok(true);
         }
-        let mut ctx = HandlerContext {
-            tx,
-            record: info.clone(),
-            attempt,
-            group: self.group.clone(),
-        };
-        route
-            .handler
-            .call(event, &mut ctx)
-            .await
-            .map_err(AttemptError::Handler)?;
-        ctx.tx
-            .commit()
-            .await
-            .map_err(infra("commit handler transaction"))?;
+        let mut ctx = HandlerContext { tx, record: info.clone(), attempt, group: self.group.clone() };
+        // A panic is a permanent failure of this record, not of the container; a hung
+        // handler is a transient one (the transaction is rolled back on drop).
+        let call = AssertUnwindSafe(route.handler.call(event, &mut ctx)).catch_unwind();
+        match tokio::time::timeout(self.handler_timeout, call).await {
+            Err(_) => {
+                return Err(AttemptError::Handler(HandlerError::transient(HandlerFault::Timeout(self.handler_timeout))))
+            }
+            Ok(Err(panic)) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_owned());
+                return Err(AttemptError::Handler(HandlerError::permanent(HandlerFault::Panic(msg))));
+            }
+            Ok(Ok(result)) => result.map_err(AttemptError::Handler)?,
+        }
+        // PostgreSQL turns COMMIT of an aborted transaction into ROLLBACK without an
+        // error: a handler that swallowed a failed statement must not count as success.
+        if let Err(e) = sqlx::query("SELECT 1").execute(&mut *ctx.tx).await {
+            return Err(match &e {
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("25P02") => {
+                    AttemptError::Handler(HandlerError::permanent(HandlerFault::AbortedTransaction))
+                }
+                _ => classify_db(e, "check handler transaction"),
+            });
+        }
+        ctx.tx.commit().await.map_err(|e| classify_db(e, "commit handler transaction"))?;
         Ok(false)
     }
 
@@ -836,9 +897,7 @@ impl Inner {
                     return Outcome::Done;
                 }
                 Err(e) => {
-                    self.stats
-                        .infrastructure_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats.infrastructure_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(group = %self.group, error = %e, "dead-letter publish failed; retrying");
                 }
             }

@@ -5,7 +5,7 @@ mod relay;
 
 use std::collections::BTreeMap;
 
-use sqlx::{Postgres, Transaction};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::error::validate_identifier;
@@ -79,19 +79,19 @@ impl Outbox {
         })
     }
 
-    /// Enqueues `event` in `tx`: it is published after `tx` commits, and never if
-    /// it rolls back. Returns the message id.
+    /// Enqueues `event` in the transaction `tx`: it is published after `tx` commits,
+    /// and never if it rolls back. Returns the message id.
+    ///
+    /// `tx` is the connection of an open transaction: `&mut tx` for a
+    /// `sqlx::Transaction<'_, Postgres>`, or `ctx.tx()` inside an event handler (the
+    /// follow-up event then commits with the handler's effects and its deduplication
+    /// row). On a connection outside a transaction the row commits on its own.
     ///
     /// # Errors
     /// [`Error::Codec`] when the event cannot be encoded, [`Error::Database`] when the
     /// insert fails (the transaction is then aborted, as for any failed statement).
-    pub async fn enqueue<E: Event>(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        event: &E,
-    ) -> Result<Uuid, Error> {
-        self.enqueue_with(tx, event, EnqueueOptions::default())
-            .await
+    pub async fn enqueue<E: Event>(&self, tx: &mut PgConnection, event: &E) -> Result<Uuid, Error> {
+        self.enqueue_with(tx, event, EnqueueOptions::default()).await
     }
 
     /// [`Outbox::enqueue`] with a chosen message id, trace context or extra headers.
@@ -100,17 +100,12 @@ impl Outbox {
     /// As [`Outbox::enqueue`].
     pub async fn enqueue_with<E: Event>(
         &self,
-        tx: &mut Transaction<'_, Postgres>,
+        tx: &mut PgConnection,
         event: &E,
         options: EnqueueOptions,
     ) -> Result<Uuid, Error> {
         let payload = E::Codec::encode(event).map_err(Error::Codec)?;
-        let EnqueueOptions {
-            topic,
-            message_id,
-            traceparent,
-            mut headers,
-        } = options;
+        let EnqueueOptions { topic, message_id, traceparent, mut headers } = options;
         let id = message_id.unwrap_or_else(Uuid::now_v7);
         if let Some(tp) = traceparent {
             headers.insert(crate::headers::TRACEPARENT.to_owned(), tp);
@@ -124,7 +119,7 @@ impl Outbox {
             .bind(payload)
             .bind(E::Codec::CONTENT_TYPE)
             .bind(sqlx::types::Json(headers))
-            .execute(&mut **tx)
+            .execute(tx)
             .await
             .map_err(Error::db("insert outbox row"))?;
         Ok(id)

@@ -31,10 +31,20 @@ use crate::{headers, ConfigError, Error, KafkaConfig};
 ///    count a failed attempt on the others, commit.
 ///
 /// A crash between 3 and 4 republishes the batch: delivery is at-least-once, and the
-/// idempotent consumer removes the duplicates. A row that failed is retried in a later
-/// batch, so it can then follow later rows of its key; rows that failed
-/// `max_send_attempts` times stay in the table with `last_error` set and are no longer
-/// tried (see [`RelayStats::failed`]).
+/// idempotent consumer removes the duplicates.
+///
+/// Per-key order holds while sends succeed (librdkafka keeps order per partition with
+/// the idempotent producer, and a batch is confirmed before the next is claimed). A row
+/// whose send fails after librdkafka's own retries (`message.timeout.ms`) is retried in
+/// a later batch, *after* later rows of its key that were sent in the same batch. Rows
+/// that failed `max_send_attempts` times are parked (`parked_at` and `last_error`
+/// set) and no longer tried (see [`RelayStats::failed`]). Order is the insertion order
+/// (`seq`) of rows visible at claim time; transactions that touch the same aggregate
+/// should lock it (as an `UPDATE` does) so that insertion order is commit order.
+///
+/// The claim transaction stays open while the batch is acknowledged (up to
+/// `message.timeout.ms`); keep PostgreSQL's `idle_in_transaction_session_timeout`
+/// above it, or the batch is published again after the session is killed.
 ///
 /// The relay wakes on `NOTIFY rk_outbox` (sent by the table's trigger at commit) and
 /// polls every `poll_interval` in case a notification was missed.
@@ -47,10 +57,7 @@ pub struct OutboxRelay {
 
 impl std::fmt::Debug for OutboxRelay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutboxRelay")
-            .field("cfg", &self.cfg)
-            .field("stats", &self.stats)
-            .finish_non_exhaustive()
+        f.debug_struct("OutboxRelay").field("cfg", &self.cfg).field("stats", &self.stats).finish_non_exhaustive()
     }
 }
 
@@ -147,7 +154,7 @@ impl OutboxRelayBuilder {
         self.cleanup_interval = interval;
         self
     }
-    /// Send attempts per row before the relay leaves it aside (default 10, ≥ 1).
+    /// Send attempts per row before the relay parks it (default 10, ≥ 1).
     /// librdkafka retries inside each attempt for up to `message.timeout.ms`.
     pub fn max_send_attempts(mut self, attempts: u32) -> Self {
         self.max_send_attempts = attempts;
@@ -169,9 +176,7 @@ impl OutboxRelayBuilder {
             return Err(ConfigError::invalid("poll_interval", "must be greater than zero").into());
         }
         if self.cleanup_interval.is_zero() {
-            return Err(
-                ConfigError::invalid("cleanup_interval", "must be greater than zero").into(),
-            );
+            return Err(ConfigError::invalid("cleanup_interval", "must be greater than zero").into());
         }
         if self.max_send_attempts == 0 || self.max_send_attempts > i32::MAX as u32 {
             return Err(ConfigError::invalid("max_send_attempts", "must be at least 1").into());
@@ -191,7 +196,7 @@ impl OutboxRelayBuilder {
             table: t.clone(),
             select_sql: format!(
                 "SELECT id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers, created_at \
-                 FROM {t} WHERE delivered_at IS NULL AND attempts < $1 ORDER BY seq LIMIT $2"
+                 FROM {t} WHERE delivered_at IS NULL AND parked_at IS NULL ORDER BY seq LIMIT $1"
             ),
             mark_sql: if self.retention.is_zero() {
                 format!("DELETE FROM {t} WHERE id = ANY($1)")
@@ -199,27 +204,22 @@ impl OutboxRelayBuilder {
                 format!("UPDATE {t} SET delivered_at = now(), attempts = attempts + 1 WHERE id = ANY($1)")
             },
             fail_sql: format!(
-                "UPDATE {t} SET attempts = {t}.attempts + 1, last_error = u.err \
+                "UPDATE {t} SET attempts = {t}.attempts + 1, last_error = u.err, \
+                 parked_at = CASE WHEN {t}.attempts + 1 >= $3 THEN now() END \
                  FROM unnest($1::uuid[], $2::text[]) AS u(id, err) WHERE {t}.id = u.id"
             ),
             cleanup_sql: format!(
                 "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE delivered_at < now() - make_interval(secs => $1) LIMIT 10000)"
             ),
         };
-        Ok(OutboxRelay {
-            pool: self.pool,
-            producer,
-            cfg,
-            stats: Arc::default(),
-        })
+        Ok(OutboxRelay { pool: self.pool, producer, cfg, stats: Arc::default() })
     }
 }
 
 /// The relay lock: a transaction-level advisory lock whose key is the outbox table's
 /// OID in the low 32 bits and `0x524B` ("RK") above them, so relays of different tables
 /// (or of the same table name in different schemas) never wait for each other.
-const LOCK_SQL: &str =
-    "SELECT pg_try_advisory_xact_lock(($1::regclass::oid::bigint) | (x'524B'::bigint << 32))";
+const LOCK_SQL: &str = "SELECT pg_try_advisory_xact_lock(($1::regclass::oid::bigint) | (x'524B'::bigint << 32))";
 
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
@@ -231,7 +231,7 @@ struct OutboxRow {
     schema_version: i32,
     payload: Vec<u8>,
     content_type: String,
-    headers: Json<std::collections::BTreeMap<String, String>>,
+    headers: Json<serde_json::Value>,
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -240,32 +240,21 @@ impl OutboxRow {
         let id = self.id.hyphenated().to_string();
         let version = self.schema_version.to_string();
         let produced_at = self.created_at.timestamp_millis().to_string();
-        let mut h = OwnedHeaders::new_with_capacity(5 + self.headers.0.len())
-            .insert(Header {
-                key: headers::MESSAGE_ID,
-                value: Some(&id),
-            })
-            .insert(Header {
-                key: headers::EVENT_TYPE,
-                value: Some(&self.event_type),
-            })
-            .insert(Header {
-                key: headers::SCHEMA_VERSION,
-                value: Some(&version),
-            })
-            .insert(Header {
-                key: headers::PRODUCED_AT,
-                value: Some(&produced_at),
-            })
-            .insert(Header {
-                key: headers::CONTENT_TYPE,
-                value: Some(&self.content_type),
-            });
-        for (k, v) in &self.headers.0 {
-            h = h.insert(Header {
-                key: k,
-                value: Some(v),
-            });
+        let extra = self.headers.0.as_object();
+        let mut h = OwnedHeaders::new_with_capacity(5 + extra.map_or(0, |m| m.len()))
+            .insert(Header { key: headers::MESSAGE_ID, value: Some(&id) })
+            .insert(Header { key: headers::EVENT_TYPE, value: Some(&self.event_type) })
+            .insert(Header { key: headers::SCHEMA_VERSION, value: Some(&version) })
+            .insert(Header { key: headers::PRODUCED_AT, value: Some(&produced_at) })
+            .insert(Header { key: headers::CONTENT_TYPE, value: Some(&self.content_type) });
+        // Extra headers: a JSON object of strings as written by `Outbox`; other values
+        // (from other tools writing the table) are sent as their JSON text.
+        for (k, v) in extra.into_iter().flatten() {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            h = h.insert(Header { key: k, value: Some(&text) });
         }
         OutRecord {
             topic: self.aggregatetype,
@@ -303,24 +292,16 @@ impl OutboxRelay {
     /// [`Error::Database`] when the claim or mark fails; the transaction is rolled back
     /// and the rows stay pending (they may have been sent: at-least-once).
     pub async fn relay_once(&self) -> Result<RelayBatch, Error> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(Error::db("begin relay transaction"))?;
+        let mut tx = self.pool.begin().await.map_err(Error::db("begin relay transaction"))?;
         let locked: bool = sqlx::query_scalar(LOCK_SQL)
             .bind(&self.cfg.table)
             .fetch_one(&mut *tx)
             .await
             .map_err(Error::db("take relay lock"))?;
         if !locked {
-            return Ok(RelayBatch {
-                lock_busy: true,
-                ..RelayBatch::default()
-            });
+            return Ok(RelayBatch { lock_busy: true, ..RelayBatch::default() });
         }
         let rows: Vec<OutboxRow> = sqlx::query_as(&self.cfg.select_sql)
-            .bind(self.cfg.max_send_attempts)
             .bind(self.cfg.batch_size)
             .fetch_all(&mut *tx)
             .await
@@ -329,11 +310,7 @@ impl OutboxRelay {
             return Ok(RelayBatch::default());
         }
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-        let results = send_in_order(
-            &self.producer,
-            rows.into_iter().map(OutboxRow::into_record).collect(),
-        )
-        .await;
+        let results = send_in_order(&self.producer, rows.into_iter().map(OutboxRow::into_record).collect()).await;
 
         let mut delivered = Vec::with_capacity(ids.len());
         let (mut failed_ids, mut failed_errs) = (Vec::new(), Vec::new());
@@ -358,44 +335,41 @@ impl OutboxRelay {
             sqlx::query(&self.cfg.fail_sql)
                 .bind(&failed_ids)
                 .bind(&failed_errs)
+                .bind(self.cfg.max_send_attempts)
                 .execute(&mut *tx)
                 .await
                 .map_err(Error::db("record outbox send failure"))?;
         }
-        tx.commit()
-            .await
-            .map_err(Error::db("commit relay transaction"))?;
-        let batch = RelayBatch {
-            published: delivered.len(),
-            failed: failed_ids.len(),
-            lock_busy: false,
-        };
-        self.stats
-            .published
-            .fetch_add(batch.published as u64, Ordering::Relaxed);
-        self.stats
-            .failed
-            .fetch_add(batch.failed as u64, Ordering::Relaxed);
+        tx.commit().await.map_err(Error::db("commit relay transaction"))?;
+        let batch = RelayBatch { published: delivered.len(), failed: failed_ids.len(), lock_busy: false };
+        self.stats.published.fetch_add(batch.published as u64, Ordering::Relaxed);
+        self.stats.failed.fetch_add(batch.failed as u64, Ordering::Relaxed);
         if batch.published > 0 {
             self.stats.batches.fetch_add(1, Ordering::Relaxed);
         }
         Ok(batch)
     }
 
-    /// Deletes delivered rows older than the retention, up to 10 000 rows per call.
-    /// Returns the number of rows deleted.
+    /// Deletes delivered rows older than the retention, in statements of at most
+    /// 10 000 rows, until none is left. Returns the number of rows deleted.
     ///
     /// # Errors
-    /// [`Error::Database`] when the delete fails.
+    /// [`Error::Database`] when a delete fails.
     pub async fn cleanup_once(&self) -> Result<u64, Error> {
-        let n = sqlx::query(&self.cfg.cleanup_sql)
-            .bind(self.cfg.retention.as_secs_f64())
-            .execute(&self.pool)
-            .await
-            .map_err(Error::db("delete delivered outbox rows"))?
-            .rows_affected();
-        self.stats.deleted.fetch_add(n, Ordering::Relaxed);
-        Ok(n)
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(&self.cfg.cleanup_sql)
+                .bind(self.cfg.retention.as_secs_f64())
+                .execute(&self.pool)
+                .await
+                .map_err(Error::db("delete delivered outbox rows"))?
+                .rows_affected();
+            total += n;
+            self.stats.deleted.fetch_add(n, Ordering::Relaxed);
+            if n < 10_000 {
+                return Ok(total);
+            }
+        }
     }
 
     /// Runs until `shutdown` is cancelled, then flushes the producer. Errors are
@@ -417,18 +391,13 @@ impl OutboxRelay {
         let mut last_cleanup = Instant::now();
         while !shutdown.is_cancelled() {
             let more = match self.relay_once().await {
-                Ok(b) => {
-                    !b.lock_busy
-                        && b.published + b.failed == self.cfg.batch_size as usize
-                        && b.failed == 0
-                }
+                Ok(b) => !b.lock_busy && b.published + b.failed == self.cfg.batch_size as usize && b.failed == 0,
                 Err(e) => {
                     tracing::warn!(error = %crate::report(&e), "outbox relay batch failed");
                     false
                 }
             };
-            if !self.cfg.retention.is_zero() && last_cleanup.elapsed() >= self.cfg.cleanup_interval
-            {
+            if !self.cfg.retention.is_zero() && last_cleanup.elapsed() >= self.cfg.cleanup_interval {
                 last_cleanup = Instant::now();
                 if let Err(e) = self.cleanup_once().await {
                     tracing::warn!(error = %crate::report(&e), "outbox cleanup failed");
@@ -463,11 +432,7 @@ impl OutboxRelay {
         let shutdown = CancellationToken::new();
         let stats = self.stats.clone();
         let join = tokio::spawn(self.run(shutdown.clone()));
-        RelayHandle {
-            shutdown,
-            stats,
-            join,
-        }
+        RelayHandle { shutdown, stats, join }
     }
 }
 

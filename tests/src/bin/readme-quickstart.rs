@@ -1,8 +1,8 @@
 //! The README's quick start, compiled by the workspace build so it stays true.
 #![allow(dead_code)]
 use reliable_kafka::{
-    event_handler, Event, ExponentialBackOff, HandlerContext, HandlerError, KafkaConfig,
-    ListenerContainer, Outbox, OutboxRelay,
+    event_handler, Event, ExponentialBackOff, HandlerContext, HandlerError, KafkaConfig, ListenerContainer, Outbox,
+    OutboxRelay,
 };
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -27,25 +27,12 @@ async fn compensate(event: PaymentFailed, ctx: &mut HandlerContext) -> Result<()
 async fn run(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
     reliable_kafka::migrate(&pool).await?; // rk_outbox, rk_processed_messages
     let kafka = KafkaConfig::from_env(); // KAFKA_BROKERS
-    let relay = OutboxRelay::builder(pool.clone(), kafka.clone())
-        .build()?
-        .spawn();
-    let consumer = ListenerContainer::builder(kafka, pool.clone())
-        .handler(compensate)
-        .build()?
-        .spawn();
+    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build()?.spawn();
+    let consumer = ListenerContainer::builder(kafka, pool.clone()).handler(compensate).build()?.spawn();
 
     let mut tx = pool.begin().await?;
     // ... your business writes in tx ...
-    Outbox::new()
-        .enqueue(
-            &mut tx,
-            &PaymentFailed {
-                payment_id: 7,
-                reservation_id: 3,
-            },
-        )
-        .await?;
+    Outbox::new().enqueue(&mut tx, &PaymentFailed { payment_id: 7, reservation_id: 3 }).await?;
     tx.commit().await?;
 
     consumer.shutdown().await?; // finishes the record in hand, commits offsets
