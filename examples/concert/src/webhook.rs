@@ -43,6 +43,8 @@ pub struct WebhookNotifier {
     http: reqwest::Client,
     url: String,
     backoff: FixedBackOff,
+    topic: String,
+    group: String,
 }
 
 impl WebhookNotifier {
@@ -53,7 +55,21 @@ impl WebhookNotifier {
     pub fn new(url: impl Into<String>, connect_timeout: Duration, request_timeout: Duration) -> reqwest::Result<Self> {
         let http = reqwest::Client::builder().connect_timeout(connect_timeout).timeout(request_timeout).build()?;
         let backoff = FixedBackOff::new(Duration::from_millis(200), 3).expect("3 attempts is valid");
-        Ok(WebhookNotifier { http, url: url.into(), backoff })
+        Ok(WebhookNotifier {
+            http,
+            url: url.into(),
+            backoff,
+            topic: crate::events::PAYMENT_NOTIFICATION_TOPIC.to_owned(),
+            group: NOTIFICATION_GROUP.to_owned(),
+        })
+    }
+
+    /// Consumes `topic` in `group` instead of the seed's `payment-notification` and
+    /// `telegram-notification` (for several environments on one cluster, or tests).
+    pub fn on(mut self, topic: impl Into<String>, group: impl Into<String>) -> Self {
+        self.topic = topic.into();
+        self.group = group.into();
+        self
     }
 }
 
@@ -61,7 +77,7 @@ impl EventHandler for WebhookNotifier {
     type Event = PaymentCompleted;
 
     fn options(&self) -> HandlerOptions {
-        HandlerOptions::new().group(NOTIFICATION_GROUP).backoff(self.backoff)
+        HandlerOptions::new().topic(self.topic.clone()).group(self.group.clone()).backoff(self.backoff)
     }
 
     fn handle<'a>(

@@ -1,0 +1,327 @@
+//! The reference application's flows one by one, against real PostgreSQL, Redis, the
+//! broker and real local HTTP servers (the demo gateway and webhook receiver).
+
+use std::time::Duration;
+
+use concert::api::{router, ApiState, CheckoutResponse, TokenResponse, IDEMPOTENCY_KEY_HEADER, QUEUE_TOKEN_HEADER};
+use concert::booking::{Booking, PaymentView, Reservation};
+use concert::events::PaymentCompleted;
+use concert::gateway::{DemoGateway, GatewayBehaviour, GatewayClient};
+use concert::http::Server;
+use concert::recovery::PaymentRecovery;
+use concert::store::RedisStore;
+use concert::webhook::{DemoReceiver, ReceiverBehaviour, WebhookNotifier};
+use reliable_kafka::{DeadLetterRedriver, EnqueueOptions, ListenerContainer, Outbox, OutboxRelay};
+use reliable_kafka_tests::*;
+use reqwest::StatusCode;
+use serde_json::json;
+
+struct World {
+    pool: sqlx::PgPool,
+    store: RedisStore,
+    gateway: DemoGateway,
+    _gateway_server: Server,
+    api: Server,
+    http: reqwest::Client,
+}
+
+/// The API on a free port over a fresh schema, with a demo gateway; `n` users with
+/// 100 000 points and `n` seats at 50 000.
+async fn world(n: i64, gateway: GatewayBehaviour, request_timeout: Duration) -> World {
+    let (pool, schema) = isolated_pool().await;
+    concert::migrate(&pool).await.unwrap();
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let store = RedisStore::connect(&redis, Duration::from_secs(600), &schema).await.unwrap();
+    let g = DemoGateway::new(gateway);
+    let gateway_server = g.start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let client = GatewayClient::new(gateway_server.url(), Duration::from_millis(300), request_timeout, 3).unwrap();
+    let booking = Booking::new(pool.clone(), store.clone(), client);
+    let api =
+        Server::start(router(ApiState { booking, outbox: Outbox::new() }), ([127, 0, 0, 1], 0).into()).await.unwrap();
+    sqlx::query("INSERT INTO concert (id, title) VALUES (1, 't')").execute(&pool).await.unwrap();
+    sqlx::query("INSERT INTO concert_date (id, concert_id, starts_at, total_seat_count, available_seat_count) VALUES (1, 1, now(), $1, $1)")
+        .bind(n as i32)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO seat (concert_date_id, number, price, status) SELECT 1, k, 50000, 'AVAILABLE' FROM generate_series(1, $1) k")
+        .bind(n as i32)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO app_user (name, balance) SELECT 'u' || k, 100000 FROM generate_series(1, $1) k")
+        .bind(n as i32)
+        .execute(&pool)
+        .await
+        .unwrap();
+    World { pool, store, gateway: g, _gateway_server: gateway_server, api, http: reqwest::Client::new() }
+}
+
+impl World {
+    /// Token, reservation and checkout for `user` on seat `user`; returns the
+    /// reservation id and the idempotency key.
+    async fn checkout(&self, user: i64) -> (i64, String) {
+        let base = self.api.url();
+        let t: TokenResponse = self
+            .http
+            .post(format!("{base}/api/queue/tokens"))
+            .json(&json!({ "user_id": user }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let r: Reservation = self
+            .http
+            .post(format!("{base}/api/reservations"))
+            .header(QUEUE_TOKEN_HEADER, t.token)
+            .json(&json!({ "user_id": user, "seat_id": user }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let c: CheckoutResponse = self
+            .http
+            .post(format!("{base}/api/reservations/{}/checkout", r.id))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (r.id, c.idempotency_key.to_string())
+    }
+
+    async fn pay(&self, key: &str, reservation: i64, user: i64) -> (StatusCode, serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}/api/payments", self.api.url()))
+            .header(IDEMPOTENCY_KEY_HEADER, key)
+            .json(&json!({ "reservation_id": reservation, "user_id": user }))
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.json().await.unwrap())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_checkout_sent_many_times_pays_once_and_answers_the_same() {
+    let w = world(2, GatewayBehaviour::default(), Duration::from_secs(2)).await;
+    let (reservation, key) = w.checkout(1).await;
+    let concurrent = futures::future::join_all((0..5).map(|_| w.pay(&key, reservation, 1))).await;
+    let mut answers = concurrent;
+    for _ in 0..3 {
+        answers.push(w.pay(&key, reservation, 1).await);
+    }
+    let first: PaymentView = serde_json::from_value(answers[0].1.clone()).unwrap();
+    assert_eq!(first.status, "COMPLETED");
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::OK);
+        assert_eq!(body, &answers[0].1, "every repetition gets the same answer");
+    }
+    assert_eq!(count(&w.pool, "SELECT count(*) FROM payment").await, 1, "one payment");
+    assert_eq!(w.gateway.charges().len(), 1, "one charge at the gateway");
+    let balance: i64 =
+        sqlx::query_scalar("SELECT balance FROM app_user WHERE id = 1").fetch_one(&w.pool).await.unwrap();
+    assert_eq!(balance, 50_000, "charged once");
+
+    // The same key with another body is refused with a stable code.
+    let (status, body) = w.pay(&key, reservation, 2).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["code"], "idempotency_key_reused");
+    // Bad input gets a 4xx with a clear message.
+    let resp = w
+        .http
+        .post(format!("{}/api/payments", w.api.url()))
+        .json(&json!({ "reservation_id": reservation, "user_id": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["error"]["code"], "idempotency_key_required");
+    let resp =
+        w.http.post(format!("{}/api/reservations", w.api.url())).json(&json!({ "user_id": "x" })).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["error"]["code"], "invalid_request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_payments_are_recovered_once_by_two_recovery_instances() {
+    // The gateway decides every charge but answers after 2 s, past the 200 ms timeout.
+    let behaviour =
+        GatewayBehaviour { decline_rate: 0.5, hang_rate: 1.0, hang: Duration::from_secs(2), ..Default::default() };
+    let n = 12;
+    let w = world(n, behaviour, Duration::from_millis(200)).await;
+    for user in 1..=n {
+        let (reservation, key) = w.checkout(user).await;
+        let (status, body) = w.pay(&key, reservation, user).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(body["status"], "IN_PROGRESS");
+    }
+    let client =
+        GatewayClient::new(w._gateway_server.url(), Duration::from_millis(300), Duration::from_secs(5), 3).unwrap();
+    let a = PaymentRecovery::new(w.pool.clone(), w.store.clone(), client.clone(), "a", Duration::from_millis(500));
+    let b = PaymentRecovery::new(w.pool.clone(), w.store.clone(), client, "b", Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (ra, rb) = tokio::join!(a.recover_once(), b.recover_once());
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra + rb, n as usize, "a={ra} b={rb}");
+    assert_eq!(count(&w.pool, "SELECT count(*) FROM payment WHERE status = 'IN_PROGRESS'").await, 0);
+    assert_eq!(count(&w.pool, "SELECT count(*) FROM payment_recovery").await, n, "each payment recovered once");
+    assert_eq!(count(&w.pool, "SELECT count(DISTINCT payment_id) FROM payment_recovery").await, n);
+    // The outcome is the gateway's.
+    for (id, status) in w.gateway.charges() {
+        let want = if status == concert::gateway::ChargeStatus::Approved { "COMPLETED" } else { "FAILED" };
+        let got: String =
+            sqlx::query_scalar("SELECT status FROM payment WHERE id = $1").bind(id).fetch_one(&w.pool).await.unwrap();
+        assert_eq!(got, want, "payment {id}");
+    }
+    // Completed payments enqueued their events; failed ones their compensation.
+    let completed = count(&w.pool, "SELECT count(*) FROM payment WHERE status = 'COMPLETED'").await;
+    assert_eq!(count(&w.pool, "SELECT count(*) FROM rk_outbox WHERE type = 'payment.completed'").await, completed);
+    assert_eq!(count(&w.pool, "SELECT count(*) FROM rk_outbox WHERE type = 'PaymentFailed'").await, n - completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coupons_are_never_issued_above_stock_or_twice_to_a_user() {
+    let w = world(30, GatewayBehaviour::default(), Duration::from_secs(2)).await;
+    sqlx::query("INSERT INTO coupon_stock (id, name, total, remaining) VALUES (1, 'c', 10, 10)")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    let base = w.api.url();
+    // 30 users, each asking twice at the same time.
+    let requests = (1..=30).flat_map(|u| [u, u]).map(|u| {
+        let http = w.http.clone();
+        let url = format!("{base}/api/coupons/1/requests");
+        async move { http.post(url).json(&json!({ "user_id": u })).send().await.unwrap().status() }
+    });
+    let statuses = futures::future::join_all(requests).await;
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::ACCEPTED).count(), 10);
+    assert!(statuses.iter().all(|s| *s == StatusCode::ACCEPTED || *s == StatusCode::CONFLICT));
+    assert_eq!(
+        count(&w.pool, "SELECT count(*) FROM rk_outbox WHERE type = 'CouponIssueRequested'").await,
+        10,
+        "one event per granted request"
+    );
+    assert_eq!(count(&w.pool, "SELECT remaining::bigint FROM coupon_stock WHERE id = 1").await, 0);
+
+    // The consumer creates them; a duplicate delivery (same message id) issues nothing more.
+    let kafka = kafka();
+    let topic = unique("coupon");
+    create_topics(&kafka, &topic, 3).await;
+    sqlx::query("UPDATE rk_outbox SET aggregatetype = $1").bind(&topic).execute(&w.pool).await.unwrap();
+    sqlx::query("INSERT INTO rk_outbox (id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers)
+                 SELECT gen_random_uuid(), aggregatetype, aggregateid, type, schema_version, payload, content_type, headers
+                 FROM rk_outbox LIMIT 3")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    let relay = OutboxRelay::builder(w.pool.clone(), kafka.clone()).build().unwrap().spawn();
+    let c = ListenerContainer::builder(kafka.clone(), w.pool.clone())
+        .handler(CouponOn(topic.clone()))
+        .group_id(unique("coupon-issue"))
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(eventually(Duration::from_secs(30), || async { c.stats().processed() == 13 }).await);
+    c.shutdown().await.unwrap();
+    relay.shutdown().await;
+    assert_eq!(count(&w.pool, "SELECT count(*) FROM coupon").await, 10, "re-published requests issued nothing twice");
+    assert_eq!(count(&w.pool, "SELECT count(DISTINCT user_id) FROM coupon").await, 10);
+}
+
+/// `issue_coupon` on another topic.
+struct CouponOn(String);
+
+impl reliable_kafka::EventHandler for CouponOn {
+    type Event = concert::events::CouponIssueRequested;
+    fn options(&self) -> reliable_kafka::HandlerOptions {
+        reliable_kafka::HandlerOptions::new().topic(self.0.clone())
+    }
+    fn handle<'a>(
+        &'a self,
+        event: Self::Event,
+        ctx: &'a mut reliable_kafka::HandlerContext,
+    ) -> futures::future::BoxFuture<'a, Result<(), reliable_kafka::HandlerError>> {
+        concert::handlers::issue_coupon.handle(event, ctx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_notifications_are_retried_dead_lettered_redriven_three_times_then_parked() {
+    let (pool, _schema) = isolated_pool().await;
+    concert::migrate(&pool).await.unwrap();
+    sqlx::query("INSERT INTO concert (id, title) VALUES (1, 't'); ").execute(&pool).await.unwrap();
+    // Payments 1..=4 exist for the notification rows' foreign key.
+    sqlx::raw_sql(
+        "INSERT INTO concert_date VALUES (1, 1, now(), 4, 0);
+         INSERT INTO seat (concert_date_id, number, price, status) SELECT 1, k, 10, 'SOLD' FROM generate_series(1, 4) k;
+         INSERT INTO app_user (name, balance) SELECT 'u' || k, 0 FROM generate_series(1, 4) k;
+         INSERT INTO reservation (user_id, seat_id, concert_date_id, status) SELECT k, k, 1, 'CONFIRMED' FROM generate_series(1, 4) k;
+         INSERT INTO payment (reservation_id, user_id, amount, status, charged) SELECT k, k, 10, 'COMPLETED', true FROM generate_series(1, 4) k;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Payment 4 always gets 503; the others stall past the timeout on 30 % of calls.
+    let receiver = DemoReceiver::new(ReceiverBehaviour {
+        always_fail_every: 4,
+        delay_rate: 0.3,
+        delay: Duration::from_millis(800),
+        fail_rate: 0.0,
+    });
+    let server = receiver.start(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let kafka = kafka();
+    let topic = unique("payment-notification");
+    create_topics(&kafka, &topic, 1).await;
+    let outbox = Outbox::new();
+    let mut tx = pool.begin().await.unwrap();
+    for id in 1..=4 {
+        let e = PaymentCompleted { payment_id: id, reservation_id: id, user_id: id, amount: 10 };
+        outbox
+            .enqueue_with(&mut tx, &e, EnqueueOptions { topic: Some(topic.clone()), ..Default::default() })
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let notifier = WebhookNotifier::new(
+        format!("{}/notify", server.url()),
+        Duration::from_millis(200),
+        Duration::from_millis(300),
+    )
+    .unwrap()
+    .on(&topic, unique("telegram-notification"));
+    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build().unwrap().spawn();
+    let c = ListenerContainer::builder(kafka.clone(), pool.clone()).handler(notifier).build().unwrap().spawn();
+    let redriver = DeadLetterRedriver::builder(kafka.clone(), pool.clone())
+        .topic(format!("{topic}.DLQ"))
+        .group_id(unique("redrive"))
+        .interval(Duration::from_millis(500))
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(eventually(Duration::from_secs(60), || async { redriver.stats().parked() == 1 }).await, "payment 4 parked");
+    let stats = (c.stats().processed(), c.stats().dead_lettered(), redriver.stats().redriven());
+    redriver.shutdown().await;
+    c.shutdown().await.unwrap();
+    relay.shutdown().await;
+    server.stop().await;
+
+    assert_eq!(stats.0, 3, "three notifications delivered");
+    assert_eq!(stats.1, 4, "payment 4 dead-lettered on its delivery and each of 3 re-drives");
+    assert_eq!(stats.2, 3, "re-driven exactly 3 times");
+    let notified: Vec<i64> =
+        sqlx::query_scalar("SELECT payment_id FROM notification ORDER BY 1").fetch_all(&pool).await.unwrap();
+    assert_eq!(notified, [1, 2, 3]);
+    let accepted = receiver.accepted();
+    assert!([1, 2, 3].iter().all(|id| accepted.contains_key(id)) && !accepted.contains_key(&4));
+    let (reason, redrives): (String, i32) =
+        sqlx::query_as("SELECT reason, redrive_count FROM rk_parked_messages").fetch_one(&pool).await.unwrap();
+    assert_eq!((reason.as_str(), redrives), ("re-driven 3 times (max 3)", 3));
+}
