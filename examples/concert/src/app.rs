@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use reliable_kafka::{
-    CancellationToken, ContainerHandle, DeadLetterRedriver, KafkaConfig, ListenerContainer, Outbox, OutboxRelay,
-    RedriveHandle, RelayHandle, DEFAULT_DEAD_LETTER_SUFFIX,
+    CancellationToken, ContainerHandle, DeadLetterRedriver, KafkaConfig, ListenerContainer, ListenerContainerBuilder,
+    Outbox, OutboxRelay, RedriveHandle, RelayHandle, DEFAULT_DEAD_LETTER_SUFFIX,
 };
 use sqlx::PgPool;
 
@@ -59,6 +59,9 @@ pub struct AppConfig {
     pub partitions: i32,
     /// Flows served.
     pub flows: Flows,
+    /// Consumer instances per consumer group (seed 001: concurrency 3). Each is a
+    /// member of the group and gets its own share of the partitions.
+    pub consumers_per_group: usize,
 }
 
 impl Default for AppConfig {
@@ -77,6 +80,7 @@ impl Default for AppConfig {
             stuck_after: Duration::from_secs(5),
             partitions: 3,
             flows: Flows::All,
+            consumers_per_group: 3,
         }
     }
 }
@@ -137,18 +141,24 @@ impl App {
         let client = GatewayClient::new(&gateway_url, cfg.connect_timeout, cfg.request_timeout, 3)?;
 
         let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build()?.spawn();
+        let mut containers = Vec::new();
+        let mut group = |make: &dyn Fn() -> ListenerContainerBuilder| -> anyhow::Result<()> {
+            for _ in 0..cfg.consumers_per_group.max(1) {
+                containers.push(make().build()?.spawn());
+            }
+            Ok(())
+        };
         let build = || ListenerContainer::builder(kafka.clone(), pool.clone());
-        let mut containers = vec![
-            build().handler(compensate_payment).build()?.spawn(),
-            build().handler(RedisCleanup { store: store.clone() }).build()?.spawn(),
-        ];
+        group(&|| build().handler(compensate_payment))?;
+        let cleanup = RedisCleanup { store: store.clone() };
+        group(&|| build().handler(cleanup.clone()))?;
         let mut redriver = None;
         if cfg.flows == Flows::All {
             let notifier = WebhookNotifier::new(&webhook_url, cfg.connect_timeout, cfg.request_timeout)?;
-            containers.push(build().handler(notifier).build()?.spawn());
-            containers.push(build().handler(store_order_info).build()?.spawn());
-            containers.push(build().handler(send_order_alert).build()?.spawn());
-            containers.push(build().handler(issue_coupon).build()?.spawn());
+            group(&|| build().handler(notifier.clone()))?;
+            group(&|| build().handler(store_order_info))?;
+            group(&|| build().handler(send_order_alert))?;
+            group(&|| build().handler(issue_coupon))?;
             redriver = Some(
                 DeadLetterRedriver::builder(kafka.clone(), pool.clone())
                     .topic(format!("{PAYMENT_NOTIFICATION_TOPIC}{DEFAULT_DEAD_LETTER_SUFFIX}"))
@@ -171,6 +181,7 @@ impl App {
 
         let booking = Booking::new(pool, store, client);
         let api = Server::start(router(ApiState { booking, outbox: Outbox::new() }), cfg.api_addr).await?;
+        drop(group);
         tracing::info!(api = %api.url(), gateway = %gateway_url, webhook = %webhook_url, "concert app started");
         Ok(App { api, gateway, receiver, containers, relay, redriver, recovery: (recovery_token, recovery) })
     }
