@@ -96,4 +96,32 @@ async fn a_broker_outage_during_relay_loses_nothing() {
     assert_eq!(got, want, "every row published at least once");
     let attempts: i64 = count(&pool, "SELECT max(attempts)::bigint FROM rk_outbox").await;
     assert!(attempts >= 2, "rows were retried by the relay");
+    assert_eq!(count(&pool, "SELECT count(parked_at) FROM rk_outbox").await, 0, "an outage never parks a row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_broker_can_never_take_is_parked_and_the_others_flow() {
+    let mock = MockCluster::new(1).unwrap();
+    let topic = unique("mock-too-large");
+    mock.create_topic(&topic, 1, 1).unwrap();
+    let kafka = test_settings(KafkaConfig::new(mock.bootstrap_servers())).set("message.max.bytes", "2000");
+    let (pool, _schema) = isolated_pool().await;
+    let outbox = Outbox::new();
+    let mut tx = pool.begin().await.unwrap();
+    let to = || EnqueueOptions { topic: Some(topic.clone()), ..Default::default() };
+    outbox.enqueue_with(&mut tx, &Work { key: "a".into(), n: 1 }, to()).await.unwrap();
+    outbox.enqueue_with(&mut tx, &Work { key: "x".repeat(5000), n: 2 }, to()).await.unwrap();
+    outbox.enqueue_with(&mut tx, &Work { key: "b".into(), n: 3 }, to()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).max_send_attempts(2).build().unwrap();
+    assert_eq!(relay.relay_once().await.unwrap(), reliable_kafka::RelayBatch { published: 2, failed: 1, lock_busy: false });
+    assert_eq!(relay.relay_once().await.unwrap().failed, 1);
+    assert_eq!(relay.relay_once().await.unwrap(), Default::default(), "parked after 2 attempts: nothing left to try");
+    let (attempts, error): (i32, String) =
+        sqlx::query_as("SELECT attempts, last_error FROM rk_outbox WHERE parked_at IS NOT NULL").fetch_one(&pool).await.unwrap();
+    assert_eq!(attempts, 2);
+    assert!(error.contains("too large"), "{error}");
+    let msgs = read_topic(&kafka, &topic, 2, Duration::from_secs(20), Duration::from_secs(1)).await;
+    assert_eq!(msgs.len(), 2, "the rows around it were published");
 }

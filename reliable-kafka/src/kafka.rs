@@ -70,12 +70,15 @@ impl KafkaConfig {
 
     /// Producer presets: `acks=all`, `enable.idempotence=true` (no duplicates or
     /// reordering from producer retries), `linger.ms=5`, `compression.type=lz4`.
+    /// `message.timeout.ms` keeps librdkafka's 300 s: a message that times out locally
+    /// makes the idempotent producer bump its epoch, which some Kafka-protocol brokers
+    /// (tansu 0.6.0) do not survive, and a short timeout only turns a slow broker into
+    /// relay retries.
     pub(crate) const PRODUCER_PRESETS: &'static [(&'static str, &'static str)] = &[
         ("acks", "all"),
         ("enable.idempotence", "true"),
         ("linger.ms", "5"),
         ("compression.type", "lz4"),
-        ("message.timeout.ms", "30000"),
     ];
 
     /// Creates any of `topics` that does not exist yet (name, partitions, replication

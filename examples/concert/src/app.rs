@@ -59,9 +59,15 @@ pub struct AppConfig {
     pub partitions: i32,
     /// Flows served.
     pub flows: Flows,
-    /// Consumer instances per consumer group (seed 001: concurrency 3). Each is a
-    /// member of the group and gets its own share of the partitions.
+    /// Consumer instances per consumer group (seed 001 runs 3). Each is a member of
+    /// the group and gets its own share of the partitions. Default 1: with the tansu
+    /// broker, 3 members per group (18 consumers) rebalanced so often that the scenario
+    /// got slower, not faster.
     pub consumers_per_group: usize,
+    /// Whole-request timeout of notification webhook calls.
+    pub webhook_timeout: Duration,
+    /// Wait between the 3 attempts of a notification.
+    pub webhook_backoff: Duration,
 }
 
 impl Default for AppConfig {
@@ -80,7 +86,9 @@ impl Default for AppConfig {
             stuck_after: Duration::from_secs(5),
             partitions: 3,
             flows: Flows::All,
-            consumers_per_group: 3,
+            consumers_per_group: 1,
+            webhook_timeout: Duration::from_secs(2),
+            webhook_backoff: Duration::from_millis(200),
         }
     }
 }
@@ -154,7 +162,8 @@ impl App {
         group(&|| build().handler(cleanup.clone()))?;
         let mut redriver = None;
         if cfg.flows == Flows::All {
-            let notifier = WebhookNotifier::new(&webhook_url, cfg.connect_timeout, cfg.request_timeout)?;
+            let notifier = WebhookNotifier::new(&webhook_url, cfg.connect_timeout, cfg.webhook_timeout)?
+                .backoff(reliable_kafka::FixedBackOff::new(cfg.webhook_backoff, 3)?);
             group(&|| build().handler(notifier.clone()))?;
             group(&|| build().handler(store_order_info))?;
             group(&|| build().handler(send_order_alert))?;

@@ -47,7 +47,7 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Seconds to wait for the consumers to settle.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 600)]
         settle_timeout_secs: u64,
         /// Flows to drive.
         #[arg(long, value_enum, default_value_t = FlowsArg::All)]

@@ -45,8 +45,8 @@ pub struct ScenarioConfig {
     pub flows: Flows,
     /// Inject gateway errors (5 % of calls answer 503) and hangs (2 % of payments answer
     /// after 3 s, past the 1 s timeout), and webhook failures (10 % of calls 503, 2 %
-    /// stall past the timeout, every 50th payment always fails: dead-lettered, re-driven
-    /// 3 times, parked).
+    /// stall past the 300 ms timeout, every 50th payment always fails: dead-lettered,
+    /// re-driven 3 times, parked).
     pub inject_faults: bool,
     /// Show a progress bar on a terminal.
     pub progress: bool,
@@ -59,7 +59,7 @@ impl Default for ScenarioConfig {
             failure_rate: 0.3,
             concurrency: 32,
             seed: 42,
-            settle_timeout: Duration::from_secs(300),
+            settle_timeout: Duration::from_secs(600),
             flows: Flows::All,
             inject_faults: true,
             progress: true,
@@ -92,6 +92,8 @@ impl ScenarioConfig {
             },
             connect_timeout: Duration::from_millis(300),
             request_timeout: Duration::from_secs(1),
+            webhook_timeout: Duration::from_millis(300),
+            webhook_backoff: Duration::from_millis(100),
             redrive_interval: Duration::from_secs(1),
             recovery_interval: Duration::from_millis(500),
             stuck_after: Duration::from_secs(2),
@@ -202,7 +204,7 @@ pub async fn run(pool: PgPool, store: RedisStore, kafka: KafkaConfig, cfg: &Scen
     loop {
         report = check(&pool, &store, run_id, coupon_id, cfg.flows).await?;
         let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM rk_outbox WHERE delivered_at IS NULL").fetch_one(&pool).await?;
+            sqlx::query_scalar("SELECT count(*) FROM rk_outbox WHERE delivered_at IS NULL AND parked_at IS NULL").fetch_one(&pool).await?;
         if (pending == 0 && report.problems.is_empty() && app.consumers_idle_for(Duration::from_secs(1)))
             || Instant::now() >= deadline
         {

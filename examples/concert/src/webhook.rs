@@ -64,6 +64,12 @@ impl WebhookNotifier {
         })
     }
 
+    /// Retry policy (default: 3 attempts, 200 ms apart).
+    pub fn backoff(mut self, backoff: FixedBackOff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
     /// Consumes `topic` in `group` instead of the seed's `payment-notification` and
     /// `telegram-notification` (for several environments on one cluster, or tests).
     pub fn on(mut self, topic: impl Into<String>, group: impl Into<String>) -> Self {

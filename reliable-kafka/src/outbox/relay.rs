@@ -37,8 +37,9 @@ use crate::{headers, ConfigError, Error, KafkaConfig};
 /// the idempotent producer, and a batch is confirmed before the next is claimed). A row
 /// whose send fails after librdkafka's own retries (`message.timeout.ms`) is retried in
 /// a later batch, *after* later rows of its key that were sent in the same batch. Rows
-/// that failed `max_send_attempts` times are parked (`parked_at` and `last_error`
-/// set) and no longer tried (see [`RelayStats::failed`]). Order is the insertion order
+/// the broker rejects as such (too large, invalid) `max_send_attempts` times are parked
+/// (`parked_at` and `last_error` set) and no longer tried; outages never park a row
+/// (see [`RelayStats::failed`]). Order is the insertion order
 /// (`seq`) of rows visible at claim time; transactions that touch the same aggregate
 /// should lock it (as an `UPDATE` does) so that insertion order is commit order.
 ///
@@ -154,8 +155,10 @@ impl OutboxRelayBuilder {
         self.cleanup_interval = interval;
         self
     }
-    /// Send attempts per row before the relay parks it (default 10, ≥ 1).
-    /// librdkafka retries inside each attempt for up to `message.timeout.ms`.
+    /// Attempts per row, for errors that reject the record itself (too large, invalid,
+    /// invalid topic), before the relay parks it (default 10, ≥ 1). Outages, timeouts and
+    /// other errors are retried without limit and never park a row. librdkafka retries
+    /// inside each attempt for up to `message.timeout.ms`.
     pub fn max_send_attempts(mut self, attempts: u32) -> Self {
         self.max_send_attempts = attempts;
         self
@@ -205,8 +208,8 @@ impl OutboxRelayBuilder {
             },
             fail_sql: format!(
                 "UPDATE {t} SET attempts = {t}.attempts + 1, last_error = u.err, \
-                 parked_at = CASE WHEN {t}.attempts + 1 >= $3 THEN now() END \
-                 FROM unnest($1::uuid[], $2::text[]) AS u(id, err) WHERE {t}.id = u.id"
+                 parked_at = CASE WHEN u.permanent AND {t}.attempts + 1 >= $3 THEN now() END \
+                 FROM unnest($1::uuid[], $2::text[], $4::bool[]) AS u(id, err, permanent) WHERE {t}.id = u.id"
             ),
             cleanup_sql: format!(
                 "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE delivered_at < now() - make_interval(secs => $1) LIMIT 10000)"
@@ -214,6 +217,17 @@ impl OutboxRelayBuilder {
         };
         Ok(OutboxRelay { pool: self.pool, producer, cfg, stats: Arc::default() })
     }
+}
+
+/// Whether a send error can never succeed on retry (the record itself is rejected):
+/// only such errors count toward `max_send_attempts`. Outages, timeouts and
+/// authorization errors are retried without limit, so a broker outage never parks rows.
+fn is_permanent(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidMessage | C::InvalidRecord | C::MessageBatchTooLarge | C::InvalidTopic)
+    )
 }
 
 /// The relay lock: a transaction-level advisory lock whose key is the outbox table's
@@ -313,14 +327,16 @@ impl OutboxRelay {
         let results = send_in_order(&self.producer, rows.into_iter().map(OutboxRow::into_record).collect()).await;
 
         let mut delivered = Vec::with_capacity(ids.len());
-        let (mut failed_ids, mut failed_errs) = (Vec::new(), Vec::new());
+        let (mut failed_ids, mut failed_errs, mut failed_permanent) = (Vec::new(), Vec::new(), Vec::new());
         for (id, res) in ids.into_iter().zip(results) {
             match res {
                 Ok(()) => delivered.push(id),
                 Err(e) => {
-                    tracing::warn!(message_id = %id, error = %e, "outbox row not delivered; will retry");
+                    let permanent = is_permanent(&e);
+                    tracing::warn!(message_id = %id, error = %e, permanent, "outbox row not delivered; will retry");
                     failed_ids.push(id);
                     failed_errs.push(e.to_string());
+                    failed_permanent.push(permanent);
                 }
             }
         }
@@ -336,6 +352,7 @@ impl OutboxRelay {
                 .bind(&failed_ids)
                 .bind(&failed_errs)
                 .bind(self.cfg.max_send_attempts)
+                .bind(&failed_permanent)
                 .execute(&mut *tx)
                 .await
                 .map_err(Error::db("record outbox send failure"))?;
