@@ -115,11 +115,17 @@ async fn a_row_the_broker_can_never_take_is_parked_and_the_others_flow() {
     tx.commit().await.unwrap();
 
     let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).max_send_attempts(2).build().unwrap();
-    assert_eq!(relay.relay_once().await.unwrap(), reliable_kafka::RelayBatch { published: 2, failed: 1, lock_busy: false });
+    assert_eq!(
+        relay.relay_once().await.unwrap(),
+        reliable_kafka::RelayBatch { published: 2, failed: 1, lock_busy: false }
+    );
     assert_eq!(relay.relay_once().await.unwrap().failed, 1);
     assert_eq!(relay.relay_once().await.unwrap(), Default::default(), "parked after 2 attempts: nothing left to try");
     let (attempts, error): (i32, String) =
-        sqlx::query_as("SELECT attempts, last_error FROM rk_outbox WHERE parked_at IS NOT NULL").fetch_one(&pool).await.unwrap();
+        sqlx::query_as("SELECT attempts, last_error FROM rk_outbox WHERE parked_at IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(attempts, 2);
     assert!(error.contains("too large"), "{error}");
     let msgs = read_topic(&kafka, &topic, 2, Duration::from_secs(20), Duration::from_secs(1)).await;

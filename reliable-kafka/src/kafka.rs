@@ -74,12 +74,8 @@ impl KafkaConfig {
     /// makes the idempotent producer bump its epoch, which some Kafka-protocol brokers
     /// (tansu 0.6.0) do not survive, and a short timeout only turns a slow broker into
     /// relay retries.
-    pub(crate) const PRODUCER_PRESETS: &'static [(&'static str, &'static str)] = &[
-        ("acks", "all"),
-        ("enable.idempotence", "true"),
-        ("linger.ms", "5"),
-        ("compression.type", "lz4"),
-    ];
+    pub(crate) const PRODUCER_PRESETS: &'static [(&'static str, &'static str)] =
+        &[("acks", "all"), ("enable.idempotence", "true"), ("linger.ms", "5"), ("compression.type", "lz4")];
 
     /// Creates any of `topics` that does not exist yet (name, partitions, replication
     /// factor). Existing topics are left as they are.

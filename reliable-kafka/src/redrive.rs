@@ -39,7 +39,7 @@ pub const REDRIVE_COUNT: &str = "rk-redrive-count";
 /// Several instances may run: a PostgreSQL advisory lock per re-drive group lets one
 /// run at a time; the others skip their turn.
 pub struct DeadLetterRedriver {
-    consumer: Arc<StreamConsumer>,
+    consumer_config: rdkafka::ClientConfig,
     producer: FutureProducer,
     pool: PgPool,
     topics: Vec<String>,
@@ -161,16 +161,14 @@ impl DeadLetterRedriverBuilder {
             return Err(ConfigError::invalid("interval", "must be greater than zero").into());
         }
         validate_identifier("parked_table", &self.parked_table)?;
-        let consumer: StreamConsumer = self
-            .kafka
-            .client_config(&[
-                ("group.id", self.group.as_str()),
-                ("enable.auto.commit", "false"),
-                ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
-            ])
-            .create()
-            .map_err(Error::kafka("create re-drive consumer"))?;
+        let consumer_config = self.kafka.client_config(&[
+            ("group.id", self.group.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+        ]);
+        // Checked here so that a bad configuration fails at build, not at the first run.
+        let _: StreamConsumer = consumer_config.create().map_err(Error::kafka("create re-drive consumer"))?;
         let producer: FutureProducer = self
             .kafka
             .client_config(KafkaConfig::PRODUCER_PRESETS)
@@ -178,7 +176,7 @@ impl DeadLetterRedriverBuilder {
             .map_err(Error::kafka("create re-drive producer"))?;
         let t = &self.parked_table;
         Ok(DeadLetterRedriver {
-            consumer: Arc::new(consumer),
+            consumer_config,
             producer,
             pool: self.pool,
             topics: self.topics,
@@ -254,9 +252,13 @@ impl DeadLetterRedriver {
     }
 
     async fn redrive_locked(&self) -> Result<RedriveReport, Error> {
-        let consumer = self.consumer.clone();
+        // A fresh consumer per run: no prefetched records or assignment state survive
+        // from one run to the next.
+        let consumer: Arc<StreamConsumer> =
+            Arc::new(self.consumer_config.create().map_err(Error::kafka("create re-drive consumer"))?);
+        let planner = consumer.clone();
         let topics = self.topics.clone();
-        let spans = tokio::task::spawn_blocking(move || plan(&consumer, &topics))
+        let spans = tokio::task::spawn_blocking(move || plan(&planner, &topics))
             .await
             .map_err(|_| Error::Kafka { operation: "plan re-drive", source: rdkafka::error::KafkaError::Canceled })??;
         let mut report = RedriveReport::default();
@@ -269,7 +271,7 @@ impl DeadLetterRedriver {
             tpl.add_partition_offset(&s.topic, s.partition, Offset::Offset(s.start))
                 .map_err(Error::kafka("assign dead-letter partitions"))?;
         }
-        self.consumer.assign(&tpl).map_err(Error::kafka("assign dead-letter partitions"))?;
+        consumer.assign(&tpl).map_err(Error::kafka("assign dead-letter partitions"))?;
         drop(tpl);
         let mut remaining: HashMap<(String, i32), i64> =
             spans.iter().map(|s| ((s.topic.clone(), s.partition), s.end)).collect();
@@ -278,7 +280,7 @@ impl DeadLetterRedriver {
         let result = async {
             while !remaining.is_empty() {
                 let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(Duration::from_secs(30));
-                let msg = match tokio::time::timeout(wait, self.consumer.recv()).await {
+                let msg = match tokio::time::timeout(wait, consumer.recv()).await {
                     Err(_) => {
                         tracing::warn!(
                             left = remaining.len(),
@@ -321,9 +323,11 @@ impl DeadLetterRedriver {
                     .add_partition_offset(topic, *partition, Offset::Offset(*next))
                     .map_err(Error::kafka("commit re-drive offsets"))?;
             }
-            self.consumer.commit(&commit, CommitMode::Sync).map_err(Error::kafka("commit re-drive offsets"))?;
+            consumer.commit(&commit, CommitMode::Sync).map_err(Error::kafka("commit re-drive offsets"))?;
         }
-        let _ = self.consumer.unassign();
+        let _ = consumer.unassign();
+        // Closing blocks until the consumer has left; keep it off the async workers.
+        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
         self.stats.redriven.fetch_add(report.redriven, Ordering::Relaxed);
         self.stats.parked.fetch_add(report.parked, Ordering::Relaxed);
         self.stats.runs.fetch_add(1, Ordering::Relaxed);

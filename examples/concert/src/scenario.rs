@@ -204,7 +204,9 @@ pub async fn run(pool: PgPool, store: RedisStore, kafka: KafkaConfig, cfg: &Scen
     loop {
         report = check(&pool, &store, run_id, coupon_id, cfg.flows).await?;
         let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM rk_outbox WHERE delivered_at IS NULL AND parked_at IS NULL").fetch_one(&pool).await?;
+            sqlx::query_scalar("SELECT count(*) FROM rk_outbox WHERE delivered_at IS NULL AND parked_at IS NULL")
+                .fetch_one(&pool)
+                .await?;
         if (pending == 0 && report.problems.is_empty() && app.consumers_idle_for(Duration::from_secs(1)))
             || Instant::now() >= deadline
         {
