@@ -1,7 +1,9 @@
 -- reliable-kafka: dead-lettered records the re-driver gave up on ("parked"), for
--- reporting and manual handling. One row per dead-letter record (its coordinates are
--- the key, so parking twice after a crash changes nothing).
+-- reporting and manual handling. One row per dead-letter record: its coordinates and
+-- timestamp are unique, so parking twice after a crash changes nothing, while a topic
+-- recreated with restarted offsets cannot collide with old rows.
 CREATE TABLE IF NOT EXISTS rk_parked_messages (
+    id                    bigserial   PRIMARY KEY,
     dead_letter_topic     text        NOT NULL,
     dead_letter_partition integer     NOT NULL,
     dead_letter_offset    bigint      NOT NULL,
@@ -17,8 +19,9 @@ CREATE TABLE IF NOT EXISTS rk_parked_messages (
     record_key            bytea,
     payload               bytea,
     headers               jsonb       NOT NULL DEFAULT '[]'::jsonb,
+    dead_lettered_at      timestamptz,
     parked_at             timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (dead_letter_topic, dead_letter_partition, dead_letter_offset)
+    UNIQUE (dead_letter_topic, dead_letter_partition, dead_letter_offset, dead_lettered_at)
 );
 
 CREATE INDEX IF NOT EXISTS rk_parked_messages_original_topic_idx ON rk_parked_messages (original_topic, parked_at);

@@ -186,7 +186,8 @@ impl DeadLetterRedriverBuilder {
             park_sql: format!(
                 "INSERT INTO {t} (dead_letter_topic, dead_letter_partition, dead_letter_offset, message_id, original_topic, \
                  original_partition, original_offset, consumer_group, reason, error_message, attempts, redrive_count, \
-                 record_key, payload, headers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                 record_key, payload, headers, dead_lettered_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, to_timestamp($16 / 1000.0)) \
                  ON CONFLICT DO NOTHING"
             ),
             lock_name: format!("reliable-kafka:redrive:{}", self.group),
@@ -403,6 +404,7 @@ impl DeadLetterRedriver {
             .bind(msg.key())
             .bind(msg.payload())
             .bind(sqlx::types::Json(header_list))
+            .bind(msg.timestamp().to_millis().map(|ms| ms as f64))
             .execute(&self.pool)
             .await
             .map_err(Error::db("park dead-lettered record"))?;
