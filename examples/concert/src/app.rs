@@ -190,7 +190,6 @@ impl App {
 
         let booking = Booking::new(pool, store, client);
         let api = Server::start(router(ApiState { booking, outbox: Outbox::new() }), cfg.api_addr).await?;
-        drop(group);
         tracing::info!(api = %api.url(), gateway = %gateway_url, webhook = %webhook_url, "concert app started");
         Ok(App { api, gateway, receiver, containers, relay, redriver, recovery: (recovery_token, recovery) })
     }
