@@ -20,8 +20,10 @@ CREATE TABLE IF NOT EXISTS rk_parked_messages (
     payload               bytea,
     headers               jsonb       NOT NULL DEFAULT '[]'::jsonb,
     dead_lettered_at      timestamptz,
-    parked_at             timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (dead_letter_topic, dead_letter_partition, dead_letter_offset, dead_lettered_at)
+    parked_at             timestamptz NOT NULL DEFAULT now()
 );
+
+CREATE UNIQUE INDEX IF NOT EXISTS rk_parked_messages_record_idx ON rk_parked_messages
+    (dead_letter_topic, dead_letter_partition, dead_letter_offset, coalesce(dead_lettered_at, 'epoch'::timestamptz));
 
 CREATE INDEX IF NOT EXISTS rk_parked_messages_original_topic_idx ON rk_parked_messages (original_topic, parked_at);

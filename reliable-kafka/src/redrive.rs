@@ -37,7 +37,8 @@ pub const REDRIVE_COUNT: &str = "rk-redrive-count";
 /// `rk-dlt-*` headers, with [`REDRIVE_COUNT`] incremented.
 ///
 /// Several instances may run: a PostgreSQL advisory lock per re-drive group lets one
-/// run at a time; the others skip their turn.
+/// run at a time; the others skip their turn. The lock holds one pooled connection for
+/// the run, so the pool needs at least two.
 pub struct DeadLetterRedriver {
     consumer_config: rdkafka::ClientConfig,
     producer: FutureProducer,
@@ -317,18 +318,22 @@ impl DeadLetterRedriver {
             Ok::<(), Error>(())
         }
         .await;
-        if !done.is_empty() {
+        // Commit what was handled even if the run stopped on an error, then always clean up.
+        let committed = if done.is_empty() {
+            Ok(())
+        } else {
             let mut commit = TopicPartitionList::new();
-            for ((topic, partition), next) in &done {
-                commit
-                    .add_partition_offset(topic, *partition, Offset::Offset(*next))
-                    .map_err(Error::kafka("commit re-drive offsets"))?;
-            }
-            consumer.commit(&commit, CommitMode::Sync).map_err(Error::kafka("commit re-drive offsets"))?;
-        }
+            let added: Result<(), _> = done.iter().try_for_each(|((topic, partition), next)| {
+                commit.add_partition_offset(topic, *partition, Offset::Offset(*next))
+            });
+            added
+                .and_then(|()| consumer.commit(&commit, CommitMode::Sync))
+                .map_err(Error::kafka("commit re-drive offsets"))
+        };
         let _ = consumer.unassign();
         // Closing blocks until the consumer has left; keep it off the async workers.
         let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        let result = result.and(committed);
         self.stats.redriven.fetch_add(report.redriven, Ordering::Relaxed);
         self.stats.parked.fetch_add(report.parked, Ordering::Relaxed);
         self.stats.runs.fetch_add(1, Ordering::Relaxed);
@@ -388,17 +393,21 @@ impl DeadLetterRedriver {
             .and_then(|h| h.iter().find(|x| x.key == headers::MESSAGE_ID))
             .and_then(|x| x.value)
             .map(|v| String::from_utf8_lossy(v).into_owned());
+        // PostgreSQL `text` cannot hold NUL; a record must never block its partition.
+        let text = |v: String| if v.contains('\0') { v.replace('\0', "\u{FFFD}") } else { v };
+        let message_id = message_id.map(text);
+        let reason = text(reason);
         sqlx::query(&self.park_sql)
             .bind(msg.topic())
             .bind(msg.partition())
             .bind(msg.offset())
             .bind(&message_id)
-            .bind(info.as_ref().map(|i| i.original_topic.clone()))
+            .bind(info.as_ref().map(|i| text(i.original_topic.clone())))
             .bind(info.as_ref().map(|i| i.original_partition))
             .bind(info.as_ref().map(|i| i.original_offset))
-            .bind(info.as_ref().map(|i| i.consumer_group.clone()))
+            .bind(info.as_ref().map(|i| text(i.consumer_group.clone())))
             .bind(&reason)
-            .bind(info.as_ref().map(|i| i.error_message.clone()))
+            .bind(info.as_ref().map(|i| text(i.error_message.clone())))
             .bind(info.as_ref().map(|i| i.attempts as i32))
             .bind(count as i32)
             .bind(msg.key())

@@ -48,10 +48,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Json::<T>::from_request(req, state)
-            .await
-            .map(|Json(v)| ApiJson(v))
-            .map_err(|r: JsonRejection| ApiError::new(r.status(), "invalid_request", r.body_text()))
+        Json::<T>::from_request(req, state).await.map(|Json(v)| ApiJson(v)).map_err(|r: JsonRejection| {
+            // 415 (no JSON content type) is reported as a plain bad request.
+            let status =
+                if r.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE { StatusCode::BAD_REQUEST } else { r.status() };
+            ApiError::new(status, "invalid_request", r.body_text())
+        })
     }
 }
 

@@ -21,6 +21,9 @@ use crate::recovery::PaymentRecovery;
 use crate::store::RedisStore;
 use crate::webhook::{DemoReceiver, ReceiverBehaviour, WebhookNotifier};
 
+/// Retries of a gateway call after the first attempt.
+pub const GATEWAY_RETRIES: usize = 3;
+
 /// Which flows the consumers serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flows {
@@ -53,7 +56,8 @@ pub struct AppConfig {
     pub max_redrives: u32,
     /// Interval of the payment recovery (seed 004: 1 s).
     pub recovery_interval: Duration,
-    /// A payment is stuck after this long in progress.
+    /// A payment is stuck after this long in progress; must exceed the longest charge
+    /// call (`request_timeout` × 4 attempts + 1 s), checked at start.
     pub stuck_after: Duration,
     /// Partitions of topics the app creates (seed 001: 3).
     pub partitions: i32,
@@ -83,7 +87,7 @@ impl Default for AppConfig {
             redrive_interval: Duration::from_secs(300),
             max_redrives: 3,
             recovery_interval: Duration::from_secs(1),
-            stuck_after: Duration::from_secs(5),
+            stuck_after: Duration::from_secs(15),
             partitions: 3,
             flows: Flows::All,
             consumers_per_group: 1,
@@ -117,6 +121,16 @@ impl App {
     /// # Errors
     /// When a service cannot be reached or a part cannot be configured.
     pub async fn start(pool: PgPool, store: RedisStore, kafka: KafkaConfig, cfg: &AppConfig) -> anyhow::Result<App> {
+        // A payment whose charge call may still be retrying must not look stuck: the
+        // recovery would fail it while the gateway might still take the money.
+        let longest_charge = cfg.request_timeout * (GATEWAY_RETRIES as u32 + 1) + Duration::from_secs(1);
+        if cfg.stuck_after <= longest_charge {
+            anyhow::bail!(
+                "stuck_after ({:?}) must exceed the longest charge call ({longest_charge:?} = request_timeout x {} attempts + 1 s of backoff)",
+                cfg.stuck_after,
+                GATEWAY_RETRIES + 1
+            );
+        }
         crate::migrate(&pool).await?;
         let dlqs: Vec<String> = TOPICS.iter().map(|t| format!("{t}{DEFAULT_DEAD_LETTER_SUFFIX}")).collect();
         let specs: Vec<(&str, i32, i32)> =
@@ -146,7 +160,7 @@ impl App {
             .webhook_url
             .clone()
             .unwrap_or_else(|| receiver.as_ref().map(|(_, s)| format!("{}/notify", s.url())).unwrap_or_default());
-        let client = GatewayClient::new(&gateway_url, cfg.connect_timeout, cfg.request_timeout, 3)?;
+        let client = GatewayClient::new(&gateway_url, cfg.connect_timeout, cfg.request_timeout, GATEWAY_RETRIES)?;
 
         let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build()?.spawn();
         let mut containers = Vec::new();

@@ -182,7 +182,15 @@ impl Booking {
             .fetch_optional(&mut *tx)
             .await?;
             let Some(concert_date_id) = seat else {
-                return Err(BookingError::SeatTaken { seat_id });
+                let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM seat WHERE id = $1)")
+                    .bind(seat_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                return Err(if exists {
+                    BookingError::SeatTaken { seat_id }
+                } else {
+                    BookingError::NotFound { what: "seat", id: seat_id.to_string() }
+                });
             };
             sqlx::query("UPDATE concert_date SET available_seat_count = available_seat_count - 1 WHERE id = $1")
                 .bind(concert_date_id)
@@ -322,8 +330,8 @@ impl Booking {
             .rows_affected()
             == 1;
         let payment_id: i64 = sqlx::query_scalar(
-            "INSERT INTO payment (reservation_id, user_id, amount, status, charged, idempotency_key) \
-             VALUES ($1, $2, $3, 'IN_PROGRESS', $4, $5) RETURNING id",
+            "INSERT INTO payment (reservation_id, user_id, amount, status, charged, idempotency_key, updated_at) \
+             VALUES ($1, $2, $3, 'IN_PROGRESS', $4, $5, clock_timestamp()) RETURNING id",
         )
         .bind(req.reservation_id)
         .bind(owner)
@@ -354,7 +362,10 @@ impl Booking {
                 let after = finalize(&mut tx, &self.outbox, payment_id, outcome, "gateway answered").await?;
                 tx.commit().await?;
                 if let Some(Some(after)) = after {
-                    after.run(&self.store).await?;
+                    // The outcome is committed; holds and tokens also expire on their own.
+                    if let Err(e) = after.run(&self.store).await {
+                        tracing::warn!(payment_id, error = %reliable_kafka::report(&e), "releasing hold and token failed");
+                    }
                 }
             }
             Err(e @ (GatewayError::Timeout(_) | GatewayError::Unavailable(_))) => {

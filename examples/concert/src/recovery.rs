@@ -102,7 +102,9 @@ impl PaymentRecovery {
                 .await?;
             tx.commit().await?;
             if let Some(after) = after {
-                after.run(&self.store).await?;
+                if let Err(e) = after.run(&self.store).await {
+                    tracing::warn!(payment_id, error = %reliable_kafka::report(&e), "releasing hold and token failed");
+                }
             }
             settled += 1;
         }

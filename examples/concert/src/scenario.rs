@@ -96,7 +96,7 @@ impl ScenarioConfig {
             webhook_backoff: Duration::from_millis(100),
             redrive_interval: Duration::from_secs(1),
             recovery_interval: Duration::from_millis(500),
-            stuck_after: Duration::from_secs(2),
+            stuck_after: Duration::from_secs(6),
             flows: self.flows,
             ..AppConfig::default()
         }
