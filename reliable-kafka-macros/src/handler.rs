@@ -64,8 +64,11 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
     if sig.asyncness.is_none() {
         errors.push(syn::Error::new(sig.fn_token.span(), "an event handler must be an `async fn`"));
     }
-    if !sig.generics.params.is_empty() {
-        errors.push(syn::Error::new_spanned(&sig.generics, "an event handler cannot be generic"));
+    if sig.generics.params.iter().any(|p| !matches!(p, syn::GenericParam::Type(_))) {
+        errors.push(syn::Error::new_spanned(
+            &sig.generics,
+            "an event handler can only be generic over types (e.g. `<DB: Backend>`)",
+        ));
     }
     if let Some(r) = &sig.receiver() {
         errors.push(syn::Error::new_spanned(r, "an event handler is a free function, not a method"));
@@ -85,8 +88,10 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
         })
         .collect();
     let shape = "expected `(event: YourEvent, ctx: &mut HandlerContext)`";
+    let mut backend_ty = None;
     let event_ty = match typed.as_slice() {
         [event, ctx] => {
+            backend_ty = context_backend(&ctx.ty);
             if !matches!(&*ctx.ty, Type::Reference(r) if r.mutability.is_some()) {
                 errors.push(syn::Error::new_spanned(
                     &ctx.ty,
@@ -130,6 +135,14 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
     };
     // Spanned at the user's return type, so a wrong one is reported there.
     let call = quote_spanned!(ret_span=> #krate::__private::handler_future(#inner_name(event, ctx)));
+    // `HandlerContext<X>` makes an `EventHandler<X>`; plain `HandlerContext` the default
+    // (PostgreSQL). Type parameters of the function become those of the impl.
+    let (impl_generics, _, where_clause) = sig.generics.split_for_impl();
+    let trait_args = backend_ty.map(|b| quote!(<#b>));
+    let ctx_ty = match backend_ty {
+        Some(b) => quote!(#krate::HandlerContext<#b>),
+        None => quote!(#krate::HandlerContext),
+    };
 
     Ok(quote! {
         #(#docs)*
@@ -137,7 +150,7 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
         #[derive(Debug, Clone, Copy, Default)]
         #vis struct #name;
 
-        impl #krate::EventHandler for #name {
+        impl #impl_generics #krate::EventHandler #trait_args for #name #where_clause {
             type Event = #event_ty;
 
             fn options(&self) -> #krate::HandlerOptions {
@@ -147,7 +160,7 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
             fn handle<'a>(
                 &'a self,
                 event: #event_ty,
-                ctx: &'a mut #krate::HandlerContext,
+                ctx: &'a mut #ctx_ty,
             ) -> #krate::__private::BoxFuture<'a, ::core::result::Result<(), #krate::HandlerError>> {
                 #inner
                 #call
@@ -162,4 +175,16 @@ fn non_empty(s: LitStr) -> syn::Result<LitStr> {
     } else {
         Ok(s)
     }
+}
+
+/// The backend type argument of `&mut HandlerContext<X>`, if written.
+fn context_backend(ty: &Type) -> Option<&Type> {
+    let Type::Reference(r) = ty else { return None };
+    let Type::Path(p) = &*r.elem else { return None };
+    let last = p.path.segments.last()?;
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    args.args.iter().find_map(|a| match a {
+        syn::GenericArgument::Type(t) => Some(t),
+        _ => None,
+    })
 }

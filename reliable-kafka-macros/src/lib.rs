@@ -35,6 +35,10 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 /// into a unit struct `name` implementing `reliable_kafka::EventHandler`, to register
 /// with `ListenerContainer::builder(..).handler(name)`.
 ///
+/// The context's type argument picks the backend: `&mut HandlerContext` (PostgreSQL),
+/// `&mut HandlerContext<Sqlite>`, or `&mut HandlerContext<DB>` in a function generic
+/// over `DB: Backend`, which then works with either.
+///
 /// `#[event_handler(topic = "payment.failed", group = "payment-compensator-group", backoff = FixedBackOff::new(Duration::from_secs(1), 4), dlq = "payment.failed.DLQ")]`
 ///
 /// | key | required | meaning |

@@ -62,6 +62,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+mod backend;
 mod backoff;
 mod consumer;
 mod error;
@@ -72,6 +73,7 @@ mod outbox;
 mod redrive;
 mod schema;
 
+pub use backend::{AnyPool, Backend, BackendConnection, Postgres, Sqlite};
 pub use backoff::{
     BackOff, ExponentialBackOff, ExponentialBackOffBuilder, FixedBackOff, IntoBackOff, MAX_ATTEMPTS, MAX_DELAY,
 };
@@ -86,7 +88,9 @@ pub use outbox::{EnqueueOptions, Outbox, OutboxRelay, OutboxRelayBuilder, RelayB
 pub use redrive::{
     DeadLetterRedriver, DeadLetterRedriverBuilder, RedriveHandle, RedriveReport, RedriveStats, REDRIVE_COUNT,
 };
-pub use schema::{migrate, migrator, DEFAULT_OUTBOX_TABLE, DEFAULT_PROCESSED_TABLE, NOTIFY_CHANNEL};
+pub use schema::{
+    migrate, migrator, DEFAULT_OUTBOX_TABLE, DEFAULT_PARKED_TABLE, DEFAULT_PROCESSED_TABLE, NOTIFY_CHANNEL,
+};
 
 pub(crate) use consumer::report as report_chain;
 

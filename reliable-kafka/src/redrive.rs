@@ -10,12 +10,13 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
-use sqlx::PgPool;
+use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::validate_identifier;
 use crate::kafka::{send_in_order, OutRecord};
-use crate::{headers, ConfigError, DeadLetterInfo, DeadLetterReason, Error, KafkaConfig};
+use crate::backend::ParkRow;
+use crate::{headers, Backend, ConfigError, DeadLetterInfo, DeadLetterReason, Error, KafkaConfig, Postgres};
 
 /// Header counting how often a record was re-driven, decimal ASCII. Carried through
 /// the next dead-lettering, so the bound holds across cycles.
@@ -38,11 +39,11 @@ pub const REDRIVE_COUNT: &str = "rk-redrive-count";
 ///
 /// Several instances may run: a PostgreSQL advisory lock per re-drive group lets one
 /// run at a time; the others skip their turn. The lock holds one pooled connection for
-/// the run, so the pool needs at least two.
-pub struct DeadLetterRedriver {
+/// the run, so the pool needs at least two. On SQLite the lock is per process.
+pub struct DeadLetterRedriver<DB: Backend = Postgres> {
     consumer_config: rdkafka::ClientConfig,
     producer: FutureProducer,
-    pool: PgPool,
+    pool: Pool<DB>,
     topics: Vec<String>,
     max_redrives: u32,
     reasons: Vec<DeadLetterReason>,
@@ -52,10 +53,8 @@ pub struct DeadLetterRedriver {
     stats: Arc<RedriveStats>,
 }
 
-const LOCK_SQL: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))";
-const UNLOCK_SQL: &str = "SELECT pg_advisory_unlock(hashtextextended($1, 0))";
 
-impl std::fmt::Debug for DeadLetterRedriver {
+impl<DB: Backend> std::fmt::Debug for DeadLetterRedriver<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeadLetterRedriver")
             .field("topics", &self.topics)
@@ -67,9 +66,9 @@ impl std::fmt::Debug for DeadLetterRedriver {
 
 /// Builder of [`DeadLetterRedriver`].
 #[derive(Debug, Clone)]
-pub struct DeadLetterRedriverBuilder {
+pub struct DeadLetterRedriverBuilder<DB: Backend = Postgres> {
     kafka: KafkaConfig,
-    pool: PgPool,
+    pool: Pool<DB>,
     topics: Vec<String>,
     group: String,
     max_redrives: u32,
@@ -110,7 +109,7 @@ pub struct RedriveReport {
     pub parked: u64,
 }
 
-impl DeadLetterRedriverBuilder {
+impl<DB: Backend> DeadLetterRedriverBuilder<DB> {
     /// Adds a dead-letter topic to re-drive (at least one is required).
     pub fn topic(mut self, dead_letter_topic: impl Into<String>) -> Self {
         self.topics.push(dead_letter_topic.into());
@@ -151,7 +150,7 @@ impl DeadLetterRedriverBuilder {
     /// [`Error::Config`] naming the key: no `topic`, an empty `group.id`, a zero
     /// `interval`, an invalid `parked_table`; [`Error::Kafka`] when librdkafka rejects
     /// the configuration.
-    pub fn build(self) -> Result<DeadLetterRedriver, Error> {
+    pub fn build(self) -> Result<DeadLetterRedriver<DB>, Error> {
         if self.topics.is_empty() {
             return Err(ConfigError::Missing { key: "topic".into() }.into());
         }
@@ -175,7 +174,6 @@ impl DeadLetterRedriverBuilder {
             .client_config(KafkaConfig::PRODUCER_PRESETS)
             .create()
             .map_err(Error::kafka("create re-drive producer"))?;
-        let t = &self.parked_table;
         Ok(DeadLetterRedriver {
             consumer_config,
             producer,
@@ -184,13 +182,7 @@ impl DeadLetterRedriverBuilder {
             max_redrives: self.max_redrives,
             reasons: self.reasons,
             interval: self.interval,
-            park_sql: format!(
-                "INSERT INTO {t} (dead_letter_topic, dead_letter_partition, dead_letter_offset, message_id, original_topic, \
-                 original_partition, original_offset, consumer_group, reason, error_message, attempts, redrive_count, \
-                 record_key, payload, headers, dead_lettered_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, to_timestamp($16 / 1000.0)) \
-                 ON CONFLICT DO NOTHING"
-            ),
+            park_sql: DB::park_sql(&self.parked_table),
             lock_name: format!("reliable-kafka:redrive:{}", self.group),
             stats: Arc::default(),
         })
@@ -205,9 +197,9 @@ struct Span {
     end: i64,
 }
 
-impl DeadLetterRedriver {
+impl<DB: Backend> DeadLetterRedriver<DB> {
     /// Starts a builder.
-    pub fn builder(kafka: KafkaConfig, pool: PgPool) -> DeadLetterRedriverBuilder {
+    pub fn builder(kafka: KafkaConfig, pool: Pool<DB>) -> DeadLetterRedriverBuilder<DB> {
         DeadLetterRedriverBuilder {
             kafka,
             pool,
@@ -216,7 +208,7 @@ impl DeadLetterRedriver {
             max_redrives: 3,
             reasons: vec![DeadLetterReason::RetriesExhausted],
             interval: Duration::from_secs(300),
-            parked_table: "rk_parked_messages".to_owned(),
+            parked_table: crate::schema::DEFAULT_PARKED_TABLE.to_owned(),
         }
     }
 
@@ -232,24 +224,13 @@ impl DeadLetterRedriver {
     /// when parking fails. Offsets of records already handled are committed first, so
     /// the next run resumes after them.
     pub async fn redrive_once(&self) -> Result<RedriveReport, Error> {
-        // One instance at a time per re-drive group: a session advisory lock on a pooled
-        // connection, released at the end (or when the connection dies with its process).
-        let mut conn = self.pool.acquire().await.map_err(Error::db("acquire re-drive lock connection"))?;
-        let locked: bool = sqlx::query_scalar(LOCK_SQL)
-            .bind(&self.lock_name)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(Error::db("take re-drive lock"))?;
-        if !locked {
+        // One instance at a time per re-drive group.
+        let Some(lock) = DB::try_lock(&self.pool, &self.lock_name).await.map_err(Error::db("take re-drive lock"))? else {
             tracing::debug!(group = %self.lock_name, "another re-driver instance is running; skipped");
             return Ok(RedriveReport::default());
-        }
+        };
         let result = self.redrive_locked().await;
-        if let Err(e) = sqlx::query(UNLOCK_SQL).bind(&self.lock_name).execute(&mut *conn).await {
-            // Close the connection rather than return it to the pool still holding the lock.
-            tracing::warn!(error = %e, "re-drive unlock failed; closing the connection");
-            let _ = conn.detach();
-        }
+        lock.release().await;
         result
     }
 
@@ -393,30 +374,25 @@ impl DeadLetterRedriver {
             .and_then(|h| h.iter().find(|x| x.key == headers::MESSAGE_ID))
             .and_then(|x| x.value)
             .map(|v| String::from_utf8_lossy(v).into_owned());
-        // PostgreSQL `text` cannot hold NUL; a record must never block its partition.
-        let text = |v: String| if v.contains('\0') { v.replace('\0', "\u{FFFD}") } else { v };
-        let message_id = message_id.map(text);
-        let reason = text(reason);
-        sqlx::query(&self.park_sql)
-            .bind(msg.topic())
-            .bind(msg.partition())
-            .bind(msg.offset())
-            .bind(&message_id)
-            .bind(info.as_ref().map(|i| text(i.original_topic.clone())))
-            .bind(info.as_ref().map(|i| i.original_partition))
-            .bind(info.as_ref().map(|i| i.original_offset))
-            .bind(info.as_ref().map(|i| text(i.consumer_group.clone())))
-            .bind(&reason)
-            .bind(info.as_ref().map(|i| text(i.error_message.clone())))
-            .bind(info.as_ref().map(|i| i.attempts as i32))
-            .bind(count as i32)
-            .bind(msg.key())
-            .bind(msg.payload())
-            .bind(sqlx::types::Json(header_list))
-            .bind(msg.timestamp().to_millis().map(|ms| ms as f64))
-            .execute(&self.pool)
-            .await
-            .map_err(Error::db("park dead-lettered record"))?;
+        let row = ParkRow {
+            dead_letter_topic: msg.topic(),
+            dead_letter_partition: msg.partition(),
+            dead_letter_offset: msg.offset(),
+            message_id: message_id.clone(),
+            original_topic: info.as_ref().map(|i| i.original_topic.clone()),
+            original_partition: info.as_ref().map(|i| i.original_partition),
+            original_offset: info.as_ref().map(|i| i.original_offset),
+            consumer_group: info.as_ref().map(|i| i.consumer_group.clone()),
+            reason: reason.clone(),
+            error_message: info.as_ref().map(|i| i.error_message.clone()),
+            attempts: info.as_ref().map(|i| i.attempts as i32),
+            redrive_count: count as i32,
+            key: msg.key(),
+            payload: msg.payload(),
+            headers: serde_json::Value::Array(header_list),
+            dead_lettered_at: msg.timestamp().to_millis().and_then(chrono::DateTime::from_timestamp_millis),
+        };
+        DB::park(&self.pool, &self.park_sql, row).await.map_err(Error::db("park dead-lettered record"))?;
         tracing::error!(dead_letter_topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
             message_id = message_id.as_deref().unwrap_or("-"), %reason, "parked dead-lettered record");
         Ok(false)

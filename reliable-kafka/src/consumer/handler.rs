@@ -4,7 +4,9 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::Transaction;
+
+use crate::{Backend, Postgres};
 use uuid::Uuid;
 
 use crate::{BackOff, BoxError, Codec, CodecError, ConfigError, Event, IntoBackOff};
@@ -69,16 +71,19 @@ impl HandlerError {
 }
 
 /// Classifies database errors so `?` on sqlx calls in a handler does the right thing:
-/// lost connections, pool timeouts, I/O errors and the SQLSTATE classes `08`
+/// lost connections, pool timeouts, I/O errors, the PostgreSQL SQLSTATE classes `08`
 /// (connection), `40` (serialization failure, deadlock), `53` (insufficient resources)
-/// and `57` (operator intervention, e.g. a server restart) are transient; every other
+/// and `57` (operator intervention, e.g. a server restart), and SQLite's `SQLITE_BUSY`
+/// and `SQLITE_LOCKED` are transient; every other
 /// database error (constraint violations, bad SQL, decoding) is permanent.
 impl From<sqlx::Error> for HandlerError {
     fn from(e: sqlx::Error) -> Self {
         let transient = match &e {
-            sqlx::Error::Database(db) => {
-                db.code().is_some_and(|c| ["08", "40", "53", "57"].iter().any(|class| c.starts_with(class)))
-            }
+            sqlx::Error::Database(db) => match db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+                Some(lite) => sqlx::error::DatabaseError::code(lite).and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+                None => db.code().is_some_and(|c| ["08", "40", "53", "57"].iter().any(|class| c.starts_with(class))),
+            },
             sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
@@ -127,17 +132,22 @@ pub struct RecordInfo {
 ///
 /// Everything the handler writes through [`HandlerContext::tx`] commits together with
 /// the deduplication row, or not at all.
-pub struct HandlerContext {
-    pub(crate) tx: Transaction<'static, Postgres>,
+///
+/// `DB` is the backend of the container's pool: write `HandlerContext` for PostgreSQL,
+/// `HandlerContext<Sqlite>` for SQLite, or keep a handler generic over `DB: Backend`
+/// when it does not touch the database.
+pub struct HandlerContext<DB: Backend = Postgres> {
+    pub(crate) tx: Transaction<'static, DB>,
     pub(crate) record: RecordInfo,
     pub(crate) attempt: u32,
     pub(crate) group: std::sync::Arc<str>,
 }
 
-impl HandlerContext {
+impl<DB: Backend> HandlerContext<DB> {
     /// The transaction for the handler's database effects (use as `ctx.tx()` wherever
-    /// sqlx takes an executor).
-    pub fn tx(&mut self) -> &mut PgConnection {
+    /// sqlx takes an executor). On SQLite it holds the database's write lock until the
+    /// handler returns.
+    pub fn tx(&mut self) -> &mut DB::Connection {
         &mut self.tx
     }
 
@@ -162,7 +172,7 @@ impl HandlerContext {
     }
 }
 
-impl std::fmt::Debug for HandlerContext {
+impl<DB: Backend> std::fmt::Debug for HandlerContext<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HandlerContext")
             .field("record", &self.record)
@@ -248,7 +258,7 @@ impl HandlerOptions {
     message = "`{Self}` is not an event handler",
     note = "annotate an `async fn(event: E, ctx: &mut HandlerContext) -> Result<(), HandlerError>` with `#[event_handler(...)]`, or implement `EventHandler`"
 )]
-pub trait EventHandler: Send + Sync + 'static {
+pub trait EventHandler<DB: Backend = Postgres>: Send + Sync + 'static {
     /// The event type handled.
     type Event: Event;
 
@@ -261,7 +271,7 @@ pub trait EventHandler: Send + Sync + 'static {
     ///
     /// # Errors
     /// A [`HandlerError`] saying whether to retry.
-    fn handle<'a>(&'a self, event: Self::Event, ctx: &'a mut HandlerContext)
+    fn handle<'a>(&'a self, event: Self::Event, ctx: &'a mut HandlerContext<DB>)
         -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
@@ -269,14 +279,15 @@ pub trait EventHandler: Send + Sync + 'static {
 pub(crate) type AnyEvent = Box<dyn std::any::Any + Send>;
 
 /// Object-safe face of [`EventHandler`].
-pub(crate) trait ErasedHandler: Send + Sync {
+pub(crate) trait ErasedHandler<DB: Backend>: Send + Sync {
     fn event_type(&self) -> &'static str;
     fn schema_version(&self) -> u32;
     fn decode(&self, payload: &[u8]) -> Result<AnyEvent, CodecError>;
-    fn call<'a>(&'a self, event: AnyEvent, ctx: &'a mut HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn call<'a>(&'a self, event: AnyEvent, ctx: &'a mut HandlerContext<DB>)
+        -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
-impl<H: EventHandler> ErasedHandler for H {
+impl<DB: Backend, H: EventHandler<DB>> ErasedHandler<DB> for H {
     fn event_type(&self) -> &'static str {
         H::Event::EVENT_TYPE
     }
@@ -286,7 +297,11 @@ impl<H: EventHandler> ErasedHandler for H {
     fn decode(&self, payload: &[u8]) -> Result<AnyEvent, CodecError> {
         <H::Event as Event>::Codec::decode::<H::Event>(payload).map(|e| Box::new(e) as AnyEvent)
     }
-    fn call<'a>(&'a self, event: AnyEvent, ctx: &'a mut HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn call<'a>(
+        &'a self,
+        event: AnyEvent,
+        ctx: &'a mut HandlerContext<DB>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         let event = *event.downcast::<H::Event>().expect("decoded by the same handler");
         self.handle(event, ctx)
     }

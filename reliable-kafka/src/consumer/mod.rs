@@ -16,13 +16,14 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::ClientContext;
-use sqlx::PgPool;
+use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::error::validate_identifier;
 use crate::kafka::{send_in_order, OutRecord};
-use crate::{headers, BackOff, ConfigError, Error, KafkaConfig};
+use crate::backend::{DedupSql, TransactionState};
+use crate::{headers, BackOff, Backend, ConfigError, Error, KafkaConfig, Postgres};
 
 pub use dead_letter::{DeadLetterInfo, DeadLetterReason};
 use handler::ErasedHandler;
@@ -32,8 +33,8 @@ pub use handler::{EventHandler, HandlerContext, HandlerError, HandlerOptions, Re
 /// `DeadLetterPublishingRecoverer` convention of a per-topic DLT.
 pub const DEFAULT_DEAD_LETTER_SUFFIX: &str = ".DLQ";
 
-struct Route {
-    handler: Box<dyn ErasedHandler>,
+struct Route<DB: Backend> {
+    handler: Box<dyn ErasedHandler<DB>>,
     backoff: BackOff,
     dead_letter_topic: String,
 }
@@ -103,11 +104,11 @@ impl ContainerStats {
 }
 
 /// Builder of [`ListenerContainer`].
-pub struct ListenerContainerBuilder {
+pub struct ListenerContainerBuilder<DB: Backend = Postgres> {
     kafka: KafkaConfig,
-    pool: PgPool,
+    pool: Pool<DB>,
     group: Option<String>,
-    handlers: Vec<(Box<dyn ErasedHandler>, HandlerOptions, &'static str)>,
+    handlers: Vec<(Box<dyn ErasedHandler<DB>>, HandlerOptions, &'static str)>,
     default_backoff: BackOff,
     dead_letter_suffix: String,
     commit_interval: Duration,
@@ -116,7 +117,7 @@ pub struct ListenerContainerBuilder {
     processed_retention: Duration,
 }
 
-impl std::fmt::Debug for ListenerContainerBuilder {
+impl<DB: Backend> std::fmt::Debug for ListenerContainerBuilder<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ListenerContainerBuilder")
             .field("kafka", &self.kafka)
@@ -126,7 +127,7 @@ impl std::fmt::Debug for ListenerContainerBuilder {
     }
 }
 
-impl ListenerContainerBuilder {
+impl<DB: Backend> ListenerContainerBuilder<DB> {
     /// Consumer group id. Optional when the handlers declare their group.
     pub fn group_id(mut self, group: impl Into<String>) -> Self {
         self.group = Some(group.into());
@@ -134,7 +135,7 @@ impl ListenerContainerBuilder {
     }
 
     /// Registers a handler; its topic must be unique in the container.
-    pub fn handler<H: EventHandler>(mut self, handler: H) -> Self {
+    pub fn handler<H: EventHandler<DB>>(mut self, handler: H) -> Self {
         let options = handler.options();
         self.handlers.push((Box::new(handler), options, <H::Event as crate::Event>::TOPIC));
         self
@@ -190,7 +191,7 @@ impl ListenerContainerBuilder {
     /// a dead-letter topic equal to its source, a back-off whose total wait exceeds
     /// `max.poll.interval.ms`, an invalid `processed_table`, a zero `commit_interval`.
     /// [`Error::Kafka`] when librdkafka rejects the configuration.
-    pub fn build(self) -> Result<ListenerContainer, Error> {
+    pub fn build(self) -> Result<ListenerContainer<DB>, Error> {
         validate_identifier("processed_table", &self.processed_table)?;
         if self.commit_interval.is_zero() {
             return Err(ConfigError::invalid("commit_interval", "must be greater than zero").into());
@@ -274,17 +275,10 @@ impl ListenerContainerBuilder {
             .client_config(KafkaConfig::PRODUCER_PRESETS)
             .create()
             .map_err(Error::kafka("create dead-letter producer"))?;
-        let t = &self.processed_table;
         Ok(ListenerContainer {
             consumer,
             inner: Inner {
-                dedup_sql: format!(
-                    "INSERT INTO {t} (consumer_group, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
-                ),
-                prune_sql: format!(
-                    "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM {t} WHERE consumer_group = $1 \
-                     AND processed_at < now() - make_interval(secs => $2) LIMIT 10000)"
-                ),
+                dedup_sql: Arc::new(DB::dedup_sql(&self.processed_table)),
                 group: Arc::from(group.as_str()),
                 pool: self.pool,
                 routes,
@@ -335,26 +329,25 @@ impl ListenerContainerBuilder {
 /// Delivery is at-least-once; database effects are exactly-once per message id and
 /// group. Effects outside the transaction (HTTP calls, Redis) run at least once and
 /// must be idempotent.
-pub struct ListenerContainer {
+pub struct ListenerContainer<DB: Backend = Postgres> {
     consumer: StreamConsumer<ContainerContext>,
-    inner: Inner,
+    inner: Inner<DB>,
     commit_interval: Duration,
 }
 
-struct Inner {
+struct Inner<DB: Backend> {
     group: Arc<str>,
-    pool: PgPool,
-    routes: HashMap<String, Route>,
+    pool: Pool<DB>,
+    routes: HashMap<String, Route<DB>>,
     producer: FutureProducer,
-    dedup_sql: String,
-    prune_sql: String,
+    dedup_sql: Arc<DedupSql>,
     stats: Arc<ContainerStats>,
     handler_timeout: Duration,
     processed_retention: Duration,
     max_retry_after: Duration,
 }
 
-impl std::fmt::Debug for ListenerContainer {
+impl<DB: Backend> std::fmt::Debug for ListenerContainer<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ListenerContainer")
             .field("group", &self.inner.group)
@@ -467,12 +460,15 @@ enum AttemptError {
     Handler(HandlerError),
 }
 
-impl ListenerContainer {
+impl<DB: Backend> ListenerContainer<DB> {
     /// Starts a builder. `kafka` settings override the consumer presets
     /// (`enable.auto.commit=false`, `enable.auto.offset.store=false`,
     /// `auto.offset.reset=earliest`, `isolation.level=read_committed`) and the
     /// dead-letter producer presets (`acks=all`, `enable.idempotence=true`).
-    pub fn builder(kafka: KafkaConfig, pool: PgPool) -> ListenerContainerBuilder {
+    ///
+    /// The pool's backend ([`Postgres`] or [`crate::Sqlite`]) is the one of the
+    /// deduplication table and of the handlers' transactions.
+    pub fn builder(kafka: KafkaConfig, pool: Pool<DB>) -> ListenerContainerBuilder<DB> {
         ListenerContainerBuilder {
             kafka,
             pool,
@@ -510,7 +506,7 @@ impl ListenerContainer {
         tracing::info!(group = %self.inner.group, ?topics, "listener container started");
         let pruner = tokio::spawn(prune_processed(
             self.inner.pool.clone(),
-            self.inner.prune_sql.clone(),
+            self.inner.dedup_sql.clone(),
             self.inner.group.clone(),
             self.inner.processed_retention,
             shutdown.clone(),
@@ -615,11 +611,17 @@ impl ContainerHandle {
 }
 
 /// Deletes deduplication rows of `group` older than `retention`, every 10 minutes.
-async fn prune_processed(pool: PgPool, sql: String, group: Arc<str>, retention: Duration, shutdown: CancellationToken) {
+async fn prune_processed<DB: Backend>(
+    pool: Pool<DB>,
+    sql: Arc<DedupSql>,
+    group: Arc<str>,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         loop {
-            match sqlx::query(&sql).bind(&*group).bind(retention.as_secs_f64()).execute(&pool).await {
-                Ok(r) if r.rows_affected() == 10_000 => continue,
+            match DB::prune_dedup(&pool, &sql, &group, crate::backend::cutoff(retention)).await {
+                Ok(10_000) => continue,
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(%group, error = %report(&e), "pruning the deduplication table failed");
@@ -689,7 +691,7 @@ pub(crate) fn report(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-impl Inner {
+impl<DB: Backend> Inner<DB> {
     async fn process(&self, msg: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> Outcome {
         let Some(route) = self.routes.get(msg.topic()) else {
             // Only subscribed topics are delivered; nothing to do.
@@ -806,20 +808,16 @@ impl Inner {
     async fn attempt(
         &self,
         msg: &BorrowedMessage<'_>,
-        route: &Route,
+        route: &Route<DB>,
         info: &RecordInfo,
         attempt: u32,
     ) -> Result<bool, AttemptError> {
         let event = route.handler.decode(msg.payload().unwrap_or_default()).map_err(AttemptError::Decode)?;
         let infra = |op| move |e| AttemptError::Infrastructure(Error::Database { operation: op, source: e });
-        let mut tx = self.pool.begin().await.map_err(infra("begin handler transaction"))?;
-        let inserted = sqlx::query(&self.dedup_sql)
-            .bind(&*self.group)
-            .bind(info.message_id)
-            .execute(&mut *tx)
+        let mut tx = DB::begin_write(&self.pool).await.map_err(infra("begin handler transaction"))?;
+        let inserted = DB::insert_dedup(&mut tx, &self.dedup_sql, &self.group, info.message_id)
             .await
-            .map_err(infra("insert dedup row"))?
-            .rows_affected();
+            .map_err(infra("insert dedup row"))?;
         if inserted == 0 {
             tracing::debug!(group = %self.group, message_id = %info.message_id, "duplicate delivery skipped");
             return Ok(true);
@@ -844,13 +842,12 @@ impl Inner {
         }
         // PostgreSQL turns COMMIT of an aborted transaction into ROLLBACK without an
         // error: a handler that swallowed a failed statement must not count as success.
-        if let Err(e) = sqlx::query("SELECT 1").execute(&mut *ctx.tx).await {
-            return Err(match &e {
-                sqlx::Error::Database(db) if db.code().as_deref() == Some("25P02") => {
-                    AttemptError::Handler(HandlerError::permanent(HandlerFault::AbortedTransaction))
-                }
-                _ => classify_db(e, "check handler transaction"),
-            });
+        match DB::check_transaction(&mut ctx.tx).await {
+            Ok(TransactionState::Open) => {}
+            Ok(TransactionState::Aborted) => {
+                return Err(AttemptError::Handler(HandlerError::permanent(HandlerFault::AbortedTransaction)))
+            }
+            Err(e) => return Err(classify_db(e, "check handler transaction")),
         }
         ctx.tx.commit().await.map_err(|e| classify_db(e, "commit handler transaction"))?;
         Ok(false)
@@ -860,7 +857,7 @@ impl Inner {
     async fn dead_letter(
         &self,
         msg: &BorrowedMessage<'_>,
-        route: &Route,
+        route: &Route<DB>,
         reason: DeadLetterReason,
         error_kind: &str,
         error_message: String,

@@ -5,17 +5,20 @@ mod relay;
 
 use std::collections::BTreeMap;
 
-use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::backend::sealed::Sealed;
+use crate::backend::NewOutboxRow;
+
 use crate::error::validate_identifier;
-use crate::{Codec, ConfigError, Error, Event};
+use crate::{BackendConnection, Codec, ConfigError, Error, Event};
 
 pub use relay::{OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayStats};
 
 /// Writes events to the outbox table inside the caller's transaction.
 ///
-/// Cheap to clone; keep one per application.
+/// Cheap to clone; keep one per application. The same `Outbox` works on either
+/// backend: [`Outbox::enqueue`] takes a PostgreSQL or an SQLite connection.
 ///
 /// ```no_run
 /// # use reliable_kafka::{Event, Outbox};
@@ -34,7 +37,8 @@ pub use relay::{OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayS
 /// ```
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    insert_sql: String,
+    pg_insert_sql: String,
+    sqlite_insert_sql: String,
 }
 
 impl Default for Outbox {
@@ -72,10 +76,8 @@ impl Outbox {
     pub fn with_table(table: &str) -> Result<Self, ConfigError> {
         validate_identifier("outbox_table", table)?;
         Ok(Outbox {
-            insert_sql: format!(
-                "INSERT INTO {table} (id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-            ),
+            pg_insert_sql: <crate::Postgres as Sealed>::outbox_insert_sql(table),
+            sqlite_insert_sql: <crate::Sqlite as Sealed>::outbox_insert_sql(table),
         })
     }
 
@@ -83,14 +85,14 @@ impl Outbox {
     /// and never if it rolls back. Returns the message id.
     ///
     /// `tx` is the connection of an open transaction: `&mut tx` for a
-    /// `sqlx::Transaction<'_, Postgres>`, or `ctx.tx()` inside an event handler (the
+    /// `sqlx::Transaction<'_, Postgres>` or `sqlx::Transaction<'_, Sqlite>`, or `ctx.tx()` inside an event handler (the
     /// follow-up event then commits with the handler's effects and its deduplication
     /// row). On a connection outside a transaction the row commits on its own.
     ///
     /// # Errors
     /// [`Error::Codec`] when the event cannot be encoded, [`Error::Database`] when the
     /// insert fails (the transaction is then aborted, as for any failed statement).
-    pub async fn enqueue<E: Event>(&self, tx: &mut PgConnection, event: &E) -> Result<Uuid, Error> {
+    pub async fn enqueue<C: BackendConnection + ?Sized, E: Event>(&self, tx: &mut C, event: &E) -> Result<Uuid, Error> {
         self.enqueue_with(tx, event, EnqueueOptions::default()).await
     }
 
@@ -98,9 +100,9 @@ impl Outbox {
     ///
     /// # Errors
     /// As [`Outbox::enqueue`].
-    pub async fn enqueue_with<E: Event>(
+    pub async fn enqueue_with<C: BackendConnection + ?Sized, E: Event>(
         &self,
-        tx: &mut PgConnection,
+        tx: &mut C,
         event: &E,
         options: EnqueueOptions,
     ) -> Result<Uuid, Error> {
@@ -110,18 +112,21 @@ impl Outbox {
         if let Some(tp) = traceparent {
             headers.insert(crate::headers::TRACEPARENT.to_owned(), tp);
         }
-        sqlx::query(&self.insert_sql)
-            .bind(id)
-            .bind(topic.as_deref().unwrap_or(E::TOPIC))
-            .bind(event.key())
-            .bind(E::EVENT_TYPE)
-            .bind(E::SCHEMA_VERSION as i32)
-            .bind(payload)
-            .bind(E::Codec::CONTENT_TYPE)
-            .bind(sqlx::types::Json(headers))
-            .execute(tx)
-            .await
-            .map_err(Error::db("insert outbox row"))?;
+        let sql = match <C::Backend as Sealed>::NAME {
+            "sqlite" => &self.sqlite_insert_sql,
+            _ => &self.pg_insert_sql,
+        };
+        let row = NewOutboxRow {
+            id,
+            topic: topic.as_deref().unwrap_or(E::TOPIC),
+            key: event.key(),
+            event_type: E::EVENT_TYPE,
+            schema_version: E::SCHEMA_VERSION as i32,
+            payload,
+            content_type: E::Codec::CONTENT_TYPE,
+            headers: &headers,
+        };
+        <C::Backend as Sealed>::insert_outbox(tx.connection(), sql, row).await.map_err(Error::db("insert outbox row"))?;
         Ok(id)
     }
 }

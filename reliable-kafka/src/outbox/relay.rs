@@ -6,15 +6,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, Producer};
-use sqlx::postgres::PgListener;
-use sqlx::types::Json;
-use sqlx::PgPool;
+use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::error::validate_identifier;
 use crate::kafka::{send_in_order, OutRecord};
-use crate::{headers, ConfigError, Error, KafkaConfig};
+use crate::backend::{OutboxRow, Published, RelaySql, SendFailure};
+use crate::{headers, Backend, ConfigError, Error, KafkaConfig, Postgres};
 
 /// Publishes committed outbox rows to Kafka, in insertion order per key.
 ///
@@ -49,14 +47,19 @@ use crate::{headers, ConfigError, Error, KafkaConfig};
 ///
 /// The relay wakes on `NOTIFY rk_outbox` (sent by the table's trigger at commit) and
 /// polls every `poll_interval` in case a notification was missed.
-pub struct OutboxRelay {
-    pool: PgPool,
+///
+/// On SQLite ([`crate::Sqlite`]) there is one writer at a time, so insertion order is
+/// commit order: the relay reads pending rows without a transaction, publishes them and
+/// marks them in a short `BEGIN IMMEDIATE` transaction, and it wakes every
+/// `poll_interval` (no notifications). Run one relay per database file.
+pub struct OutboxRelay<DB: Backend = Postgres> {
+    pool: Pool<DB>,
     producer: FutureProducer,
     cfg: RelayConfig,
     stats: Arc<RelayStats>,
 }
 
-impl std::fmt::Debug for OutboxRelay {
+impl<DB: Backend> std::fmt::Debug for OutboxRelay<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OutboxRelay").field("cfg", &self.cfg).field("stats", &self.stats).finish_non_exhaustive()
     }
@@ -69,17 +72,13 @@ struct RelayConfig {
     retention: Duration,
     cleanup_interval: Duration,
     max_send_attempts: i32,
-    table: String,
-    select_sql: String,
-    mark_sql: String,
-    fail_sql: String,
-    cleanup_sql: String,
+    sql: RelaySql,
 }
 
 /// Builder of [`OutboxRelay`].
 #[derive(Debug, Clone)]
-pub struct OutboxRelayBuilder {
-    pool: PgPool,
+pub struct OutboxRelayBuilder<DB: Backend = Postgres> {
+    pool: Pool<DB>,
     kafka: KafkaConfig,
     table: String,
     batch_size: usize,
@@ -128,7 +127,7 @@ pub struct RelayBatch {
     pub lock_busy: bool,
 }
 
-impl OutboxRelayBuilder {
+impl<DB: Backend> OutboxRelayBuilder<DB> {
     /// Outbox table (default `rk_outbox`), optionally `schema.table`.
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
@@ -170,7 +169,7 @@ impl OutboxRelayBuilder {
     /// [`Error::Config`] naming the key of an invalid setting (`outbox_table`,
     /// `batch_size`, `poll_interval`, `cleanup_interval`, `max_send_attempts`);
     /// [`Error::Kafka`] when librdkafka rejects the producer configuration.
-    pub fn build(self) -> Result<OutboxRelay, Error> {
+    pub fn build(self) -> Result<OutboxRelay<DB>, Error> {
         validate_identifier("outbox_table", &self.table)?;
         if !(1..=100_000).contains(&self.batch_size) {
             return Err(ConfigError::invalid("batch_size", "must be within 1..=100000").into());
@@ -189,31 +188,13 @@ impl OutboxRelayBuilder {
             .client_config(KafkaConfig::PRODUCER_PRESETS)
             .create()
             .map_err(Error::kafka("create relay producer"))?;
-        let t = &self.table;
         let cfg = RelayConfig {
             batch_size: self.batch_size as i64,
             poll_interval: self.poll_interval,
             retention: self.retention,
             cleanup_interval: self.cleanup_interval,
             max_send_attempts: self.max_send_attempts as i32,
-            table: t.clone(),
-            select_sql: format!(
-                "SELECT id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers, created_at \
-                 FROM {t} WHERE delivered_at IS NULL AND parked_at IS NULL ORDER BY seq LIMIT $1"
-            ),
-            mark_sql: if self.retention.is_zero() {
-                format!("DELETE FROM {t} WHERE id = ANY($1)")
-            } else {
-                format!("UPDATE {t} SET delivered_at = now(), attempts = attempts + 1 WHERE id = ANY($1)")
-            },
-            fail_sql: format!(
-                "UPDATE {t} SET attempts = {t}.attempts + 1, last_error = u.err, \
-                 parked_at = CASE WHEN u.permanent AND {t}.attempts + 1 >= $3 THEN now() END \
-                 FROM unnest($1::uuid[], $2::text[], $4::bool[]) AS u(id, err, permanent) WHERE {t}.id = u.id"
-            ),
-            cleanup_sql: format!(
-                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE delivered_at < now() - make_interval(secs => $1) LIMIT 10000)"
-            ),
+            sql: DB::relay_sql(&self.table, self.retention.is_zero()),
         };
         Ok(OutboxRelay { pool: self.pool, producer, cfg, stats: Arc::default() })
     }
@@ -237,31 +218,12 @@ fn is_permanent(e: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
-/// The relay lock: a transaction-level advisory lock whose key is the outbox table's
-/// OID in the low 32 bits and `0x524B` ("RK") above them, so relays of different tables
-/// (or of the same table name in different schemas) never wait for each other.
-const LOCK_SQL: &str = "SELECT pg_try_advisory_xact_lock(($1::regclass::oid::bigint) | (x'524B'::bigint << 32))";
-
-#[derive(sqlx::FromRow)]
-struct OutboxRow {
-    id: Uuid,
-    aggregatetype: String,
-    aggregateid: Option<String>,
-    #[sqlx(rename = "type")]
-    event_type: String,
-    schema_version: i32,
-    payload: Vec<u8>,
-    content_type: String,
-    headers: Json<serde_json::Value>,
-    created_at: chrono::DateTime<chrono::Utc>,
-}
-
 impl OutboxRow {
     fn into_record(self) -> OutRecord {
         let id = self.id.hyphenated().to_string();
         let version = self.schema_version.to_string();
         let produced_at = self.created_at.timestamp_millis().to_string();
-        let extra = self.headers.0.as_object();
+        let extra = self.headers.as_object();
         let mut h = OwnedHeaders::new_with_capacity(5 + extra.map_or(0, |m| m.len()))
             .insert(Header { key: headers::MESSAGE_ID, value: Some(&id) })
             .insert(Header { key: headers::EVENT_TYPE, value: Some(&self.event_type) })
@@ -278,18 +240,18 @@ impl OutboxRow {
             h = h.insert(Header { key: k, value: Some(&text) });
         }
         OutRecord {
-            topic: self.aggregatetype,
-            key: self.aggregateid.map(String::into_bytes),
+            topic: self.topic,
+            key: self.key.map(String::into_bytes),
             payload: Some(self.payload),
             headers: h,
         }
     }
 }
 
-impl OutboxRelay {
+impl<DB: Backend> OutboxRelay<DB> {
     /// Starts a builder. `kafka` settings override the producer presets
     /// (`acks=all`, `enable.idempotence=true`).
-    pub fn builder(pool: PgPool, kafka: KafkaConfig) -> OutboxRelayBuilder {
+    pub fn builder(pool: Pool<DB>, kafka: KafkaConfig) -> OutboxRelayBuilder<DB> {
         OutboxRelayBuilder {
             pool,
             kafka,
@@ -313,59 +275,30 @@ impl OutboxRelay {
     /// [`Error::Database`] when the claim or mark fails; the transaction is rolled back
     /// and the rows stay pending (they may have been sent: at-least-once).
     pub async fn relay_once(&self) -> Result<RelayBatch, Error> {
-        let mut tx = self.pool.begin().await.map_err(Error::db("begin relay transaction"))?;
-        let locked: bool = sqlx::query_scalar(LOCK_SQL)
-            .bind(&self.cfg.table)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(Error::db("take relay lock"))?;
-        if !locked {
-            return Ok(RelayBatch { lock_busy: true, ..RelayBatch::default() });
-        }
-        let rows: Vec<OutboxRow> = sqlx::query_as(&self.cfg.select_sql)
-            .bind(self.cfg.batch_size)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(Error::db("claim outbox rows"))?;
-        if rows.is_empty() {
-            return Ok(RelayBatch::default());
-        }
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-        let results = send_in_order(&self.producer, rows.into_iter().map(OutboxRow::into_record).collect()).await;
-
-        let mut delivered = Vec::with_capacity(ids.len());
-        let (mut failed_ids, mut failed_errs, mut failed_permanent) = (Vec::new(), Vec::new(), Vec::new());
-        for (id, res) in ids.into_iter().zip(results) {
-            match res {
-                Ok(()) => delivered.push(id),
-                Err(e) => {
-                    let permanent = is_permanent(&e);
-                    tracing::warn!(message_id = %id, error = %e, permanent, "outbox row not delivered; will retry");
-                    failed_ids.push(id);
-                    failed_errs.push(e.to_string());
-                    failed_permanent.push(permanent);
+        let producer = &self.producer;
+        let publish = |rows: Vec<OutboxRow>| async move {
+            let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
+            let results = send_in_order(producer, rows.into_iter().map(OutboxRow::into_record).collect()).await;
+            let mut out = Published { delivered: Vec::with_capacity(ids.len()), failed: Vec::new() };
+            for (id, res) in ids.into_iter().zip(results) {
+                match res {
+                    Ok(()) => out.delivered.push(id),
+                    Err(e) => {
+                        let permanent = is_permanent(&e);
+                        tracing::warn!(message_id = %id, error = %e, permanent, "outbox row not delivered; will retry");
+                        out.failed.push(SendFailure { id, error: e.to_string(), permanent });
+                    }
                 }
             }
-        }
-        if !delivered.is_empty() {
-            sqlx::query(&self.cfg.mark_sql)
-                .bind(&delivered)
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db("mark outbox rows delivered"))?;
-        }
-        if !failed_ids.is_empty() {
-            sqlx::query(&self.cfg.fail_sql)
-                .bind(&failed_ids)
-                .bind(&failed_errs)
-                .bind(self.cfg.max_send_attempts)
-                .bind(&failed_permanent)
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db("record outbox send failure"))?;
-        }
-        tx.commit().await.map_err(Error::db("commit relay transaction"))?;
-        let batch = RelayBatch { published: delivered.len(), failed: failed_ids.len(), lock_busy: false };
+            out
+        };
+        let Some(published) =
+            DB::relay_batch(&self.pool, &self.cfg.sql, self.cfg.batch_size, self.cfg.max_send_attempts, publish).await?
+        else {
+            return Ok(RelayBatch { lock_busy: true, ..RelayBatch::default() });
+        };
+        let batch =
+            RelayBatch { published: published.delivered.len(), failed: published.failed.len(), lock_busy: false };
         self.stats.published.fetch_add(batch.published as u64, Ordering::Relaxed);
         self.stats.failed.fetch_add(batch.failed as u64, Ordering::Relaxed);
         if batch.published > 0 {
@@ -382,12 +315,9 @@ impl OutboxRelay {
     pub async fn cleanup_once(&self) -> Result<u64, Error> {
         let mut total = 0;
         loop {
-            let n = sqlx::query(&self.cfg.cleanup_sql)
-                .bind(self.cfg.retention.as_secs_f64())
-                .execute(&self.pool)
+            let n = DB::cleanup_outbox(&self.pool, &self.cfg.sql, crate::backend::cutoff(self.cfg.retention))
                 .await
-                .map_err(Error::db("delete delivered outbox rows"))?
-                .rows_affected();
+                .map_err(Error::db("delete delivered outbox rows"))?;
             total += n;
             self.stats.deleted.fetch_add(n, Ordering::Relaxed);
             if n < 10_000 {
@@ -399,19 +329,7 @@ impl OutboxRelay {
     /// Runs until `shutdown` is cancelled, then flushes the producer. Errors are
     /// logged and retried after `poll_interval`; this only returns on shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut listener = match PgListener::connect_with(&self.pool).await {
-            Ok(mut l) => match l.listen(crate::schema::NOTIFY_CHANNEL).await {
-                Ok(()) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbox relay cannot LISTEN; polling only");
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "outbox relay cannot LISTEN; polling only");
-                None
-            }
-        };
+        let mut listener = DB::outbox_listener(&self.pool).await;
         let mut last_cleanup = Instant::now();
         while !shutdown.is_cancelled() {
             let more = match self.relay_once().await {

@@ -1,0 +1,258 @@
+//! SQLite: the embedded default.
+//!
+//! SQLite has one writer at a time, so commit order is insertion order: the relay
+//! reads pending rows outside a transaction (rows of uncommitted transactions are
+//! invisible, and none can commit later with a smaller `seq`), publishes them, and
+//! marks them in a short write transaction.
+
+use std::future::Future;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::types::Json;
+use sqlx::{Pool, Sqlite, SqliteConnection, Transaction};
+use uuid::Uuid;
+
+use super::sealed::Sealed;
+use super::{DedupSql, NamedLock, NewOutboxRow, OutboxRow, ParkRow, Published, RelaySql, TransactionState};
+use crate::Error;
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Timestamps are RFC 3339 text in UTC with milliseconds, as the tables' defaults
+/// write them (`strftime('%Y-%m-%dT%H:%M:%fZ', 'now')`), so that they compare as text.
+fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+#[derive(sqlx::FromRow)]
+struct LiteOutboxRow {
+    id: String,
+    aggregatetype: String,
+    aggregateid: Option<String>,
+    #[sqlx(rename = "type")]
+    event_type: String,
+    schema_version: i32,
+    payload: Vec<u8>,
+    content_type: String,
+    headers: Json<serde_json::Value>,
+    created_at: DateTime<Utc>,
+}
+
+impl Sealed for Sqlite {
+    const NAME: &'static str = "sqlite";
+
+    fn migrations() -> &'static sqlx::migrate::Migrator {
+        &MIGRATIONS
+    }
+
+    fn run_migrator<'a>(
+        migrator: &'a sqlx::migrate::Migrator,
+        pool: &'a Pool<Self>,
+    ) -> impl Future<Output = Result<(), sqlx::migrate::MigrateError>> + Send + 'a {
+        migrator.run(pool)
+    }
+
+    fn begin_write(pool: &Pool<Self>) -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send + '_ {
+        pool.begin_with("BEGIN IMMEDIATE")
+    }
+
+    fn outbox_insert_sql(table: &str) -> String {
+        format!(
+            "INSERT INTO {table} (id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        )
+    }
+
+    async fn insert_outbox<'a>(
+        conn: &'a mut SqliteConnection,
+        sql: &'a str,
+        row: NewOutboxRow<'a>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(sql)
+            .bind(row.id.hyphenated().to_string())
+            .bind(row.topic)
+            .bind(row.key)
+            .bind(row.event_type)
+            .bind(row.schema_version)
+            .bind(row.payload)
+            .bind(row.content_type)
+            .bind(Json(row.headers))
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+
+    fn relay_sql(t: &str, delete_on_delivery: bool) -> RelaySql {
+        RelaySql {
+            table: t.to_owned(),
+            select: format!(
+                "SELECT id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers, created_at \
+                 FROM {t} WHERE delivered_at IS NULL AND parked_at IS NULL ORDER BY seq LIMIT $1"
+            ),
+            mark: if delete_on_delivery {
+                format!("DELETE FROM {t} WHERE id IN (SELECT value FROM json_each($1))")
+            } else {
+                format!(
+                    "UPDATE {t} SET delivered_at = {NOW}, attempts = attempts + 1 \
+                     WHERE id IN (SELECT value FROM json_each($1))"
+                )
+            },
+            fail: format!(
+                "UPDATE {t} SET attempts = attempts + 1, last_error = $2, \
+                 parked_at = CASE WHEN $3 AND attempts + 1 >= $4 THEN {NOW} END WHERE id = $1"
+            ),
+            cleanup: format!(
+                "DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} WHERE delivered_at < $1 LIMIT 10000)"
+            ),
+        }
+    }
+
+    async fn relay_batch<'a, F, Fut>(
+        pool: &'a Pool<Self>,
+        sql: &'a RelaySql,
+        limit: i64,
+        max_attempts: i32,
+        publish: F,
+    ) -> Result<Option<Published>, Error>
+    where
+        F: FnOnce(Vec<OutboxRow>) -> Fut + Send + 'a,
+        Fut: Future<Output = Published> + Send + 'a,
+    {
+        let rows: Vec<LiteOutboxRow> = sqlx::query_as(&sql.select)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(Error::db("claim outbox rows"))?;
+        if rows.is_empty() {
+            return Ok(Some(Published::default()));
+        }
+        let mut claimed = Vec::with_capacity(rows.len());
+        for r in rows {
+            // A row another tool wrote with a malformed id cannot be acknowledged by id:
+            // fail loudly rather than publish it forever.
+            let id = Uuid::parse_str(&r.id).map_err(|e| Error::Database {
+                operation: "claim outbox rows",
+                source: sqlx::Error::Decode(format!("outbox row id {:?} is not a UUID: {e}", r.id).into()),
+            })?;
+            claimed.push(OutboxRow {
+                id,
+                topic: r.aggregatetype,
+                key: r.aggregateid,
+                event_type: r.event_type,
+                schema_version: r.schema_version,
+                payload: r.payload,
+                content_type: r.content_type,
+                headers: r.headers.0,
+                created_at: r.created_at,
+            });
+        }
+        let published = publish(claimed).await;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(Error::db("begin relay transaction"))?;
+        if !published.delivered.is_empty() {
+            let ids: Vec<String> = published.delivered.iter().map(|id| id.hyphenated().to_string()).collect();
+            sqlx::query(&sql.mark)
+                .bind(Json(ids))
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("mark outbox rows delivered"))?;
+        }
+        for f in &published.failed {
+            sqlx::query(&sql.fail)
+                .bind(f.id.hyphenated().to_string())
+                .bind(&f.error)
+                .bind(f.permanent)
+                .bind(max_attempts)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("record outbox send failure"))?;
+        }
+        tx.commit().await.map_err(Error::db("commit relay transaction"))?;
+        Ok(Some(published))
+    }
+
+    async fn cleanup_outbox<'a>(
+        pool: &'a Pool<Self>,
+        sql: &'a RelaySql,
+        older_than: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
+        sqlx::query(&sql.cleanup).bind(timestamp(older_than)).execute(pool).await.map(|r| r.rows_affected())
+    }
+
+    async fn outbox_listener(_pool: &Pool<Self>) -> Option<sqlx::postgres::PgListener> {
+        None
+    }
+
+    fn dedup_sql(t: &str) -> DedupSql {
+        DedupSql {
+            insert: format!("INSERT INTO {t} (consumer_group, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"),
+            prune: format!(
+                "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE consumer_group = $1 \
+                 AND processed_at < $2 LIMIT 10000)"
+            ),
+        }
+    }
+
+    async fn insert_dedup<'a>(
+        conn: &'a mut SqliteConnection,
+        sql: &'a DedupSql,
+        group: &'a str,
+        message_id: Uuid,
+    ) -> Result<u64, sqlx::Error> {
+        let mut buf = Uuid::encode_buffer();
+        let id: &str = message_id.hyphenated().encode_lower(&mut buf);
+        sqlx::query(&sql.insert).bind(group).bind(id).execute(conn).await.map(|r| r.rows_affected())
+    }
+
+    async fn check_transaction<'a>(_conn: &'a mut SqliteConnection) -> Result<TransactionState, sqlx::Error> {
+        // A failed statement does not abort an SQLite transaction: what succeeded commits.
+        Ok(TransactionState::Open)
+    }
+
+    async fn prune_dedup<'a>(
+        pool: &'a Pool<Self>,
+        sql: &'a DedupSql,
+        group: &'a str,
+        older_than: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
+        sqlx::query(&sql.prune).bind(group).bind(timestamp(older_than)).execute(pool).await.map(|r| r.rows_affected())
+    }
+
+    fn park_sql(t: &str) -> String {
+        format!(
+            "INSERT INTO {t} (dead_letter_topic, dead_letter_partition, dead_letter_offset, message_id, original_topic, \
+             original_partition, original_offset, consumer_group, reason, error_message, attempts, redrive_count, \
+             record_key, payload, headers, dead_lettered_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             ON CONFLICT DO NOTHING"
+        )
+    }
+
+    async fn park<'a>(pool: &'a Pool<Self>, sql: &'a str, row: ParkRow<'a>) -> Result<(), sqlx::Error> {
+        sqlx::query(sql)
+            .bind(row.dead_letter_topic)
+            .bind(row.dead_letter_partition)
+            .bind(row.dead_letter_offset)
+            .bind(row.message_id)
+            .bind(row.original_topic)
+            .bind(row.original_partition)
+            .bind(row.original_offset)
+            .bind(row.consumer_group)
+            .bind(row.reason)
+            .bind(row.error_message)
+            .bind(row.attempts)
+            .bind(row.redrive_count)
+            .bind(row.key)
+            .bind(row.payload)
+            .bind(Json(row.headers))
+            .bind(row.dead_lettered_at.map(timestamp))
+            .execute(pool)
+            .await
+            .map(|_| ())
+    }
+
+    async fn try_lock<'a>(_pool: &'a Pool<Self>, name: &'a str) -> Result<Option<NamedLock>, sqlx::Error> {
+        Ok(NamedLock::try_local(name))
+    }
+}
