@@ -9,7 +9,7 @@ use concert::events::PaymentCompleted;
 use concert::gateway::{DemoGateway, GatewayBehaviour, GatewayClient};
 use concert::http::Server;
 use concert::recovery::PaymentRecovery;
-use concert::store::RedisStore;
+use concert::store::Store;
 use concert::webhook::{DemoReceiver, ReceiverBehaviour, WebhookNotifier};
 use reliable_kafka::{DeadLetterRedriver, EnqueueOptions, ListenerContainer, Outbox, OutboxRelay};
 use reliable_kafka_tests::*;
@@ -18,7 +18,7 @@ use serde_json::json;
 
 struct World {
     pool: sqlx::PgPool,
-    store: RedisStore,
+    store: Store,
     gateway: DemoGateway,
     _gateway_server: Server,
     api: Server,
@@ -31,7 +31,7 @@ async fn world(n: i64, gateway: GatewayBehaviour, request_timeout: Duration) -> 
     let (pool, schema) = isolated_pool().await;
     concert::migrate(&pool).await.unwrap();
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let store = RedisStore::connect(&redis, Duration::from_secs(600), &schema).await.unwrap();
+    let store = Store::connect(&redis, Duration::from_secs(600), &schema).await.unwrap();
     let g = DemoGateway::new(gateway);
     let gateway_server = g.start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let client = GatewayClient::new(gateway_server.url(), Duration::from_millis(300), request_timeout, 3).unwrap();

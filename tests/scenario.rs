@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use concert::app::Flows;
 use concert::scenario::{run, Report, ScenarioConfig};
-use concert::store::RedisStore;
+use concert::store::Store;
 use reliable_kafka_tests::*;
 
 async fn scenario(cfg: ScenarioConfig) -> Report {
     let (pool, schema) = isolated_pool().await;
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let store = RedisStore::connect(&redis, Duration::from_secs(600), &schema).await.expect("redis");
+    let store = Store::connect(&redis, Duration::from_secs(600), &schema).await.expect("redis");
     let report = run(pool, store, kafka(), &cfg).await.expect("scenario");
     println!("{}\n{report:#?}", report.line(cfg.flows));
     report

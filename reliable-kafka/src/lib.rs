@@ -65,6 +65,7 @@
 mod backend;
 mod backoff;
 mod consumer;
+mod embedded;
 mod error;
 mod event;
 pub mod headers;
@@ -81,6 +82,7 @@ pub use consumer::{
     ContainerHandle, ContainerStats, DeadLetterInfo, DeadLetterReason, EventHandler, HandlerContext, HandlerError,
     HandlerOptions, ListenerContainer, ListenerContainerBuilder, RecordInfo, DEFAULT_DEAD_LETTER_SUFFIX,
 };
+pub use embedded::EmbeddedKafka;
 pub use error::{BoxError, ConfigError, Error};
 pub use event::{Codec, CodecError, Event, JsonCodec};
 pub use kafka::{KafkaConfig, DEFAULT_BROKERS};

@@ -205,6 +205,27 @@ impl Recorder {
     }
 }
 
+/// A fresh SQLite database file in the temporary directory, with the crate's tables.
+pub async fn sqlite_pool() -> sqlx::SqlitePool {
+    init_tracing();
+    let path = std::env::temp_dir().join(format!("rkt-{}.db", uuid::Uuid::new_v4().simple()));
+    let url = format!("sqlite://{}", path.display());
+    let reliable_kafka::AnyPool::Sqlite(pool) = reliable_kafka::AnyPool::connect(&url, 8).await.expect("open SQLite")
+    else {
+        unreachable!("sqlite URL")
+    };
+    reliable_kafka::migrate(&pool).await.expect("migrate");
+    pool
+}
+
+/// The effects table of [`Recorder`] on SQLite.
+pub async fn create_effects_table_sqlite(pool: &sqlx::SqlitePool) {
+    sqlx::query("CREATE TABLE effects (id INTEGER PRIMARY KEY, message_id BLOB NOT NULL, key TEXT NOT NULL, n INTEGER NOT NULL)")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 /// The effects table of [`Recorder`].
 pub async fn create_effects_table(pool: &PgPool) {
     sqlx::query("CREATE TABLE effects (id bigserial PRIMARY KEY, message_id uuid NOT NULL, key text NOT NULL, n integer NOT NULL)")
@@ -213,58 +234,65 @@ pub async fn create_effects_table(pool: &PgPool) {
         .unwrap();
 }
 
-impl reliable_kafka::EventHandler for Recorder {
-    type Event = Work;
+/// Implements [`reliable_kafka::EventHandler`] for [`Recorder`] on one backend.
+macro_rules! impl_recorder {
+    ($db:ty) => {
+        impl reliable_kafka::EventHandler<$db> for Recorder {
+            type Event = Work;
 
-    fn options(&self) -> reliable_kafka::HandlerOptions {
-        reliable_kafka::HandlerOptions::new().topic(self.topic.clone()).group(self.group.clone()).backoff(self.backoff)
-    }
+            fn options(&self) -> reliable_kafka::HandlerOptions {
+                reliable_kafka::HandlerOptions::new().topic(self.topic.clone()).group(self.group.clone()).backoff(self.backoff)
+            }
 
-    fn handle<'a>(
-        &'a self,
-        event: Work,
-        ctx: &'a mut reliable_kafka::HandlerContext,
-    ) -> futures::future::BoxFuture<'a, Result<(), reliable_kafka::HandlerError>> {
-        Box::pin(async move {
-            let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            let id = ctx.message_id();
-            sqlx::query("INSERT INTO effects (message_id, key, n) VALUES ($1, $2, $3)")
-                .bind(id)
-                .bind(&event.key)
-                .bind(event.n as i32)
-                .execute(ctx.tx())
-                .await?;
-            match self.mode {
-                Mode::Panic => panic!("handler bug for n = {}", event.n),
-                Mode::SwallowDbError => {
-                    let _ = sqlx::query("SELECT 1 / 0").execute(ctx.tx()).await;
-                }
-                Mode::Sleep(d) => tokio::time::sleep(d).await,
-                _ => {}
+            fn handle<'a>(
+                &'a self,
+                event: Work,
+                ctx: &'a mut reliable_kafka::HandlerContext<$db>,
+            ) -> futures::future::BoxFuture<'a, Result<(), reliable_kafka::HandlerError>> {
+                Box::pin(async move {
+                    let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    let id = ctx.message_id();
+                    sqlx::query("INSERT INTO effects (message_id, key, n) VALUES ($1, $2, $3)")
+                        .bind(id)
+                        .bind(&event.key)
+                        .bind(event.n as i32)
+                        .execute(ctx.tx())
+                        .await?;
+                    match self.mode {
+                        Mode::Panic => panic!("handler bug for n = {}", event.n),
+                        Mode::SwallowDbError => {
+                            let _ = sqlx::query("SELECT 1 / 0").execute(ctx.tx()).await;
+                        }
+                        Mode::Sleep(d) => tokio::time::sleep(d).await,
+                        _ => {}
+                    }
+                    let fail = match self.mode {
+                        Mode::Succeed => None,
+                        Mode::FailFirst(k) if ctx.attempt() <= k => Some(true),
+                        Mode::FailFirst(_) => None,
+                        Mode::FailCalls(k) if call <= k => Some(true),
+                        Mode::FailCalls(_) => None,
+                        Mode::AlwaysTransient => Some(true),
+                        Mode::Permanent => Some(false),
+                        Mode::Panic | Mode::SwallowDbError | Mode::Sleep(_) => None,
+                    };
+                    match fail {
+                        None => Ok(()),
+                        Some(true) => Err(reliable_kafka::HandlerError::transient(std::io::Error::other(format!(
+                            "downstream unavailable (attempt {})",
+                            ctx.attempt()
+                        )))),
+                        Some(false) => {
+                            Err(reliable_kafka::HandlerError::permanent(std::io::Error::other("seat does not exist")))
+                        }
+                    }
+                })
             }
-            let fail = match self.mode {
-                Mode::Succeed => None,
-                Mode::FailFirst(k) if ctx.attempt() <= k => Some(true),
-                Mode::FailFirst(_) => None,
-                Mode::FailCalls(k) if call <= k => Some(true),
-                Mode::FailCalls(_) => None,
-                Mode::AlwaysTransient => Some(true),
-                Mode::Permanent => Some(false),
-                Mode::Panic | Mode::SwallowDbError | Mode::Sleep(_) => None,
-            };
-            match fail {
-                None => Ok(()),
-                Some(true) => Err(reliable_kafka::HandlerError::transient(std::io::Error::other(format!(
-                    "downstream unavailable (attempt {})",
-                    ctx.attempt()
-                )))),
-                Some(false) => {
-                    Err(reliable_kafka::HandlerError::permanent(std::io::Error::other("seat does not exist")))
-                }
-            }
-        })
-    }
+        }
+    };
 }
+impl_recorder!(reliable_kafka::Postgres);
+impl_recorder!(reliable_kafka::Sqlite);
 
 /// Produces one record with the given headers, bypassing the outbox.
 pub async fn produce_raw(kafka: &KafkaConfig, topic: &str, key: &str, payload: &[u8], hdrs: &[(&str, &[u8])]) {

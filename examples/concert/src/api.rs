@@ -246,10 +246,10 @@ pub struct CouponView {
 }
 
 async fn coupons(State(s): State<ApiState>, Id(user_id): Id) -> Result<Response, ApiError> {
-    let list: Vec<CouponView> = sqlx::query_as("SELECT coupon_id, code FROM coupon WHERE user_id = $1 ORDER BY id")
-        .bind(user_id)
-        .fetch_all(s.booking.pool())
-        .await
-        .map_err(BookingError::from)?;
+    let list: Vec<CouponView> = crate::sql!(
+        s.booking.pool(),
+        query_as("SELECT coupon_id, code FROM coupon WHERE user_id = $1 ORDER BY id").bind(user_id).fetch_all()
+    )
+    .map_err(BookingError::from)?;
     Ok(Json(list).into_response())
 }

@@ -9,16 +9,16 @@ use reliable_kafka::{
     CancellationToken, ContainerHandle, DeadLetterRedriver, KafkaConfig, ListenerContainer, ListenerContainerBuilder,
     Outbox, OutboxRelay, RedriveHandle, RelayHandle, DEFAULT_DEAD_LETTER_SUFFIX,
 };
-use sqlx::PgPool;
 
 use crate::api::{router, ApiState};
 use crate::booking::Booking;
+use crate::db::{AppBackend, Db};
 use crate::events::{PAYMENT_NOTIFICATION_TOPIC, TOPICS};
 use crate::gateway::{DemoGateway, GatewayBehaviour, GatewayClient};
 use crate::handlers::{compensate_payment, issue_coupon, send_order_alert, store_order_info, RedisCleanup};
 use crate::http::Server;
 use crate::recovery::PaymentRecovery;
-use crate::store::RedisStore;
+use crate::store::Store;
 use crate::webhook::{DemoReceiver, ReceiverBehaviour, WebhookNotifier};
 
 /// Retries of a gateway call after the first attempt.
@@ -72,6 +72,12 @@ pub struct AppConfig {
     pub webhook_timeout: Duration,
     /// Wait between the 3 attempts of a notification.
     pub webhook_backoff: Duration,
+    /// Create the topics with the admin API at start (default true; the embedded mock
+    /// cluster has no admin API, its topics are created with the cluster).
+    pub create_topics: bool,
+    /// Fallback poll of the outbox relay (default 500 ms; PostgreSQL also wakes it by
+    /// notification, SQLite only by this poll).
+    pub relay_poll_interval: Duration,
 }
 
 impl Default for AppConfig {
@@ -93,6 +99,8 @@ impl Default for AppConfig {
             consumers_per_group: 1,
             webhook_timeout: Duration::from_secs(2),
             webhook_backoff: Duration::from_millis(200),
+            create_topics: true,
+            relay_poll_interval: Duration::from_millis(500),
         }
     }
 }
@@ -120,7 +128,7 @@ impl App {
     ///
     /// # Errors
     /// When a service cannot be reached or a part cannot be configured.
-    pub async fn start(pool: PgPool, store: RedisStore, kafka: KafkaConfig, cfg: &AppConfig) -> anyhow::Result<App> {
+    pub async fn start(pool: Db, store: Store, kafka: KafkaConfig, cfg: &AppConfig) -> anyhow::Result<App> {
         // A payment whose charge call may still be retrying must not look stuck: the
         // recovery would fail it while the gateway might still take the money.
         let longest_charge = cfg.request_timeout * (GATEWAY_RETRIES as u32 + 1) + Duration::from_secs(1);
@@ -132,10 +140,11 @@ impl App {
             );
         }
         crate::migrate(&pool).await?;
-        let dlqs: Vec<String> = TOPICS.iter().map(|t| format!("{t}{DEFAULT_DEAD_LETTER_SUFFIX}")).collect();
-        let specs: Vec<(&str, i32, i32)> =
-            TOPICS.iter().copied().chain(dlqs.iter().map(String::as_str)).map(|t| (t, cfg.partitions, 1)).collect();
-        kafka.ensure_topics(&specs).await?;
+        if cfg.create_topics {
+            let topics = topics();
+            let specs: Vec<(&str, i32, i32)> = topics.iter().map(|t| (t.as_str(), cfg.partitions, 1)).collect();
+            kafka.ensure_topics(&specs).await?;
+        }
 
         let any_port: SocketAddr = ([127, 0, 0, 1], 0).into();
         let gateway = match &cfg.gateway_url {
@@ -162,42 +171,22 @@ impl App {
             .unwrap_or_else(|| receiver.as_ref().map(|(_, s)| format!("{}/notify", s.url())).unwrap_or_default());
         let client = GatewayClient::new(&gateway_url, cfg.connect_timeout, cfg.request_timeout, GATEWAY_RETRIES)?;
 
-        let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build()?.spawn();
-        let mut containers = Vec::new();
-        let mut group = |make: &dyn Fn() -> ListenerContainerBuilder| -> anyhow::Result<()> {
-            for _ in 0..cfg.consumers_per_group.max(1) {
-                containers.push(make().build()?.spawn());
-            }
-            Ok(())
+        let (relay, containers, redriver) = match &pool {
+            Db::Postgres(p) => start_pipeline(p.clone(), &kafka, &store, cfg, &webhook_url)?,
+            Db::Sqlite(p) => start_pipeline(p.clone(), &kafka, &store, cfg, &webhook_url)?,
         };
-        let build = || ListenerContainer::builder(kafka.clone(), pool.clone());
-        group(&|| build().handler(compensate_payment))?;
-        let cleanup = RedisCleanup { store: store.clone() };
-        group(&|| build().handler(cleanup.clone()))?;
-        let mut redriver = None;
-        if cfg.flows == Flows::All {
-            let notifier = WebhookNotifier::new(&webhook_url, cfg.connect_timeout, cfg.webhook_timeout)?
-                .backoff(reliable_kafka::FixedBackOff::new(cfg.webhook_backoff, 3)?);
-            group(&|| build().handler(notifier.clone()))?;
-            group(&|| build().handler(store_order_info))?;
-            group(&|| build().handler(send_order_alert))?;
-            group(&|| build().handler(issue_coupon))?;
-            redriver = Some(
-                DeadLetterRedriver::builder(kafka.clone(), pool.clone())
-                    .topic(format!("{PAYMENT_NOTIFICATION_TOPIC}{DEFAULT_DEAD_LETTER_SUFFIX}"))
-                    .group_id("notification-redrive")
-                    .max_redrives(cfg.max_redrives)
-                    .interval(cfg.redrive_interval)
-                    .build()?
-                    .spawn(),
-            );
-        }
 
-        // The bulkhead gets its own small pool as well as its own thread and runtime.
-        let recovery_pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(2)
-            .connect_with((*pool.connect_options()).clone())
-            .await?;
+        // The bulkhead gets its own small pool as well as its own thread and runtime
+        // (SQLite: the same pool; its writes queue on one lock anyway).
+        let recovery_pool = match &pool {
+            Db::Postgres(p) => Db::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .connect_with((*p.connect_options()).clone())
+                    .await?,
+            ),
+            Db::Sqlite(p) => Db::Sqlite(p.clone()),
+        };
         let recovery_token = CancellationToken::new();
         let recovery = PaymentRecovery::new(recovery_pool, store.clone(), client.clone(), "app", cfg.stuck_after)
             .spawn_bulkhead(cfg.recovery_interval, recovery_token.clone());
@@ -237,4 +226,52 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Every topic of the application with its dead-letter topic.
+pub fn topics() -> Vec<String> {
+    TOPICS.iter().flat_map(|t| [(*t).to_owned(), format!("{t}{DEFAULT_DEAD_LETTER_SUFFIX}")]).collect()
+}
+
+/// The relay, the consumer groups and the re-driver, on the database's backend.
+type Pipeline = (RelayHandle, Vec<ContainerHandle>, Option<RedriveHandle>);
+
+fn start_pipeline<DB: AppBackend>(
+    pool: sqlx::Pool<DB>,
+    kafka: &KafkaConfig,
+    store: &Store,
+    cfg: &AppConfig,
+    webhook_url: &str,
+) -> anyhow::Result<Pipeline> {
+    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).poll_interval(cfg.relay_poll_interval).build()?.spawn();
+    let mut containers = Vec::new();
+    let mut group = |make: &dyn Fn() -> ListenerContainerBuilder<DB>| -> anyhow::Result<()> {
+        for _ in 0..cfg.consumers_per_group.max(1) {
+            containers.push(make().build()?.spawn());
+        }
+        Ok(())
+    };
+    let build = || ListenerContainer::builder(kafka.clone(), pool.clone());
+    group(&|| build().handler(compensate_payment))?;
+    let cleanup = RedisCleanup { store: store.clone() };
+    group(&|| build().handler(cleanup.clone()))?;
+    let mut redriver = None;
+    if cfg.flows == Flows::All {
+        let notifier = WebhookNotifier::new(webhook_url, cfg.connect_timeout, cfg.webhook_timeout)?
+            .backoff(reliable_kafka::FixedBackOff::new(cfg.webhook_backoff, 3)?);
+        group(&|| build().handler(notifier.clone()))?;
+        group(&|| build().handler(store_order_info))?;
+        group(&|| build().handler(send_order_alert))?;
+        group(&|| build().handler(issue_coupon))?;
+        redriver = Some(
+            DeadLetterRedriver::builder(kafka.clone(), pool.clone())
+                .topic(format!("{PAYMENT_NOTIFICATION_TOPIC}{DEFAULT_DEAD_LETTER_SUFFIX}"))
+                .group_id("notification-redrive")
+                .max_redrives(cfg.max_redrives)
+                .interval(cfg.redrive_interval)
+                .build()?
+                .spawn(),
+        );
+    }
+    Ok((relay, containers, redriver))
 }

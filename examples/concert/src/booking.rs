@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use reliable_kafka::Outbox;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::db::{Db, Ex, NOW_LITE};
 use crate::events::{OrderPlaced, PaymentCompleted, PaymentFailed};
+use crate::sql;
 use crate::gateway::{ChargeStatus, GatewayClient, GatewayError};
-use crate::store::RedisStore;
+use crate::store::Store;
 
 /// Errors of booking and payment.
 #[derive(Debug, thiserror::Error)]
@@ -55,12 +56,12 @@ pub enum BookingError {
         /// The key.
         key: Uuid,
     },
-    /// PostgreSQL failed.
+    /// The database failed.
     #[error("database error")]
     Database(#[from] sqlx::Error),
-    /// Redis failed.
-    #[error("redis error")]
-    Redis(#[from] redis::RedisError),
+    /// The key-value store (Redis) failed.
+    #[error("store error")]
+    Store(#[from] crate::store::StoreError),
     /// Writing the outbox failed.
     #[error("outbox error")]
     Outbox(#[from] reliable_kafka::Error),
@@ -118,8 +119,8 @@ pub enum Outcome {
 /// The booking service.
 #[derive(Debug, Clone)]
 pub struct Booking {
-    pool: PgPool,
-    store: RedisStore,
+    pool: Db,
+    store: Store,
     gateway: GatewayClient,
     outbox: Outbox,
     /// How long a repeated request waits for the first one's outcome.
@@ -131,17 +132,17 @@ const PAYMENT_VIEW: &str =
 
 impl Booking {
     /// A service on `pool`, `store` and `gateway`.
-    pub fn new(pool: PgPool, store: RedisStore, gateway: GatewayClient) -> Self {
+    pub fn new(pool: Db, store: Store, gateway: GatewayClient) -> Self {
         Booking { pool, store, gateway, outbox: Outbox::new(), duplicate_wait: Duration::from_secs(5) }
     }
 
     /// The database pool.
-    pub fn pool(&self) -> &PgPool {
+    pub fn pool(&self) -> &Db {
         &self.pool
     }
 
     /// The Redis store.
-    pub fn store(&self) -> &RedisStore {
+    pub fn store(&self) -> &Store {
         &self.store
     }
 
@@ -150,10 +151,8 @@ impl Booking {
     /// # Errors
     /// [`BookingError::NotFound`] for an unknown user; Redis errors.
     pub async fn enter_queue(&self, user_id: i64) -> Result<String, BookingError> {
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM app_user WHERE id = $1)")
-            .bind(user_id)
-            .fetch_one(&self.pool)
-            .await?;
+        let exists: bool =
+            sql!(&self.pool, query_scalar("SELECT EXISTS (SELECT 1 FROM app_user WHERE id = $1)").bind(user_id).fetch_one())?;
         if !exists {
             return Err(BookingError::NotFound { what: "user", id: user_id.to_string() });
         }
@@ -175,37 +174,41 @@ impl Booking {
         }
         let result = async {
             let mut tx = self.pool.begin().await?;
-            let seat: Option<i64> = sqlx::query_scalar(
-                "UPDATE seat SET status = 'RESERVED' WHERE id = $1 AND status = 'AVAILABLE' RETURNING concert_date_id",
-            )
-            .bind(seat_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let seat: Option<i64> = sql!(
+                &mut tx,
+                query_scalar(
+                    "UPDATE seat SET status = 'RESERVED' WHERE id = $1 AND status = 'AVAILABLE' RETURNING concert_date_id"
+                )
+                .bind(seat_id)
+                .fetch_optional()
+            )?;
             let Some(concert_date_id) = seat else {
-                let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM seat WHERE id = $1)")
-                    .bind(seat_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                let exists: bool =
+                    sql!(&mut tx, query_scalar("SELECT EXISTS (SELECT 1 FROM seat WHERE id = $1)").bind(seat_id).fetch_one())?;
                 return Err(if exists {
                     BookingError::SeatTaken { seat_id }
                 } else {
                     BookingError::NotFound { what: "seat", id: seat_id.to_string() }
                 });
             };
-            sqlx::query("UPDATE concert_date SET available_seat_count = available_seat_count - 1 WHERE id = $1")
+            sql!(
+                &mut tx,
+                query("UPDATE concert_date SET available_seat_count = available_seat_count - 1 WHERE id = $1")
+                    .bind(concert_date_id)
+                    .execute()
+            )?;
+            let r: Reservation = sql!(
+                &mut tx,
+                query_as(
+                    "INSERT INTO reservation (user_id, seat_id, concert_date_id, status, queue_token) \
+                     VALUES ($1, $2, $3, 'PENDING', $4) RETURNING id, user_id, seat_id, concert_date_id, status"
+                )
+                .bind(user_id)
+                .bind(seat_id)
                 .bind(concert_date_id)
-                .execute(&mut *tx)
-                .await?;
-            let r: Reservation = sqlx::query_as(
-                "INSERT INTO reservation (user_id, seat_id, concert_date_id, status, queue_token) \
-                 VALUES ($1, $2, $3, 'PENDING', $4) RETURNING id, user_id, seat_id, concert_date_id, status",
-            )
-            .bind(user_id)
-            .bind(seat_id)
-            .bind(concert_date_id)
-            .bind(queue_token)
-            .fetch_one(&mut *tx)
-            .await?;
+                .bind(queue_token)
+                .fetch_one()
+            )?;
             tx.commit().await?;
             Ok(r)
         }
@@ -221,11 +224,13 @@ impl Booking {
     /// # Errors
     /// [`BookingError::NotFound`].
     pub async fn reservation(&self, id: i64) -> Result<Reservation, BookingError> {
-        sqlx::query_as("SELECT id, user_id, seat_id, concert_date_id, status FROM reservation WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(BookingError::NotFound { what: "reservation", id: id.to_string() })
+        sql!(
+            &self.pool,
+            query_as("SELECT id, user_id, seat_id, concert_date_id, status FROM reservation WHERE id = $1")
+                .bind(id)
+                .fetch_optional()
+        )?
+        .ok_or(BookingError::NotFound { what: "reservation", id: id.to_string() })
     }
 
     /// A payment.
@@ -233,11 +238,8 @@ impl Booking {
     /// # Errors
     /// [`BookingError::NotFound`].
     pub async fn payment(&self, id: i64) -> Result<PaymentView, BookingError> {
-        sqlx::query_as(&format!("{PAYMENT_VIEW} id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(BookingError::NotFound { what: "payment", id: id.to_string() })
+        let q = format!("{PAYMENT_VIEW} id = $1");
+        sql!(&self.pool, query_as(&q).bind(id).fetch_optional())?.ok_or(BookingError::NotFound { what: "payment", id: id.to_string() })
     }
 
     /// Opens the order page of a reservation: returns a new idempotency key for its
@@ -248,11 +250,13 @@ impl Booking {
     pub async fn open_checkout(&self, reservation_id: i64) -> Result<Uuid, BookingError> {
         self.reservation(reservation_id).await?;
         let key = Uuid::now_v7();
-        sqlx::query("INSERT INTO checkout (idempotency_key, reservation_id) VALUES ($1, $2)")
-            .bind(key)
-            .bind(reservation_id)
-            .execute(&self.pool)
-            .await?;
+        sql!(
+            &self.pool,
+            query("INSERT INTO checkout (idempotency_key, reservation_id) VALUES ($1, $2)")
+                .bind(key)
+                .bind(reservation_id)
+                .execute()
+        )?;
         Ok(key)
     }
 
@@ -273,12 +277,17 @@ impl Booking {
     pub async fn pay(&self, key: Uuid, req: &PayRequest) -> Result<PaymentView, BookingError> {
         let body = serde_json::to_value(req).expect("serializable");
         let mut tx = self.pool.begin().await?;
-        // The row lock makes repetitions of the same key wait for the first one's commit.
-        let checkout: Option<(i64, Option<serde_json::Value>)> =
-            sqlx::query_as("SELECT reservation_id, request_body FROM checkout WHERE idempotency_key = $1 FOR UPDATE")
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
+        // The row lock (SQLite: the write lock of BEGIN IMMEDIATE) makes repetitions of
+        // the same key wait for the first one's commit.
+        let checkout: Option<(i64, Option<serde_json::Value>)> = sql!(
+            &mut tx,
+            query_as((
+                "SELECT reservation_id, request_body FROM checkout WHERE idempotency_key = $1 FOR UPDATE",
+                "SELECT reservation_id, request_body FROM checkout WHERE idempotency_key = $1"
+            ))
+            .bind(key)
+            .fetch_optional()
+        )?;
         let Some((reservation_id, first_body)) = checkout else {
             return Err(BookingError::NotFound { what: "checkout", id: key.to_string() });
         };
@@ -293,25 +302,24 @@ impl Booking {
         if reservation_id != req.reservation_id {
             return Err(BookingError::KeyReused { key });
         }
-        sqlx::query("UPDATE checkout SET request_body = $2 WHERE idempotency_key = $1")
-            .bind(key)
-            .bind(&body)
-            .execute(&mut *tx)
-            .await?;
-        let r: Option<(String, i64, i64)> = sqlx::query_as(
-            "SELECT r.status, r.user_id, s.price \
-             FROM reservation r JOIN seat s ON s.id = r.seat_id WHERE r.id = $1 FOR UPDATE OF r",
-        )
-        .bind(req.reservation_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        sql!(&mut tx, query("UPDATE checkout SET request_body = $2 WHERE idempotency_key = $1").bind(key).bind(&body).execute())?;
+        let r: Option<(String, i64, i64)> = sql!(
+            &mut tx,
+            query_as((
+                "SELECT r.status, r.user_id, s.price \
+                 FROM reservation r JOIN seat s ON s.id = r.seat_id WHERE r.id = $1 FOR UPDATE OF r",
+                "SELECT r.status, r.user_id, s.price FROM reservation r JOIN seat s ON s.id = r.seat_id WHERE r.id = $1"
+            ))
+            .bind(req.reservation_id)
+            .fetch_optional()
+        )?;
         let Some((status, owner, amount)) = r else {
             return Err(BookingError::NotFound { what: "reservation", id: req.reservation_id.to_string() });
         };
-        let already_paid: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM payment WHERE reservation_id = $1)")
-            .bind(req.reservation_id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let already_paid: bool = sql!(
+            &mut tx,
+            query_scalar("SELECT EXISTS (SELECT 1 FROM payment WHERE reservation_id = $1)").bind(req.reservation_id).fetch_one()
+        )?;
         if status != "PENDING" || owner != req.user_id || already_paid {
             let status = if owner != req.user_id {
                 "another user's".to_owned()
@@ -322,44 +330,53 @@ impl Booking {
             };
             return Err(BookingError::NotPayable { reservation_id: req.reservation_id, status });
         }
-        let charged = sqlx::query("UPDATE app_user SET balance = balance - $2 WHERE id = $1 AND balance >= $2")
+        let charged = sql!(
+            &mut tx,
+            query("UPDATE app_user SET balance = balance - $2 WHERE id = $1 AND balance >= $2")
+                .bind(owner)
+                .bind(amount)
+                .execute()
+        )? == 1;
+        let insert_payment = format!(
+            "INSERT INTO payment (reservation_id, user_id, amount, status, charged, idempotency_key, updated_at) \
+             VALUES ($1, $2, $3, 'IN_PROGRESS', $4, $5, {NOW_LITE}) RETURNING id"
+        );
+        let payment_id: i64 = sql!(
+            &mut tx,
+            query_scalar((
+                "INSERT INTO payment (reservation_id, user_id, amount, status, charged, idempotency_key, updated_at) \
+                 VALUES ($1, $2, $3, 'IN_PROGRESS', $4, $5, clock_timestamp()) RETURNING id",
+                insert_payment.as_str()
+            ))
+            .bind(req.reservation_id)
             .bind(owner)
             .bind(amount)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
-        let payment_id: i64 = sqlx::query_scalar(
-            "INSERT INTO payment (reservation_id, user_id, amount, status, charged, idempotency_key, updated_at) \
-             VALUES ($1, $2, $3, 'IN_PROGRESS', $4, $5, clock_timestamp()) RETURNING id",
-        )
-        .bind(req.reservation_id)
-        .bind(owner)
-        .bind(amount)
-        .bind(charged)
-        .bind(key)
-        .fetch_one(&mut *tx)
-        .await?;
-        history(&mut tx, payment_id, "IN_PROGRESS", None).await?;
+            .bind(charged)
+            .bind(key)
+            .fetch_one()
+        )?;
+        history(tx.ex(), payment_id, "IN_PROGRESS", None).await?;
         if !charged {
             let failure = Failure { reason: "insufficient balance", charged: false };
-            finalize_failed(&self.outbox, &mut tx, payment_id, failure).await?;
+            finalize_failed(&self.outbox, tx.ex(), payment_id, failure).await?;
             tx.commit().await?;
             return self.payment(payment_id).await;
         }
-        sqlx::query("INSERT INTO point_history (user_id, payment_id, kind, amount) VALUES ($1, $2, 'CHARGE', $3)")
-            .bind(owner)
-            .bind(payment_id)
-            .bind(-amount)
-            .execute(&mut *tx)
-            .await?;
+        sql!(
+            &mut tx,
+            query("INSERT INTO point_history (user_id, payment_id, kind, amount) VALUES ($1, $2, 'CHARGE', $3)")
+                .bind(owner)
+                .bind(payment_id)
+                .bind(-amount)
+                .execute()
+        )?;
         tx.commit().await?;
 
         match self.gateway.charge(payment_id, amount).await {
             Ok(status) => {
                 let outcome = if status == ChargeStatus::Approved { Outcome::Approved } else { Outcome::Declined };
                 let mut tx = self.pool.begin().await?;
-                let after = finalize(&mut tx, &self.outbox, payment_id, outcome, "gateway answered").await?;
+                let after = finalize(tx.ex(), &self.outbox, payment_id, outcome, "gateway answered").await?;
                 tx.commit().await?;
                 if let Some(Some(after)) = after {
                     // The outcome is committed; holds and tokens also expire on their own.
@@ -382,10 +399,8 @@ impl Booking {
     async fn await_outcome(&self, key: Uuid) -> Result<PaymentView, BookingError> {
         let deadline = tokio::time::Instant::now() + self.duplicate_wait;
         loop {
-            let p: Option<PaymentView> = sqlx::query_as(&format!("{PAYMENT_VIEW} idempotency_key = $1"))
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await?;
+            let q = format!("{PAYMENT_VIEW} idempotency_key = $1");
+            let p: Option<PaymentView> = sql!(&self.pool, query_as(&q).bind(key).fetch_optional())?;
             match p {
                 Some(p) if p.status != "IN_PROGRESS" || tokio::time::Instant::now() >= deadline => return Ok(p),
                 None if tokio::time::Instant::now() >= deadline => {
@@ -397,19 +412,16 @@ impl Booking {
     }
 }
 
-async fn history(
-    tx: &mut Transaction<'_, Postgres>,
-    payment_id: i64,
-    status: &str,
-    note: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO payment_history (payment_id, status, note) VALUES ($1, $2, $3)")
-        .bind(payment_id)
-        .bind(status)
-        .bind(note)
-        .execute(&mut **tx)
-        .await
-        .map(|_| ())
+async fn history(mut tx: Ex<'_>, payment_id: i64, status: &str, note: Option<&str>) -> Result<(), sqlx::Error> {
+    sql!(
+        tx.re(),
+        query("INSERT INTO payment_history (payment_id, status, note) VALUES ($1, $2, $3)")
+            .bind(payment_id)
+            .bind(status)
+            .bind(note)
+            .execute()
+    )
+    .map(|_| ())
 }
 
 struct Failure {
@@ -418,25 +430,34 @@ struct Failure {
 }
 
 /// Marks an `IN_PROGRESS` payment `FAILED` and enqueues `payment.failed`.
-async fn finalize_failed(
-    outbox: &Outbox,
-    tx: &mut Transaction<'_, Postgres>,
-    payment_id: i64,
-    f: Failure,
-) -> Result<bool, BookingError> {
-    let row: Option<(i64, i64, i64, i64, i64, Option<String>)> = sqlx::query_as(
-        "UPDATE payment p SET status = 'FAILED', failure_reason = $2, updated_at = now() \
-         FROM reservation r WHERE p.id = $1 AND p.status = 'IN_PROGRESS' AND r.id = p.reservation_id \
-         RETURNING p.reservation_id, p.user_id, r.seat_id, r.concert_date_id, p.amount, r.queue_token",
-    )
-    .bind(payment_id)
-    .bind(f.reason)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some((reservation_id, user_id, seat_id, concert_date_id, amount, queue_token)) = row else {
+async fn finalize_failed(outbox: &Outbox, mut tx: Ex<'_>, payment_id: i64, f: Failure) -> Result<bool, BookingError> {
+    // SQLite's RETURNING cannot name the FROM table: the reservation is read after.
+    let lite = format!(
+        "UPDATE payment SET status = 'FAILED', failure_reason = $2, updated_at = {NOW_LITE} \
+         WHERE id = $1 AND status = 'IN_PROGRESS' RETURNING reservation_id, user_id, 0, 0, amount, NULL"
+    );
+    let row: Option<(i64, i64, i64, i64, i64, Option<String>)> = sql!(
+        tx.re(),
+        query_as((
+            "UPDATE payment p SET status = 'FAILED', failure_reason = $2, updated_at = now() \
+             FROM reservation r WHERE p.id = $1 AND p.status = 'IN_PROGRESS' AND r.id = p.reservation_id \
+             RETURNING p.reservation_id, p.user_id, r.seat_id, r.concert_date_id, p.amount, r.queue_token",
+            lite.as_str()
+        ))
+        .bind(payment_id)
+        .bind(f.reason)
+        .fetch_optional()
+    )?;
+    let Some((reservation_id, user_id, _, _, amount, _)) = row else {
         return Ok(false);
     };
-    history(tx, payment_id, "FAILED", Some(f.reason)).await?;
+    let (seat_id, concert_date_id, queue_token): (i64, i64, Option<String>) = sql!(
+        tx.re(),
+        query_as("SELECT seat_id, concert_date_id, queue_token FROM reservation WHERE id = $1")
+            .bind(reservation_id)
+            .fetch_one()
+    )?;
+    history(tx.re(), payment_id, "FAILED", Some(f.reason)).await?;
     let event = PaymentFailed {
         payment_id,
         reservation_id,
@@ -448,7 +469,7 @@ async fn finalize_failed(
         queue_token: queue_token.unwrap_or_default(),
         reason: f.reason.to_owned(),
     };
-    outbox.enqueue(tx, &event).await?;
+    tx.enqueue(outbox, &event).await?;
     Ok(true)
 }
 
@@ -467,7 +488,7 @@ impl AfterCommit {
     ///
     /// # Errors
     /// Redis errors.
-    pub async fn run(self, store: &RedisStore) -> Result<(), BookingError> {
+    pub async fn run(self, store: &Store) -> Result<(), BookingError> {
         store.release_hold(self.seat_id, self.user_id).await?;
         store.expire_token(self.user_id, self.token.as_deref().unwrap_or_default()).await?;
         Ok(())
@@ -487,7 +508,7 @@ impl AfterCommit {
 /// # Errors
 /// Database and outbox errors.
 pub async fn finalize(
-    tx: &mut Transaction<'_, Postgres>,
+    mut tx: Ex<'_>,
     outbox: &Outbox,
     payment_id: i64,
     outcome: Outcome,
@@ -499,25 +520,38 @@ pub async fn finalize(
             Ok(finalize_failed(outbox, tx, payment_id, failure).await?.then_some(None))
         }
         Outcome::Approved => {
-            let row: Option<(i64, i64, i64, i64, Option<String>)> = sqlx::query_as(
-                "UPDATE payment p SET status = 'COMPLETED', updated_at = now() \
-                 FROM reservation r WHERE p.id = $1 AND p.status = 'IN_PROGRESS' AND r.id = p.reservation_id \
-                 RETURNING p.reservation_id, p.user_id, r.seat_id, p.amount, r.queue_token",
-            )
-            .bind(payment_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-            let Some((reservation_id, user_id, seat_id, amount, token)) = row else {
+            let lite = format!(
+                "UPDATE payment SET status = 'COMPLETED', updated_at = {NOW_LITE} \
+                 WHERE id = $1 AND status = 'IN_PROGRESS' RETURNING reservation_id, user_id, amount"
+            );
+            let row: Option<(i64, i64, i64)> = sql!(
+                tx.re(),
+                query_as((
+                    "UPDATE payment SET status = 'COMPLETED', updated_at = now() \
+                     WHERE id = $1 AND status = 'IN_PROGRESS' RETURNING reservation_id, user_id, amount",
+                    lite.as_str()
+                ))
+                .bind(payment_id)
+                .fetch_optional()
+            )?;
+            let Some((reservation_id, user_id, amount)) = row else {
                 return Ok(None);
             };
-            history(tx, payment_id, "COMPLETED", Some(note)).await?;
-            sqlx::query("UPDATE reservation SET status = 'CONFIRMED', updated_at = now() WHERE id = $1")
-                .bind(reservation_id)
-                .execute(&mut **tx)
-                .await?;
-            sqlx::query("UPDATE seat SET status = 'SOLD' WHERE id = $1").bind(seat_id).execute(&mut **tx).await?;
-            outbox.enqueue(tx, &PaymentCompleted { payment_id, reservation_id, user_id, amount }).await?;
-            outbox.enqueue(tx, &OrderPlaced { payment_id, reservation_id, user_id, seat_id, amount }).await?;
+            let (seat_id, token): (i64, Option<String>) = sql!(
+                tx.re(),
+                query_as("SELECT seat_id, queue_token FROM reservation WHERE id = $1").bind(reservation_id).fetch_one()
+            )?;
+            history(tx.re(), payment_id, "COMPLETED", Some(note)).await?;
+            let confirm = format!("UPDATE reservation SET status = 'CONFIRMED', updated_at = {NOW_LITE} WHERE id = $1");
+            sql!(
+                tx.re(),
+                query(("UPDATE reservation SET status = 'CONFIRMED', updated_at = now() WHERE id = $1", confirm.as_str()))
+                    .bind(reservation_id)
+                    .execute()
+            )?;
+            sql!(tx.re(), query("UPDATE seat SET status = 'SOLD' WHERE id = $1").bind(seat_id).execute())?;
+            tx.enqueue(outbox, &PaymentCompleted { payment_id, reservation_id, user_id, amount }).await?;
+            tx.enqueue(outbox, &OrderPlaced { payment_id, reservation_id, user_id, seat_id, amount }).await?;
             Ok(Some(Some(AfterCommit { seat_id, user_id, token })))
         }
     }

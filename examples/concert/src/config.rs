@@ -1,31 +1,32 @@
-//! Environment of the application.
+//! Environment of the application: each service is used when its variable is set,
+//! and replaced by an embedded stand-in when it is not.
 
 use reliable_kafka::KafkaConfig;
 
-/// Where the services are: `DATABASE_URL`, `REDIS_URL`, `KAFKA_BROKERS` (and
-/// `REDIS_NAMESPACE`), each with the
-/// local default of the development machines.
+/// Where the services are. Unset variables select the embedded defaults: SQLite for
+/// `DATABASE_URL`, librdkafka's in-process mock cluster for `KAFKA_BROKERS`, an
+/// in-process store for `REDIS_URL`.
 #[derive(Debug, Clone)]
 pub struct Env {
-    /// PostgreSQL URL.
-    pub database_url: String,
-    /// Redis URL.
-    pub redis_url: String,
-    /// Kafka settings (`bootstrap.servers` from `KAFKA_BROKERS`).
-    pub kafka: KafkaConfig,
+    /// `DATABASE_URL`: `postgres://…` or `sqlite:…`.
+    pub database_url: Option<String>,
+    /// `REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// `KAFKA_BROKERS` with the other `KAFKA_*` settings of [`KafkaConfig::from_env`].
+    pub kafka: Option<KafkaConfig>,
     /// Prefix of the Redis keys (`REDIS_NAMESPACE`, default `default`).
     pub redis_namespace: String,
 }
 
 impl Env {
-    /// Reads the environment.
+    /// Reads the environment; empty variables count as unset.
     pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         Env {
-            database_url: std::env::var("DATABASE_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned()),
-            redis_url: std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
-            kafka: KafkaConfig::from_env(),
-            redis_namespace: std::env::var("REDIS_NAMESPACE").unwrap_or_else(|_| "default".to_owned()),
+            database_url: var("DATABASE_URL"),
+            redis_url: var("REDIS_URL"),
+            kafka: var("KAFKA_BROKERS").map(|_| KafkaConfig::from_env()),
+            redis_namespace: var("REDIS_NAMESPACE").unwrap_or_else(|| "default".to_owned()),
         }
     }
 }

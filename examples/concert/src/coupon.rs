@@ -3,9 +3,10 @@
 //! event exists if and only if the stock was taken; the consumer creates the coupon.
 
 use reliable_kafka::Outbox;
-use sqlx::PgPool;
 
 use crate::booking::BookingError;
+use crate::db::Db;
+use crate::sql;
 use crate::events::CouponIssueRequested;
 
 /// Why a coupon request was refused.
@@ -50,40 +51,41 @@ impl From<sqlx::Error> for CouponError {
 ///
 /// # Errors
 /// [`CouponError::SoldOut`], [`CouponError::AlreadyRequested`], [`CouponError::NotFound`].
-pub async fn request_coupon(pool: &PgPool, outbox: &Outbox, coupon_id: i64, user_id: i64) -> Result<(), CouponError> {
+pub async fn request_coupon(pool: &Db, outbox: &Outbox, coupon_id: i64, user_id: i64) -> Result<(), CouponError> {
     let mut tx = pool.begin().await?;
-    let remaining: Option<i32> = sqlx::query_scalar("SELECT remaining FROM coupon_stock WHERE id = $1 FOR UPDATE")
+    // The row lock (SQLite: the write lock of BEGIN IMMEDIATE) serializes requests.
+    let remaining: Option<i32> = sql!(
+        &mut tx,
+        query_scalar((
+            "SELECT remaining FROM coupon_stock WHERE id = $1 FOR UPDATE",
+            "SELECT remaining FROM coupon_stock WHERE id = $1"
+        ))
         .bind(coupon_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional()
+    )?;
     let Some(remaining) = remaining else {
         return Err(CouponError::NotFound { what: "coupon", id: coupon_id });
     };
-    let user: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM app_user WHERE id = $1)")
-        .bind(user_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let user: bool =
+        sql!(&mut tx, query_scalar("SELECT EXISTS (SELECT 1 FROM app_user WHERE id = $1)").bind(user_id).fetch_one())?;
     if !user {
         return Err(CouponError::NotFound { what: "user", id: user_id });
     }
-    let first = sqlx::query("INSERT INTO coupon_request (coupon_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(coupon_id)
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-        == 1;
+    let first = sql!(
+        &mut tx,
+        query("INSERT INTO coupon_request (coupon_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(coupon_id)
+            .bind(user_id)
+            .execute()
+    )? == 1;
     if !first {
         return Err(CouponError::AlreadyRequested { coupon_id, user_id });
     }
     if remaining == 0 {
         return Err(CouponError::SoldOut { coupon_id });
     }
-    sqlx::query("UPDATE coupon_stock SET remaining = remaining - 1 WHERE id = $1")
-        .bind(coupon_id)
-        .execute(&mut *tx)
-        .await?;
-    outbox.enqueue(&mut tx, &CouponIssueRequested { coupon_id, user_id }).await.map_err(BookingError::from)?;
+    sql!(&mut tx, query("UPDATE coupon_stock SET remaining = remaining - 1 WHERE id = $1").bind(coupon_id).execute())?;
+    tx.ex().enqueue(outbox, &CouponIssueRequested { coupon_id, user_id }).await.map_err(BookingError::from)?;
     tx.commit().await?;
     Ok(())
 }

@@ -7,8 +7,10 @@ use reliable_kafka::{
     event_handler, EventHandler, ExponentialBackOff, FixedBackOff, HandlerContext, HandlerError, HandlerOptions,
 };
 
+use crate::db::{AppBackend, NOW_LITE};
 use crate::events::{CouponIssueRequested, OrderPlaced, PaymentFailed};
-use crate::store::RedisStore;
+use crate::sql;
+use crate::store::Store;
 
 /// Consumer group restoring the database.
 pub const COMPENSATOR_GROUP: &str = "payment-compensator-group";
@@ -32,37 +34,48 @@ pub fn compensation_backoff() -> Result<ExponentialBackOff, reliable_kafka::Conf
 /// changes nothing; the updates themselves are deliberately unguarded so that a
 /// duplicate effect would show in the scenario's consistency report.
 #[event_handler(group = "payment-compensator-group", backoff = compensation_backoff())]
-pub async fn compensate_payment(event: PaymentFailed, ctx: &mut HandlerContext) -> Result<(), HandlerError> {
-    let tx = ctx.tx();
-    let found = sqlx::query("UPDATE payment SET status = 'FAILED', compensated_at = now() WHERE id = $1")
-        .bind(event.payment_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+pub async fn compensate_payment<DB: AppBackend>(
+    event: PaymentFailed,
+    ctx: &mut HandlerContext<DB>,
+) -> Result<(), HandlerError> {
+    let mut tx = DB::ex(ctx.tx());
+    let payment_lite = format!("UPDATE payment SET status = 'FAILED', compensated_at = {NOW_LITE} WHERE id = $1");
+    let found = sql!(
+        tx.re(),
+        query(("UPDATE payment SET status = 'FAILED', compensated_at = now() WHERE id = $1", payment_lite.as_str()))
+            .bind(event.payment_id)
+            .execute()
+    )?;
     if found == 0 {
         return Err(HandlerError::permanent(format!("payment {} does not exist", event.payment_id)));
     }
-    sqlx::query("UPDATE reservation SET status = 'FAILED', updated_at = now() WHERE id = $1")
-        .bind(event.reservation_id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE seat SET status = 'AVAILABLE' WHERE id = $1").bind(event.seat_id).execute(&mut *tx).await?;
-    sqlx::query("UPDATE concert_date SET available_seat_count = available_seat_count + 1 WHERE id = $1")
-        .bind(event.concert_date_id)
-        .execute(&mut *tx)
-        .await?;
+    let reservation_lite = format!("UPDATE reservation SET status = 'FAILED', updated_at = {NOW_LITE} WHERE id = $1");
+    sql!(
+        tx.re(),
+        query(("UPDATE reservation SET status = 'FAILED', updated_at = now() WHERE id = $1", reservation_lite.as_str()))
+            .bind(event.reservation_id)
+            .execute()
+    )?;
+    sql!(tx.re(), query("UPDATE seat SET status = 'AVAILABLE' WHERE id = $1").bind(event.seat_id).execute())?;
+    sql!(
+        tx.re(),
+        query("UPDATE concert_date SET available_seat_count = available_seat_count + 1 WHERE id = $1")
+            .bind(event.concert_date_id)
+            .execute()
+    )?;
     if event.charged {
-        sqlx::query("UPDATE app_user SET balance = balance + $2 WHERE id = $1")
-            .bind(event.user_id)
-            .bind(event.amount)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO point_history (user_id, payment_id, kind, amount) VALUES ($1, $2, 'REFUND', $3)")
-            .bind(event.user_id)
-            .bind(event.payment_id)
-            .bind(event.amount)
-            .execute(&mut *tx)
-            .await?;
+        sql!(
+            tx.re(),
+            query("UPDATE app_user SET balance = balance + $2 WHERE id = $1").bind(event.user_id).bind(event.amount).execute()
+        )?;
+        sql!(
+            tx.re(),
+            query("INSERT INTO point_history (user_id, payment_id, kind, amount) VALUES ($1, $2, 'REFUND', $3)")
+                .bind(event.user_id)
+                .bind(event.payment_id)
+                .bind(event.amount)
+                .execute()
+        )?;
     }
     Ok(())
 }
@@ -75,10 +88,10 @@ pub async fn compensate_payment(event: PaymentFailed, ctx: &mut HandlerContext) 
 #[derive(Debug, Clone)]
 pub struct RedisCleanup {
     /// The Redis store.
-    pub store: RedisStore,
+    pub store: Store,
 }
 
-impl EventHandler for RedisCleanup {
+impl<DB: reliable_kafka::Backend> EventHandler<DB> for RedisCleanup {
     type Event = PaymentFailed;
 
     fn options(&self) -> HandlerOptions {
@@ -89,7 +102,7 @@ impl EventHandler for RedisCleanup {
     fn handle<'a>(
         &'a self,
         event: PaymentFailed,
-        _ctx: &'a mut HandlerContext,
+        _ctx: &'a mut HandlerContext<DB>,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             self.store.release_hold(event.seat_id, event.user_id).await.map_err(HandlerError::transient)?;
@@ -108,28 +121,35 @@ pub const COUPON_GROUP: &str = "coupon-issue-group";
 
 /// Stores the order information of a placed order (`trace-topic`).
 #[event_handler(group = "order-info-group", backoff = FixedBackOff::new(Duration::from_secs(1), 4))]
-pub async fn store_order_info(event: OrderPlaced, ctx: &mut HandlerContext) -> Result<(), HandlerError> {
-    sqlx::query("INSERT INTO order_info (payment_id, user_id, seat_id, amount) VALUES ($1, $2, $3, $4)")
-        .bind(event.payment_id)
-        .bind(event.user_id)
-        .bind(event.seat_id)
-        .bind(event.amount)
-        .execute(ctx.tx())
-        .await?;
+pub async fn store_order_info<DB: AppBackend>(
+    event: OrderPlaced,
+    ctx: &mut HandlerContext<DB>,
+) -> Result<(), HandlerError> {
+    sql!(
+        DB::ex(ctx.tx()),
+        query("INSERT INTO order_info (payment_id, user_id, seat_id, amount) VALUES ($1, $2, $3, $4)")
+            .bind(event.payment_id)
+            .bind(event.user_id)
+            .bind(event.seat_id)
+            .bind(event.amount)
+            .execute()
+    )?;
     Ok(())
 }
 
 /// Sends the alert of a placed order (`trace-topic`); the alert sink of the example is
 /// a table.
 #[event_handler(group = "order-alert-group", backoff = FixedBackOff::new(Duration::from_secs(1), 4))]
-pub async fn send_order_alert(event: OrderPlaced, ctx: &mut HandlerContext) -> Result<(), HandlerError> {
+pub async fn send_order_alert<DB: AppBackend>(
+    event: OrderPlaced,
+    ctx: &mut HandlerContext<DB>,
+) -> Result<(), HandlerError> {
     let message =
         format!("order placed: payment {} by user {} for {} points", event.payment_id, event.user_id, event.amount);
-    sqlx::query("INSERT INTO order_alert (payment_id, message) VALUES ($1, $2)")
-        .bind(event.payment_id)
-        .bind(message)
-        .execute(ctx.tx())
-        .await?;
+    sql!(
+        DB::ex(ctx.tx()),
+        query("INSERT INTO order_alert (payment_id, message) VALUES ($1, $2)").bind(event.payment_id).bind(&message).execute()
+    )?;
     Ok(())
 }
 
@@ -137,15 +157,20 @@ pub async fn send_order_alert(event: OrderPlaced, ctx: &mut HandlerContext) -> R
 /// `(coupon_id, user_id)` is the second line of defence behind the deduplication table:
 /// even a re-published request issues nothing twice.
 #[event_handler(group = "coupon-issue-group", backoff = FixedBackOff::new(Duration::from_secs(1), 4))]
-pub async fn issue_coupon(event: CouponIssueRequested, ctx: &mut HandlerContext) -> Result<(), HandlerError> {
+pub async fn issue_coupon<DB: AppBackend>(
+    event: CouponIssueRequested,
+    ctx: &mut HandlerContext<DB>,
+) -> Result<(), HandlerError> {
     let code = format!("C{}-U{}-{}", event.coupon_id, event.user_id, &ctx.message_id().simple().to_string()[..8]);
-    sqlx::query(
-        "INSERT INTO coupon (coupon_id, user_id, code) VALUES ($1, $2, $3) ON CONFLICT (coupon_id, user_id) DO NOTHING",
-    )
-    .bind(event.coupon_id)
-    .bind(event.user_id)
-    .bind(code)
-    .execute(ctx.tx())
-    .await?;
+    sql!(
+        DB::ex(ctx.tx()),
+        query(
+            "INSERT INTO coupon (coupon_id, user_id, code) VALUES ($1, $2, $3) ON CONFLICT (coupon_id, user_id) DO NOTHING"
+        )
+        .bind(event.coupon_id)
+        .bind(event.user_id)
+        .bind(&code)
+        .execute()
+    )?;
     Ok(())
 }

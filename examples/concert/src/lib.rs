@@ -18,6 +18,7 @@ pub mod app;
 pub mod booking;
 pub mod config;
 pub mod coupon;
+pub mod db;
 pub mod events;
 pub mod gateway;
 pub mod handlers;
@@ -28,19 +29,32 @@ pub mod store;
 pub mod webhook;
 
 use sqlx::migrate::Migrator;
-use sqlx::PgPool;
 
-static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+use crate::db::Db;
+
+static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Creates the library's tables (outbox, dedup, parked) and the application's.
 ///
 /// # Errors
 /// When a migration fails.
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    reliable_kafka::migrate(pool).await?;
-    let mut app = Migrator { migrations: std::borrow::Cow::Borrowed(&MIGRATIONS.migrations), ..Migrator::DEFAULT };
-    // The library's migrations share `_sqlx_migrations`.
-    app.set_ignore_missing(true);
-    app.run(pool).await?;
+pub async fn migrate(db: &Db) -> anyhow::Result<()> {
+    let app = |m: &'static Migrator| {
+        let mut app = Migrator { migrations: std::borrow::Cow::Borrowed(&m.migrations), ..Migrator::DEFAULT };
+        // The library's migrations share `_sqlx_migrations`.
+        app.set_ignore_missing(true);
+        app
+    };
+    match db {
+        Db::Postgres(pool) => {
+            reliable_kafka::migrate(pool).await?;
+            app(&PG_MIGRATIONS).run(pool).await?;
+        }
+        Db::Sqlite(pool) => {
+            reliable_kafka::migrate(pool).await?;
+            app(&SQLITE_MIGRATIONS).run(pool).await?;
+        }
+    }
     Ok(())
 }

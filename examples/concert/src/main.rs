@@ -6,13 +6,16 @@
 //! dead-lettered, re-driven at most 3 times, then parked.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use concert::app::{App, AppConfig, Flows};
 use concert::config::Env;
 use concert::scenario::{self, ScenarioConfig};
-use concert::store::RedisStore;
+use concert::db::Db;
+use concert::store::Store;
+use reliable_kafka::{EmbeddedKafka, KafkaConfig};
 
 #[derive(Parser)]
 #[command(version, about = "Concert booking reference application of reliable-kafka")]
@@ -92,9 +95,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let env = Env::from_env();
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(30).connect(&env.database_url).await?;
-    let store = RedisStore::connect(&env.redis_url, Duration::from_secs(600), &env.redis_namespace).await?;
-    tracing::info!(brokers = env.kafka.brokers(), "using PostgreSQL, Redis and Kafka");
+    let services = Services::start(&env).await?;
+    let Services { db, store, kafka, embedded_kafka: _embedded_kafka, .. } = &services;
+    let (db, store, kafka) = (db.clone(), store.clone(), kafka.clone());
     match cli.command {
         Some(Command::Serve { listen, gateway_url, webhook_url, redrive_interval_secs }) => {
             let cfg = AppConfig {
@@ -104,7 +107,8 @@ async fn main() -> anyhow::Result<()> {
                 redrive_interval: Duration::from_secs(redrive_interval_secs),
                 ..AppConfig::default()
             };
-            let app = App::start(pool, store, env.kafka, &cfg).await?;
+            let cfg = AppConfig { create_topics: services.embedded_kafka.is_none(), ..cfg };
+            let app = App::start(db, store, kafka, &cfg).await?;
             eprintln!("serving on {}; Ctrl-C stops", app.api.url());
             tokio::signal::ctrl_c().await?;
             app.stop().await?;
@@ -131,10 +135,12 @@ async fn main() -> anyhow::Result<()> {
                     },
                     inject_faults: !no_faults,
                     progress: true,
+                    create_topics: true,
                 },
-                _ => ScenarioConfig::default(),
+                _ => ScenarioConfig::demo(),
             };
-            let report = scenario::run(pool, store, env.kafka, &cfg).await?;
+            let cfg = ScenarioConfig { create_topics: services.embedded_kafka.is_none(), ..cfg };
+            let report = scenario::run(db, store, kafka, &cfg).await?;
             eprintln!(
                 "users={} wall={:.1}s throughput={:.0} users/s",
                 cfg.users,
@@ -142,10 +148,100 @@ async fn main() -> anyhow::Result<()> {
                 cfg.users as f64 / report.wall.as_secs_f64()
             );
             println!("{}", report.line(cfg.flows));
+            services.stop().await;
             if !report.is_ok() {
                 std::process::exit(1);
             }
+            return Ok(());
         }
     }
+    services.stop().await;
     Ok(())
+}
+
+/// The database, key-value store and Kafka cluster of this run: the real services
+/// where their variables are set, embedded stand-ins where not.
+struct Services {
+    db: Db,
+    store: Store,
+    kafka: KafkaConfig,
+    embedded_kafka: Option<EmbeddedKafka>,
+    /// The SQLite file created for this run, removed at the end.
+    temporary_db: Option<PathBuf>,
+}
+
+impl Services {
+    async fn start(env: &Env) -> anyhow::Result<Services> {
+        let temporary_db = env
+            .database_url
+            .is_none()
+            .then(|| std::env::temp_dir().join(format!("concert-{}.db", uuid::Uuid::now_v7().simple())));
+        let database_url = match (&env.database_url, &temporary_db) {
+            (Some(url), _) => url.clone(),
+            (None, Some(path)) => format!("sqlite://{}", path.display()),
+            (None, None) => unreachable!("a temporary database when DATABASE_URL is unset"),
+        };
+        let embedded_kafka = match env.kafka {
+            Some(_) => None,
+            None => {
+                let cluster = EmbeddedKafka::start(1)?;
+                let topics = concert::app::topics();
+                let specs: Vec<(&str, i32)> =
+                    topics.iter().map(|t| (t.as_str(), AppConfig::default().partitions)).collect();
+                cluster.create_topics(&specs)?;
+                Some(cluster)
+            }
+        };
+        let kafka = match (&env.kafka, &embedded_kafka) {
+            (Some(k), _) => k.clone(),
+            (None, Some(cluster)) => cluster.config(),
+            (None, None) => unreachable!("an embedded cluster when KAFKA_BROKERS is unset"),
+        };
+        // The first log line says what this run uses.
+        tracing::info!(
+            database = %match &temporary_db {
+                Some(path) => format!("SQLite {} (embedded default; DATABASE_URL unset)", path.display()),
+                None => redact(&database_url),
+            },
+            kafka = %match &embedded_kafka {
+                Some(c) => format!("librdkafka mock cluster at {} (in-process, not durable; KAFKA_BROKERS unset)", c.bootstrap_servers()),
+                None => kafka.brokers().to_owned(),
+            },
+            store = %match &env.redis_url {
+                Some(url) => redact(url),
+                None => "in-process key-value store (REDIS_URL unset)".to_owned(),
+            },
+            "concert services"
+        );
+        let db = Db::connect(&database_url, 30).await?;
+        let ttl = Duration::from_secs(600);
+        let store = match &env.redis_url {
+            Some(url) => Store::connect(url, ttl, &env.redis_namespace).await?,
+            None => Store::in_memory(ttl, &env.redis_namespace),
+        };
+        Ok(Services { db, store, kafka, embedded_kafka, temporary_db })
+    }
+
+    async fn stop(self) {
+        self.db.close().await;
+        drop(self.embedded_kafka);
+        if let Some(path) = self.temporary_db {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = path.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+/// `url` without its password.
+fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }

@@ -7,21 +7,26 @@
 //! payments never takes threads or connections from request handling. Several
 //! instances can run at once: each payment is claimed with `FOR UPDATE SKIP LOCKED`
 //! and finalized only while still `IN_PROGRESS`, so none is recovered twice.
+//!
+//! On SQLite (one writer at a time) the claim takes no lock, so that the gateway call
+//! never holds the database's write lock; the `IN_PROGRESS` guard of [`finalize`]
+//! still settles each payment once.
 
 use std::time::Duration;
 
 use reliable_kafka::{CancellationToken, Outbox};
-use sqlx::PgPool;
 
 use crate::booking::{finalize, BookingError, Outcome};
+use crate::db::{Db, NOW_LITE};
+use crate::sql;
 use crate::gateway::{ChargeStatus, GatewayClient};
-use crate::store::RedisStore;
+use crate::store::Store;
 
 /// The recovery scheduler.
 #[derive(Debug, Clone)]
 pub struct PaymentRecovery {
-    pool: PgPool,
-    store: RedisStore,
+    pool: Db,
+    store: Store,
     gateway: GatewayClient,
     outbox: Outbox,
     /// Name written to `payment_recovery.recovered_by`.
@@ -35,8 +40,8 @@ pub struct PaymentRecovery {
 impl PaymentRecovery {
     /// A scheduler named `instance`.
     pub fn new(
-        pool: PgPool,
-        store: RedisStore,
+        pool: Db,
+        store: Store,
         gateway: GatewayClient,
         instance: impl Into<String>,
         stuck_after: Duration,
@@ -65,14 +70,19 @@ impl PaymentRecovery {
     pub async fn recover_once(&self) -> Result<usize, BookingError> {
         let mut settled = 0;
         for _ in 0..self.batch {
-            let mut tx = self.pool.begin().await?;
-            let stuck: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM payment WHERE status = 'IN_PROGRESS' AND updated_at < now() - make_interval(secs => $1) \
-                 ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED",
-            )
-            .bind(self.stuck_after.as_secs_f64())
-            .fetch_optional(&mut *tx)
-            .await?;
+            let cutoff = (chrono::Utc::now() - self.stuck_after).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let mut claim = match &self.pool {
+                Db::Postgres(_) => Some(self.pool.begin().await?),
+                Db::Sqlite(_) => None,
+            };
+            const PG_CLAIM: &str = "SELECT id FROM payment WHERE status = 'IN_PROGRESS' AND updated_at < $1::timestamptz \
+                                    ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED";
+            const LITE_CLAIM: &str =
+                "SELECT id FROM payment WHERE status = 'IN_PROGRESS' AND updated_at < $1 ORDER BY updated_at LIMIT 1";
+            let stuck: Option<i64> = match claim.as_mut() {
+                Some(tx) => sql!(tx, query_scalar(PG_CLAIM).bind(&cutoff).fetch_optional())?,
+                None => sql!(&self.pool, query_scalar(LITE_CLAIM).bind(&cutoff).fetch_optional())?,
+            };
             let Some(payment_id) = stuck else { break };
             let outcome = match self.gateway.status(payment_id).await {
                 Ok(Some(ChargeStatus::Approved)) => Outcome::Approved,
@@ -80,26 +90,40 @@ impl PaymentRecovery {
                 Err(e) => {
                     tracing::warn!(payment_id, error = %reliable_kafka::report(&e), "recovery could not reach the gateway");
                     // Touch it so the next run tries the other stuck payments first.
-                    sqlx::query("UPDATE payment SET updated_at = now() WHERE id = $1")
-                        .bind(payment_id)
-                        .execute(&mut *tx)
-                        .await?;
+                    let mut tx = match claim {
+                        Some(tx) => tx,
+                        None => self.pool.begin().await?,
+                    };
+                    let touch = format!("UPDATE payment SET updated_at = {NOW_LITE} WHERE id = $1");
+                    sql!(
+                        &mut tx,
+                        query(("UPDATE payment SET updated_at = now() WHERE id = $1", touch.as_str()))
+                            .bind(payment_id)
+                            .execute()
+                    )?;
                     tx.commit().await?;
                     continue;
                 }
             };
             // Same transaction as the claim: the lock holds until the outcome commits, and
             // the `status = 'IN_PROGRESS'` guard makes a race with the request path harmless.
-            let Some(after) = finalize(&mut tx, &self.outbox, payment_id, outcome, "recovered").await? else {
+            let mut tx = match claim {
+                Some(tx) => tx,
+                None => self.pool.begin().await?,
+            };
+            let Some(after) = finalize(tx.ex(), &self.outbox, payment_id, outcome, "recovered").await? else {
                 tx.commit().await?;
                 continue;
             };
-            sqlx::query("INSERT INTO payment_recovery (payment_id, outcome, recovered_by) VALUES ($1, $2, $3)")
-                .bind(payment_id)
-                .bind(format!("{outcome:?}"))
-                .bind(&self.instance)
-                .execute(&mut *tx)
-                .await?;
+            let outcome = format!("{outcome:?}");
+            sql!(
+                &mut tx,
+                query("INSERT INTO payment_recovery (payment_id, outcome, recovered_by) VALUES ($1, $2, $3)")
+                    .bind(payment_id)
+                    .bind(&outcome)
+                    .bind(&self.instance)
+                    .execute()
+            )?;
             tx.commit().await?;
             if let Some(after) = after {
                 if let Err(e) = after.run(&self.store).await {

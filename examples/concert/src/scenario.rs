@@ -1,6 +1,6 @@
 //! The scenario / load runner: many concurrent users drive the flows over HTTP while
 //! the payment gateway and the notification webhook fail, hang and decline on purpose;
-//! then a consistency report is computed from PostgreSQL and Redis.
+//! then a consistency report is computed from the database and the key-value store.
 
 use std::time::{Duration, Instant};
 
@@ -10,13 +10,14 @@ use reliable_kafka::KafkaConfig;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use sqlx::PgPool;
 
 use crate::api::{CheckoutResponse, TokenResponse, IDEMPOTENCY_KEY_HEADER, QUEUE_TOKEN_HEADER};
 use crate::app::{App, AppConfig, Flows};
 use crate::booking::{PaymentView, Reservation};
+use crate::db::Db;
+use crate::sql;
 use crate::gateway::GatewayBehaviour;
-use crate::store::RedisStore;
+use crate::store::Store;
 use crate::webhook::ReceiverBehaviour;
 
 /// Seats per concert date.
@@ -50,6 +51,9 @@ pub struct ScenarioConfig {
     pub inject_faults: bool,
     /// Show a progress bar on a terminal.
     pub progress: bool,
+    /// Create the topics with the admin API (false on the embedded mock cluster, whose
+    /// topics are created with it).
+    pub create_topics: bool,
 }
 
 impl Default for ScenarioConfig {
@@ -63,11 +67,18 @@ impl Default for ScenarioConfig {
             flows: Flows::All,
             inject_faults: true,
             progress: true,
+            create_topics: true,
         }
     }
 }
 
 impl ScenarioConfig {
+    /// The short demo run of `cargo run -p concert` without arguments: 200 users, every
+    /// flow, faults injected.
+    pub fn demo() -> Self {
+        ScenarioConfig { users: 200, concurrency: 16, settle_timeout: Duration::from_secs(300), ..Self::default() }
+    }
+
     /// The application settings of the run: short timeouts and fast schedulers.
     pub fn app_config(&self) -> AppConfig {
         let faults = self.inject_faults && self.flows == Flows::All;
@@ -98,6 +109,8 @@ impl ScenarioConfig {
             recovery_interval: Duration::from_millis(500),
             stuck_after: Duration::from_secs(6),
             flows: self.flows,
+            create_topics: self.create_topics,
+            relay_poll_interval: Duration::from_millis(50),
             ..AppConfig::default()
         }
     }
@@ -164,7 +177,7 @@ impl Report {
 ///
 /// # Errors
 /// When the services cannot be reached or set up.
-pub async fn run(pool: PgPool, store: RedisStore, kafka: KafkaConfig, cfg: &ScenarioConfig) -> anyhow::Result<Report> {
+pub async fn run(pool: Db, store: Store, kafka: KafkaConfig, cfg: &ScenarioConfig) -> anyhow::Result<Report> {
     let started = Instant::now();
     let app = App::start(pool.clone(), store.clone(), kafka, &cfg.app_config()).await?;
     let base = app.api.url();
@@ -203,10 +216,10 @@ pub async fn run(pool: PgPool, store: RedisStore, kafka: KafkaConfig, cfg: &Scen
     let mut report;
     loop {
         report = check(&pool, &store, run_id, coupon_id, cfg.flows).await?;
-        let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM rk_outbox WHERE delivered_at IS NULL AND parked_at IS NULL")
-                .fetch_one(&pool)
-                .await?;
+        let pending: i64 = sql!(
+            &pool,
+            query_scalar("SELECT count(*) FROM rk_outbox WHERE delivered_at IS NULL AND parked_at IS NULL").fetch_one()
+        )?;
         if (pending == 0 && report.problems.is_empty() && app.consumers_idle_for(Duration::from_secs(1)))
             || Instant::now() >= deadline
         {
@@ -321,75 +334,100 @@ async fn user_flow(
 /// fifth of the failure share without enough balance), and a coupon with stock for
 /// half of them. Returns the run id (= concert id), one seat per user, the user ids
 /// and the coupon id.
-async fn seed_data(pool: &PgPool, cfg: &ScenarioConfig) -> anyhow::Result<(i64, Vec<i64>, Vec<i64>, i64)> {
+async fn seed_data(pool: &Db, cfg: &ScenarioConfig) -> anyhow::Result<(i64, Vec<i64>, Vec<i64>, i64)> {
     let users = cfg.users;
     let mut tx = pool.begin().await?;
-    let run_id: i64 = sqlx::query_scalar("INSERT INTO concert (title) VALUES ($1) RETURNING id")
-        .bind(format!("scenario {}", uuid::Uuid::now_v7()))
-        .fetch_one(&mut *tx)
-        .await?;
+    let title = format!("scenario {}", uuid::Uuid::now_v7());
+    let run_id: i64 =
+        sql!(&mut tx, query_scalar("INSERT INTO concert (title) VALUES ($1) RETURNING id").bind(&title).fetch_one())?;
     let dates = users.div_ceil(SEATS_PER_DATE).max(1);
     let mut seats = Vec::with_capacity(users);
     for d in 0..dates {
-        let date_id: i64 = sqlx::query_scalar(
-            "INSERT INTO concert_date (concert_id, starts_at, total_seat_count, available_seat_count) \
-             VALUES ($1, now() + make_interval(days => $2), $3, $3) RETURNING id",
-        )
-        .bind(run_id)
-        .bind(d as i32 + 1)
-        .bind(SEATS_PER_DATE as i32)
-        .fetch_one(&mut *tx)
-        .await?;
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "INSERT INTO seat (concert_date_id, number, price, status) \
-             SELECT $1, n, $2, 'AVAILABLE' FROM generate_series(1, $3) AS n RETURNING id",
-        )
-        .bind(date_id)
-        .bind(SEAT_PRICE)
-        .bind(SEATS_PER_DATE as i32)
-        .fetch_all(&mut *tx)
-        .await?;
+        let starts_at = (chrono::Utc::now() + chrono::TimeDelta::days(d as i64 + 1))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let date_id: i64 = sql!(
+            &mut tx,
+            query_scalar((
+                "INSERT INTO concert_date (concert_id, starts_at, total_seat_count, available_seat_count) \
+                 VALUES ($1, $2::timestamptz, $3, $3) RETURNING id",
+                "INSERT INTO concert_date (concert_id, starts_at, total_seat_count, available_seat_count) \
+                 VALUES ($1, $2, $3, $3) RETURNING id"
+            ))
+            .bind(run_id)
+            .bind(&starts_at)
+            .bind(SEATS_PER_DATE as i32)
+            .fetch_one()
+        )?;
+        let ids: Vec<i64> = sql!(
+            &mut tx,
+            query_scalar(
+                "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < $3) \
+                 INSERT INTO seat (concert_date_id, number, price, status) \
+                 SELECT $1, x, $2, 'AVAILABLE' FROM n RETURNING id"
+            )
+            .bind(date_id)
+            .bind(SEAT_PRICE)
+            .bind(SEATS_PER_DATE as i32)
+            .fetch_all()
+        )?;
         seats.extend(ids);
     }
     seats.truncate(users);
     let mut rng = fastrand::Rng::with_seed(cfg.seed);
     let balances: Vec<i64> =
         (0..users).map(|_| if rng.f64() < cfg.failure_rate * 0.2 { SEAT_PRICE / 2 } else { START_BALANCE }).collect();
-    let user_ids: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO app_user (name, balance, run_id) \
-         SELECT 'user-' || $1 || '-' || n, b, $1 FROM unnest($2::bigint[]) WITH ORDINALITY AS t(b, n) RETURNING id",
-    )
-    .bind(run_id)
-    .bind(&balances)
-    .fetch_all(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO point_history (user_id, kind, amount) SELECT id, 'TOPUP', balance FROM app_user WHERE run_id = $1",
-    )
-    .bind(run_id)
-    .execute(&mut *tx)
-    .await?;
+    // The balances travel as one array: `unnest` on PostgreSQL, `json_each` on SQLite.
+    let balances_json = serde_json::to_string(&balances)?;
+    let user_ids: Vec<i64> = match &mut tx {
+        crate::db::Tx::Postgres(t) => {
+            sqlx::query_scalar(
+                "INSERT INTO app_user (name, balance, run_id) \
+                 SELECT 'user-' || $1 || '-' || n, b, $1 FROM unnest($2::bigint[]) WITH ORDINALITY AS t(b, n) RETURNING id",
+            )
+            .bind(run_id)
+            .bind(&balances)
+            .fetch_all(&mut **t)
+            .await?
+        }
+        crate::db::Tx::Sqlite(t) => {
+            sqlx::query_scalar(
+                "INSERT INTO app_user (name, balance, run_id) \
+                 SELECT 'user-' || $1 || '-' || (key + 1), value, $1 FROM json_each($2) ORDER BY key RETURNING id",
+            )
+            .bind(run_id)
+            .bind(&balances_json)
+            .fetch_all(&mut **t)
+            .await?
+        }
+    };
+    sql!(
+        &mut tx,
+        query("INSERT INTO point_history (user_id, kind, amount) SELECT id, 'TOPUP', balance FROM app_user WHERE run_id = $1")
+            .bind(run_id)
+            .execute()
+    )?;
     let stock = (users / 2).max(1) as i32;
-    let coupon_id: i64 =
-        sqlx::query_scalar("INSERT INTO coupon_stock (name, total, remaining) VALUES ($1, $2, $2) RETURNING id")
-            .bind(format!("run {run_id}"))
+    let name = format!("run {run_id}");
+    let coupon_id: i64 = sql!(
+        &mut tx,
+        query_scalar("INSERT INTO coupon_stock (name, total, remaining) VALUES ($1, $2, $2) RETURNING id")
+            .bind(&name)
             .bind(stock)
-            .fetch_one(&mut *tx)
-            .await?;
+            .fetch_one()
+    )?;
     tx.commit().await?;
     Ok((run_id, seats, user_ids, coupon_id))
 }
 
 /// Computes the report of run `run_id` from PostgreSQL and Redis.
-async fn check(pool: &PgPool, store: &RedisStore, run_id: i64, coupon_id: i64, flows: Flows) -> anyhow::Result<Report> {
+async fn check(pool: &Db, store: &Store, run_id: i64, coupon_id: i64, flows: Flows) -> anyhow::Result<Report> {
     let mut r = Report::default();
     let mut lost = Vec::<(&str, i64)>::new();
     let mut dup = Vec::<(&str, i64)>::new();
-    let one = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).bind(run_id);
-
-    r.users = one("SELECT count(*) FROM app_user WHERE run_id = $1").fetch_one(pool).await?;
-    let (payments, failed, completed, in_progress, compensated, unsold): (i64, i64, i64, i64, i64, i64) =
-        sqlx::query_as(
+    r.users = sql!(pool, query_scalar("SELECT count(*) FROM app_user WHERE run_id = $1").bind(run_id).fetch_one())?;
+    let (payments, failed, completed, in_progress, compensated, unsold): (i64, i64, i64, i64, i64, i64) = sql!(
+        pool,
+        query_as(
             "SELECT count(*),
                 count(*) FILTER (WHERE p.status = 'FAILED'),
                 count(*) FILTER (WHERE p.status = 'COMPLETED'),
@@ -403,54 +441,67 @@ async fn check(pool: &PgPool, store: &RedisStore, run_id: i64, coupon_id: i64, f
          JOIN reservation r ON r.id = p.reservation_id
          JOIN seat s ON s.id = r.seat_id
          JOIN app_user u ON u.id = p.user_id
-         WHERE u.run_id = $1",
+         WHERE u.run_id = $1"
         )
         .bind(run_id)
-        .fetch_one(pool)
-        .await?;
+        .fetch_one()
+    )?;
     (r.payments, r.failed, r.completed, r.compensated_db) = (payments, failed, completed, compensated);
     lost.push(("payments of users", r.users - payments));
     lost.push(("payments still in progress", in_progress));
     lost.push(("failed payments not compensated in the database", failed - compensated));
     lost.push(("completed payments whose seat is not sold", unsold));
 
-    let (seats_over, seats_under): (i64, i64) = sqlx::query_as(
-        "SELECT coalesce(sum(greatest(d.available_seat_count - a.n, 0)), 0)::bigint,
-                coalesce(sum(greatest(a.n - d.available_seat_count, 0)), 0)::bigint
-         FROM concert_date d
-         CROSS JOIN LATERAL (SELECT count(*)::int AS n FROM seat s WHERE s.concert_date_id = d.id AND s.status = 'AVAILABLE') a
-         WHERE d.concert_id = $1",
-    )
-    .bind(run_id)
-    .fetch_one(pool)
-    .await?;
+    let (seats_over, seats_under): (i64, i64) = sql!(
+        pool,
+        query_as(
+            "SELECT CAST(coalesce(sum(CASE WHEN d.available_seat_count > a.n THEN d.available_seat_count - a.n ELSE 0 END), 0) AS BIGINT),
+                    CAST(coalesce(sum(CASE WHEN a.n > d.available_seat_count THEN a.n - d.available_seat_count ELSE 0 END), 0) AS BIGINT)
+             FROM concert_date d
+             JOIN (SELECT d2.id AS date_id, count(s.id) AS n FROM concert_date d2
+                   LEFT JOIN seat s ON s.concert_date_id = d2.id AND s.status = 'AVAILABLE'
+                   WHERE d2.concert_id = $1 GROUP BY d2.id) a ON a.date_id = d.id
+             WHERE d.concert_id = $1"
+        )
+        .bind(run_id)
+        .fetch_one()
+    )?;
     dup.push(("seat counts above the seats available", seats_over));
     lost.push(("seat counts below the seats available", seats_under));
     dup.push((
         "payments refunded twice",
-        one("SELECT count(*) FROM (SELECT h.payment_id FROM point_history h JOIN app_user u ON u.id = h.user_id
-              WHERE h.kind = 'REFUND' AND u.run_id = $1 GROUP BY h.payment_id HAVING count(*) > 1) x")
-        .fetch_one(pool)
-        .await?,
+        sql!(
+            pool,
+            query_scalar(
+                "SELECT count(*) FROM (SELECT h.payment_id FROM point_history h JOIN app_user u ON u.id = h.user_id
+                  WHERE h.kind = 'REFUND' AND u.run_id = $1 GROUP BY h.payment_id HAVING count(*) > 1) x"
+            )
+            .bind(run_id)
+            .fetch_one()
+        )?,
     ));
-    let (balance_over, balance_under): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE u.balance > h.total), count(*) FILTER (WHERE u.balance < h.total)
-         FROM app_user u JOIN (SELECT user_id, sum(amount) AS total FROM point_history GROUP BY user_id) h ON h.user_id = u.id
-         WHERE u.run_id = $1",
-    )
-    .bind(run_id)
-    .fetch_one(pool)
-    .await?;
+    let (balance_over, balance_under): (i64, i64) = sql!(
+        pool,
+        query_as(
+            "SELECT count(*) FILTER (WHERE u.balance > h.total), count(*) FILTER (WHERE u.balance < h.total)
+             FROM app_user u JOIN (SELECT user_id, sum(amount) AS total FROM point_history GROUP BY user_id) h ON h.user_id = u.id
+             WHERE u.run_id = $1"
+        )
+        .bind(run_id)
+        .fetch_one()
+    )?;
     dup.push(("balances above their history", balance_over));
     lost.push(("balances below their history", balance_under));
 
-    let failed_rows: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT r.seat_id, r.user_id FROM payment p JOIN reservation r ON r.id = p.reservation_id
-         JOIN app_user u ON u.id = p.user_id WHERE u.run_id = $1 AND p.status = 'FAILED'",
-    )
-    .bind(run_id)
-    .fetch_all(pool)
-    .await?;
+    let failed_rows: Vec<(i64, i64)> = sql!(
+        pool,
+        query_as(
+            "SELECT r.seat_id, r.user_id FROM payment p JOIN reservation r ON r.id = p.reservation_id
+             JOIN app_user u ON u.id = p.user_id WHERE u.run_id = $1 AND p.status = 'FAILED'"
+        )
+        .bind(run_id)
+        .fetch_all()
+    )?;
     for (seat, user) in &failed_rows {
         if store.count_existing(&[store.hold_key(*seat), store.token_key(*user)]).await? == 0 {
             r.cleaned_redis += 1;
@@ -459,44 +510,56 @@ async fn check(pool: &PgPool, store: &RedisStore, run_id: i64, coupon_id: i64, f
     lost.push(("failed payments not cleaned in Redis", failed - r.cleaned_redis));
 
     if flows == Flows::All {
-        r.notified = one("SELECT count(*) FROM notification n JOIN app_user u ON u.id = n.user_id WHERE u.run_id = $1")
-            .fetch_one(pool)
-            .await?;
-        r.dead_lettered = one(
-            "SELECT count(DISTINCT (convert_from(k.payload, 'UTF8')::jsonb->>'payment_id')) FROM rk_parked_messages k
-             JOIN app_user u ON u.id = (convert_from(k.payload, 'UTF8')::jsonb->>'user_id')::bigint
-             WHERE k.original_topic = 'payment-notification' AND u.run_id = $1",
-        )
-        .fetch_one(pool)
-        .await?;
+        r.notified = sql!(
+            pool,
+            query_scalar("SELECT count(*) FROM notification n JOIN app_user u ON u.id = n.user_id WHERE u.run_id = $1")
+                .bind(run_id)
+                .fetch_one()
+        )?;
+        r.dead_lettered = sql!(
+            pool,
+            query_scalar((
+                "SELECT count(DISTINCT (convert_from(k.payload, 'UTF8')::jsonb->>'payment_id')) FROM rk_parked_messages k
+                 JOIN app_user u ON u.id = (convert_from(k.payload, 'UTF8')::jsonb->>'user_id')::bigint
+                 WHERE k.original_topic = 'payment-notification' AND u.run_id = $1",
+                "SELECT count(DISTINCT json_extract(CAST(k.payload AS TEXT), '$.payment_id')) FROM rk_parked_messages k
+                 JOIN app_user u ON u.id = json_extract(CAST(k.payload AS TEXT), '$.user_id')
+                 WHERE k.original_topic = 'payment-notification' AND u.run_id = $1"
+            ))
+            .bind(run_id)
+            .fetch_one()
+        )?;
         lost.push(("completed payments neither notified nor dead-lettered", completed - r.notified - r.dead_lettered));
-        r.coupons = sqlx::query_scalar("SELECT count(*) FROM coupon WHERE coupon_id = $1")
+        r.coupons =
+            sql!(pool, query_scalar("SELECT count(*) FROM coupon WHERE coupon_id = $1").bind(coupon_id).fetch_one())?;
+        let (requests, stock): (i64, i64) = sql!(
+            pool,
+            query_as(
+                "SELECT (SELECT count(*) FROM coupon_request WHERE coupon_id = $1), \
+                 (SELECT CAST(total AS BIGINT) FROM coupon_stock WHERE id = $1)"
+            )
             .bind(coupon_id)
-            .fetch_one(pool)
-            .await?;
-        let (requests, stock): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM coupon_request WHERE coupon_id = $1), (SELECT total::bigint FROM coupon_stock WHERE id = $1)",
-        )
-        .bind(coupon_id)
-        .fetch_one(pool)
-        .await?;
+            .fetch_one()
+        )?;
         lost.push(("coupon requests without a coupon", requests - r.coupons));
         dup.push(("coupons above stock", r.coupons - stock));
         dup.push((
             "users with more than one coupon",
-            sqlx::query_scalar("SELECT count(*) FROM (SELECT user_id FROM coupon WHERE coupon_id = $1 GROUP BY user_id HAVING count(*) > 1) x")
+            sql!(
+                pool,
+                query_scalar(
+                    "SELECT count(*) FROM (SELECT user_id FROM coupon WHERE coupon_id = $1 GROUP BY user_id HAVING count(*) > 1) x"
+                )
                 .bind(coupon_id)
-                .fetch_one(pool)
-                .await?,
+                .fetch_one()
+            )?,
         ));
         for (what, table) in [("order information", "order_info"), ("order alerts", "order_alert")] {
-            let (rows, distinct): (i64, i64) = sqlx::query_as(&format!(
+            let q = format!(
                 "SELECT count(*), count(DISTINCT t.payment_id) FROM {table} t
                  JOIN payment p ON p.id = t.payment_id JOIN app_user u ON u.id = p.user_id WHERE u.run_id = $1"
-            ))
-            .bind(run_id)
-            .fetch_one(pool)
-            .await?;
+            );
+            let (rows, distinct): (i64, i64) = sql!(pool, query_as(&q).bind(run_id).fetch_one())?;
             lost.push((what, completed - distinct));
             dup.push((what, rows - distinct));
         }

@@ -1,7 +1,12 @@
-//! Redis: the waiting-queue token and the temporary seat hold.
+//! The waiting-queue token and the temporary seat hold: a key-value store with TTL,
+//! set-if-absent and compare-and-delete, on Redis ([`RedisKv`]) or, when `REDIS_URL`
+//! is unset, in process ([`MemoryKv`]), behind one trait ([`KeyValue`]).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
@@ -15,30 +20,218 @@ end
 return 0
 ";
 
-/// Queue tokens and seat holds in Redis.
+/// Errors of the key-value store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Redis failed or could not be reached.
+    #[error("redis")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// The operations the application needs, with Redis semantics.
+pub trait KeyValue: Send + Sync + std::fmt::Debug {
+    /// `SET key value PX ttl`.
+    fn set<'a>(&'a self, key: &'a str, value: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// `SET key value NX PX ttl`: true when set, false when the key exists.
+    fn set_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// `GET key`.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+    /// Deletes `key` only if it holds `value`; true when deleted.
+    fn delete_if_equals<'a>(&'a self, key: &'a str, value: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// How many of `keys` exist.
+    fn count_existing<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>>;
+}
+
+/// Redis.
 #[derive(Clone)]
-pub struct RedisStore {
+pub struct RedisKv {
     conn: ConnectionManager,
+}
+
+impl std::fmt::Debug for RedisKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisKv").finish_non_exhaustive()
+    }
+}
+
+impl RedisKv {
+    /// Connects to `url`.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Ok(RedisKv { conn: redis::Client::open(url)?.get_connection_manager().await? })
+    }
+}
+
+impl KeyValue for RedisKv {
+    fn set<'a>(&'a self, key: &'a str, value: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut c = self.conn.clone();
+            redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl.as_millis() as u64).query_async::<()>(&mut c).await?;
+            Ok(())
+        })
+    }
+
+    fn set_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut c = self.conn.clone();
+            let r: Option<String> = redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl.as_millis() as u64)
+                .query_async(&mut c)
+                .await?;
+            Ok(r.is_some())
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            let mut c = self.conn.clone();
+            Ok(redis::cmd("GET").arg(key).query_async(&mut c).await?)
+        })
+    }
+
+    fn delete_if_equals<'a>(&'a self, key: &'a str, value: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut c = self.conn.clone();
+            let n: i64 = Script::new(DELETE_IF_EQUALS).key(key).arg(value).invoke_async(&mut c).await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn count_existing<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let mut total = 0;
+            let mut c = self.conn.clone();
+            for chunk in keys.chunks(500) {
+                let n: u64 = redis::cmd("EXISTS").arg(chunk).query_async(&mut c).await?;
+                total += n;
+            }
+            Ok(total)
+        })
+    }
+}
+
+/// In process: a map of values with deadlines, the same semantics as [`RedisKv`]
+/// (expired keys are absent; each operation is atomic). Nothing survives the process.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryKv {
+    map: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+}
+
+impl MemoryKv {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, (String, Instant)>, Instant) -> T) -> T {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if map.len() > 10_000 {
+            map.retain(|_, (_, deadline)| *deadline > now);
+        }
+        f(&mut map, now)
+    }
+}
+
+fn live<'m>(map: &'m HashMap<String, (String, Instant)>, key: &str, now: Instant) -> Option<&'m str> {
+    map.get(key).filter(|(_, deadline)| *deadline > now).map(|(v, _)| v.as_str())
+}
+
+impl KeyValue for MemoryKv {
+    fn set<'a>(&'a self, key: &'a str, value: &'a str, ttl: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.with(|m, now| m.insert(key.to_owned(), (value.to_owned(), now + ttl)));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn set_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let set = self.with(|m, now| {
+            if live(m, key, now).is_some() {
+                return false;
+            }
+            m.insert(key.to_owned(), (value.to_owned(), now + ttl));
+            true
+        });
+        Box::pin(async move { Ok(set) })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        let v = self.with(|m, now| live(m, key, now).map(str::to_owned));
+        Box::pin(async move { Ok(v) })
+    }
+
+    fn delete_if_equals<'a>(&'a self, key: &'a str, value: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let deleted = self.with(|m, now| {
+            if live(m, key, now) == Some(value) {
+                m.remove(key);
+                true
+            } else {
+                false
+            }
+        });
+        Box::pin(async move { Ok(deleted) })
+    }
+
+    fn count_existing<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let n = self.with(|m, now| keys.iter().filter(|k| live(m, k, now).is_some()).count() as u64);
+        Box::pin(async move { Ok(n) })
+    }
+}
+
+/// Queue tokens and seat holds.
+#[derive(Clone)]
+pub struct Store {
+    kv: Arc<dyn KeyValue>,
     ttl: Duration,
     namespace: String,
 }
 
-impl std::fmt::Debug for RedisStore {
+impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("Store").field("kv", &self.kv).field("ttl", &self.ttl).finish_non_exhaustive()
     }
 }
 
-impl RedisStore {
-    /// Connects; holds and tokens expire after `ttl` on their own. Keys start with
-    /// `concert:<namespace>:`, so that deployments (or tests) sharing a Redis server
+impl Store {
+    /// A store on `kv`; holds and tokens expire after `ttl` on their own. Keys start
+    /// with `concert:<namespace>:`, so that deployments (or tests) sharing a Redis server
     /// with their own databases do not see each other's holds.
+    pub fn new(kv: Arc<dyn KeyValue>, ttl: Duration, namespace: &str) -> Self {
+        Store { kv, ttl, namespace: namespace.to_owned() }
+    }
+
+    /// A store on Redis at `url`.
     ///
     /// # Errors
     /// When Redis cannot be reached.
-    pub async fn connect(url: &str, ttl: Duration, namespace: &str) -> redis::RedisResult<Self> {
-        let conn = redis::Client::open(url)?.get_connection_manager().await?;
-        Ok(RedisStore { conn, ttl, namespace: namespace.to_owned() })
+    pub async fn connect(url: &str, ttl: Duration, namespace: &str) -> Result<Self, StoreError> {
+        Ok(Store::new(Arc::new(RedisKv::connect(url).await?), ttl, namespace))
+    }
+
+    /// An in-process store.
+    pub fn in_memory(ttl: Duration, namespace: &str) -> Self {
+        Store::new(Arc::new(MemoryKv::new()), ttl, namespace)
     }
 
     /// Key of a user's active queue token.
@@ -54,80 +247,71 @@ impl RedisStore {
     /// Issues an active queue token for `user_id`; returns it.
     ///
     /// # Errors
-    /// Redis errors.
-    pub async fn issue_token(&self, user_id: i64) -> redis::RedisResult<String> {
+    /// Store errors.
+    pub async fn issue_token(&self, user_id: i64) -> Result<String, StoreError> {
         let token = uuid::Uuid::now_v7().to_string();
-        let mut c = self.conn.clone();
-        redis::cmd("SET")
-            .arg(self.token_key(user_id))
-            .arg(&token)
-            .arg("PX")
-            .arg(self.ttl.as_millis() as u64)
-            .query_async::<()>(&mut c)
-            .await?;
+        self.kv.set(&self.token_key(user_id), &token, self.ttl).await?;
         Ok(token)
     }
 
     /// Whether `token` is the active queue token of `user_id`.
     ///
     /// # Errors
-    /// Redis errors.
-    pub async fn token_is_active(&self, user_id: i64, token: &str) -> redis::RedisResult<bool> {
-        let mut c = self.conn.clone();
-        let current: Option<String> = redis::cmd("GET").arg(self.token_key(user_id)).query_async(&mut c).await?;
-        Ok(current.as_deref() == Some(token))
+    /// Store errors.
+    pub async fn token_is_active(&self, user_id: i64, token: &str) -> Result<bool, StoreError> {
+        Ok(self.kv.get(&self.token_key(user_id)).await?.as_deref() == Some(token))
     }
 
-    /// Holds `seat_id` for `user_id` (`SET NX` with TTL); false when someone holds it.
+    /// Holds `seat_id` for `user_id` (set-if-absent with TTL); false when someone holds it.
     ///
     /// # Errors
-    /// Redis errors.
-    pub async fn hold_seat(&self, seat_id: i64, user_id: i64) -> redis::RedisResult<bool> {
-        let mut c = self.conn.clone();
-        let r: Option<String> = redis::cmd("SET")
-            .arg(self.hold_key(seat_id))
-            .arg(user_id)
-            .arg("NX")
-            .arg("PX")
-            .arg(self.ttl.as_millis() as u64)
-            .query_async(&mut c)
-            .await?;
-        Ok(r.is_some())
+    /// Store errors.
+    pub async fn hold_seat(&self, seat_id: i64, user_id: i64) -> Result<bool, StoreError> {
+        self.kv.set_if_absent(&self.hold_key(seat_id), &user_id.to_string(), self.ttl).await
     }
 
     /// Releases the hold of `seat_id` if `user_id` still owns it.
     ///
     /// # Errors
-    /// Redis errors.
-    pub async fn release_hold(&self, seat_id: i64, user_id: i64) -> redis::RedisResult<bool> {
-        let mut c = self.conn.clone();
-        let n: i64 =
-            Script::new(DELETE_IF_EQUALS).key(self.hold_key(seat_id)).arg(user_id).invoke_async(&mut c).await?;
-        Ok(n == 1)
+    /// Store errors.
+    pub async fn release_hold(&self, seat_id: i64, user_id: i64) -> Result<bool, StoreError> {
+        self.kv.delete_if_equals(&self.hold_key(seat_id), &user_id.to_string()).await
     }
 
     /// Expires the active token of `user_id` if it is still `token` (a newer token of
     /// the same user is left alone).
     ///
     /// # Errors
-    /// Redis errors.
-    pub async fn expire_token(&self, user_id: i64, token: &str) -> redis::RedisResult<bool> {
-        let mut c = self.conn.clone();
-        let n: i64 = Script::new(DELETE_IF_EQUALS).key(self.token_key(user_id)).arg(token).invoke_async(&mut c).await?;
-        Ok(n == 1)
+    /// Store errors.
+    pub async fn expire_token(&self, user_id: i64, token: &str) -> Result<bool, StoreError> {
+        self.kv.delete_if_equals(&self.token_key(user_id), token).await
     }
 
     /// How many of `keys` exist.
     ///
     /// # Errors
-    /// Redis errors.
-    pub async fn count_existing(&self, keys: &[String]) -> redis::RedisResult<u64> {
-        let mut total = 0;
-        let mut c = self.conn.clone();
-        for chunk in keys.chunks(500) {
-            let n: u64 = redis::cmd("EXISTS").arg(chunk).query_async(&mut c).await?;
-            total += n;
-        }
-        Ok(total)
+    /// Store errors.
+    pub async fn count_existing(&self, keys: &[String]) -> Result<u64, StoreError> {
+        self.kv.count_existing(keys).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_has_redis_semantics() {
+        let kv = MemoryKv::new();
+        assert!(kv.set_if_absent("k", "a", Duration::from_millis(50)).await.unwrap());
+        assert!(!kv.set_if_absent("k", "b", Duration::from_secs(1)).await.unwrap(), "NX keeps the holder");
+        assert_eq!(kv.get("k").await.unwrap().as_deref(), Some("a"));
+        assert!(!kv.delete_if_equals("k", "b").await.unwrap(), "compare-and-delete spares another holder");
+        assert_eq!(kv.count_existing(&["k".into(), "x".into()]).await.unwrap(), 1);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(kv.get("k").await.unwrap(), None, "expired after its TTL");
+        assert!(kv.set_if_absent("k", "b", Duration::from_secs(1)).await.unwrap());
+        assert!(kv.delete_if_equals("k", "b").await.unwrap());
+        assert_eq!(kv.count_existing(&["k".into()]).await.unwrap(), 0);
     }
 }

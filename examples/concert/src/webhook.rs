@@ -79,7 +79,7 @@ impl WebhookNotifier {
     }
 }
 
-impl EventHandler for WebhookNotifier {
+impl<DB: crate::db::AppBackend> EventHandler<DB> for WebhookNotifier {
     type Event = PaymentCompleted;
 
     fn options(&self) -> HandlerOptions {
@@ -89,7 +89,7 @@ impl EventHandler for WebhookNotifier {
     fn handle<'a>(
         &'a self,
         event: PaymentCompleted,
-        ctx: &'a mut HandlerContext,
+        ctx: &'a mut HandlerContext<DB>,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let body = Notification {
@@ -106,11 +106,13 @@ impl EventHandler for WebhookNotifier {
                     HandlerError::permanent(e)
                 });
             }
-            sqlx::query("INSERT INTO notification (payment_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(event.payment_id)
-                .bind(event.user_id)
-                .execute(ctx.tx())
-                .await?;
+            crate::sql!(
+                DB::ex(ctx.tx()),
+                query("INSERT INTO notification (payment_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                    .bind(event.payment_id)
+                    .bind(event.user_id)
+                    .execute()
+            )?;
             Ok(())
         })
     }

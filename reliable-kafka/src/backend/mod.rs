@@ -80,7 +80,6 @@ impl Backend for Sqlite {}
 /// A pool of either backend, chosen by the URL scheme: `postgres://` or `postgresql://`
 /// for PostgreSQL, `sqlite:` for SQLite.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum AnyPool {
     /// PostgreSQL.
     Postgres(sqlx::PgPool),

@@ -141,6 +141,21 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
         self
     }
 
+    /// Registers a handler with some of its [`EventHandler::options`] replaced: each
+    /// setting given in `overrides` (topic, group, back-off, dead-letter topic) wins,
+    /// the others stay the handler's. Reuses one handler on another topic or group.
+    pub fn handler_with<H: EventHandler<DB>>(mut self, handler: H, overrides: HandlerOptions) -> Self {
+        let own = handler.options();
+        let options = HandlerOptions {
+            topic: overrides.topic.or(own.topic),
+            group: overrides.group.or(own.group),
+            backoff: overrides.backoff.or(own.backoff),
+            dead_letter_topic: overrides.dead_letter_topic.or(own.dead_letter_topic),
+        };
+        self.handlers.push((Box::new(handler), options, <H::Event as crate::Event>::TOPIC));
+        self
+    }
+
     /// Retry policy of handlers that do not set one (default: [`BackOff::default`]).
     pub fn default_backoff(mut self, backoff: impl Into<BackOff>) -> Self {
         self.default_backoff = backoff.into();

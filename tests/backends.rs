@@ -1,0 +1,183 @@
+//! The same scenarios on both backends: PostgreSQL (production) and SQLite (the
+//! embedded default). Each test body is stamped out once per backend by
+//! `backend_tests!`, against the Kafka-protocol broker of `KAFKA_BROKERS`.
+
+use std::time::Duration;
+
+use rdkafka::message::Message;
+use reliable_kafka::{
+    event_handler, headers, Backend, DeadLetterInfo, DeadLetterReason, DeadLetterRedriver, EnqueueOptions, Event,
+    HandlerContext, HandlerError, ListenerContainer, Outbox, OutboxRelay,
+};
+use reliable_kafka_tests::*;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Serialize, Deserialize, Event)]
+#[event(topic = "unused.by.tests", key = key)]
+struct Forwarded {
+    key: String,
+    n: u32,
+}
+
+/// A handler generic over the backend: it forwards each `Work` as a `Forwarded` event
+/// through the outbox, in the handler's transaction.
+#[event_handler(group = "unused-by-tests")]
+async fn forward<DB: Backend>(event: Work, ctx: &mut HandlerContext<DB>) -> Result<(), HandlerError> {
+    let to = format!("{}.forwarded", ctx.record().topic);
+    let options = EnqueueOptions { topic: Some(to), ..Default::default() };
+    Outbox::new()
+        .enqueue_with(ctx.tx(), &Forwarded { key: event.key, n: event.n }, options)
+        .await
+        .map_err(HandlerError::transient)?;
+    Ok(())
+}
+
+macro_rules! backend_tests {
+    ($backend:ident, $db:ident, $pool:expr, $effects_table:path) => {
+        mod $backend {
+            use super::*;
+
+            async fn count(pool: &sqlx::Pool<reliable_kafka::$db>, sql: &str) -> i64 {
+                sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn committed_rows_are_published_once_in_order_and_rolled_back_ones_never() {
+                let pool = $pool;
+                let kafka = kafka();
+                let topic = unique("outbox");
+                create_topics(&kafka, &topic, 1).await;
+                let outbox = Outbox::new();
+                let to = || EnqueueOptions { topic: Some(topic.clone()), ..Default::default() };
+                let mut tx = pool.begin().await.unwrap();
+                for n in 1..=3 {
+                    outbox.enqueue_with(&mut tx, &Work { key: "k".into(), n }, to()).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+                let mut tx = pool.begin().await.unwrap();
+                outbox.enqueue_with(&mut tx, &Work { key: "k".into(), n: 99 }, to()).await.unwrap();
+                tx.rollback().await.unwrap();
+
+                let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build().unwrap();
+                let batch = relay.relay_once().await.unwrap();
+                assert_eq!((batch.published, batch.failed), (3, 0));
+                assert_eq!(relay.relay_once().await.unwrap().published, 0, "nothing is published twice");
+                assert_eq!(count(&pool, "SELECT count(*) FROM rk_outbox WHERE delivered_at IS NOT NULL").await, 3);
+
+                let msgs = read_topic(&kafka, &topic, 3, Duration::from_secs(20), Duration::from_secs(1)).await;
+                let ns: Vec<u32> =
+                    msgs.iter().map(|m| serde_json::from_slice::<Work>(m.payload().unwrap()).unwrap().n).collect();
+                assert_eq!(ns, [1, 2, 3]);
+                assert_eq!(header(&msgs[0], headers::EVENT_TYPE).as_deref(), Some("Work"));
+                assert!(header(&msgs[0], headers::MESSAGE_ID).and_then(|v| Uuid::parse_str(&v).ok()).is_some());
+                assert_eq!(msgs[0].key(), Some(&b"k"[..]));
+
+                // Retention: delivered rows older than the retention are deleted.
+                let relay = OutboxRelay::builder(pool.clone(), kafka).retention(Duration::ZERO).build().unwrap();
+                assert_eq!(relay.cleanup_once().await.unwrap(), 3);
+                assert_eq!(count(&pool, "SELECT count(*) FROM rk_outbox").await, 0);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redelivered_and_retried_messages_change_the_database_once() {
+                let pool = $pool;
+                $effects_table(&pool).await;
+                let kafka = kafka();
+                let topic = unique("idem");
+                create_topics(&kafka, &topic, 1).await;
+                let id = Uuid::now_v7();
+                let work = Work { key: "k".into(), n: 1 };
+                produce_work(&kafka, &topic, id, &work).await;
+                produce_work(&kafka, &topic, id, &work).await; // redelivery: same message id
+                produce_work(&kafka, &topic, Uuid::now_v7(), &Work { key: "k".into(), n: 2 }).await;
+
+                let group = unique("group");
+                // Each record fails on its first attempt, then succeeds.
+                let recorder = Recorder::new(&topic, &group, Mode::FailFirst(1), 3);
+                let c = ListenerContainer::builder(kafka, pool.clone()).handler(recorder).build().unwrap().spawn();
+                assert!(
+                    eventually(Duration::from_secs(30), || async {
+                        c.stats().processed() + c.stats().duplicates() == 3
+                    })
+                    .await
+                );
+                c.shutdown().await.unwrap();
+                assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 2);
+                let dedup = format!("SELECT count(*) FROM rk_processed_messages WHERE consumer_group = '{group}'");
+                assert_eq!(count(&pool, &dedup).await, 2);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn exhausted_records_are_dead_lettered_redriven_then_parked() {
+                let pool = $pool;
+                $effects_table(&pool).await;
+                let kafka = kafka();
+                let topic = unique("dlq");
+                create_topics(&kafka, &topic, 1).await;
+                let id = Uuid::now_v7();
+                produce_work(&kafka, &topic, id, &Work { key: "k".into(), n: 7 }).await;
+                let group = unique("group");
+                let recorder = Recorder::new(&topic, &group, Mode::AlwaysTransient, 2);
+                let c = ListenerContainer::builder(kafka.clone(), pool.clone()).handler(recorder).build().unwrap().spawn();
+                assert!(eventually(Duration::from_secs(30), || async { c.stats().dead_lettered() == 1 }).await);
+
+                let dlq = format!("{topic}.DLQ");
+                let redriver = DeadLetterRedriver::builder(kafka.clone(), pool.clone())
+                    .topic(&dlq)
+                    .group_id(unique("redrive"))
+                    .max_redrives(1)
+                    .build()
+                    .unwrap();
+                assert_eq!(redriver.redrive_once().await.unwrap().redriven, 1);
+                // The re-driven record fails again and is dead-lettered a second time.
+                assert!(eventually(Duration::from_secs(30), || async { c.stats().dead_lettered() == 2 }).await);
+                c.shutdown().await.unwrap();
+                assert_eq!(redriver.redrive_once().await.unwrap().parked, 1);
+
+                let msgs = read_topic(&kafka, &dlq, 2, Duration::from_secs(20), Duration::from_millis(500)).await;
+                assert_eq!(msgs.len(), 2);
+                let info = DeadLetterInfo::from_headers(msgs[1].headers().unwrap()).unwrap();
+                assert_eq!(info.reason, Some(DeadLetterReason::RetriesExhausted));
+                assert_eq!(info.attempts, 2);
+                assert_eq!(info.original_topic, topic);
+                let parked = format!(
+                    "SELECT count(*) FROM rk_parked_messages WHERE message_id = '{id}' AND original_topic = '{topic}' \
+                     AND redrive_count = 1 AND reason LIKE 're-driven 1 times%'"
+                );
+                assert_eq!(count(&pool, &parked).await, 1);
+                assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 0, "failed attempts roll back");
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_generic_handler_forwards_through_the_outbox_in_its_transaction() {
+                let pool = $pool;
+                let kafka = kafka();
+                let topic = unique("fwd");
+                create_topics(&kafka, &topic, 1).await;
+                create_topics(&kafka, &format!("{topic}.forwarded"), 1).await;
+                for n in 1..=3 {
+                    produce_work(&kafka, &topic, Uuid::now_v7(), &Work { key: "k".into(), n }).await;
+                }
+                let group = unique("group");
+                let c = ListenerContainer::builder(kafka.clone(), pool.clone())
+                    .handler_with(forward, reliable_kafka::HandlerOptions::new().topic(topic.clone()).group(group))
+                    .build()
+                    .unwrap()
+                    .spawn();
+                assert!(eventually(Duration::from_secs(30), || async { c.stats().processed() == 3 }).await);
+                c.shutdown().await.unwrap();
+                let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build().unwrap();
+                assert_eq!(relay.relay_once().await.unwrap().published, 3);
+                let out = format!("{topic}.forwarded");
+                let msgs = read_topic(&kafka, &out, 3, Duration::from_secs(20), Duration::from_millis(500)).await;
+                let ns: Vec<u32> =
+                    msgs.iter().map(|m| serde_json::from_slice::<Forwarded>(m.payload().unwrap()).unwrap().n).collect();
+                assert_eq!(ns, [1, 2, 3]);
+            }
+        }
+    };
+}
+
+backend_tests!(postgres, Postgres, isolated_pool().await.0, create_effects_table);
+backend_tests!(sqlite, Sqlite, sqlite_pool().await, create_effects_table_sqlite);
