@@ -29,13 +29,13 @@ struct World {
 /// 100 000 points and `n` seats at 50 000.
 async fn world(n: i64, gateway: GatewayBehaviour, request_timeout: Duration) -> World {
     let (pool, schema) = isolated_pool().await;
-    concert::migrate(&pool).await.unwrap();
+    concert::migrate(&pool.clone().into()).await.unwrap();
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let store = Store::connect(&redis, Duration::from_secs(600), &schema).await.unwrap();
     let g = DemoGateway::new(gateway);
     let gateway_server = g.start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let client = GatewayClient::new(gateway_server.url(), Duration::from_millis(300), request_timeout, 3).unwrap();
-    let booking = Booking::new(pool.clone(), store.clone(), client);
+    let booking = Booking::new(pool.clone().into(), store.clone(), client);
     let api =
         Server::start(router(ApiState { booking, outbox: Outbox::new() }), ([127, 0, 0, 1], 0).into()).await.unwrap();
     sqlx::query("INSERT INTO concert (id, title) VALUES (1, 't')").execute(&pool).await.unwrap();
@@ -164,8 +164,8 @@ async fn stuck_payments_are_recovered_once_by_two_recovery_instances() {
     }
     let client =
         GatewayClient::new(w._gateway_server.url(), Duration::from_millis(300), Duration::from_secs(5), 3).unwrap();
-    let a = PaymentRecovery::new(w.pool.clone(), w.store.clone(), client.clone(), "a", Duration::from_millis(500));
-    let b = PaymentRecovery::new(w.pool.clone(), w.store.clone(), client, "b", Duration::from_millis(500));
+    let a = PaymentRecovery::new(w.pool.clone().into(), w.store.clone(), client.clone(), "a", Duration::from_millis(500));
+    let b = PaymentRecovery::new(w.pool.clone().into(), w.store.clone(), client, "b", Duration::from_millis(500));
     tokio::time::sleep(Duration::from_millis(600)).await;
     let (ra, rb) = tokio::join!(a.recover_once(), b.recover_once());
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
@@ -255,7 +255,7 @@ impl reliable_kafka::EventHandler for CouponOn {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_notifications_are_retried_dead_lettered_redriven_three_times_then_parked() {
     let (pool, _schema) = isolated_pool().await;
-    concert::migrate(&pool).await.unwrap();
+    concert::migrate(&pool.clone().into()).await.unwrap();
     sqlx::query("INSERT INTO concert (id, title) VALUES (1, 't'); ").execute(&pool).await.unwrap();
     // Payments 1..=4 exist for the notification rows' foreign key.
     sqlx::raw_sql(

@@ -10,14 +10,16 @@ use std::time::Duration;
 
 use concert::app::Flows;
 use concert::scenario::{run, Report, ScenarioConfig};
+use concert::db::Db;
 use concert::store::Store;
+use reliable_kafka::EmbeddedKafka;
 use reliable_kafka_tests::*;
 
 async fn scenario(cfg: ScenarioConfig) -> Report {
     let (pool, schema) = isolated_pool().await;
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let store = Store::connect(&redis, Duration::from_secs(600), &schema).await.expect("redis");
-    let report = run(pool, store, kafka(), &cfg).await.expect("scenario");
+    let report = run(pool.into(), store, kafka(), &cfg).await.expect("scenario");
     println!("{}\n{report:#?}", report.line(cfg.flows));
     report
 }
@@ -61,4 +63,31 @@ async fn all_flows_under_injected_faults_are_consistent() {
     assert!(r.dead_lettered >= 1, "every 50th payment's webhook always fails: {r:?}");
     assert_eq!((r.lost, r.duplicated, r.errors), (0, 0, 0), "{:?}", r.problems);
     assert!(r.line(cfg.flows).starts_with("consistency: ok users=200 payments=200 "));
+}
+
+/// What `cargo run -p concert` does with nothing set: SQLite, the in-process mock
+/// cluster and the in-process key-value store, every flow, faults injected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_flows_on_the_embedded_defaults_are_consistent() {
+    init_tracing();
+    let cluster = EmbeddedKafka::start(1).expect("mock cluster");
+    let partitions = concert::app::AppConfig::default().partitions;
+    let topics = concert::app::topics();
+    cluster.create_topics(&topics.iter().map(|t| (t.as_str(), partitions)).collect::<Vec<_>>()).unwrap();
+    let path = std::env::temp_dir().join(format!("concert-test-{}.db", uuid::Uuid::new_v4().simple()));
+    let db = Db::connect(&format!("sqlite://{}", path.display()), 8).await.expect("SQLite");
+    assert_eq!(db.backend_name(), "sqlite");
+    let store = Store::in_memory(Duration::from_secs(600), "test");
+    let cfg = ScenarioConfig { progress: false, create_topics: false, ..ScenarioConfig::demo() };
+    let r = run(db, store, cluster.config(), &cfg).await.expect("scenario");
+    println!("{}\n{r:#?}", r.line(cfg.flows));
+    assert_eq!((r.users, r.payments), (200, 200));
+    assert!(r.failed > 20, "{r:?}");
+    assert_eq!(r.coupons, 100, "stock of users / 2, all taken");
+    assert_eq!(r.notified + r.dead_lettered, r.completed, "{r:?}");
+    assert!(r.dead_lettered >= 1, "every 50th payment's webhook always fails: {r:?}");
+    assert_eq!((r.lost, r.duplicated, r.errors), (0, 0, 0), "{:?}", r.problems);
+    assert!(r.line(cfg.flows).starts_with("consistency: ok users=200 payments=200 "));
+    drop(cluster);
+    let _ = std::fs::remove_file(&path);
 }

@@ -35,9 +35,25 @@ impl KafkaConfig {
         KafkaConfig { settings }
     }
 
-    /// `bootstrap.servers` from `KAFKA_BROKERS`, or [`DEFAULT_BROKERS`] when unset.
+    /// `bootstrap.servers` from `KAFKA_BROKERS` ([`DEFAULT_BROKERS`] when unset), and
+    /// every `KAFKA_CONFIG_<NAME>` variable as librdkafka property `<name>` with `_`
+    /// read as `.`: `KAFKA_CONFIG_SECURITY_PROTOCOL=SASL_SSL` sets `security.protocol`,
+    /// `KAFKA_CONFIG_SASL_PASSWORD` sets `sasl.password` (in the manner of Spring Boot's
+    /// `spring.kafka.properties.*`).
     pub fn from_env() -> Self {
-        Self::new(std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| DEFAULT_BROKERS.to_owned()))
+        Self::from_vars(std::env::vars())
+    }
+
+    fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut config = Self::new(DEFAULT_BROKERS);
+        for (name, value) in vars {
+            if name == "KAFKA_BROKERS" {
+                config = config.set("bootstrap.servers", value);
+            } else if let Some(key) = name.strip_prefix("KAFKA_CONFIG_").filter(|k| !k.is_empty()) {
+                config = config.set(key.to_ascii_lowercase().replace('_', "."), value);
+            }
+        }
+        config
     }
 
     /// Sets a librdkafka property; it wins over the framework's presets.
@@ -196,6 +212,21 @@ pub(crate) async fn send_in_order(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_variables_map_to_librdkafka_properties() {
+        let vars = [
+            ("KAFKA_BROKERS", "b1:9093,b2:9093"),
+            ("KAFKA_CONFIG_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_CONFIG_SASL_PASSWORD", "s3cret"),
+            ("PATH", "/usr/bin"),
+        ];
+        let c = KafkaConfig::from_vars(vars.map(|(k, v)| (k.to_owned(), v.to_owned())));
+        assert_eq!(c.brokers(), "b1:9093,b2:9093");
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(c.get("sasl.password"), Some("s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"), "Debug hides the password");
+    }
 
     #[test]
     fn debug_hides_secrets() {

@@ -13,9 +13,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::ParkRow;
 use crate::error::validate_identifier;
 use crate::kafka::{send_in_order, OutRecord};
-use crate::backend::ParkRow;
 use crate::{headers, Backend, ConfigError, DeadLetterInfo, DeadLetterReason, Error, KafkaConfig, Postgres};
 
 /// Header counting how often a record was re-driven, decimal ASCII. Carried through
@@ -52,7 +52,6 @@ pub struct DeadLetterRedriver<DB: Backend = Postgres> {
     lock_name: String,
     stats: Arc<RedriveStats>,
 }
-
 
 impl<DB: Backend> std::fmt::Debug for DeadLetterRedriver<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -225,7 +224,8 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
     /// the next run resumes after them.
     pub async fn redrive_once(&self) -> Result<RedriveReport, Error> {
         // One instance at a time per re-drive group.
-        let Some(lock) = DB::try_lock(&self.pool, &self.lock_name).await.map_err(Error::db("take re-drive lock"))? else {
+        let Some(lock) = DB::try_lock(&self.pool, &self.lock_name).await.map_err(Error::db("take re-drive lock"))?
+        else {
             tracing::debug!(group = %self.lock_name, "another re-driver instance is running; skipped");
             return Ok(RedriveReport::default());
         };

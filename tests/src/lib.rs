@@ -241,7 +241,10 @@ macro_rules! impl_recorder {
             type Event = Work;
 
             fn options(&self) -> reliable_kafka::HandlerOptions {
-                reliable_kafka::HandlerOptions::new().topic(self.topic.clone()).group(self.group.clone()).backoff(self.backoff)
+                reliable_kafka::HandlerOptions::new()
+                    .topic(self.topic.clone())
+                    .group(self.group.clone())
+                    .backoff(self.backoff)
             }
 
             fn handle<'a>(

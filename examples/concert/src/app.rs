@@ -243,7 +243,8 @@ fn start_pipeline<DB: AppBackend>(
     cfg: &AppConfig,
     webhook_url: &str,
 ) -> anyhow::Result<Pipeline> {
-    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).poll_interval(cfg.relay_poll_interval).build()?.spawn();
+    let relay =
+        OutboxRelay::builder(pool.clone(), kafka.clone()).poll_interval(cfg.relay_poll_interval).build()?.spawn();
     let mut containers = Vec::new();
     let mut group = |make: &dyn Fn() -> ListenerContainerBuilder<DB>| -> anyhow::Result<()> {
         for _ in 0..cfg.consumers_per_group.max(1) {

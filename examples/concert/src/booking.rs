@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use crate::db::{Db, Ex, NOW_LITE};
 use crate::events::{OrderPlaced, PaymentCompleted, PaymentFailed};
-use crate::sql;
 use crate::gateway::{ChargeStatus, GatewayClient, GatewayError};
+use crate::sql;
 use crate::store::Store;
 
 /// Errors of booking and payment.
@@ -151,8 +151,10 @@ impl Booking {
     /// # Errors
     /// [`BookingError::NotFound`] for an unknown user; Redis errors.
     pub async fn enter_queue(&self, user_id: i64) -> Result<String, BookingError> {
-        let exists: bool =
-            sql!(&self.pool, query_scalar("SELECT EXISTS (SELECT 1 FROM app_user WHERE id = $1)").bind(user_id).fetch_one())?;
+        let exists: bool = sql!(
+            &self.pool,
+            query_scalar("SELECT EXISTS (SELECT 1 FROM app_user WHERE id = $1)").bind(user_id).fetch_one()
+        )?;
         if !exists {
             return Err(BookingError::NotFound { what: "user", id: user_id.to_string() });
         }
@@ -239,7 +241,8 @@ impl Booking {
     /// [`BookingError::NotFound`].
     pub async fn payment(&self, id: i64) -> Result<PaymentView, BookingError> {
         let q = format!("{PAYMENT_VIEW} id = $1");
-        sql!(&self.pool, query_as(&q).bind(id).fetch_optional())?.ok_or(BookingError::NotFound { what: "payment", id: id.to_string() })
+        sql!(&self.pool, query_as(&q).bind(id).fetch_optional())?
+            .ok_or(BookingError::NotFound { what: "payment", id: id.to_string() })
     }
 
     /// Opens the order page of a reservation: returns a new idempotency key for its
@@ -302,7 +305,10 @@ impl Booking {
         if reservation_id != req.reservation_id {
             return Err(BookingError::KeyReused { key });
         }
-        sql!(&mut tx, query("UPDATE checkout SET request_body = $2 WHERE idempotency_key = $1").bind(key).bind(&body).execute())?;
+        sql!(
+            &mut tx,
+            query("UPDATE checkout SET request_body = $2 WHERE idempotency_key = $1").bind(key).bind(&body).execute()
+        )?;
         let r: Option<(String, i64, i64)> = sql!(
             &mut tx,
             query_as((
@@ -318,7 +324,9 @@ impl Booking {
         };
         let already_paid: bool = sql!(
             &mut tx,
-            query_scalar("SELECT EXISTS (SELECT 1 FROM payment WHERE reservation_id = $1)").bind(req.reservation_id).fetch_one()
+            query_scalar("SELECT EXISTS (SELECT 1 FROM payment WHERE reservation_id = $1)")
+                .bind(req.reservation_id)
+                .fetch_one()
         )?;
         if status != "PENDING" || owner != req.user_id || already_paid {
             let status = if owner != req.user_id {
@@ -545,9 +553,12 @@ pub async fn finalize(
             let confirm = format!("UPDATE reservation SET status = 'CONFIRMED', updated_at = {NOW_LITE} WHERE id = $1");
             sql!(
                 tx.re(),
-                query(("UPDATE reservation SET status = 'CONFIRMED', updated_at = now() WHERE id = $1", confirm.as_str()))
-                    .bind(reservation_id)
-                    .execute()
+                query((
+                    "UPDATE reservation SET status = 'CONFIRMED', updated_at = now() WHERE id = $1",
+                    confirm.as_str()
+                ))
+                .bind(reservation_id)
+                .execute()
             )?;
             sql!(tx.re(), query("UPDATE seat SET status = 'SOLD' WHERE id = $1").bind(seat_id).execute())?;
             tx.enqueue(outbox, &PaymentCompleted { payment_id, reservation_id, user_id, amount }).await?;

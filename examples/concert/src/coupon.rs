@@ -6,8 +6,8 @@ use reliable_kafka::Outbox;
 
 use crate::booking::BookingError;
 use crate::db::Db;
-use crate::sql;
 use crate::events::CouponIssueRequested;
+use crate::sql;
 
 /// Why a coupon request was refused.
 #[derive(Debug, thiserror::Error)]

@@ -52,9 +52,12 @@ pub async fn compensate_payment<DB: AppBackend>(
     let reservation_lite = format!("UPDATE reservation SET status = 'FAILED', updated_at = {NOW_LITE} WHERE id = $1");
     sql!(
         tx.re(),
-        query(("UPDATE reservation SET status = 'FAILED', updated_at = now() WHERE id = $1", reservation_lite.as_str()))
-            .bind(event.reservation_id)
-            .execute()
+        query((
+            "UPDATE reservation SET status = 'FAILED', updated_at = now() WHERE id = $1",
+            reservation_lite.as_str()
+        ))
+        .bind(event.reservation_id)
+        .execute()
     )?;
     sql!(tx.re(), query("UPDATE seat SET status = 'AVAILABLE' WHERE id = $1").bind(event.seat_id).execute())?;
     sql!(
@@ -66,7 +69,10 @@ pub async fn compensate_payment<DB: AppBackend>(
     if event.charged {
         sql!(
             tx.re(),
-            query("UPDATE app_user SET balance = balance + $2 WHERE id = $1").bind(event.user_id).bind(event.amount).execute()
+            query("UPDATE app_user SET balance = balance + $2 WHERE id = $1")
+                .bind(event.user_id)
+                .bind(event.amount)
+                .execute()
         )?;
         sql!(
             tx.re(),
@@ -148,7 +154,10 @@ pub async fn send_order_alert<DB: AppBackend>(
         format!("order placed: payment {} by user {} for {} points", event.payment_id, event.user_id, event.amount);
     sql!(
         DB::ex(ctx.tx()),
-        query("INSERT INTO order_alert (payment_id, message) VALUES ($1, $2)").bind(event.payment_id).bind(&message).execute()
+        query("INSERT INTO order_alert (payment_id, message) VALUES ($1, $2)")
+            .bind(event.payment_id)
+            .bind(&message)
+            .execute()
     )?;
     Ok(())
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use concert::app::{App, AppConfig, Flows};
 use concert::config::Env;
-use concert::scenario::{self, ScenarioConfig};
 use concert::db::Db;
+use concert::scenario::{self, ScenarioConfig};
 use concert::store::Store;
 use reliable_kafka::{EmbeddedKafka, KafkaConfig};
 

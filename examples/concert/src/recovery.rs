@@ -18,8 +18,8 @@ use reliable_kafka::{CancellationToken, Outbox};
 
 use crate::booking::{finalize, BookingError, Outcome};
 use crate::db::{Db, NOW_LITE};
-use crate::sql;
 use crate::gateway::{ChargeStatus, GatewayClient};
+use crate::sql;
 use crate::store::Store;
 
 /// The recovery scheduler.
@@ -75,7 +75,8 @@ impl PaymentRecovery {
                 Db::Postgres(_) => Some(self.pool.begin().await?),
                 Db::Sqlite(_) => None,
             };
-            const PG_CLAIM: &str = "SELECT id FROM payment WHERE status = 'IN_PROGRESS' AND updated_at < $1::timestamptz \
+            const PG_CLAIM: &str =
+                "SELECT id FROM payment WHERE status = 'IN_PROGRESS' AND updated_at < $1::timestamptz \
                                     ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED";
             const LITE_CLAIM: &str =
                 "SELECT id FROM payment WHERE status = 'IN_PROGRESS' AND updated_at < $1 ORDER BY updated_at LIMIT 1";

@@ -15,8 +15,8 @@ use crate::api::{CheckoutResponse, TokenResponse, IDEMPOTENCY_KEY_HEADER, QUEUE_
 use crate::app::{App, AppConfig, Flows};
 use crate::booking::{PaymentView, Reservation};
 use crate::db::Db;
-use crate::sql;
 use crate::gateway::GatewayBehaviour;
+use crate::sql;
 use crate::store::Store;
 use crate::webhook::ReceiverBehaviour;
 

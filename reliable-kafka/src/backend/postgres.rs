@@ -17,8 +17,7 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgr
 /// The relay lock: a transaction-level advisory lock whose key is the outbox table's
 /// OID in the low 32 bits and `0x524B` ("RK") above them, so relays of different tables
 /// (or of the same table name in different schemas) never wait for each other.
-const RELAY_LOCK_SQL: &str =
-    "SELECT pg_try_advisory_xact_lock(($1::regclass::oid::bigint) | (x'524B'::bigint << 32))";
+const RELAY_LOCK_SQL: &str = "SELECT pg_try_advisory_xact_lock(($1::regclass::oid::bigint) | (x'524B'::bigint << 32))";
 
 #[derive(sqlx::FromRow)]
 struct PgOutboxRow {
@@ -48,7 +47,9 @@ impl Sealed for Postgres {
         migrator.run(pool)
     }
 
-    fn begin_write(pool: &Pool<Self>) -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send + '_ {
+    fn begin_write(
+        pool: &Pool<Self>,
+    ) -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send + '_ {
         pool.begin()
     }
 
@@ -59,7 +60,11 @@ impl Sealed for Postgres {
         )
     }
 
-    async fn insert_outbox<'a>(conn: &'a mut PgConnection, sql: &'a str, row: NewOutboxRow<'a>) -> Result<(), sqlx::Error> {
+    async fn insert_outbox<'a>(
+        conn: &'a mut PgConnection,
+        sql: &'a str,
+        row: NewOutboxRow<'a>,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(sql)
             .bind(row.id)
             .bind(row.topic)
@@ -166,7 +171,11 @@ impl Sealed for Postgres {
         Ok(Some(published))
     }
 
-    async fn cleanup_outbox<'a>(pool: &'a Pool<Self>, sql: &'a RelaySql, older_than: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    async fn cleanup_outbox<'a>(
+        pool: &'a Pool<Self>,
+        sql: &'a RelaySql,
+        older_than: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
         sqlx::query(&sql.cleanup).bind(older_than).execute(pool).await.map(|r| r.rows_affected())
     }
 
@@ -206,7 +215,7 @@ impl Sealed for Postgres {
         sqlx::query(&sql.insert).bind(group).bind(message_id).execute(conn).await.map(|r| r.rows_affected())
     }
 
-    async fn check_transaction<'a>(conn: &'a mut PgConnection) -> Result<TransactionState, sqlx::Error> {
+    async fn check_transaction(conn: &mut PgConnection) -> Result<TransactionState, sqlx::Error> {
         match sqlx::query("SELECT 1").execute(conn).await {
             Ok(_) => Ok(TransactionState::Open),
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("25P02") => Ok(TransactionState::Aborted),

@@ -54,7 +54,9 @@ impl Sealed for Sqlite {
         migrator.run(pool)
     }
 
-    fn begin_write(pool: &Pool<Self>) -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send + '_ {
+    fn begin_write(
+        pool: &Pool<Self>,
+    ) -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send + '_ {
         pool.begin_with("BEGIN IMMEDIATE")
     }
 
@@ -120,11 +122,8 @@ impl Sealed for Sqlite {
         F: FnOnce(Vec<OutboxRow>) -> Fut + Send + 'a,
         Fut: Future<Output = Published> + Send + 'a,
     {
-        let rows: Vec<LiteOutboxRow> = sqlx::query_as(&sql.select)
-            .bind(limit)
-            .fetch_all(pool)
-            .await
-            .map_err(Error::db("claim outbox rows"))?;
+        let rows: Vec<LiteOutboxRow> =
+            sqlx::query_as(&sql.select).bind(limit).fetch_all(pool).await.map_err(Error::db("claim outbox rows"))?;
         if rows.is_empty() {
             return Ok(Some(Published::default()));
         }
@@ -205,7 +204,7 @@ impl Sealed for Sqlite {
         sqlx::query(&sql.insert).bind(group).bind(id).execute(conn).await.map(|r| r.rows_affected())
     }
 
-    async fn check_transaction<'a>(_conn: &'a mut SqliteConnection) -> Result<TransactionState, sqlx::Error> {
+    async fn check_transaction(_conn: &mut SqliteConnection) -> Result<TransactionState, sqlx::Error> {
         // A failed statement does not abort an SQLite transaction: what succeeded commits.
         Ok(TransactionState::Open)
     }

@@ -81,7 +81,9 @@ impl From<sqlx::Error> for HandlerError {
         let transient = match &e {
             sqlx::Error::Database(db) => match db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
                 // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-                Some(lite) => sqlx::error::DatabaseError::code(lite).and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+                Some(lite) => sqlx::error::DatabaseError::code(lite)
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
                 None => db.code().is_some_and(|c| ["08", "40", "53", "57"].iter().any(|class| c.starts_with(class))),
             },
             sqlx::Error::Io(_)
@@ -271,8 +273,11 @@ pub trait EventHandler<DB: Backend = Postgres>: Send + Sync + 'static {
     ///
     /// # Errors
     /// A [`HandlerError`] saying whether to retry.
-    fn handle<'a>(&'a self, event: Self::Event, ctx: &'a mut HandlerContext<DB>)
-        -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn handle<'a>(
+        &'a self,
+        event: Self::Event,
+        ctx: &'a mut HandlerContext<DB>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
 /// A decoded event, type-erased between decoding and handling.
@@ -283,8 +288,7 @@ pub(crate) trait ErasedHandler<DB: Backend>: Send + Sync {
     fn event_type(&self) -> &'static str;
     fn schema_version(&self) -> u32;
     fn decode(&self, payload: &[u8]) -> Result<AnyEvent, CodecError>;
-    fn call<'a>(&'a self, event: AnyEvent, ctx: &'a mut HandlerContext<DB>)
-        -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn call<'a>(&'a self, event: AnyEvent, ctx: &'a mut HandlerContext<DB>) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
 impl<DB: Backend, H: EventHandler<DB>> ErasedHandler<DB> for H {
@@ -297,11 +301,7 @@ impl<DB: Backend, H: EventHandler<DB>> ErasedHandler<DB> for H {
     fn decode(&self, payload: &[u8]) -> Result<AnyEvent, CodecError> {
         <H::Event as Event>::Codec::decode::<H::Event>(payload).map(|e| Box::new(e) as AnyEvent)
     }
-    fn call<'a>(
-        &'a self,
-        event: AnyEvent,
-        ctx: &'a mut HandlerContext<DB>,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn call<'a>(&'a self, event: AnyEvent, ctx: &'a mut HandlerContext<DB>) -> BoxFuture<'a, Result<(), HandlerError>> {
         let event = *event.downcast::<H::Event>().expect("decoded by the same handler");
         self.handle(event, ctx)
     }

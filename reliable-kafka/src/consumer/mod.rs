@@ -20,9 +20,9 @@ use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::backend::{DedupSql, TransactionState};
 use crate::error::validate_identifier;
 use crate::kafka::{send_in_order, OutRecord};
-use crate::backend::{DedupSql, TransactionState};
 use crate::{headers, BackOff, Backend, ConfigError, Error, KafkaConfig, Postgres};
 
 pub use dead_letter::{DeadLetterInfo, DeadLetterReason};

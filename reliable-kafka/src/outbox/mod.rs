@@ -126,7 +126,9 @@ impl Outbox {
             content_type: E::Codec::CONTENT_TYPE,
             headers: &headers,
         };
-        <C::Backend as Sealed>::insert_outbox(tx.connection(), sql, row).await.map_err(Error::db("insert outbox row"))?;
+        <C::Backend as Sealed>::insert_outbox(tx.connection(), sql, row)
+            .await
+            .map_err(Error::db("insert outbox row"))?;
         Ok(id)
     }
 }

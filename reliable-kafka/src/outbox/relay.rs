@@ -9,9 +9,9 @@ use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::{OutboxRow, Published, RelaySql, SendFailure};
 use crate::error::validate_identifier;
 use crate::kafka::{send_in_order, OutRecord};
-use crate::backend::{OutboxRow, Published, RelaySql, SendFailure};
 use crate::{headers, Backend, ConfigError, Error, KafkaConfig, Postgres};
 
 /// Publishes committed outbox rows to Kafka, in insertion order per key.
@@ -239,12 +239,7 @@ impl OutboxRow {
             };
             h = h.insert(Header { key: k, value: Some(&text) });
         }
-        OutRecord {
-            topic: self.topic,
-            key: self.key.map(String::into_bytes),
-            payload: Some(self.payload),
-            headers: h,
-        }
+        OutRecord { topic: self.topic, key: self.key.map(String::into_bytes), payload: Some(self.payload), headers: h }
     }
 }
 
@@ -293,7 +288,8 @@ impl<DB: Backend> OutboxRelay<DB> {
             out
         };
         let Some(published) =
-            DB::relay_batch(&self.pool, &self.cfg.sql, self.cfg.batch_size, self.cfg.max_send_attempts, publish).await?
+            DB::relay_batch(&self.pool, &self.cfg.sql, self.cfg.batch_size, self.cfg.max_send_attempts, publish)
+                .await?
         else {
             return Ok(RelayBatch { lock_busy: true, ..RelayBatch::default() });
         };
