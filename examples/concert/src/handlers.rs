@@ -18,6 +18,9 @@ pub const COMPENSATOR_GROUP: &str = "payment-compensator-group";
 pub const CLEANUP_GROUP: &str = "post-payment-cleanup-group";
 
 /// Retries of the compensation: 100 ms doubling to 2 s, ±20 % jitter, 6 attempts.
+///
+/// # Errors
+/// None with these constants; the builder validates them.
 pub fn compensation_backoff() -> Result<ExponentialBackOff, reliable_kafka::ConfigError> {
     ExponentialBackOff::builder()
         .initial(Duration::from_millis(100))
