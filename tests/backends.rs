@@ -181,3 +181,22 @@ macro_rules! backend_tests {
 
 backend_tests!(postgres, Postgres, isolated_pool().await.0, create_effects_table);
 backend_tests!(sqlite, Sqlite, sqlite_pool().await, create_effects_table_sqlite);
+
+#[tokio::test]
+async fn the_database_url_scheme_picks_the_backend_and_a_bad_one_names_the_key() {
+    let path = std::env::temp_dir().join(format!("rkt-{}.db", Uuid::new_v4().simple()));
+    let pool = reliable_kafka::AnyPool::connect(&format!("sqlite://{}", path.display()), 2).await.unwrap();
+    assert_eq!(pool.backend_name(), "sqlite");
+    assert!(path.exists(), "the SQLite file is created");
+    let pool = reliable_kafka::AnyPool::connect(&database_url(), 2).await.unwrap();
+    assert_eq!(pool.backend_name(), "postgres");
+    let err = reliable_kafka::AnyPool::connect("mysql://root@127.0.0.1/test", 2).await.unwrap_err();
+    match err {
+        reliable_kafka::Error::Config(reliable_kafka::ConfigError::InvalidValue { key, reason }) => {
+            assert_eq!(key, "DATABASE_URL");
+            assert!(reason.contains("`mysql`"), "{reason}");
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+    let _ = std::fs::remove_file(path);
+}

@@ -5,6 +5,7 @@
 //! `handler.rs`, every error carries the span of the token at fault, and the generated
 //! code reaches the runtime only through `::reliable_kafka` (override with
 //! `crate = "path"`).
+#![deny(missing_docs)]
 
 use proc_macro::TokenStream;
 

@@ -1,9 +1,10 @@
 //! # reliable-kafka
 //!
-//! Reliable Kafka messaging between Rust services, on `rdkafka`, `sqlx` and `tokio`:
+//! Reliable Kafka messaging between Rust services, on `rdkafka`, `sqlx` and `tokio`,
+//! with PostgreSQL for production or SQLite embedded ([`Backend`]):
 //!
 //! - **Transactional outbox** ([`Outbox`]): an event is written in the same
-//!   PostgreSQL transaction as the business change, so it exists if and only if the
+//!   database transaction as the business change, so it exists if and only if the
 //!   change committed.
 //! - **Outbox relay** ([`OutboxRelay`]): publishes committed outbox rows with the
 //!   idempotent producer (`acks=all`), in per-key order, without skipping rows whose

@@ -233,19 +233,35 @@ pub enum NamedLock {
     /// A PostgreSQL session advisory lock on a pooled connection.
     Postgres(sqlx::pool::PoolConnection<Postgres>, String),
     /// A lock within this process.
-    Local(String),
+    Local(LocalLock),
+}
+
+/// A lock on a name within this process, released when dropped.
+pub struct LocalLock(String);
+
+impl LocalLock {
+    /// Takes the lock `name`; `None` when this process holds it already.
+    pub(crate) fn try_take(name: &str) -> Option<LocalLock> {
+        let mut held = LOCAL_LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+        if held.iter().any(|n| n == name) {
+            return None;
+        }
+        held.push(name.to_owned());
+        Some(LocalLock(name.to_owned()))
+    }
+}
+
+impl Drop for LocalLock {
+    fn drop(&mut self) {
+        LOCAL_LOCKS.lock().unwrap_or_else(|p| p.into_inner()).retain(|n| *n != self.0);
+    }
 }
 
 static LOCAL_LOCKS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 impl NamedLock {
     fn try_local(name: &str) -> Option<NamedLock> {
-        let mut held = LOCAL_LOCKS.lock().unwrap_or_else(|p| p.into_inner());
-        if held.iter().any(|n| n == name) {
-            return None;
-        }
-        held.push(name.to_owned());
-        Some(NamedLock::Local(name.to_owned()))
+        LocalLock::try_take(name).map(NamedLock::Local)
     }
 
     /// Releases the lock. A PostgreSQL connection whose unlock fails is closed rather
@@ -262,9 +278,7 @@ impl NamedLock {
                     let _ = conn.detach();
                 }
             }
-            NamedLock::Local(name) => {
-                LOCAL_LOCKS.lock().unwrap_or_else(|p| p.into_inner()).retain(|n| *n != name);
-            }
+            NamedLock::Local(lock) => drop(lock),
         }
     }
 }

@@ -122,6 +122,12 @@ impl Sealed for Sqlite {
         F: FnOnce(Vec<OutboxRow>) -> Fut + Send + 'a,
         Fut: Future<Output = Published> + Send + 'a,
     {
+        // Two relays of one process on the same table would publish the same rows: one
+        // at a time (relays in several processes on one SQLite file are not supported).
+        let name = format!("relay:{}:{}", pool.connect_options().get_filename().display(), sql.table);
+        let Some(_lock) = super::LocalLock::try_take(&name) else {
+            return Ok(None);
+        };
         let rows: Vec<LiteOutboxRow> =
             sqlx::query_as(&sql.select).bind(limit).fetch_all(pool).await.map_err(Error::db("claim outbox rows"))?;
         if rows.is_empty() {

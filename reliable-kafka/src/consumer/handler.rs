@@ -147,8 +147,12 @@ pub struct HandlerContext<DB: Backend = Postgres> {
 
 impl<DB: Backend> HandlerContext<DB> {
     /// The transaction for the handler's database effects (use as `ctx.tx()` wherever
-    /// sqlx takes an executor). On SQLite it holds the database's write lock until the
-    /// handler returns.
+    /// sqlx takes an executor).
+    ///
+    /// On SQLite it holds the database's write lock until the handler returns: every
+    /// write of the handler must go through it (a write through the pool would wait
+    /// for this very lock until the busy timeout), and slow calls inside a handler
+    /// delay every other writer.
     pub fn tx(&mut self) -> &mut DB::Connection {
         &mut self.tx
     }
