@@ -184,7 +184,7 @@ backend_tests!(sqlite, Sqlite, sqlite_pool().await, create_effects_table_sqlite)
 
 #[tokio::test]
 async fn the_database_url_scheme_picks_the_backend_and_a_bad_one_names_the_key() {
-    let path = std::env::temp_dir().join(format!("rkt-{}.db", Uuid::new_v4().simple()));
+    let path = std::env::temp_dir().join(format!("rkt-anypool-{}.db", Uuid::new_v4().simple()));
     let pool = reliable_kafka::AnyPool::connect(&format!("sqlite://{}", path.display()), 2).await.unwrap();
     assert_eq!(pool.backend_name(), "sqlite");
     assert!(path.exists(), "the SQLite file is created");

@@ -164,7 +164,8 @@ async fn stuck_payments_are_recovered_once_by_two_recovery_instances() {
     }
     let client =
         GatewayClient::new(w._gateway_server.url(), Duration::from_millis(300), Duration::from_secs(5), 3).unwrap();
-    let a = PaymentRecovery::new(w.pool.clone().into(), w.store.clone(), client.clone(), "a", Duration::from_millis(500));
+    let a =
+        PaymentRecovery::new(w.pool.clone().into(), w.store.clone(), client.clone(), "a", Duration::from_millis(500));
     let b = PaymentRecovery::new(w.pool.clone().into(), w.store.clone(), client, "b", Duration::from_millis(500));
     tokio::time::sleep(Duration::from_millis(600)).await;
     let (ra, rb) = tokio::join!(a.recover_once(), b.recover_once());

@@ -9,13 +9,16 @@
 use std::time::Duration;
 
 use concert::app::Flows;
-use concert::scenario::{run, Report, ScenarioConfig};
 use concert::db::Db;
+use concert::scenario::{run, Report, ScenarioConfig};
 use concert::store::Store;
 use reliable_kafka::EmbeddedKafka;
 use reliable_kafka_tests::*;
 
 async fn scenario(cfg: ScenarioConfig) -> Report {
+    // The seed documents' topic names are fixed: start from empty topics, or records of
+    // an earlier run (another database schema) would be consumed into this one.
+    delete_topics(&kafka(), &concert::app::topics()).await;
     let (pool, schema) = isolated_pool().await;
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let store = Store::connect(&redis, Duration::from_secs(600), &schema).await.expect("redis");
@@ -56,6 +59,11 @@ async fn all_flows_under_injected_faults_are_consistent() {
         ..Default::default()
     };
     let r = scenario(cfg.clone()).await;
+    assert_all_flows_consistent(&r, &cfg);
+}
+
+/// The report of a 200-user run of every flow with faults injected.
+fn assert_all_flows_consistent(r: &Report, cfg: &ScenarioConfig) {
     assert_eq!((r.users, r.payments), (200, 200));
     assert!(r.failed > 20, "{r:?}");
     assert_eq!(r.coupons, 100, "stock of users / 2, all taken");
@@ -81,13 +89,9 @@ async fn all_flows_on_the_embedded_defaults_are_consistent() {
     let cfg = ScenarioConfig { progress: false, create_topics: false, ..ScenarioConfig::demo() };
     let r = run(db, store, cluster.config(), &cfg).await.expect("scenario");
     println!("{}\n{r:#?}", r.line(cfg.flows));
-    assert_eq!((r.users, r.payments), (200, 200));
-    assert!(r.failed > 20, "{r:?}");
-    assert_eq!(r.coupons, 100, "stock of users / 2, all taken");
-    assert_eq!(r.notified + r.dead_lettered, r.completed, "{r:?}");
-    assert!(r.dead_lettered >= 1, "every 50th payment's webhook always fails: {r:?}");
-    assert_eq!((r.lost, r.duplicated, r.errors), (0, 0, 0), "{:?}", r.problems);
-    assert!(r.line(cfg.flows).starts_with("consistency: ok users=200 payments=200 "));
+    assert_all_flows_consistent(&r, &cfg);
     drop(cluster);
-    let _ = std::fs::remove_file(&path);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
 }

@@ -67,6 +67,20 @@ pub async fn create_topics(kafka: &KafkaConfig, topic: &str, partitions: i32) {
     kafka.ensure_topics(&[(topic, partitions, 1), (&dlq, partitions, 1)]).await.expect("create topics");
 }
 
+/// Deletes `topics` (those that exist), so that a test that must use fixed topic
+/// names starts from empty topics on a broker that outlives test runs.
+pub async fn delete_topics(kafka: &KafkaConfig, topics: &[String]) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", kafka.brokers()).create().expect("admin client");
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // Unknown topics answer UnknownTopicOrPartition: nothing to delete.
+    let _ = admin.delete_topics(&names, &opts).await.expect("delete topics");
+    drop(admin);
+}
+
 /// Reads `topic` from the beginning with a fresh group until `n` records arrived (or
 /// `timeout`), then keeps reading for `linger` to catch extra (duplicate) records.
 pub async fn read_topic(
@@ -208,7 +222,9 @@ impl Recorder {
 /// A fresh SQLite database file in the temporary directory, with the crate's tables.
 pub async fn sqlite_pool() -> sqlx::SqlitePool {
     init_tracing();
-    let path = std::env::temp_dir().join(format!("rkt-{}.db", uuid::Uuid::new_v4().simple()));
+    let dir = std::env::temp_dir().join("reliable-kafka-tests");
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let path = dir.join(format!("{}.db", uuid::Uuid::new_v4().simple()));
     let url = format!("sqlite://{}", path.display());
     let reliable_kafka::AnyPool::Sqlite(pool) = reliable_kafka::AnyPool::connect(&url, 8).await.expect("open SQLite")
     else {

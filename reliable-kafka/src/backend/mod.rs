@@ -144,6 +144,26 @@ impl AnyPool {
     }
 }
 
+/// The outbox insert; the same text on both backends.
+fn outbox_insert_sql(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} (id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    )
+}
+
+/// The insert of a parked record; the same text on both backends. Parking twice (after
+/// a crash) changes nothing: the record's coordinates and time are unique.
+fn park_insert_sql(t: &str) -> String {
+    format!(
+        "INSERT INTO {t} (dead_letter_topic, dead_letter_partition, dead_letter_offset, message_id, original_topic, \
+         original_partition, original_offset, consumer_group, reason, error_message, attempts, redrive_count, \
+         record_key, payload, headers, dead_lettered_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         ON CONFLICT DO NOTHING"
+    )
+}
+
 /// The instant `age` ago; the earliest representable instant when that is out of range.
 pub(crate) fn cutoff(age: Duration) -> DateTime<Utc> {
     chrono::TimeDelta::from_std(age)

@@ -61,10 +61,7 @@ impl Sealed for Sqlite {
     }
 
     fn outbox_insert_sql(table: &str) -> String {
-        format!(
-            "INSERT INTO {table} (id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-        )
+        super::outbox_insert_sql(table)
     }
 
     async fn insert_outbox<'a>(
@@ -225,13 +222,7 @@ impl Sealed for Sqlite {
     }
 
     fn park_sql(t: &str) -> String {
-        format!(
-            "INSERT INTO {t} (dead_letter_topic, dead_letter_partition, dead_letter_offset, message_id, original_topic, \
-             original_partition, original_offset, consumer_group, reason, error_message, attempts, redrive_count, \
-             record_key, payload, headers, dead_lettered_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-             ON CONFLICT DO NOTHING"
-        )
+        super::park_insert_sql(t)
     }
 
     async fn park<'a>(pool: &'a Pool<Self>, sql: &'a str, row: ParkRow<'a>) -> Result<(), sqlx::Error> {
