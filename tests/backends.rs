@@ -150,6 +150,48 @@ macro_rules! backend_tests {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn batches_commit_together_and_a_failing_record_is_isolated() {
+                let pool = $pool;
+                $effects_table(&pool).await;
+                let kafka = kafka();
+                let topic = unique("batch");
+                create_topics(&kafka, &topic, 1).await;
+                let repeated = Uuid::now_v7();
+                for n in 1..=60 {
+                    // Record 30 repeats the message id of record 10; record 45 fails.
+                    let id = if n == 10 || n == 30 { repeated } else { Uuid::now_v7() };
+                    produce_work(&kafka, &topic, id, &Work { key: "k".into(), n }).await;
+                }
+                let group = unique("group");
+                let recorder = Recorder::new(&topic, &group, Mode::PermanentFor(45), 3);
+                let c = ListenerContainer::builder(kafka.clone(), pool.clone())
+                    .max_batch(25)
+                    .handler(recorder)
+                    .build()
+                    .unwrap()
+                    .spawn();
+                assert!(
+                    eventually(Duration::from_secs(30), || async {
+                        c.stats().processed() + c.stats().duplicates() + c.stats().dead_lettered() == 60
+                    })
+                    .await,
+                    "{:?}",
+                    c.stats()
+                );
+                let stats = (c.stats().processed(), c.stats().duplicates(), c.stats().dead_lettered());
+                assert!(c.stats().batches() >= 1, "records were fetched before the container started");
+                assert!(c.stats().batch_fallbacks() >= 1, "the batch of record 45 fell back");
+                c.shutdown().await.unwrap();
+                assert_eq!(stats, (58, 1, 1));
+                assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 58, "one effect per message id");
+                assert_eq!(count(&pool, "SELECT count(*) FROM effects WHERE n = 45").await, 0);
+                assert_eq!(count(&pool, "SELECT count(*) FROM effects WHERE n = 30").await, 0, "a repeated id is skipped");
+                let msgs = read_topic(&kafka, &format!("{topic}.DLQ"), 1, Duration::from_secs(20), Duration::from_millis(500)).await;
+                assert_eq!(msgs.len(), 1);
+                assert_eq!(serde_json::from_slice::<Work>(msgs[0].payload().unwrap()).unwrap().n, 45);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_generic_handler_forwards_through_the_outbox_in_its_transaction() {
                 let pool = $pool;
                 let kafka = kafka();

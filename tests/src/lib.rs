@@ -189,6 +189,8 @@ pub enum Mode {
     SwallowDbError,
     /// Sleeps for the given time before succeeding.
     Sleep(Duration),
+    /// Fails permanently for the record whose `n` is this, succeeds for the others.
+    PermanentFor(u32),
 }
 
 /// A handler that inserts a row into `effects` (no unique constraint, so a second
@@ -293,6 +295,7 @@ macro_rules! impl_recorder {
                         Mode::FailCalls(_) => None,
                         Mode::AlwaysTransient => Some(true),
                         Mode::Permanent => Some(false),
+                        Mode::PermanentFor(n) => (event.n == n).then_some(false),
                         Mode::Panic | Mode::SwallowDbError | Mode::Sleep(_) => None,
                     };
                     match fail {

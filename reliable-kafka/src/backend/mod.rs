@@ -225,6 +225,7 @@ pub struct RelaySql {
 #[derive(Debug, Clone)]
 pub struct DedupSql {
     pub(crate) insert: String,
+    pub(crate) insert_batch: String,
     pub(crate) prune: String,
 }
 
@@ -363,6 +364,14 @@ pub(crate) mod sealed {
             group: &'a str,
             message_id: Uuid,
         ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+        /// Inserts the deduplication rows of `message_ids`; returns those inserted (not
+        /// processed before).
+        fn insert_dedup_batch<'a>(
+            conn: &'a mut Self::Connection,
+            sql: &'a DedupSql,
+            group: &'a str,
+            message_ids: &'a [Uuid],
+        ) -> impl Future<Output = Result<std::collections::HashSet<Uuid>, sqlx::Error>> + Send + 'a;
         /// Whether a handler left the transaction unusable (PostgreSQL: a failed
         /// statement aborted it, and COMMIT would silently roll back).
         fn check_transaction<'a>(

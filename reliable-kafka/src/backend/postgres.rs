@@ -196,6 +196,10 @@ impl Sealed for Postgres {
     fn dedup_sql(t: &str) -> DedupSql {
         DedupSql {
             insert: format!("INSERT INTO {t} (consumer_group, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"),
+            insert_batch: format!(
+                "INSERT INTO {t} (consumer_group, message_id) SELECT $1, id FROM unnest($2::uuid[]) AS u(id) \
+                 ON CONFLICT DO NOTHING RETURNING message_id"
+            ),
             prune: format!(
                 "DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM {t} WHERE consumer_group = $1 \
                  AND processed_at < $2 LIMIT 10000)"
@@ -210,6 +214,17 @@ impl Sealed for Postgres {
         message_id: Uuid,
     ) -> Result<u64, sqlx::Error> {
         sqlx::query(&sql.insert).bind(group).bind(message_id).execute(conn).await.map(|r| r.rows_affected())
+    }
+
+    async fn insert_dedup_batch<'a>(
+        conn: &'a mut PgConnection,
+        sql: &'a DedupSql,
+        group: &'a str,
+        message_ids: &'a [Uuid],
+    ) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+        let ids: Vec<Uuid> =
+            sqlx::query_scalar(&sql.insert_batch).bind(group).bind(message_ids).fetch_all(conn).await?;
+        Ok(ids.into_iter().collect())
     }
 
     async fn check_transaction(conn: &mut PgConnection) -> Result<TransactionState, sqlx::Error> {

@@ -189,6 +189,8 @@ impl Sealed for Sqlite {
     fn dedup_sql(t: &str) -> DedupSql {
         DedupSql {
             insert: format!("INSERT INTO {t} (consumer_group, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"),
+            // In process, one prepared statement per row is as fast as a multi-row one.
+            insert_batch: String::new(),
             prune: format!(
                 "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE consumer_group = $1 \
                  AND processed_at < $2 LIMIT 10000)"
@@ -205,6 +207,21 @@ impl Sealed for Sqlite {
         let mut buf = Uuid::encode_buffer();
         let id: &str = message_id.hyphenated().encode_lower(&mut buf);
         sqlx::query(&sql.insert).bind(group).bind(id).execute(conn).await.map(|r| r.rows_affected())
+    }
+
+    async fn insert_dedup_batch<'a>(
+        conn: &'a mut SqliteConnection,
+        sql: &'a DedupSql,
+        group: &'a str,
+        message_ids: &'a [Uuid],
+    ) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+        let mut new = std::collections::HashSet::with_capacity(message_ids.len());
+        for id in message_ids {
+            if Self::insert_dedup(&mut *conn, sql, group, *id).await? == 1 {
+                new.insert(*id);
+            }
+        }
+        Ok(new)
     }
 
     async fn check_transaction(_conn: &mut SqliteConnection) -> Result<TransactionState, sqlx::Error> {

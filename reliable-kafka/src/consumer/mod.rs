@@ -49,6 +49,8 @@ pub struct ContainerStats {
     retries: AtomicU64,
     dead_lettered: AtomicU64,
     infrastructure_errors: AtomicU64,
+    batches: AtomicU64,
+    batch_fallbacks: AtomicU64,
     last_activity_ms: AtomicU64,
 }
 
@@ -62,6 +64,8 @@ impl Default for ContainerStats {
             retries: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             infrastructure_errors: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            batch_fallbacks: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
         }
     }
@@ -93,6 +97,15 @@ impl ContainerStats {
     pub fn infrastructure_errors(&self) -> u64 {
         self.infrastructure_errors.load(Ordering::Relaxed)
     }
+    /// Transactions that committed a batch of more than one record.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+    /// Batches that failed as a whole and were processed again record by record (to
+    /// isolate the failing record).
+    pub fn batch_fallbacks(&self) -> u64 {
+        self.batch_fallbacks.load(Ordering::Relaxed)
+    }
     /// Time since the container last received a record or finished one.
     pub fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
@@ -115,6 +128,7 @@ pub struct ListenerContainerBuilder<DB: Backend = Postgres> {
     processed_table: String,
     handler_timeout: Duration,
     processed_retention: Duration,
+    max_batch: usize,
 }
 
 impl<DB: Backend> std::fmt::Debug for ListenerContainerBuilder<DB> {
@@ -183,6 +197,19 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
         self
     }
 
+    /// Records of one partition processed in one database transaction, at most
+    /// (default 1, 1..=10 000): one multi-row deduplication insert, the handler called
+    /// for each new record in order, one commit. Only records already fetched are
+    /// batched (the container never waits to fill a batch). When any record of a batch
+    /// fails (decoding, handler error, panic, timeout, commit), the batch is rolled back
+    /// and its records are processed again one by one, so the failing record is retried
+    /// and dead-lettered alone; effects outside the transaction (HTTP calls) of the
+    /// records before it then happen twice.
+    pub fn max_batch(mut self, records: usize) -> Self {
+        self.max_batch = records;
+        self
+    }
+
     /// How long deduplication rows are kept (default 7 days). A redelivery later than
     /// this, e.g. a re-drive from a dead-letter topic, would run again: keep it above
     /// the longest redelivery path (re-drive interval × re-drives). Rows of this group
@@ -208,6 +235,9 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
     /// [`Error::Kafka`] when librdkafka rejects the configuration.
     pub fn build(self) -> Result<ListenerContainer<DB>, Error> {
         validate_identifier("processed_table", &self.processed_table)?;
+        if !(1..=10_000).contains(&self.max_batch) {
+            return Err(ConfigError::invalid("max_batch", "must be within 1..=10000").into());
+        }
         if self.commit_interval.is_zero() {
             return Err(ConfigError::invalid("commit_interval", "must be greater than zero").into());
         }
@@ -304,6 +334,7 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
                 max_retry_after: Duration::from_millis(max_poll_ms / 4),
             },
             commit_interval: self.commit_interval,
+            max_batch: self.max_batch,
         })
     }
 }
@@ -348,6 +379,7 @@ pub struct ListenerContainer<DB: Backend = Postgres> {
     consumer: StreamConsumer<ContainerContext>,
     inner: Inner<DB>,
     commit_interval: Duration,
+    max_batch: usize,
 }
 
 struct Inner<DB: Backend> {
@@ -495,6 +527,7 @@ impl<DB: Backend> ListenerContainer<DB> {
             processed_table: crate::schema::DEFAULT_PROCESSED_TABLE.to_owned(),
             handler_timeout: Duration::from_secs(15),
             processed_retention: Duration::from_secs(7 * 24 * 3600),
+            max_batch: 1,
         }
     }
 
@@ -530,11 +563,16 @@ impl<DB: Backend> ListenerContainer<DB> {
         let mut last_commit = Instant::now();
         let mut last_error_log: Option<Instant> = None;
         let mut dirty = false;
+        // A record of another partition met while filling a batch; it starts the next one.
+        let mut carry = None;
         loop {
-            let received = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                r = tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()) => r,
+            let received = match carry.take() {
+                Some(m) => Ok(Ok(m)),
+                None => tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    r = tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()) => r,
+                },
             };
             match received {
                 Err(_idle) => {}
@@ -548,18 +586,37 @@ impl<DB: Backend> ListenerContainer<DB> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Ok(Ok(msg)) => {
-                    self.inner.stats.received.fetch_add(1, Ordering::Relaxed);
-                    self.inner.stats.touch();
-                    match self.inner.process(&msg, &shutdown).await {
-                        Outcome::Done => {
-                            if let Err(e) = self.consumer.store_offset(msg.topic(), msg.partition(), msg.offset()) {
-                                // The partition was revoked meanwhile; its new owner redelivers.
-                                tracing::debug!(error = %e, "offset not stored");
+                    let mut batch = vec![msg];
+                    // Records already fetched, of the same partition, join the batch.
+                    while batch.len() < self.max_batch {
+                        match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
+                            Ok(Ok(m)) if m.partition() == batch[0].partition() && m.topic() == batch[0].topic() => {
+                                batch.push(m)
                             }
-                            dirty = true;
-                            self.inner.stats.touch();
+                            Ok(Ok(m)) => {
+                                carry = Some(m);
+                                break;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(group = %self.inner.group, error = %e, "consumer error while batching");
+                                break;
+                            }
+                            Err(_nothing_fetched) => break,
                         }
-                        Outcome::Interrupted => break,
+                    }
+                    self.inner.stats.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.inner.stats.touch();
+                    let done = self.inner.process_batch(&batch, &shutdown).await;
+                    if let Some(last) = done.checked_sub(1).map(|i| &batch[i]) {
+                        if let Err(e) = self.consumer.store_offset(last.topic(), last.partition(), last.offset()) {
+                            // The partition was revoked meanwhile; its new owner redelivers.
+                            tracing::debug!(error = %e, "offset not stored");
+                        }
+                        dirty = true;
+                        self.inner.stats.touch();
+                    }
+                    if done < batch.len() {
+                        break; // shutdown came first
                     }
                 }
             }
@@ -707,6 +764,69 @@ pub(crate) fn report(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl<DB: Backend> Inner<DB> {
+    /// Processes a batch of records of one partition; returns how many, from the
+    /// first, are done (fewer than all only when shutdown came first).
+    async fn process_batch(&self, batch: &[BorrowedMessage<'_>], shutdown: &CancellationToken) -> usize {
+        if batch.len() > 1 {
+            match self.try_batch(batch).await {
+                Ok(()) => return batch.len(),
+                Err(why) => {
+                    self.stats.batch_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(group = %self.group, records = batch.len(), %why, "batch not committed; processing record by record");
+                }
+            }
+        }
+        for (i, msg) in batch.iter().enumerate() {
+            if let Outcome::Interrupted = self.process(msg, shutdown).await {
+                return i;
+            }
+        }
+        batch.len()
+    }
+
+    /// All records of `batch` in one transaction, or nothing (`Err` says why).
+    async fn try_batch(&self, batch: &[BorrowedMessage<'_>]) -> Result<(), String> {
+        let route = self.routes.get(batch[0].topic()).ok_or("no route")?;
+        let mut items = Vec::with_capacity(batch.len());
+        for msg in batch {
+            let info = record_info(msg)?;
+            if info.event_type != route.handler.event_type() || info.schema_version > route.handler.schema_version() {
+                return Err(format!("record at offset {} is not for the handler", msg.offset()));
+            }
+            let event = route.handler.decode(msg.payload().unwrap_or_default()).map_err(|e| report(&e))?;
+            items.push((info, event));
+        }
+        let ids: Vec<Uuid> = items.iter().map(|(info, _)| info.message_id).collect();
+        let mut tx = DB::begin_write(&self.pool).await.map_err(|e| report(&e))?;
+        let new = DB::insert_dedup_batch(&mut tx, &self.dedup_sql, &self.group, &ids).await.map_err(|e| report(&e))?;
+        let mut ctx = HandlerContext { tx, record: items[0].0.clone(), attempt: 1, group: self.group.clone() };
+        let mut handled = std::collections::HashSet::with_capacity(new.len());
+        for (info, event) in items {
+            // Already processed, or a second copy within the batch.
+            if !new.contains(&info.message_id) || !handled.insert(info.message_id) {
+                continue;
+            }
+            ctx.record = info;
+            let call = AssertUnwindSafe(route.handler.call(event, &mut ctx)).catch_unwind();
+            match tokio::time::timeout(self.handler_timeout, call).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => return Err(report(&e)),
+                Ok(Err(_panic)) => return Err("handler panicked".into()),
+                Err(_) => return Err("handler timed out".into()),
+            }
+        }
+        match DB::check_transaction(&mut ctx.tx).await {
+            Ok(TransactionState::Open) => {}
+            Ok(TransactionState::Aborted) => return Err("transaction aborted".into()),
+            Err(e) => return Err(report(&e)),
+        }
+        ctx.tx.commit().await.map_err(|e| report(&e))?;
+        self.stats.processed.fetch_add(handled.len() as u64, Ordering::Relaxed);
+        self.stats.duplicates.fetch_add((batch.len() - handled.len()) as u64, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     async fn process(&self, msg: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> Outcome {
         let Some(route) = self.routes.get(msg.topic()) else {
             // Only subscribed topics are delivered; nothing to do.
