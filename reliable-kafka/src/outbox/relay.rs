@@ -270,8 +270,26 @@ impl<DB: Backend> OutboxRelay<DB> {
     /// [`Error::Database`] when the claim or mark fails; the transaction is rolled back
     /// and the rows stay pending (they may have been sent: at-least-once).
     pub async fn relay_once(&self) -> Result<RelayBatch, Error> {
+        self.relay_batch(false).await
+    }
+
+    /// [`OutboxRelay::relay_once`] with the Kafka send replaced by an immediate
+    /// success: the database side of the relay alone. For benchmarks (ratio R4 of
+    /// `BENCHMARKS.md`); rows it marks were never published.
+    ///
+    /// # Errors
+    /// As [`OutboxRelay::relay_once`].
+    #[doc(hidden)]
+    pub async fn relay_once_stubbed(&self) -> Result<RelayBatch, Error> {
+        self.relay_batch(true).await
+    }
+
+    async fn relay_batch(&self, stub_send: bool) -> Result<RelayBatch, Error> {
         let producer = &self.producer;
         let publish = |rows: Vec<OutboxRow>| async move {
+            if stub_send {
+                return Published { delivered: rows.iter().map(|r| r.id).collect(), failed: Vec::new() };
+            }
             let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
             let results = send_in_order(producer, rows.into_iter().map(OutboxRow::into_record).collect()).await;
             let mut out = Published { delivered: Vec::with_capacity(ids.len()), failed: Vec::new() };

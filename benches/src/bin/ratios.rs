@@ -1,0 +1,469 @@
+//! The performance ratios R1–R6 of `BENCHMARKS.md`, in one process, on the same
+//! database and brokers: `cargo run --release -p reliable-kafka-benches --bin ratios`.
+//!
+//! PostgreSQL (`DATABASE_URL`) for every database figure; librdkafka's in-process mock
+//! cluster (32 partitions) where the broker must not be the bottleneck (R1–R4, R6);
+//! the TCP broker of `KAFKA_BROKERS` (tansu in CI) for end-to-end latency (R5).
+//! Prints one line per ratio and writes the same as JSON (`--json PATH`, default
+//! `target/ratios.json`). A measurement, never a test: nothing here asserts a time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+use reliable_kafka::{
+    headers, EmbeddedKafka, EnqueueOptions, EventHandler, HandlerContext, HandlerError, HandlerOptions, KafkaConfig,
+    ListenerContainer, Outbox, OutboxRelay,
+};
+use reliable_kafka_tests::{create_topics, isolated_pool, unique, Work};
+use serde_json::json;
+use uuid::Uuid;
+
+const PARTITIONS: i32 = 32;
+
+/// CPU seconds (user + system) of a process, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Pids of processes whose command line contains `needle`.
+fn pids(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// CPU used by the client (this process), PostgreSQL and the TCP broker during `f`.
+struct Cpu {
+    client: f64,
+    database: f64,
+    broker: f64,
+}
+
+fn cpu_now() -> (f64, f64, f64) {
+    let sum = |ps: Vec<u32>| ps.into_iter().filter_map(cpu_seconds).sum::<f64>();
+    (cpu_seconds(std::process::id()).unwrap_or(0.0), sum(pids("postgres")), sum(pids("tansu")))
+}
+
+async fn measured<T>(f: impl std::future::Future<Output = T>) -> (T, Duration, Cpu) {
+    let before = cpu_now();
+    let start = Instant::now();
+    let out = f.await;
+    let wall = start.elapsed();
+    let after = cpu_now();
+    (out, wall, Cpu { client: after.0 - before.0, database: after.1 - before.1, broker: after.2 - before.2 })
+}
+
+/// Produces `n` `Work` records with a valid envelope (distinct message ids).
+fn produce(brokers: &str, topic: &str, n: usize) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    for i in 0..n {
+        let id = Uuid::now_v7().to_string();
+        let payload = serde_json::to_vec(&Work { key: format!("k{}", i % 1000), n: i as u32 }).unwrap();
+        let key = format!("k{}", i % 1000);
+        let h = OwnedHeaders::new()
+            .insert(Header { key: headers::MESSAGE_ID, value: Some(&id) })
+            .insert(Header { key: headers::EVENT_TYPE, value: Some("Work") });
+        let mut record = BaseRecord::to(topic).key(&key).payload(&payload).headers(h);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    producer.poll(Duration::from_millis(10));
+                    record = r;
+                }
+            }
+        }
+        if i % 10_000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// Raw rdkafka: a `BaseConsumer` draining `n` records.
+fn raw_drain(brokers: &str, topic: &str, n: usize) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("raw"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).unwrap();
+    let mut got = 0;
+    while got < n {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            got += 1;
+        }
+    }
+}
+
+/// A handler that does nothing (R1), or inserts one business row (R2, R3, R6).
+struct Bench {
+    topic: String,
+    group: String,
+    insert: bool,
+}
+
+impl EventHandler for Bench {
+    type Event = Work;
+    fn options(&self) -> HandlerOptions {
+        HandlerOptions::new().topic(self.topic.clone()).group(self.group.clone())
+    }
+    fn handle<'a>(&'a self, event: Work, ctx: &'a mut HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            if self.insert {
+                sqlx::query("INSERT INTO effects (message_id, key, n) VALUES ($1, $2, $3)")
+                    .bind(ctx.message_id())
+                    .bind(&event.key)
+                    .bind(event.n as i32)
+                    .execute(ctx.tx())
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The container draining `n` records of `topic` with `max_batch`; records/s.
+async fn container_rate(
+    pool: &sqlx::PgPool,
+    kafka: &KafkaConfig,
+    topic: &str,
+    n: usize,
+    batch: usize,
+    insert: bool,
+) -> (f64, Cpu) {
+    let handler = Bench { topic: topic.to_owned(), group: unique("bench"), insert };
+    let c = ListenerContainer::builder(kafka.clone(), pool.clone())
+        .max_batch(batch)
+        .handler(handler)
+        .build()
+        .expect("container")
+        .spawn();
+    // Group join: wait for the first record before the clock starts.
+    while c.stats().received() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let start_count = c.stats().processed();
+    let ((), wall, cpu) = measured(async {
+        while c.stats().processed() + c.stats().duplicates() < n as u64 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    c.shutdown().await.expect("shutdown");
+    ((n as u64 - start_count) as f64 / wall.as_secs_f64(), cpu)
+}
+
+/// The idempotent consumer's SQL without Kafka: per transaction, the multi-row dedup
+/// insert and one business insert per record; records/s.
+async fn sql_only_rate(pool: &sqlx::PgPool, n: usize, batch: usize) -> (f64, Cpu) {
+    let group = unique("sql");
+    let ((), wall, cpu) = measured(async {
+        let mut done = 0;
+        while done < n {
+            let ids: Vec<Uuid> = (0..batch).map(|_| Uuid::now_v7()).collect();
+            let mut tx = pool.begin().await.unwrap();
+            let new: Vec<Uuid> = sqlx::query_scalar(
+                "INSERT INTO rk_processed_messages (consumer_group, message_id) SELECT $1, id FROM unnest($2::uuid[]) AS u(id) \
+                 ON CONFLICT DO NOTHING RETURNING message_id",
+            )
+            .bind(&group)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+            for (i, id) in new.iter().enumerate() {
+                sqlx::query("INSERT INTO effects (message_id, key, n) VALUES ($1, $2, $3)")
+                    .bind(id)
+                    .bind(format!("k{}", i % 1000))
+                    .bind(i as i32)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+            done += batch;
+        }
+    })
+    .await;
+    (n as f64 / wall.as_secs_f64(), cpu)
+}
+
+/// Inserts `n` outbox rows for `topic`.
+async fn fill_outbox(pool: &sqlx::PgPool, topic: &str, n: usize) {
+    let outbox = Outbox::new();
+    let mut tx = pool.begin().await.unwrap();
+    for i in 0..n {
+        let options = EnqueueOptions { topic: Some(topic.to_owned()), ..Default::default() };
+        outbox.enqueue_with(&mut tx, &Work { key: format!("k{}", i % 1000), n: i as u32 }, options).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+/// The relay draining `n` rows; rows/s.
+async fn relay_rate(pool: &sqlx::PgPool, kafka: &KafkaConfig, topic: &str, n: usize, stubbed: bool) -> (f64, Cpu) {
+    fill_outbox(pool, topic, n).await;
+    let relay =
+        OutboxRelay::builder(pool.clone(), kafka.clone()).batch_size(1000).retention(Duration::ZERO).build().unwrap();
+    let ((), wall, cpu) = measured(async {
+        let mut left = n;
+        while left > 0 {
+            let b = if stubbed { relay.relay_once_stubbed().await } else { relay.relay_once().await }.unwrap();
+            left -= b.published;
+        }
+    })
+    .await;
+    (n as f64 / wall.as_secs_f64(), cpu)
+}
+
+/// p50 and p99 (ms) of `samples`.
+fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.50), at(0.99))
+}
+
+/// Latency recorder: the handler notes when each message id arrived.
+struct Receipt {
+    topic: String,
+    group: String,
+    seen: Arc<Mutex<HashMap<Uuid, Instant>>>,
+}
+
+impl EventHandler for Receipt {
+    type Event = Work;
+    fn options(&self) -> HandlerOptions {
+        HandlerOptions::new().topic(self.topic.clone()).group(self.group.clone())
+    }
+    fn handle<'a>(&'a self, _event: Work, ctx: &'a mut HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+        let now = Instant::now();
+        self.seen.lock().unwrap().insert(ctx.message_id(), now);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// R5: outbox commit → handler receipt, and raw produce → consume, on the TCP broker;
+/// `n` messages 10 ms apart. Returns ((p50, p99) framework, (p50, p99) raw) in ms.
+async fn latencies(pool: &sqlx::PgPool, kafka: &KafkaConfig, n: usize) -> ((f64, f64), (f64, f64)) {
+    let topic = unique("latency");
+    create_topics(kafka, &topic, 1).await;
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build().unwrap().spawn();
+    let receipt = Receipt { topic: topic.clone(), group: unique("latency"), seen: seen.clone() };
+    let c = ListenerContainer::builder(kafka.clone(), pool.clone()).handler(receipt).build().unwrap().spawn();
+    // Warm up: the group join and the first fetch.
+    fill_outbox(pool, &topic, 1).await;
+    while c.stats().processed() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let outbox = Outbox::new();
+    let mut committed = HashMap::new();
+    for i in 0..n {
+        let mut tx = pool.begin().await.unwrap();
+        let options = EnqueueOptions { topic: Some(topic.clone()), ..Default::default() };
+        let id = outbox.enqueue_with(&mut tx, &Work { key: "k".into(), n: i as u32 }, options).await.unwrap();
+        tx.commit().await.unwrap();
+        committed.insert(id, Instant::now());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while (c.stats().processed() as usize) < n + 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.shutdown().await.unwrap();
+    relay.shutdown().await;
+    let seen = seen.lock().unwrap();
+    let framework: Vec<f64> =
+        committed.iter().filter_map(|(id, t)| seen.get(id).map(|r| r.duration_since(*t).as_secs_f64() * 1e3)).collect();
+
+    // Raw: a producer and a consumer, the send time carried in the payload.
+    let raw_topic = unique("latency-raw");
+    create_topics(kafka, &raw_topic, 1).await;
+    let brokers = kafka.brokers().to_owned();
+    let raw = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", unique("raw-latency"))
+            .set("auto.offset.reset", "latest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&raw_topic]).unwrap();
+        let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+        // Until the consumer has its assignment, records would be skipped (offset latest).
+        while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+            consumer.poll(Duration::from_millis(100));
+        }
+        let epoch = Instant::now();
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let sent_us = epoch.elapsed().as_micros().to_string();
+            producer.send(BaseRecord::<str, str>::to(&raw_topic).key("k").payload(&sent_us)).unwrap();
+            producer.flush(Duration::from_secs(10)).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                    use rdkafka::Message;
+                    let sent: u128 = std::str::from_utf8(m.payload().unwrap()).unwrap().parse().unwrap();
+                    out.push((epoch.elapsed().as_micros() - sent) as f64 / 1e3);
+                    break;
+                }
+            }
+            let _ = i;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        out
+    })
+    .await
+    .unwrap();
+    (percentiles(framework), percentiles(raw))
+}
+
+#[tokio::main]
+async fn main() {
+    let json_path = std::env::args()
+        .skip_while(|a| a != "--json")
+        .nth(1)
+        .unwrap_or_else(|| format!("{}/../target/ratios.json", env!("CARGO_MANIFEST_DIR")));
+    let quick = std::env::args().any(|a| a == "--quick");
+    let scale = if quick { 10 } else { 1 };
+    let (pool, schema) = isolated_pool().await;
+    sqlx::query("CREATE TABLE effects (id bigserial PRIMARY KEY, message_id uuid NOT NULL, key text NOT NULL, n integer NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let cluster = EmbeddedKafka::start(1).expect("mock cluster");
+    let mock = cluster.config().set("fetch.wait.max.ms", "10");
+    let mut lines = Vec::new();
+    let mut report = serde_json::Map::new();
+    let mut record = |name: &str, line: String, value: serde_json::Value| {
+        println!("{line}");
+        lines.push(line);
+        report.insert(name.to_owned(), value);
+    };
+    let cpu = |c: &Cpu| json!({ "client_s": c.client, "database_s": c.database, "broker_s": c.broker });
+
+    // R1: container with a no-op handler ÷ raw BaseConsumer, same records.
+    let n1 = 200_000 / scale;
+    let t1 = unique("r1");
+    cluster.create_topics(&[(&t1, PARTITIONS)]).unwrap();
+    let brokers = cluster.bootstrap_servers().to_owned();
+    let (b, t) = (brokers.clone(), t1.clone());
+    tokio::task::spawn_blocking(move || produce(&b, &t, n1)).await.unwrap();
+    let (b, t) = (brokers.clone(), t1.clone());
+    let ((), raw_wall, raw_cpu) =
+        measured(async { tokio::task::spawn_blocking(move || raw_drain(&b, &t, n1)).await.unwrap() }).await;
+    let raw = n1 as f64 / raw_wall.as_secs_f64();
+    let (fw, fw_cpu) = container_rate(&pool, &mock, &t1, n1, 500, false).await;
+    record(
+        "R1",
+        format!("R1 framework/raw = {:.2} (framework {fw:.0} rec/s, raw {raw:.0} rec/s; no-op handler, max_batch 500, dedup insert per record)", fw / raw),
+        json!({ "ratio": fw / raw, "framework_rps": fw, "raw_rps": raw, "cpu_framework": cpu(&fw_cpu), "cpu_raw": cpu(&raw_cpu) }),
+    );
+
+    // R2: idempotent consumer (dedup + business insert, 100 records/tx) ÷ the same SQL from memory.
+    let n2 = 50_000 / scale;
+    let t2 = unique("r2");
+    cluster.create_topics(&[(&t2, PARTITIONS)]).unwrap();
+    let (b, t) = (brokers.clone(), t2.clone());
+    tokio::task::spawn_blocking(move || produce(&b, &t, n2)).await.unwrap();
+    let (fw, fw_cpu) = container_rate(&pool, &mock, &t2, n2, 100, true).await;
+    let (sql, sql_cpu) = sql_only_rate(&pool, n2, 100).await;
+    record(
+        "R2",
+        format!("R2 idempotent/sql-only = {:.2} (idempotent consumer {fw:.0} rec/s, same SQL without Kafka {sql:.0} rec/s; 100 records/tx)", fw / sql),
+        json!({ "ratio": fw / sql, "framework_rps": fw, "sql_only_rps": sql, "cpu_framework": cpu(&fw_cpu), "cpu_sql_only": cpu(&sql_cpu) }),
+    );
+    let batched = fw;
+
+    // R3: 100 records/tx ÷ 1 record/tx.
+    let n3 = 10_000 / scale;
+    let t3 = unique("r3");
+    cluster.create_topics(&[(&t3, PARTITIONS)]).unwrap();
+    let (b, t) = (brokers.clone(), t3.clone());
+    tokio::task::spawn_blocking(move || produce(&b, &t, n3)).await.unwrap();
+    let (single, single_cpu) = container_rate(&pool, &mock, &t3, n3, 1, true).await;
+    record(
+        "R3",
+        format!(
+            "R3 batch100/batch1 = {:.1} (100 records/tx {batched:.0} rec/s, 1 record/tx {single:.0} rec/s)",
+            batched / single
+        ),
+        json!({ "ratio": batched / single, "batch100_rps": batched, "batch1_rps": single, "cpu_batch1": cpu(&single_cpu) }),
+    );
+
+    // R4: relay with the real producer ÷ relay with the send stubbed.
+    let n4 = 50_000 / scale;
+    let t4 = unique("r4");
+    cluster.create_topics(&[(&t4, PARTITIONS)]).unwrap();
+    let (real, real_cpu) = relay_rate(&pool, &mock, &t4, n4, false).await;
+    let (stub, stub_cpu) = relay_rate(&pool, &mock, &t4, n4, true).await;
+    record(
+        "R4",
+        format!("R4 relay/stubbed = {:.2} (relay {real:.0} rows/s, send stubbed {stub:.0} rows/s; batch 1000, delete on delivery)", real / stub),
+        json!({ "ratio": real / stub, "relay_rps": real, "stubbed_rps": stub, "cpu_relay": cpu(&real_cpu), "cpu_stubbed": cpu(&stub_cpu) }),
+    );
+
+    // R5: outbox commit → consumer receipt ÷ raw produce → consume, on the TCP broker.
+    let tcp = reliable_kafka_tests::kafka();
+    let n5 = 500 / scale.min(5);
+    let ((fp50, fp99), (rp50, rp99)) = latencies(&pool, &tcp, n5).await;
+    record(
+        "R5",
+        format!(
+            "R5 p99 framework/raw = {:.2} (outbox commit→receipt p50 {fp50:.1} ms p99 {fp99:.1} ms; raw produce→consume p50 {rp50:.1} ms p99 {rp99:.1} ms; {n5} messages, broker {})",
+            fp99 / rp99,
+            tcp.brokers()
+        ),
+        json!({ "ratio": fp99 / rp99, "framework_p50_ms": fp50, "framework_p99_ms": fp99, "raw_p50_ms": rp50, "raw_p99_ms": rp99 }),
+    );
+
+    // R6: batched idempotent consumer with synchronous_commit on ÷ off.
+    let off = {
+        let base: sqlx::postgres::PgConnectOptions = reliable_kafka_tests::database_url().parse().unwrap();
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with(base.options([("search_path", schema.as_str()), ("synchronous_commit", "off")]))
+            .await
+            .unwrap()
+    };
+    let t6 = unique("r6");
+    cluster.create_topics(&[(&t6, PARTITIONS)]).unwrap();
+    let (b, t) = (brokers.clone(), t6.clone());
+    tokio::task::spawn_blocking(move || produce(&b, &t, n2)).await.unwrap();
+    let (async_rate, _) = container_rate(&off, &mock, &t6, n2, 100, true).await;
+    record(
+        "R6",
+        format!("R6 sync/async commit = {:.2} (synchronous_commit=on {batched:.0} rec/s, off {async_rate:.0} rec/s; 100 records/tx)", batched / async_rate),
+        json!({ "ratio": batched / async_rate, "sync_rps": batched, "async_rps": async_rate }),
+    );
+
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    report.insert("machine".into(), json!({ "cores": cores, "quick": quick }));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&serde_json::Value::Object(report)).unwrap()).unwrap();
+    eprintln!("wrote {json_path}");
+    drop(lines);
+}
