@@ -282,6 +282,31 @@ pub trait EventHandler<DB: Backend = Postgres>: Send + Sync + 'static {
         event: Self::Event,
         ctx: &'a mut HandlerContext<DB>,
     ) -> BoxFuture<'a, Result<(), HandlerError>>;
+
+    /// Handles the new records of a batch (see `ListenerContainerBuilder::max_batch`),
+    /// in partition order, in the batch's one transaction; each with its
+    /// [`RecordInfo`]. The default calls [`EventHandler::handle`] for each record.
+    /// Override it to write all of them with multi-row statements (`unnest` on
+    /// PostgreSQL): the database round trips per batch then no longer grow with its
+    /// size. The whole call must finish within the container's `handler_timeout`.
+    ///
+    /// # Errors
+    /// A [`HandlerError`]: the batch is rolled back and its records are processed
+    /// again one by one through [`EventHandler::handle`], so that only the failing
+    /// record is retried and dead-lettered.
+    fn handle_batch<'a>(
+        &'a self,
+        events: Vec<(Self::Event, RecordInfo)>,
+        ctx: &'a mut HandlerContext<DB>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            for (event, record) in events {
+                ctx.record = record;
+                self.handle(event, ctx).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// A decoded event, type-erased between decoding and handling.
@@ -293,6 +318,11 @@ pub(crate) trait ErasedHandler<DB: Backend>: Send + Sync {
     fn schema_version(&self) -> u32;
     fn decode(&self, payload: &[u8]) -> Result<AnyEvent, CodecError>;
     fn call<'a>(&'a self, event: AnyEvent, ctx: &'a mut HandlerContext<DB>) -> BoxFuture<'a, Result<(), HandlerError>>;
+    fn call_batch<'a>(
+        &'a self,
+        events: Vec<(AnyEvent, RecordInfo)>,
+        ctx: &'a mut HandlerContext<DB>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
 }
 
 impl<DB: Backend, H: EventHandler<DB>> ErasedHandler<DB> for H {
@@ -308,5 +338,16 @@ impl<DB: Backend, H: EventHandler<DB>> ErasedHandler<DB> for H {
     fn call<'a>(&'a self, event: AnyEvent, ctx: &'a mut HandlerContext<DB>) -> BoxFuture<'a, Result<(), HandlerError>> {
         let event = *event.downcast::<H::Event>().expect("decoded by the same handler");
         self.handle(event, ctx)
+    }
+    fn call_batch<'a>(
+        &'a self,
+        events: Vec<(AnyEvent, RecordInfo)>,
+        ctx: &'a mut HandlerContext<DB>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        let events = events
+            .into_iter()
+            .map(|(e, info)| (*e.downcast::<H::Event>().expect("decoded by the same handler"), info))
+            .collect();
+        self.handle_batch(events, ctx)
     }
 }

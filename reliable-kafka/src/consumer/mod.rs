@@ -801,13 +801,16 @@ impl<DB: Backend> Inner<DB> {
         let new = DB::insert_dedup_batch(&mut tx, &self.dedup_sql, &self.group, &ids).await.map_err(|e| report(&e))?;
         let mut ctx = HandlerContext { tx, record: items[0].0.clone(), attempt: 1, group: self.group.clone() };
         let mut handled = std::collections::HashSet::with_capacity(new.len());
+        let mut work = Vec::with_capacity(new.len());
         for (info, event) in items {
             // Already processed, or a second copy within the batch.
-            if !new.contains(&info.message_id) || !handled.insert(info.message_id) {
-                continue;
+            if new.contains(&info.message_id) && handled.insert(info.message_id) {
+                work.push((event, info));
             }
-            ctx.record = info;
-            let call = AssertUnwindSafe(route.handler.call(event, &mut ctx)).catch_unwind();
+        }
+        if let Some((_, first)) = work.first() {
+            ctx.record = first.clone();
+            let call = AssertUnwindSafe(route.handler.call_batch(work, &mut ctx)).catch_unwind();
             match tokio::time::timeout(self.handler_timeout, call).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => return Err(report(&e)),
