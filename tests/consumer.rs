@@ -292,3 +292,73 @@ async fn a_handler_over_its_timeout_is_retried_then_dead_lettered() {
     assert_eq!(info.error_message, "transient failure: handler did not finish within 200ms");
     assert_eq!(effects(&s.pool).await, 0, "abandoned attempts rolled back");
 }
+
+/// A handler that writes each batch with one multi-row statement and notes the batch sizes.
+struct MultiRow {
+    topic: String,
+    group: String,
+    sizes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl reliable_kafka::EventHandler for MultiRow {
+    type Event = Work;
+    fn options(&self) -> reliable_kafka::HandlerOptions {
+        reliable_kafka::HandlerOptions::new().topic(self.topic.clone()).group(self.group.clone())
+    }
+    fn handle<'a>(
+        &'a self,
+        event: Work,
+        ctx: &'a mut reliable_kafka::HandlerContext,
+    ) -> futures::future::BoxFuture<'a, Result<(), reliable_kafka::HandlerError>> {
+        let record = ctx.record().clone();
+        self.handle_batch(vec![(event, record)], ctx)
+    }
+    fn handle_batch<'a>(
+        &'a self,
+        events: Vec<(Work, reliable_kafka::RecordInfo)>,
+        ctx: &'a mut reliable_kafka::HandlerContext,
+    ) -> futures::future::BoxFuture<'a, Result<(), reliable_kafka::HandlerError>> {
+        Box::pin(async move {
+            self.sizes.lock().unwrap().push(events.len());
+            let ids: Vec<Uuid> = events.iter().map(|(_, r)| r.message_id).collect();
+            let keys: Vec<&str> = events.iter().map(|(e, _)| e.key.as_str()).collect();
+            let ns: Vec<i32> = events.iter().map(|(e, _)| e.n as i32).collect();
+            sqlx::query(
+                "INSERT INTO effects (message_id, key, n) SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[])",
+            )
+            .bind(&ids)
+            .bind(&keys)
+            .bind(&ns)
+            .execute(ctx.tx())
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_handler_writes_each_batch_with_one_statement_and_each_record_once() {
+    let s = setup("multirow", 1).await;
+    for n in 1..=100 {
+        produce_work(&s.kafka, &s.topic, Uuid::now_v7(), &Work { key: "k".into(), n }).await;
+    }
+    let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handler = MultiRow { topic: s.topic.clone(), group: s.group.clone(), sizes: sizes.clone() };
+    let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone())
+        .max_batch(30)
+        .handler(handler)
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(eventually(Duration::from_secs(30), || async { c.stats().processed() == 100 }).await);
+    c.shutdown().await.unwrap();
+    let sizes = sizes.lock().unwrap().clone();
+    assert_eq!(sizes.iter().sum::<usize>(), 100, "{sizes:?}");
+    assert!(sizes.iter().all(|&n| n <= 30), "{sizes:?}");
+    assert!(sizes.len() < 100, "records were batched: {sizes:?}");
+    assert_eq!(effects(&s.pool).await, 100);
+    let ordered =
+        count(&s.pool, "SELECT count(*) FROM effects e1 JOIN effects e2 ON e2.id = e1.id + 1 WHERE e2.n = e1.n + 1")
+            .await;
+    assert_eq!(ordered, 99, "partition order kept across batches");
+}

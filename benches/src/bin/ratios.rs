@@ -351,7 +351,7 @@ async fn latencies(pool: &sqlx::PgPool, kafka: &KafkaConfig, n: usize) -> ((f64,
             .set("bootstrap.servers", &brokers)
             .set("group.id", unique("raw-latency"))
             .set("auto.offset.reset", "latest")
-            .set("fetch.wait.max.ms", "10")
+            .set("fetch.wait.max.ms", "5")
             .create()
             .unwrap();
         consumer.subscribe(&[&raw_topic]).unwrap();
@@ -365,7 +365,10 @@ async fn latencies(pool: &sqlx::PgPool, kafka: &KafkaConfig, n: usize) -> ((f64,
         for i in 0..n {
             let sent_us = epoch.elapsed().as_micros().to_string();
             producer.send(BaseRecord::<str, str>::to(&raw_topic).key("k").payload(&sent_us)).unwrap();
-            producer.flush(Duration::from_secs(10)).unwrap();
+            // Serve the delivery report without `flush`, whose poll loop sleeps 100 ms.
+            while producer.in_flight_count() > 0 {
+                producer.poll(Duration::from_millis(1));
+            }
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
@@ -399,7 +402,7 @@ async fn main() {
         .await
         .unwrap();
     let cluster = EmbeddedKafka::start(1).expect("mock cluster");
-    let mock = cluster.config().set("fetch.wait.max.ms", "10");
+    let mock = cluster.config().set("fetch.wait.max.ms", "5");
     let mut lines = Vec::new();
     let mut report = serde_json::Map::new();
     let mut record = |name: &str, line: String, value: serde_json::Value| {
@@ -481,7 +484,7 @@ async fn main() {
     // R5: outbox commit → consumer receipt ÷ raw produce → consume, on the TCP broker.
     // Both consumers ask the broker to answer a fetch within 10 ms (tansu 0.6.0 holds a
     // fetch for the full fetch.wait.max.ms, 500 ms by default, even when records arrive).
-    let tcp = reliable_kafka_tests::kafka().set("fetch.wait.max.ms", "10");
+    let tcp = reliable_kafka_tests::kafka().set("fetch.wait.max.ms", "5");
     let n5 = 500 / scale.min(5);
     let ((fp50, fp99), (rp50, rp99)) = latencies(&pool, &tcp, n5).await;
     record(
