@@ -339,9 +339,8 @@ impl reliable_kafka::EventHandler for MultiRow {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_handler_writes_each_batch_with_one_statement_and_each_record_once() {
     let s = setup("multirow", 1).await;
-    for n in 1..=100 {
-        produce_work(&s.kafka, &s.topic, Uuid::now_v7(), &Work { key: "k".into(), n }).await;
-    }
+    let items: Vec<_> = (1..=100).map(|n| (Uuid::now_v7(), Work { key: "k".into(), n })).collect();
+    produce_works(&s.kafka, &s.topic, &items).await;
     let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let handler = MultiRow { topic: s.topic.clone(), group: s.group.clone(), sizes: sizes.clone() };
     let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone())
@@ -361,4 +360,36 @@ async fn a_batch_handler_writes_each_batch_with_one_statement_and_each_record_on
         count(&s.pool, "SELECT count(*) FROM effects e1 JOIN effects e2 ON e2.id = e1.id + 1 WHERE e2.n = e1.n + 1")
             .await;
     assert_eq!(ordered, 99, "partition order kept across batches");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_in_parallel_keep_each_keys_order_and_apply_each_record_once() {
+    let s = setup("parallel", 4).await;
+    let keys = ["a", "b", "c", "d", "e", "f"];
+    let items: Vec<_> = (1..=40).flat_map(|n| keys.map(|key| (Uuid::now_v7(), Work { key: key.into(), n }))).collect();
+    produce_works(&s.kafka, &s.topic, &items).await;
+    let recorder = Recorder::new(&s.topic, &s.group, Mode::FailCalls(3), 3);
+    let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone())
+        .max_batch(10)
+        .partition_concurrency(4)
+        .handler(recorder)
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(eventually(Duration::from_secs(30), || async { c.stats().processed() == 240 }).await, "{:?}", c.stats());
+    c.shutdown().await.unwrap();
+    assert_eq!(effects(&s.pool).await, 240, "one effect per record despite the failed calls");
+    // Per key, effects were written in the order of n (the partition's order).
+    let out_of_order = count(
+        &s.pool,
+        "SELECT count(*) FROM (SELECT n, lag(n) OVER (PARTITION BY key ORDER BY id) AS prev FROM effects) x WHERE n <= prev",
+    )
+    .await;
+    assert_eq!(out_of_order, 0);
+    // The offsets were committed at shutdown: the group's next member has nothing to do.
+    let again = Recorder::new(&s.topic, &s.group, Mode::Succeed, 1);
+    let c = ListenerContainer::builder(s.kafka.clone(), s.pool.clone()).handler(again).build().unwrap().spawn();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(c.stats().received(), 0, "every offset was committed");
+    c.shutdown().await.unwrap();
 }

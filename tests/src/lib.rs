@@ -346,3 +346,29 @@ pub async fn produce_work(kafka: &KafkaConfig, topic: &str, id: uuid::Uuid, work
     )
     .await;
 }
+
+/// Produces each `(id, work)` with a valid envelope, in order, with one producer.
+pub async fn produce_works(kafka: &KafkaConfig, topic: &str, items: &[(uuid::Uuid, Work)]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use reliable_kafka::headers as h;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    let mut pending = Vec::with_capacity(items.len());
+    for (id, work) in items {
+        let id = id.to_string();
+        let payload = serde_json::to_vec(work).unwrap();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: h::MESSAGE_ID, value: Some(&id) })
+            .insert(Header { key: h::EVENT_TYPE, value: Some("Work") })
+            .insert(Header { key: h::SCHEMA_VERSION, value: Some("1") });
+        let record = FutureRecord::to(topic).key(&work.key).payload(&payload).headers(headers);
+        pending.push(producer.send_result(record).map_err(|(e, _)| e).expect("enqueue"));
+    }
+    for p in pending {
+        p.await.expect("delivery").map_err(|(e, _)| e).expect("produce");
+    }
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::ClientContext;
 use sqlx::Pool;
@@ -129,6 +129,7 @@ pub struct ListenerContainerBuilder<DB: Backend = Postgres> {
     handler_timeout: Duration,
     processed_retention: Duration,
     max_batch: usize,
+    partition_concurrency: usize,
 }
 
 impl<DB: Backend> std::fmt::Debug for ListenerContainerBuilder<DB> {
@@ -210,6 +211,19 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
         self
     }
 
+    /// Partitions processed at the same time, at most (default 1, 1..=256). Each
+    /// partition keeps its order (its next batch starts when the previous one is
+    /// done); batches of different partitions run concurrently, each in its own
+    /// transaction on its own pooled connection, so the pool needs at least this many
+    /// connections. Records are copied out of librdkafka's buffers when this is above 1.
+    /// After a rebalance, a batch still running for a revoked partition cannot store
+    /// its offset; the partition's new owner redelivers it and the deduplication table
+    /// skips it.
+    pub fn partition_concurrency(mut self, partitions: usize) -> Self {
+        self.partition_concurrency = partitions;
+        self
+    }
+
     /// How long deduplication rows are kept (default 7 days). A redelivery later than
     /// this, e.g. a re-drive from a dead-letter topic, would run again: keep it above
     /// the longest redelivery path (re-drive interval × re-drives). Rows of this group
@@ -237,6 +251,9 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
         validate_identifier("processed_table", &self.processed_table)?;
         if !(1..=10_000).contains(&self.max_batch) {
             return Err(ConfigError::invalid("max_batch", "must be within 1..=10000").into());
+        }
+        if !(1..=256).contains(&self.partition_concurrency) {
+            return Err(ConfigError::invalid("partition_concurrency", "must be within 1..=256").into());
         }
         if self.commit_interval.is_zero() {
             return Err(ConfigError::invalid("commit_interval", "must be greater than zero").into());
@@ -321,8 +338,8 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             .create()
             .map_err(Error::kafka("create dead-letter producer"))?;
         Ok(ListenerContainer {
-            consumer,
-            inner: Inner {
+            consumer: Arc::new(consumer),
+            inner: Arc::new(Inner {
                 dedup_sql: Arc::new(DB::dedup_sql(&self.processed_table)),
                 group: Arc::from(group.as_str()),
                 pool: self.pool,
@@ -332,9 +349,10 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
                 handler_timeout: self.handler_timeout,
                 processed_retention: self.processed_retention,
                 max_retry_after: Duration::from_millis(max_poll_ms / 4),
-            },
+            }),
             commit_interval: self.commit_interval,
             max_batch: self.max_batch,
+            partition_concurrency: self.partition_concurrency,
         })
     }
 }
@@ -376,10 +394,11 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
 /// group. Effects outside the transaction (HTTP calls, Redis) run at least once and
 /// must be idempotent.
 pub struct ListenerContainer<DB: Backend = Postgres> {
-    consumer: StreamConsumer<ContainerContext>,
-    inner: Inner<DB>,
+    consumer: Arc<StreamConsumer<ContainerContext>>,
+    inner: Arc<Inner<DB>>,
     commit_interval: Duration,
     max_batch: usize,
+    partition_concurrency: usize,
 }
 
 struct Inner<DB: Backend> {
@@ -528,6 +547,7 @@ impl<DB: Backend> ListenerContainer<DB> {
             handler_timeout: Duration::from_secs(15),
             processed_retention: Duration::from_secs(7 * 24 * 3600),
             max_batch: 1,
+            partition_concurrency: 1,
         }
     }
 
@@ -565,6 +585,11 @@ impl<DB: Backend> ListenerContainer<DB> {
         let mut dirty = false;
         // A record of another partition met while filling a batch; it starts the next one.
         let mut carry = None;
+        // With partition_concurrency > 1: the last batch task of each partition, the
+        // permits bounding them, and the flag a task sets when it stored an offset.
+        let mut inflight = HashMap::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.partition_concurrency));
+        let stored = Arc::new(std::sync::atomic::AtomicBool::new(false));
         loop {
             let received = match carry.take() {
                 Some(m) => Ok(Ok(m)),
@@ -606,6 +631,36 @@ impl<DB: Backend> ListenerContainer<DB> {
                     }
                     self.inner.stats.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     self.inner.stats.touch();
+                    if self.partition_concurrency > 1 {
+                        let key = (batch[0].topic().to_owned(), batch[0].partition());
+                        let owned: Vec<OwnedMessage> = batch.iter().map(|m| m.detach()).collect();
+                        drop(batch);
+                        inflight.retain(|_, t: &mut tokio::task::JoinHandle<()>| !t.is_finished());
+                        let permit = tokio::select! {
+                            biased;
+                            _ = shutdown.cancelled() => break,
+                            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                        };
+                        let previous = inflight.remove(&key);
+                        let (inner, consumer, stored, shutdown) =
+                            (self.inner.clone(), self.consumer.clone(), stored.clone(), shutdown.clone());
+                        let task = tokio::spawn(async move {
+                            let _permit = permit;
+                            if let Some(previous) = previous {
+                                let _ = previous.await; // the partition's order
+                            }
+                            let done = inner.process_batch(&owned, &shutdown).await;
+                            if let Some(last) = done.checked_sub(1).map(|i| &owned[i]) {
+                                if let Err(e) = consumer.store_offset(last.topic(), last.partition(), last.offset()) {
+                                    tracing::debug!(error = %e, "offset not stored (partition revoked)");
+                                }
+                                stored.store(true, Ordering::Relaxed);
+                                inner.stats.touch();
+                            }
+                        });
+                        inflight.insert(key, task);
+                        continue;
+                    }
                     let done = self.inner.process_batch(&batch, &shutdown).await;
                     if let Some(last) = done.checked_sub(1).map(|i| &batch[i]) {
                         if let Err(e) = self.consumer.store_offset(last.topic(), last.partition(), last.offset()) {
@@ -620,16 +675,21 @@ impl<DB: Backend> ListenerContainer<DB> {
                     }
                 }
             }
-            if commit_failed.swap(false, Ordering::Relaxed) {
+            if commit_failed.swap(false, Ordering::Relaxed) | stored.swap(false, Ordering::Relaxed) {
                 dirty = true;
             }
             if dirty && last_commit.elapsed() >= self.commit_interval {
-                commit(&self.consumer, CommitMode::Async, &self.inner.group);
+                commit(&*self.consumer, CommitMode::Async, &self.inner.group);
                 dirty = false;
                 last_commit = Instant::now();
             }
         }
-        commit(&self.consumer, CommitMode::Sync, &self.inner.group);
+        // Batches in flight finish (a retry wait is cut short by the shutdown) and store
+        // their offsets before the last commit.
+        for (_, task) in inflight.drain() {
+            let _ = task.await;
+        }
+        commit(&*self.consumer, CommitMode::Sync, &self.inner.group);
         pruner.abort();
         let producer = self.inner.producer.clone();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
@@ -715,12 +775,22 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
-fn header_str<'a>(msg: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+fn header_str<'a, M: Message>(msg: &'a M, name: &str) -> Option<&'a [u8]> {
     msg.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value)
 }
 
+/// The headers as owned headers (for the dead-letter record).
+fn copy_headers<H: Headers + ?Sized>(headers: &H) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(headers.count() + 10);
+    for i in 0..headers.count() {
+        let h = headers.get(i);
+        out = out.insert(Header { key: h.key, value: h.value });
+    }
+    out
+}
+
 /// Reads the envelope; `Err` says which header is missing or malformed.
-fn record_info(msg: &BorrowedMessage<'_>) -> Result<RecordInfo, String> {
+fn record_info<M: Message>(msg: &M) -> Result<RecordInfo, String> {
     let text = |name: &str| -> Result<Option<&str>, String> {
         header_str(msg, name)
             .map(|v| std::str::from_utf8(v).map_err(|_| format!("header `{name}` is not UTF-8")))
@@ -766,7 +836,7 @@ pub(crate) fn report(e: &(dyn std::error::Error + 'static)) -> String {
 impl<DB: Backend> Inner<DB> {
     /// Processes a batch of records of one partition; returns how many, from the
     /// first, are done (fewer than all only when shutdown came first).
-    async fn process_batch(&self, batch: &[BorrowedMessage<'_>], shutdown: &CancellationToken) -> usize {
+    async fn process_batch<M: Message + Sync>(&self, batch: &[M], shutdown: &CancellationToken) -> usize {
         if batch.len() > 1 {
             match self.try_batch(batch).await {
                 Ok(()) => return batch.len(),
@@ -785,7 +855,7 @@ impl<DB: Backend> Inner<DB> {
     }
 
     /// All records of `batch` in one transaction, or nothing (`Err` says why).
-    async fn try_batch(&self, batch: &[BorrowedMessage<'_>]) -> Result<(), String> {
+    async fn try_batch<M: Message + Sync>(&self, batch: &[M]) -> Result<(), String> {
         let route = self.routes.get(batch[0].topic()).ok_or("no route")?;
         let mut items = Vec::with_capacity(batch.len());
         for msg in batch {
@@ -830,7 +900,7 @@ impl<DB: Backend> Inner<DB> {
         Ok(())
     }
 
-    async fn process(&self, msg: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> Outcome {
+    async fn process<M: Message + Sync>(&self, msg: &M, shutdown: &CancellationToken) -> Outcome {
         let Some(route) = self.routes.get(msg.topic()) else {
             // Only subscribed topics are delivered; nothing to do.
             return Outcome::Done;
@@ -943,9 +1013,9 @@ impl<DB: Backend> Inner<DB> {
     }
 
     /// One attempt; `Ok(true)` when the message id was already processed.
-    async fn attempt(
+    async fn attempt<M: Message + Sync>(
         &self,
-        msg: &BorrowedMessage<'_>,
+        msg: &M,
         route: &Route<DB>,
         info: &RecordInfo,
         attempt: u32,
@@ -992,9 +1062,9 @@ impl<DB: Backend> Inner<DB> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn dead_letter(
+    async fn dead_letter<M: Message + Sync>(
         &self,
-        msg: &BorrowedMessage<'_>,
+        msg: &M,
         route: &Route<DB>,
         reason: DeadLetterReason,
         error_kind: &str,
@@ -1016,7 +1086,7 @@ impl<DB: Backend> Inner<DB> {
         tracing::error!(group = %self.group, topic = %info.original_topic, partition = info.original_partition,
             offset = info.original_offset, %reason, attempts, error = %info.error_message,
             dead_letter_topic = %route.dead_letter_topic, "dead-lettering record");
-        let base = msg.headers().map(|h| h.detach()).unwrap_or_default();
+        let base = msg.headers().map(copy_headers).unwrap_or_default();
         let mut delay = Duration::from_millis(100);
         loop {
             let record = OutRecord {
