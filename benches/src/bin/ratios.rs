@@ -197,10 +197,12 @@ async fn container_rate(
     batch: usize,
     insert: bool,
     per_record: bool,
+    partitions: usize,
 ) -> (f64, Cpu) {
     let handler = Bench { topic: topic.to_owned(), group: unique("bench"), insert, per_record };
     let c = ListenerContainer::builder(kafka.clone(), pool.clone())
         .max_batch(batch)
+        .partition_concurrency(partitions)
         .handler(handler)
         .build()
         .expect("container")
@@ -423,7 +425,7 @@ async fn main() {
     let (raw_wall, _, raw_cpu) =
         measured(async { tokio::task::spawn_blocking(move || raw_drain(&b, &t, n1)).await.unwrap() }).await;
     let raw = (n1 - 1) as f64 / raw_wall.as_secs_f64();
-    let (fw, fw_cpu) = container_rate(&pool, &mock, &t1, n1, 500, false, false).await;
+    let (fw, fw_cpu) = container_rate(&pool, &mock, &t1, n1, 500, false, false, 1).await;
     record(
         "R1",
         format!("R1 framework/raw = {:.2} (framework {fw:.0} rec/s, raw {raw:.0} rec/s; no-op handler, max_batch 500, dedup insert per record)", fw / raw),
@@ -436,7 +438,7 @@ async fn main() {
     cluster.create_topics(&[(&t2, PARTITIONS)]).unwrap();
     let (b, t) = (brokers.clone(), t2.clone());
     tokio::task::spawn_blocking(move || produce(&b, &t, n2)).await.unwrap();
-    let (fw, fw_cpu) = container_rate(&pool, &mock, &t2, n2, 100, true, false).await;
+    let (fw, fw_cpu) = container_rate(&pool, &mock, &t2, n2, 100, true, false, 1).await;
     let (sql, sql_cpu) = sql_only_rate(&pool, n2, 100).await;
     record(
         "R2",
@@ -451,12 +453,12 @@ async fn main() {
     cluster.create_topics(&[(&t3, PARTITIONS)]).unwrap();
     let (b, t) = (brokers.clone(), t3.clone());
     tokio::task::spawn_blocking(move || produce(&b, &t, n3)).await.unwrap();
-    let (single, single_cpu) = container_rate(&pool, &mock, &t3, n3, 1, true, false).await;
+    let (single, single_cpu) = container_rate(&pool, &mock, &t3, n3, 1, true, false, 1).await;
     let t3b = unique("r3b");
     cluster.create_topics(&[(&t3b, PARTITIONS)]).unwrap();
     let (b, t) = (brokers.clone(), t3b.clone());
     tokio::task::spawn_blocking(move || produce(&b, &t, n2)).await.unwrap();
-    let (per_record, _) = container_rate(&pool, &mock, &t3b, n2, 100, true, true).await;
+    let (per_record, _) = container_rate(&pool, &mock, &t3b, n2, 100, true, true, 1).await;
     record(
         "R3",
         format!(
@@ -510,11 +512,32 @@ async fn main() {
     cluster.create_topics(&[(&t6, PARTITIONS)]).unwrap();
     let (b, t) = (brokers.clone(), t6.clone());
     tokio::task::spawn_blocking(move || produce(&b, &t, n2)).await.unwrap();
-    let (async_rate, _) = container_rate(&off, &mock, &t6, n2, 100, true, false).await;
+    let (async_rate, _) = container_rate(&off, &mock, &t6, n2, 100, true, false, 1).await;
     record(
         "R6",
         format!("R6 sync/async commit = {:.2} (synchronous_commit=on {batched:.0} rec/s, off {async_rate:.0} rec/s; 100 records/tx)", batched / async_rate),
         json!({ "ratio": batched / async_rate, "sync_rps": batched, "async_rps": async_rate }),
+    );
+
+    // Not a ratio of DESIGN.md: the R1 and R2 consumers with 4 partitions in parallel.
+    let tp = unique("parallel");
+    cluster.create_topics(&[(&tp, PARTITIONS)]).unwrap();
+    let (b, t) = (brokers.clone(), tp.clone());
+    tokio::task::spawn_blocking(move || produce(&b, &t, n1)).await.unwrap();
+    let (p1, p1_cpu) = container_rate(&pool, &mock, &tp, n1, 500, false, false, 4).await;
+    let tp2 = unique("parallel2");
+    cluster.create_topics(&[(&tp2, PARTITIONS)]).unwrap();
+    let (b, t) = (brokers.clone(), tp2.clone());
+    tokio::task::spawn_blocking(move || produce(&b, &t, n2)).await.unwrap();
+    let (p2, p2_cpu) = container_rate(&pool, &mock, &tp2, n2, 100, true, false, 4).await;
+    record(
+        "parallel",
+        format!(
+            "partition_concurrency 4: no-op {p1:.0} rec/s (R1 {:.2}), idempotent with business insert {p2:.0} rec/s (R2 {:.2})",
+            p1 / raw,
+            p2 / sql
+        ),
+        json!({ "noop_rps": p1, "idempotent_rps": p2, "cpu_noop": cpu(&p1_cpu), "cpu_idempotent": cpu(&p2_cpu) }),
     );
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
