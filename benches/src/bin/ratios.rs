@@ -189,16 +189,27 @@ impl EventHandler for Bench {
 }
 
 /// The container draining `n` records of `topic` with `max_batch`; records/s.
-async fn container_rate(
-    pool: &sqlx::PgPool,
-    kafka: &KafkaConfig,
-    topic: &str,
-    n: usize,
+/// How the consumer of a measurement is set up.
+#[derive(Clone, Copy)]
+struct Setup {
+    /// `max_batch`.
     batch: usize,
+    /// The handler inserts a business row per record.
     insert: bool,
+    /// ... one statement per record even in batches.
     per_record: bool,
+    /// `partition_concurrency`.
     partitions: usize,
-) -> (f64, Cpu) {
+}
+
+impl Setup {
+    const fn new(batch: usize, insert: bool) -> Self {
+        Setup { batch, insert, per_record: false, partitions: 1 }
+    }
+}
+
+async fn container_rate(pool: &sqlx::PgPool, kafka: &KafkaConfig, topic: &str, n: usize, setup: Setup) -> (f64, Cpu) {
+    let Setup { batch, insert, per_record, partitions } = setup;
     let handler = Bench { topic: topic.to_owned(), group: unique("bench"), insert, per_record };
     let c = ListenerContainer::builder(kafka.clone(), pool.clone())
         .max_batch(batch)
@@ -340,9 +351,10 @@ async fn latencies(pool: &sqlx::PgPool, kafka: &KafkaConfig, n: usize) -> ((f64,
     }
     c.shutdown().await.unwrap();
     relay.shutdown().await;
-    let seen = seen.lock().unwrap();
-    let framework: Vec<f64> =
-        committed.iter().filter_map(|(id, t)| seen.get(id).map(|r| r.duration_since(*t).as_secs_f64() * 1e3)).collect();
+    let framework: Vec<f64> = {
+        let seen = seen.lock().unwrap();
+        committed.iter().filter_map(|(id, t)| seen.get(id).map(|r| r.duration_since(*t).as_secs_f64() * 1e3)).collect()
+    };
 
     // Raw: a producer and a consumer, the send time carried in the payload.
     let raw_topic = unique("latency-raw");
@@ -425,7 +437,7 @@ async fn main() {
     let (raw_wall, _, raw_cpu) =
         measured(async { tokio::task::spawn_blocking(move || raw_drain(&b, &t, n1)).await.unwrap() }).await;
     let raw = (n1 - 1) as f64 / raw_wall.as_secs_f64();
-    let (fw, fw_cpu) = container_rate(&pool, &mock, &t1, n1, 500, false, false, 1).await;
+    let (fw, fw_cpu) = container_rate(&pool, &mock, &t1, n1, Setup::new(500, false)).await;
     record(
         "R1",
         format!("R1 framework/raw = {:.2} (framework {fw:.0} rec/s, raw {raw:.0} rec/s; no-op handler, max_batch 500, dedup insert per record)", fw / raw),
@@ -438,7 +450,7 @@ async fn main() {
     cluster.create_topics(&[(&t2, PARTITIONS)]).unwrap();
     let (b, t) = (brokers.clone(), t2.clone());
     tokio::task::spawn_blocking(move || produce(&b, &t, n2)).await.unwrap();
-    let (fw, fw_cpu) = container_rate(&pool, &mock, &t2, n2, 100, true, false, 1).await;
+    let (fw, fw_cpu) = container_rate(&pool, &mock, &t2, n2, Setup::new(100, true)).await;
     let (sql, sql_cpu) = sql_only_rate(&pool, n2, 100).await;
     record(
         "R2",
@@ -453,12 +465,13 @@ async fn main() {
     cluster.create_topics(&[(&t3, PARTITIONS)]).unwrap();
     let (b, t) = (brokers.clone(), t3.clone());
     tokio::task::spawn_blocking(move || produce(&b, &t, n3)).await.unwrap();
-    let (single, single_cpu) = container_rate(&pool, &mock, &t3, n3, 1, true, false, 1).await;
+    let (single, single_cpu) = container_rate(&pool, &mock, &t3, n3, Setup::new(1, true)).await;
     let t3b = unique("r3b");
     cluster.create_topics(&[(&t3b, PARTITIONS)]).unwrap();
     let (b, t) = (brokers.clone(), t3b.clone());
     tokio::task::spawn_blocking(move || produce(&b, &t, n2)).await.unwrap();
-    let (per_record, _) = container_rate(&pool, &mock, &t3b, n2, 100, true, true, 1).await;
+    let (per_record, _) =
+        container_rate(&pool, &mock, &t3b, n2, Setup { per_record: true, ..Setup::new(100, true) }).await;
     record(
         "R3",
         format!(
@@ -512,7 +525,7 @@ async fn main() {
     cluster.create_topics(&[(&t6, PARTITIONS)]).unwrap();
     let (b, t) = (brokers.clone(), t6.clone());
     tokio::task::spawn_blocking(move || produce(&b, &t, n2)).await.unwrap();
-    let (async_rate, _) = container_rate(&off, &mock, &t6, n2, 100, true, false, 1).await;
+    let (async_rate, _) = container_rate(&off, &mock, &t6, n2, Setup::new(100, true)).await;
     record(
         "R6",
         format!("R6 sync/async commit = {:.2} (synchronous_commit=on {batched:.0} rec/s, off {async_rate:.0} rec/s; 100 records/tx)", batched / async_rate),
@@ -524,12 +537,12 @@ async fn main() {
     cluster.create_topics(&[(&tp, PARTITIONS)]).unwrap();
     let (b, t) = (brokers.clone(), tp.clone());
     tokio::task::spawn_blocking(move || produce(&b, &t, n1)).await.unwrap();
-    let (p1, p1_cpu) = container_rate(&pool, &mock, &tp, n1, 500, false, false, 4).await;
+    let (p1, p1_cpu) = container_rate(&pool, &mock, &tp, n1, Setup { partitions: 4, ..Setup::new(500, false) }).await;
     let tp2 = unique("parallel2");
     cluster.create_topics(&[(&tp2, PARTITIONS)]).unwrap();
     let (b, t) = (brokers.clone(), tp2.clone());
     tokio::task::spawn_blocking(move || produce(&b, &t, n2)).await.unwrap();
-    let (p2, p2_cpu) = container_rate(&pool, &mock, &tp2, n2, 100, true, false, 4).await;
+    let (p2, p2_cpu) = container_rate(&pool, &mock, &tp2, n2, Setup { partitions: 4, ..Setup::new(100, true) }).await;
     record(
         "parallel",
         format!(
