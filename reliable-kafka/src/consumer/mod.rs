@@ -205,7 +205,11 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
     /// fails (decoding, handler error, panic, timeout, commit), the batch is rolled back
     /// and its records are processed again one by one, so the failing record is retried
     /// and dead-lettered alone; effects outside the transaction (HTTP calls) of the
-    /// records before it then happen twice.
+    /// records before it then happen twice. The whole batch call must finish within
+    /// `handler_timeout`. `build()` checks that a failed batch attempt plus one record's
+    /// retries fit in `max.poll.interval.ms`; each further failing record of the same
+    /// batch adds its own retries before the consumer polls again, so keep batches
+    /// small when records fail often and their retries are long.
     pub fn max_batch(mut self, records: usize) -> Self {
         self.max_batch = records;
         self
@@ -295,12 +299,15 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             let backoff = options.backoff.unwrap_or(Ok(self.default_backoff))?;
             // A record retried in place keeps the consumer from polling: all its attempts
             // and waits must fit in max.poll.interval.ms, or the group evicts the member.
-            let worst = self.handler_timeout * backoff.max_attempts() + backoff.max_total_delay();
+            // With batches, a failed batch attempt (up to one handler_timeout) comes first.
+            let batch_attempt = if self.max_batch > 1 { self.handler_timeout } else { Duration::ZERO };
+            let worst = batch_attempt + self.handler_timeout * backoff.max_attempts() + backoff.max_total_delay();
             if worst >= Duration::from_millis(max_poll_ms) {
                 return Err(ConfigError::invalid(
                     "max.poll.interval.ms",
                     format!(
-                        "`{topic}` can take {worst:?} on one record ({} attempts of up to handler_timeout {:?} plus {:?} of back-off), longer than max.poll.interval.ms ({max_poll_ms} ms); raise it, or lower the attempts, the back-off or handler_timeout",
+                        "`{topic}` can take {worst:?} on one record ({}{} attempts of up to handler_timeout {:?} plus {:?} of back-off), longer than max.poll.interval.ms ({max_poll_ms} ms); raise it, or lower the attempts, the back-off or handler_timeout",
+                        if self.max_batch > 1 { "a failed batch attempt, then " } else { "" },
                         backoff.max_attempts(),
                         self.handler_timeout,
                         backoff.max_total_delay()
@@ -589,6 +596,7 @@ impl<DB: Backend> ListenerContainer<DB> {
         // permits bounding them, and the flag a task sets when it stored an offset.
         let mut inflight = HashMap::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(self.partition_concurrency));
+        let backlog = Arc::new(tokio::sync::Semaphore::new(self.partition_concurrency * 4));
         let stored = Arc::new(std::sync::atomic::AtomicBool::new(false));
         loop {
             let received = match carry.take() {
@@ -635,19 +643,37 @@ impl<DB: Backend> ListenerContainer<DB> {
                         let key = (batch[0].topic().to_owned(), batch[0].partition());
                         let owned: Vec<OwnedMessage> = batch.iter().map(|m| m.detach()).collect();
                         drop(batch);
-                        inflight.retain(|_, t: &mut tokio::task::JoinHandle<()>| !t.is_finished());
-                        let permit = tokio::select! {
+                        inflight.retain(|_, t: &mut tokio::task::JoinHandle<bool>| !t.is_finished());
+                        // Bounded backlog: at most 4 batches per permit are queued or running;
+                        // beyond that the loop waits, as a sequential container waits.
+                        let queued = tokio::select! {
                             biased;
                             _ = shutdown.cancelled() => break,
-                            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                            q = backlog.clone().acquire_owned() => q.expect("semaphore never closed"),
                         };
                         let previous = inflight.remove(&key);
-                        let (inner, consumer, stored, shutdown) =
-                            (self.inner.clone(), self.consumer.clone(), stored.clone(), shutdown.clone());
+                        let (inner, consumer, stored, shutdown, permits) = (
+                            self.inner.clone(),
+                            self.consumer.clone(),
+                            stored.clone(),
+                            shutdown.clone(),
+                            permits.clone(),
+                        );
                         let task = tokio::spawn(async move {
-                            let _permit = permit;
+                            let _queued = queued;
+                            // The partition's order: start after its previous batch, and only
+                            // if that one finished every record (else the records after it
+                            // must not move the offset past the unfinished ones).
                             if let Some(previous) = previous {
-                                let _ = previous.await; // the partition's order
+                                if !matches!(previous.await, Ok(true)) {
+                                    return false;
+                                }
+                            }
+                            // The permit bounds batches running, not batches waiting for
+                            // their partition's previous one.
+                            let _running = permits.acquire_owned().await.expect("semaphore never closed");
+                            if shutdown.is_cancelled() {
+                                return false;
                             }
                             let done = inner.process_batch(&owned, &shutdown).await;
                             if let Some(last) = done.checked_sub(1).map(|i| &owned[i]) {
@@ -657,21 +683,22 @@ impl<DB: Backend> ListenerContainer<DB> {
                                 stored.store(true, Ordering::Relaxed);
                                 inner.stats.touch();
                             }
+                            done == owned.len()
                         });
                         inflight.insert(key, task);
-                        continue;
-                    }
-                    let done = self.inner.process_batch(&batch, &shutdown).await;
-                    if let Some(last) = done.checked_sub(1).map(|i| &batch[i]) {
-                        if let Err(e) = self.consumer.store_offset(last.topic(), last.partition(), last.offset()) {
-                            // The partition was revoked meanwhile; its new owner redelivers.
-                            tracing::debug!(error = %e, "offset not stored");
+                    } else {
+                        let done = self.inner.process_batch(&batch, &shutdown).await;
+                        if let Some(last) = done.checked_sub(1).map(|i| &batch[i]) {
+                            if let Err(e) = self.consumer.store_offset(last.topic(), last.partition(), last.offset()) {
+                                // The partition was revoked meanwhile; its new owner redelivers.
+                                tracing::debug!(error = %e, "offset not stored");
+                            }
+                            dirty = true;
+                            self.inner.stats.touch();
                         }
-                        dirty = true;
-                        self.inner.stats.touch();
-                    }
-                    if done < batch.len() {
-                        break; // shutdown came first
+                        if done < batch.len() {
+                            break; // shutdown came first
+                        }
                     }
                 }
             }
