@@ -242,3 +242,40 @@ async fn the_database_url_scheme_picks_the_backend_and_a_bad_one_names_the_key()
     }
     let _ = std::fs::remove_file(path);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_sqlite_outbox_row_is_parked_and_the_others_are_published() {
+    let pool = sqlite_pool().await;
+    let kafka = kafka();
+    let topic = unique("malformed");
+    create_topics(&kafka, &topic, 1).await;
+    // Rows written by another tool: an id that is not a UUID, headers that are not JSON.
+    sqlx::raw_sql(&format!(
+        "INSERT INTO rk_outbox (id, aggregatetype, type, schema_version, payload, content_type) \
+         VALUES ('not-a-uuid', '{topic}', 'Work', 1, x'7b7d', 'application/json');
+         INSERT INTO rk_outbox (id, aggregatetype, type, schema_version, payload, content_type, headers) \
+         VALUES ('{}', '{topic}', 'Work', 1, x'7b7d', 'application/json', 'not json');",
+        Uuid::now_v7()
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let options = EnqueueOptions { topic: Some(topic.clone()), ..Default::default() };
+    Outbox::new().enqueue_with(&mut tx, &Work { key: "k".into(), n: 1 }, options).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build().unwrap();
+    assert_eq!(relay.relay_once().await.unwrap().published, 1);
+    let parked: Vec<String> =
+        sqlx::query_scalar("SELECT last_error FROM rk_outbox WHERE parked_at IS NOT NULL ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    assert!(parked[0].contains("not-a-uuid"), "{parked:?}");
+    assert!(parked[1].starts_with("malformed outbox row"), "{parked:?}");
+    assert_eq!(relay.relay_once().await.unwrap().published, 0, "parked rows are not claimed again");
+    let msgs = read_topic(&kafka, &topic, 1, Duration::from_secs(20), Duration::from_millis(500)).await;
+    assert_eq!(msgs.len(), 1);
+}

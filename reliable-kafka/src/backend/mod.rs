@@ -219,6 +219,9 @@ pub struct RelaySql {
     pub(crate) mark: String,
     pub(crate) fail: String,
     pub(crate) cleanup: String,
+    /// SQLite: parks a row that cannot be read, by `seq` (PostgreSQL's typed columns
+    /// cannot hold such rows).
+    pub(crate) park_malformed: String,
 }
 
 /// Statements of the idempotent consumer for one deduplication table.

@@ -93,6 +93,7 @@ impl Sealed for Postgres {
                  parked_at = CASE WHEN u.permanent AND {t}.attempts + 1 >= $3 THEN now() END \
                  FROM unnest($1::uuid[], $2::text[], $4::bool[]) AS u(id, err, permanent) WHERE {t}.id = u.id"
             ),
+            park_malformed: String::new(),
             cleanup: format!(
                 "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE delivered_at < $1 LIMIT 10000)"
             ),

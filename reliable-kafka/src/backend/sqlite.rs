@@ -9,6 +9,7 @@ use std::future::Future;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::types::Json;
+use sqlx::{FromRow, Row};
 use sqlx::{Pool, Sqlite, SqliteConnection, Transaction};
 use uuid::Uuid;
 
@@ -87,9 +88,10 @@ impl Sealed for Sqlite {
         RelaySql {
             table: t.to_owned(),
             select: format!(
-                "SELECT id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers, created_at \
+                "SELECT seq, id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers, created_at \
                  FROM {t} WHERE delivered_at IS NULL AND parked_at IS NULL ORDER BY seq LIMIT $1"
             ),
+            park_malformed: format!("UPDATE {t} SET parked_at = {NOW}, attempts = attempts + 1, last_error = $2 WHERE seq = $1"),
             mark: if delete_on_delivery {
                 format!("DELETE FROM {t} WHERE id IN (SELECT value FROM json_each($1))")
             } else {
@@ -125,19 +127,30 @@ impl Sealed for Sqlite {
         let Some(_lock) = super::LocalLock::try_take(&name) else {
             return Ok(None);
         };
-        let rows: Vec<LiteOutboxRow> =
-            sqlx::query_as(&sql.select).bind(limit).fetch_all(pool).await.map_err(Error::db("claim outbox rows"))?;
+        let rows: Vec<sqlx::sqlite::SqliteRow> =
+            sqlx::query(&sql.select).bind(limit).fetch_all(pool).await.map_err(Error::db("claim outbox rows"))?;
         if rows.is_empty() {
             return Ok(Some(Published::default()));
         }
         let mut claimed = Vec::with_capacity(rows.len());
-        for r in rows {
-            // A row another tool wrote with a malformed id cannot be acknowledged by id:
-            // fail loudly rather than publish it forever.
-            let id = Uuid::parse_str(&r.id).map_err(|e| Error::Database {
-                operation: "claim outbox rows",
-                source: sqlx::Error::Decode(format!("outbox row id {:?} is not a UUID: {e}", r.id).into()),
-            })?;
+        // Rows another tool wrote that cannot be read (an id that is not a UUID, headers
+        // that are not JSON) are parked with the reason instead of blocking the table.
+        let mut malformed: Vec<(i64, String)> = Vec::new();
+        for row in rows {
+            let seq: i64 = row.try_get("seq").map_err(Error::db("claim outbox rows"))?;
+            let decoded =
+                LiteOutboxRow::from_row(&row).map_err(|e| e.to_string()).and_then(|r| match Uuid::parse_str(&r.id) {
+                    Ok(id) => Ok((id, r)),
+                    Err(e) => Err(format!("id {:?} is not a UUID: {e}", r.id)),
+                });
+            let (id, r) = match decoded {
+                Ok(ok) => ok,
+                Err(why) => {
+                    tracing::error!(seq, reason = %why, "malformed outbox row parked");
+                    malformed.push((seq, format!("malformed outbox row: {why}")));
+                    continue;
+                }
+            };
             claimed.push(OutboxRow {
                 id,
                 topic: r.aggregatetype,
@@ -150,8 +163,16 @@ impl Sealed for Sqlite {
                 created_at: r.created_at,
             });
         }
-        let published = publish(claimed).await;
+        let published = if claimed.is_empty() { Published::default() } else { publish(claimed).await };
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(Error::db("begin relay transaction"))?;
+        for (seq, why) in &malformed {
+            sqlx::query(&sql.park_malformed)
+                .bind(seq)
+                .bind(why)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("park malformed outbox row"))?;
+        }
         if !published.delivered.is_empty() {
             let ids: Vec<String> = published.delivered.iter().map(|id| id.hyphenated().to_string()).collect();
             sqlx::query(&sql.mark)
