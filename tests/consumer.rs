@@ -320,17 +320,7 @@ impl reliable_kafka::EventHandler for MultiRow {
     ) -> futures::future::BoxFuture<'a, Result<(), reliable_kafka::HandlerError>> {
         Box::pin(async move {
             self.sizes.lock().unwrap().push(events.len());
-            let ids: Vec<Uuid> = events.iter().map(|(_, r)| r.message_id).collect();
-            let keys: Vec<&str> = events.iter().map(|(e, _)| e.key.as_str()).collect();
-            let ns: Vec<i32> = events.iter().map(|(e, _)| e.n as i32).collect();
-            sqlx::query(
-                "INSERT INTO effects (message_id, key, n) SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[])",
-            )
-            .bind(&ids)
-            .bind(&keys)
-            .bind(&ns)
-            .execute(ctx.tx())
-            .await?;
+            insert_effects(ctx.tx(), &events).await?;
             Ok(())
         })
     }

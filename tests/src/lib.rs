@@ -244,6 +244,26 @@ pub async fn create_effects_table_sqlite(pool: &sqlx::SqlitePool) {
         .unwrap();
 }
 
+/// Inserts one effect per `(work, record)` with one multi-row statement (`unnest`).
+///
+/// # Errors
+/// The insert's error.
+pub async fn insert_effects(
+    conn: &mut sqlx::PgConnection,
+    events: &[(Work, reliable_kafka::RecordInfo)],
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<uuid::Uuid> = events.iter().map(|(_, r)| r.message_id).collect();
+    let keys: Vec<&str> = events.iter().map(|(e, _)| e.key.as_str()).collect();
+    let ns: Vec<i32> = events.iter().map(|(e, _)| e.n as i32).collect();
+    sqlx::query("INSERT INTO effects (message_id, key, n) SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[])")
+        .bind(&ids)
+        .bind(&keys)
+        .bind(&ns)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
 /// The effects table of [`Recorder`].
 pub async fn create_effects_table(pool: &PgPool) {
     sqlx::query("CREATE TABLE effects (id bigserial PRIMARY KEY, message_id uuid NOT NULL, key text NOT NULL, n integer NOT NULL)")

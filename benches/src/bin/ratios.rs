@@ -20,7 +20,7 @@ use reliable_kafka::{
     headers, EmbeddedKafka, EnqueueOptions, EventHandler, HandlerContext, HandlerError, HandlerOptions, KafkaConfig,
     ListenerContainer, Outbox, OutboxRelay,
 };
-use reliable_kafka_tests::{create_topics, isolated_pool, unique, Work};
+use reliable_kafka_tests::{create_topics, insert_effects, isolated_pool, unique, Work};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -172,17 +172,7 @@ impl EventHandler for Bench {
                 }
                 return Ok(());
             }
-            let ids: Vec<Uuid> = events.iter().map(|(_, r)| r.message_id).collect();
-            let keys: Vec<&str> = events.iter().map(|(e, _)| e.key.as_str()).collect();
-            let ns: Vec<i32> = events.iter().map(|(e, _)| e.n as i32).collect();
-            sqlx::query(
-                "INSERT INTO effects (message_id, key, n) SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[])",
-            )
-            .bind(&ids)
-            .bind(&keys)
-            .bind(&ns)
-            .execute(ctx.tx())
-            .await?;
+            insert_effects(ctx.tx(), &events).await?;
             Ok(())
         })
     }

@@ -197,6 +197,37 @@ pub struct OutboxRow {
     pub(crate) created_at: DateTime<Utc>,
 }
 
+/// The outbox columns besides the id, as both backends store them (the id's type
+/// differs: `uuid` on PostgreSQL, text on SQLite).
+#[derive(sqlx::FromRow)]
+pub(crate) struct OutboxColumns {
+    aggregatetype: String,
+    aggregateid: Option<String>,
+    #[sqlx(rename = "type")]
+    event_type: String,
+    schema_version: i32,
+    payload: Vec<u8>,
+    content_type: String,
+    headers: sqlx::types::Json<serde_json::Value>,
+    created_at: DateTime<Utc>,
+}
+
+impl OutboxColumns {
+    pub(crate) fn with_id(self, id: Uuid) -> OutboxRow {
+        OutboxRow {
+            id,
+            topic: self.aggregatetype,
+            key: self.aggregateid,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            payload: self.payload,
+            content_type: self.content_type,
+            headers: self.headers.0,
+            created_at: self.created_at,
+        }
+    }
+}
+
 /// A row whose send failed.
 pub struct SendFailure {
     pub(crate) id: Uuid,

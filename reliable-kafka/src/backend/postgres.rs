@@ -9,7 +9,9 @@ use sqlx::{PgConnection, Pool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::sealed::Sealed;
-use super::{DedupSql, NamedLock, NewOutboxRow, OutboxRow, ParkRow, Published, RelaySql, TransactionState};
+use super::{
+    DedupSql, NamedLock, NewOutboxRow, OutboxColumns, OutboxRow, ParkRow, Published, RelaySql, TransactionState,
+};
 use crate::Error;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -22,15 +24,8 @@ const RELAY_LOCK_SQL: &str = "SELECT pg_try_advisory_xact_lock(($1::regclass::oi
 #[derive(sqlx::FromRow)]
 struct PgOutboxRow {
     id: Uuid,
-    aggregatetype: String,
-    aggregateid: Option<String>,
-    #[sqlx(rename = "type")]
-    event_type: String,
-    schema_version: i32,
-    payload: Vec<u8>,
-    content_type: String,
-    headers: Json<serde_json::Value>,
-    created_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    columns: OutboxColumns,
 }
 
 impl Sealed for Postgres {
@@ -130,20 +125,7 @@ impl Sealed for Postgres {
         if rows.is_empty() {
             return Ok(Some(Published::default()));
         }
-        let rows = rows
-            .into_iter()
-            .map(|r| OutboxRow {
-                id: r.id,
-                topic: r.aggregatetype,
-                key: r.aggregateid,
-                event_type: r.event_type,
-                schema_version: r.schema_version,
-                payload: r.payload,
-                content_type: r.content_type,
-                headers: r.headers.0,
-                created_at: r.created_at,
-            })
-            .collect();
+        let rows = rows.into_iter().map(|r| r.columns.with_id(r.id)).collect();
         let published = publish(rows).await;
         if !published.delivered.is_empty() {
             sqlx::query(&sql.mark)

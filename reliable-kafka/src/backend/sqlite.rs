@@ -14,7 +14,9 @@ use sqlx::{Pool, Sqlite, SqliteConnection, Transaction};
 use uuid::Uuid;
 
 use super::sealed::Sealed;
-use super::{DedupSql, NamedLock, NewOutboxRow, OutboxRow, ParkRow, Published, RelaySql, TransactionState};
+use super::{
+    DedupSql, NamedLock, NewOutboxRow, OutboxColumns, OutboxRow, ParkRow, Published, RelaySql, TransactionState,
+};
 use crate::Error;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -30,15 +32,8 @@ const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 #[derive(sqlx::FromRow)]
 struct LiteOutboxRow {
     id: String,
-    aggregatetype: String,
-    aggregateid: Option<String>,
-    #[sqlx(rename = "type")]
-    event_type: String,
-    schema_version: i32,
-    payload: Vec<u8>,
-    content_type: String,
-    headers: Json<serde_json::Value>,
-    created_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    columns: OutboxColumns,
 }
 
 impl Sealed for Sqlite {
@@ -151,17 +146,7 @@ impl Sealed for Sqlite {
                     continue;
                 }
             };
-            claimed.push(OutboxRow {
-                id,
-                topic: r.aggregatetype,
-                key: r.aggregateid,
-                event_type: r.event_type,
-                schema_version: r.schema_version,
-                payload: r.payload,
-                content_type: r.content_type,
-                headers: r.headers.0,
-                created_at: r.created_at,
-            });
+            claimed.push(r.columns.with_id(id));
         }
         let published = if claimed.is_empty() { Published::default() } else { publish(claimed).await };
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(Error::db("begin relay transaction"))?;
