@@ -4,13 +4,52 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use rdkafka::mocking::MockCluster;
+use rdkafka::mocking::{MockCluster, MockCoordinator};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 use crate::{Error, KafkaConfig};
 
 enum Command {
     CreateTopic { topic: String, partitions: i32, done: mpsc::Sender<rdkafka::error::KafkaResult<()>> },
+    Inject { fault: MockFault, done: mpsc::Sender<rdkafka::error::KafkaResult<()>> },
     Stop,
+}
+
+/// A broker fault for [`EmbeddedKafka::inject`]: what librdkafka's mock cluster can
+/// simulate (`rd_kafka_mock_*` of librdkafka's `rdkafka_mock.h`).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum MockFault {
+    /// The next `errors.len()` requests of `api` to any broker fail, each with the next
+    /// error of `errors`. `RD_KAFKA_RESP_ERR__TRANSPORT` closes the client's connection
+    /// instead of answering.
+    RequestErrors {
+        /// The request type, e.g. `Produce`, `Fetch`, `OffsetCommit`, `JoinGroup`.
+        api: RDKafkaApiKey,
+        /// The error codes, used in order.
+        errors: Vec<RDKafkaRespErr>,
+    },
+    /// The coordinator of consumer group `group` moves to broker `broker` (1-based).
+    MoveGroupCoordinator {
+        /// Consumer group id.
+        group: String,
+        /// Broker id, `1..=brokers`.
+        broker: i32,
+    },
+    /// The leader of `topic`'s `partition` moves to broker `broker` (1-based).
+    MovePartitionLeader {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Broker id, `1..=brokers`.
+        broker: i32,
+    },
+    /// Broker `broker` closes its connections and refuses new ones (-1: every broker).
+    /// Leaders do not move.
+    BrokerDown(i32),
+    /// Broker `broker` accepts connections again (-1: every broker).
+    BrokerUp(i32),
 }
 
 /// librdkafka's mock cluster, running on its own thread until dropped.
@@ -72,6 +111,23 @@ impl EmbeddedKafka {
                         Command::CreateTopic { topic, partitions, done } => {
                             let _ = done.send(cluster.create_topic(&topic, partitions, 1));
                         }
+                        Command::Inject { fault, done } => {
+                            let result = match fault {
+                                MockFault::RequestErrors { api, errors } => {
+                                    cluster.request_errors(api, &errors);
+                                    Ok(())
+                                }
+                                MockFault::MoveGroupCoordinator { group, broker } => {
+                                    cluster.coordinator(MockCoordinator::Group(group), broker)
+                                }
+                                MockFault::MovePartitionLeader { topic, partition, broker } => {
+                                    cluster.partition_leader(&topic, partition, Some(broker))
+                                }
+                                MockFault::BrokerDown(b) => cluster.broker_down(b),
+                                MockFault::BrokerUp(b) => cluster.broker_up(b),
+                            };
+                            let _ = done.send(result);
+                        }
                         Command::Stop => break,
                     }
                 }
@@ -107,16 +163,49 @@ impl EmbeddedKafka {
     /// [`Error::Kafka`] when the cluster rejects a topic.
     pub fn create_topics(&self, topics: &[(&str, i32)]) -> Result<(), Error> {
         for (topic, partitions) in topics {
-            let (done, result) = mpsc::channel();
-            let cmd = Command::CreateTopic { topic: (*topic).to_owned(), partitions: *partitions, done };
-            let stopped = || Error::Kafka {
-                operation: "create topic",
-                source: rdkafka::error::KafkaError::ClientCreation("embedded cluster stopped".into()),
-            };
-            self.commands.send(cmd).map_err(|_| stopped())?;
-            result.recv().map_err(|_| stopped())?.map_err(Error::kafka("create topic"))?;
+            self.call("create topic", |done| Command::CreateTopic {
+                topic: (*topic).to_owned(),
+                partitions: *partitions,
+                done,
+            })?;
         }
         Ok(())
+    }
+
+    /// Injects `fault` into the running cluster, for fault-injection tests: clients see
+    /// it on their next requests.
+    ///
+    /// ```
+    /// use reliable_kafka::{EmbeddedKafka, MockFault};
+    /// use reliable_kafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    /// let kafka = EmbeddedKafka::start(3)?;
+    /// kafka.inject(MockFault::RequestErrors {
+    ///     api: RDKafkaApiKey::Produce,
+    ///     errors: vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 3],
+    /// })?;
+    /// kafka.inject(MockFault::MoveGroupCoordinator { group: "payment-compensator-group".into(), broker: 2 })?;
+    /// # Ok::<(), reliable_kafka::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Kafka`] when the cluster rejects the fault (an unknown broker id, say)
+    /// or has stopped.
+    pub fn inject(&self, fault: MockFault) -> Result<(), Error> {
+        self.call("inject fault", |done| Command::Inject { fault, done })
+    }
+
+    fn call(
+        &self,
+        operation: &'static str,
+        command: impl FnOnce(mpsc::Sender<rdkafka::error::KafkaResult<()>>) -> Command,
+    ) -> Result<(), Error> {
+        let (done, result) = mpsc::channel();
+        let stopped = || Error::Kafka {
+            operation,
+            source: rdkafka::error::KafkaError::ClientCreation("embedded cluster stopped".into()),
+        };
+        self.commands.send(command(done)).map_err(|_| stopped())?;
+        result.recv().map_err(|_| stopped())?.map_err(Error::kafka(operation))
     }
 }
 

@@ -63,6 +63,14 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+/// A fail point of the `failpoints` feature; nothing without it.
+macro_rules! fault_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+
 mod backend;
 mod backoff;
 mod consumer;
@@ -83,7 +91,7 @@ pub use consumer::{
     ContainerHandle, ContainerStats, DeadLetterInfo, DeadLetterReason, EventHandler, HandlerContext, HandlerError,
     HandlerOptions, ListenerContainer, ListenerContainerBuilder, RecordInfo, DEFAULT_DEAD_LETTER_SUFFIX,
 };
-pub use embedded::EmbeddedKafka;
+pub use embedded::{EmbeddedKafka, MockFault};
 pub use error::{BoxError, ConfigError, Error};
 pub use event::{Codec, CodecError, Event, JsonCodec};
 pub use kafka::{KafkaConfig, DEFAULT_BROKERS};
@@ -100,6 +108,9 @@ pub(crate) use consumer::report as report_chain;
 /// The shutdown signal taken by [`ListenerContainer::run`] and [`OutboxRelay::run`]
 /// (re-exported from `tokio-util`).
 pub use tokio_util::sync::CancellationToken;
+/// The `rdkafka` this crate is built on, for its types in this API (the error codes
+/// of [`MockFault`], say) without a second, possibly different, version.
+pub use rdkafka;
 
 /// The error and its whole `source()` chain, `": "`-separated: the form written to the
 /// `kafka_dlt-exception-message` header and to logs.

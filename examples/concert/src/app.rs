@@ -78,6 +78,12 @@ pub struct AppConfig {
     /// Fallback poll of the outbox relay (default 500 ms; PostgreSQL also wakes it by
     /// notification, SQLite only by this poll).
     pub relay_poll_interval: Duration,
+    /// Run the outbox relay and the consumer groups in this process (default true).
+    /// False runs the API, the demo servers, the recovery and the re-driver only, with
+    /// the relay and consumers in [`Workers`] processes (as the chaos harness does).
+    pub pipeline: bool,
+    /// Records of one partition processed in one transaction ([`ListenerContainerBuilder::max_batch`], default 1).
+    pub max_batch: usize,
 }
 
 impl Default for AppConfig {
@@ -101,6 +107,8 @@ impl Default for AppConfig {
             webhook_backoff: Duration::from_millis(200),
             create_topics: true,
             relay_poll_interval: Duration::from_millis(500),
+            pipeline: true,
+            max_batch: 1,
         }
     }
 }
@@ -116,8 +124,8 @@ pub struct App {
     pub receiver: Option<(DemoReceiver, Server)>,
     /// The consumer groups.
     pub containers: Vec<ContainerHandle>,
-    /// The outbox relay.
-    pub relay: RelayHandle,
+    /// The outbox relay (none without [`AppConfig::pipeline`]).
+    pub relay: Option<RelayHandle>,
     /// The re-drive scheduler of `payment-notification.DLQ`.
     pub redriver: Option<RedriveHandle>,
     recovery: (CancellationToken, std::thread::JoinHandle<()>),
@@ -171,9 +179,10 @@ impl App {
             .unwrap_or_else(|| receiver.as_ref().map(|(_, s)| format!("{}/notify", s.url())).unwrap_or_default());
         let client = GatewayClient::new(&gateway_url, cfg.connect_timeout, cfg.request_timeout, GATEWAY_RETRIES)?;
 
+        let parts = Parts { relay: cfg.pipeline, consumers: cfg.pipeline, redriver: true };
         let (relay, containers, redriver) = match &pool {
-            Db::Postgres(p) => start_pipeline(p.clone(), &kafka, &store, cfg, &webhook_url)?,
-            Db::Sqlite(p) => start_pipeline(p.clone(), &kafka, &store, cfg, &webhook_url)?,
+            Db::Postgres(p) => start_pipeline(p.clone(), &kafka, &store, cfg, &webhook_url, parts)?,
+            Db::Sqlite(p) => start_pipeline(p.clone(), &kafka, &store, cfg, &webhook_url, parts)?,
         };
 
         // The bulkhead gets its own small pool as well as its own thread and runtime
@@ -217,7 +226,9 @@ impl App {
         for c in self.containers {
             c.shutdown().await?;
         }
-        self.relay.shutdown().await;
+        if let Some(relay) = self.relay {
+            relay.shutdown().await;
+        }
         if let Some((_, s)) = self.gateway {
             s.stop().await;
         }
@@ -233,8 +244,73 @@ pub fn topics() -> Vec<String> {
     TOPICS.iter().flat_map(|t| [(*t).to_owned(), format!("{t}{DEFAULT_DEAD_LETTER_SUFFIX}")]).collect()
 }
 
+/// Which part of the pipeline a [`Workers`] process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerRole {
+    /// The outbox relay.
+    Relay,
+    /// One member of each consumer group.
+    Consumers,
+}
+
+/// The relay or the consumer groups in a process of their own, beside an [`App`]
+/// started without [`AppConfig::pipeline`]: the processes the chaos harness kills.
+#[derive(Debug)]
+pub struct Workers {
+    /// The relay, for [`WorkerRole::Relay`].
+    pub relay: Option<RelayHandle>,
+    /// The consumer groups, for [`WorkerRole::Consumers`].
+    pub containers: Vec<ContainerHandle>,
+}
+
+impl Workers {
+    /// Starts `role` against tables migrated by the [`App`], sending notifications to
+    /// `webhook_url`.
+    ///
+    /// # Errors
+    /// When a part cannot be configured.
+    pub fn start(
+        pool: Db,
+        store: &Store,
+        kafka: &KafkaConfig,
+        cfg: &AppConfig,
+        role: WorkerRole,
+        webhook_url: &str,
+    ) -> anyhow::Result<Workers> {
+        let parts =
+            Parts { relay: role == WorkerRole::Relay, consumers: role == WorkerRole::Consumers, redriver: false };
+        let (relay, containers, _) = match &pool {
+            Db::Postgres(p) => start_pipeline(p.clone(), kafka, store, cfg, webhook_url, parts)?,
+            Db::Sqlite(p) => start_pipeline(p.clone(), kafka, store, cfg, webhook_url, parts)?,
+        };
+        Ok(Workers { relay, containers })
+    }
+
+    /// Stops gracefully: each container finishes its records in hand and commits, the
+    /// relay finishes its batch.
+    ///
+    /// # Errors
+    /// The first container error.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        for c in self.containers {
+            c.shutdown().await?;
+        }
+        if let Some(relay) = self.relay {
+            relay.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
 /// The relay, the consumer groups and the re-driver, on the database's backend.
-type Pipeline = (RelayHandle, Vec<ContainerHandle>, Option<RedriveHandle>);
+type Pipeline = (Option<RelayHandle>, Vec<ContainerHandle>, Option<RedriveHandle>);
+
+#[derive(Clone, Copy)]
+struct Parts {
+    relay: bool,
+    consumers: bool,
+    redriver: bool,
+}
 
 fn start_pipeline<DB: AppBackend>(
     pool: sqlx::Pool<DB>,
@@ -242,17 +318,22 @@ fn start_pipeline<DB: AppBackend>(
     store: &Store,
     cfg: &AppConfig,
     webhook_url: &str,
+    parts: Parts,
 ) -> anyhow::Result<Pipeline> {
-    let relay =
-        OutboxRelay::builder(pool.clone(), kafka.clone()).poll_interval(cfg.relay_poll_interval).build()?.spawn();
+    let relay = match parts.relay {
+        true => Some(
+            OutboxRelay::builder(pool.clone(), kafka.clone()).poll_interval(cfg.relay_poll_interval).build()?.spawn(),
+        ),
+        false => None,
+    };
     let mut containers = Vec::new();
     let mut group = |make: &dyn Fn() -> ListenerContainerBuilder<DB>| -> anyhow::Result<()> {
-        for _ in 0..cfg.consumers_per_group.max(1) {
+        for _ in 0..cfg.consumers_per_group.max(1) * usize::from(parts.consumers) {
             containers.push(make().build()?.spawn());
         }
         Ok(())
     };
-    let build = || ListenerContainer::builder(kafka.clone(), pool.clone());
+    let build = || ListenerContainer::builder(kafka.clone(), pool.clone()).max_batch(cfg.max_batch);
     group(&|| build().handler(compensate_payment))?;
     let cleanup = RedisCleanup { store: store.clone() };
     group(&|| build().handler(cleanup.clone()))?;
@@ -264,6 +345,8 @@ fn start_pipeline<DB: AppBackend>(
         group(&|| build().handler(store_order_info))?;
         group(&|| build().handler(send_order_alert))?;
         group(&|| build().handler(issue_coupon))?;
+    }
+    if cfg.flows == Flows::All && parts.redriver {
         redriver = Some(
             DeadLetterRedriver::builder(kafka.clone(), pool.clone())
                 .topic(format!("{PAYMENT_NOTIFICATION_TOPIC}{DEFAULT_DEAD_LETTER_SUFFIX}"))

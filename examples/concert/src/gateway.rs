@@ -69,6 +69,8 @@ pub struct ChargeResponse {
 struct GatewayState {
     charges: HashMap<i64, ChargeStatus>,
     calls: u64,
+    errors: u64,
+    hangs: u64,
 }
 
 /// The demo gateway server.
@@ -110,6 +112,12 @@ impl DemoGateway {
         self.state.lock().unwrap().calls
     }
 
+    /// Faults injected so far: `(503 answers, answers held back by the hang)`.
+    pub fn faults(&self) -> (u64, u64) {
+        let s = self.state.lock().unwrap();
+        (s.errors, s.hangs)
+    }
+
     /// The routes: `POST /charges`, `GET /charges/{payment_id}`.
     pub fn router(&self) -> Router {
         Router::new()
@@ -136,6 +144,7 @@ async fn charge(
         let mut s = g.state.lock().unwrap();
         s.calls += 1;
         if fastrand::f64() < b.error_rate {
+            s.errors += 1;
             return Err(StatusCode::SERVICE_UNAVAILABLE);
         }
         let status = *s.charges.entry(req.payment_id).or_insert_with(|| {
@@ -145,7 +154,9 @@ async fn charge(
                 ChargeStatus::Approved
             }
         });
-        (status, per_id(b.seed, req.payment_id, 2) < b.hang_rate)
+        let hang = per_id(b.seed, req.payment_id, 2) < b.hang_rate;
+        s.hangs += u64::from(hang);
+        (status, hang)
     };
     if hang {
         tokio::time::sleep(b.hang).await;
@@ -158,6 +169,7 @@ async fn status(State(g): State<DemoGateway>, Path(payment_id): Path<i64>) -> Re
     let mut s = g.state.lock().unwrap();
     s.calls += 1;
     if fastrand::f64() < b.error_rate {
+        s.errors += 1;
         return Err(StatusCode::SERVICE_UNAVAILABLE);
     }
     match s.charges.get(&payment_id) {

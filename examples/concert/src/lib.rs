@@ -11,11 +11,15 @@
 //! | order trace (two groups) and coupons | 001 | [`handlers`], [`coupon`] |
 //! | payment recovery in a bulkhead | 004 | [`recovery`], [`gateway`] |
 //!
+//! [`chaos`] is the fault-injection harness that runs these flows while processes,
+//! the broker, PostgreSQL and Redis fail at the worst moments.
+//!
 //! Everything uses only the public API of `reliable-kafka`.
 
 pub mod api;
 pub mod app;
 pub mod booking;
+pub mod chaos;
 pub mod config;
 pub mod coupon;
 pub mod db;

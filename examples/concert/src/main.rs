@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use concert::app::{App, AppConfig, Flows};
+use concert::app::{App, AppConfig, Flows, WorkerRole, Workers};
+use concert::chaos::{self, ChaosConfig};
 use concert::config::Env;
 use concert::db::Db;
 use concert::scenario::{self, ScenarioConfig};
@@ -74,6 +75,56 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         redrive_interval_secs: u64,
     },
+    /// The fault-injection harness: drives users through every flow while processes
+    /// are killed at the worst moments, the broker restarts, PostgreSQL connections and
+    /// Redis drop, groups rebalance, the gateway and webhook fail; prints, last,
+    /// `chaos: ok messages= faults= kinds= lost=0 duplicated=0 dead_lettered= compensated=`
+    /// or `chaos: FAILED …` (exit 1). Needs PostgreSQL (`DATABASE_URL`, default
+    /// postgres://127.0.0.1:5432/postgres; a database is created per run), Redis
+    /// (`REDIS_URL`, default redis://127.0.0.1:6379) and the tansu binary.
+    Chaos {
+        /// Each fault kind lands at least this often.
+        #[arg(long, default_value_t = 10)]
+        faults_per_kind: u32,
+        /// Users per wave; waves run until the faults are done.
+        #[arg(long, default_value_t = 40)]
+        users_per_wave: usize,
+        /// Users in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Milliseconds between two faults.
+        #[arg(long, default_value_t = 500)]
+        fault_interval_ms: u64,
+        /// Upper bound of the fault phase, in minutes.
+        #[arg(long, default_value_t = 20)]
+        max_minutes: u64,
+        /// The tansu binary (default: `tansu` on PATH, else ~/.cargo/bin/tansu).
+        #[arg(long, env = "TANSU")]
+        tansu: Option<PathBuf>,
+        /// Seed of the failure assignment.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// A relay or consumer process of the chaos harness (started by `chaos`). Reads
+    /// `kill <fail point>` lines on stdin; stops gracefully on SIGTERM or end of stdin.
+    #[command(hide = true)]
+    Worker {
+        /// What to run.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Notification webhook URL.
+        #[arg(long)]
+        webhook_url: String,
+        /// Records per consumer transaction.
+        #[arg(long, default_value_t = 20)]
+        max_batch: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Relay,
+    Consumers,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -95,6 +146,50 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let env = Env::from_env();
+    match cli.command {
+        Some(Command::Chaos {
+            faults_per_kind,
+            users_per_wave,
+            concurrency,
+            fault_interval_ms,
+            max_minutes,
+            tansu,
+            seed,
+        }) => {
+            let defaults = ChaosConfig::default();
+            let cfg = ChaosConfig {
+                faults_per_kind,
+                users_per_wave,
+                concurrency,
+                fault_interval: Duration::from_millis(fault_interval_ms),
+                max_duration: Duration::from_secs(max_minutes * 60),
+                tansu: tansu.unwrap_or_else(find_tansu),
+                database_url: env.database_url.clone().unwrap_or(defaults.database_url.clone()),
+                redis_url: env.redis_url.clone().unwrap_or(defaults.redis_url.clone()),
+                seed,
+                ..defaults
+            };
+            let report = chaos::run(cfg).await?;
+            let faults: Vec<String> = report.faults.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            println!("chaos faults: {}", faults.join(" "));
+            for p in &report.problems {
+                println!("chaos problem: {p}");
+            }
+            println!("{}", report.line());
+            if !report.is_ok() {
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+        Some(Command::Worker { role, webhook_url, max_batch }) => {
+            let role = match role {
+                RoleArg::Relay => WorkerRole::Relay,
+                RoleArg::Consumers => WorkerRole::Consumers,
+            };
+            return run_worker(&env, role, &webhook_url, max_batch).await;
+        }
+        _ => {}
+    }
     let services = Services::start(&env).await?;
     let Services { db, store, kafka, embedded_kafka: _embedded_kafka, .. } = &services;
     let (db, store, kafka) = (db.clone(), store.clone(), kafka.clone());
@@ -233,6 +328,55 @@ impl Services {
             }
         }
     }
+}
+
+/// `tansu` on PATH, else `~/.cargo/bin/tansu`.
+fn find_tansu() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).find(|f| f.is_file()));
+    on_path.unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo").join("bin").join("tansu")
+    })
+}
+
+/// A chaos worker: `role` until SIGTERM or the end of stdin; `kill <point>` on stdin
+/// makes it SIGKILL itself the next time it passes that fail point.
+async fn run_worker(env: &Env, role: WorkerRole, webhook_url: &str, max_batch: usize) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let (Some(db_url), Some(redis_url), Some(kafka)) = (&env.database_url, &env.redis_url, &env.kafka) else {
+        anyhow::bail!("a worker needs DATABASE_URL, REDIS_URL and KAFKA_BROKERS");
+    };
+    static ARMED: std::sync::Mutex<Option<&'static str>> = std::sync::Mutex::new(None);
+    for point in chaos::KILL_POINTS {
+        fail::cfg_callback(point, move || {
+            if *ARMED.lock().unwrap() == Some(point) {
+                eprintln!("chaos worker: SIGKILL at {point}");
+                let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("fail point {point}: {e}"))?;
+    }
+    let db = Db::connect(db_url, 10).await?;
+    let store = Store::connect(redis_url, Duration::from_secs(600), &env.redis_namespace).await?;
+    let cfg = AppConfig { max_batch, ..ScenarioConfig::default().app_config() };
+    let workers = Workers::start(db.clone(), &store, kafka, &cfg, role, webhook_url)?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            line = lines.next_line() => match line? {
+                None => break,
+                Some(l) => {
+                    let point = l.strip_prefix("kill ").and_then(|p| chaos::KILL_POINTS.iter().find(|k| **k == p.trim()));
+                    *ARMED.lock().unwrap() = point.copied();
+                }
+            },
+        }
+    }
+    workers.stop().await?;
+    db.close().await;
+    Ok(())
 }
 
 /// `url` without its password.

@@ -181,35 +181,16 @@ pub async fn run(pool: Db, store: Store, kafka: KafkaConfig, cfg: &ScenarioConfi
     let started = Instant::now();
     let app = App::start(pool.clone(), store.clone(), kafka, &cfg.app_config()).await?;
     let base = app.api.url();
-    let (run_id, seats, users, coupon_id) = seed_data(&pool, cfg).await?;
-    tracing::info!(run_id, users = users.len(), "data created; running users over HTTP");
-
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-    let bar = if cfg.progress { ProgressBar::new(users.len() as u64) } else { ProgressBar::hidden() };
+    let bar = if cfg.progress { ProgressBar::new(cfg.users as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{spinner} users {pos}/{len} [{bar:40}] {per_sec} eta {eta} {msg}")
             .expect("valid template")
             .progress_chars("=> "),
     );
-    let outcomes: Vec<UserOutcome> = futures::stream::iter(users.iter().copied().zip(seats).enumerate())
-        .map(|(i, (user, seat))| {
-            let (http, base, bar) = (http.clone(), base.clone(), bar.clone());
-            let flows = cfg.flows;
-            async move {
-                let outcome = user_flow(&http, &base, i, user, seat, coupon_id, flows).await;
-                bar.inc(1);
-                outcome
-            }
-        })
-        .buffer_unordered(cfg.concurrency.max(1))
-        .collect()
-        .await;
+    let wave = drive_wave(&pool, &http, &base, cfg, &bar).await?;
     bar.finish_with_message("users done; waiting for the consumers");
-    let errors = outcomes.iter().filter(|o| o.error.is_some()).count() as i64;
-    for o in outcomes.iter().filter_map(|o| o.error.as_ref()).take(5) {
-        tracing::error!(error = %o, "user flow failed");
-    }
-    let idempotency_violations = outcomes.iter().filter(|o| o.idempotency_violated).count() as i64;
+    let Wave { run_id, coupon_id, errors, idempotency_violations } = wave;
     tracing::info!(elapsed = ?started.elapsed(), errors, "users done; waiting for the consumers");
 
     let deadline = Instant::now() + cfg.settle_timeout;
@@ -249,11 +230,53 @@ pub async fn run(pool: Db, store: Store, kafka: KafkaConfig, cfg: &ScenarioConfi
             )
         })
         .collect();
-    tracing::info!(?stats, webhook_repeats, relay_published = app.relay.stats().published(), "consumers settled");
+    tracing::info!(?stats, webhook_repeats, relay_published = app.relay.as_ref().map(|r| r.stats().published()), "consumers settled");
     app.stop().await?;
     report.errors = errors;
     report.wall = started.elapsed();
     Ok(report)
+}
+
+/// One group of users driven through the flows: its run id and coupon, and what went
+/// wrong on the HTTP side.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wave {
+    pub run_id: i64,
+    pub coupon_id: i64,
+    /// Users whose flow hit an unexpected HTTP answer.
+    pub errors: i64,
+    /// Users whose repeated payment requests were answered with different payments.
+    pub idempotency_violations: i64,
+}
+
+/// Creates `cfg.users` users and drives each through the flows over the API at `base`.
+pub(crate) async fn drive_wave(
+    pool: &Db,
+    http: &reqwest::Client,
+    base: &str,
+    cfg: &ScenarioConfig,
+    bar: &ProgressBar,
+) -> anyhow::Result<Wave> {
+    let (run_id, seats, users, coupon_id) = seed_data(pool, cfg).await?;
+    tracing::info!(run_id, users = users.len(), "data created; running users over HTTP");
+    let outcomes: Vec<UserOutcome> = futures::stream::iter(users.iter().copied().zip(seats).enumerate())
+        .map(|(i, (user, seat))| {
+            let flows = cfg.flows;
+            async move {
+                let outcome = user_flow(http, base, i, user, seat, coupon_id, flows).await;
+                bar.inc(1);
+                outcome
+            }
+        })
+        .buffer_unordered(cfg.concurrency.max(1))
+        .collect()
+        .await;
+    let errors = outcomes.iter().filter(|o| o.error.is_some()).count() as i64;
+    for o in outcomes.iter().filter_map(|o| o.error.as_ref()).take(5) {
+        tracing::error!(error = %o, "user flow failed");
+    }
+    let idempotency_violations = outcomes.iter().filter(|o| o.idempotency_violated).count() as i64;
+    Ok(Wave { run_id, coupon_id, errors, idempotency_violations })
 }
 
 struct UserOutcome {
@@ -420,7 +443,7 @@ async fn seed_data(pool: &Db, cfg: &ScenarioConfig) -> anyhow::Result<(i64, Vec<
 }
 
 /// Computes the report of run `run_id` from PostgreSQL and Redis.
-async fn check(pool: &Db, store: &Store, run_id: i64, coupon_id: i64, flows: Flows) -> anyhow::Result<Report> {
+pub(crate) async fn check(pool: &Db, store: &Store, run_id: i64, coupon_id: i64, flows: Flows) -> anyhow::Result<Report> {
     let mut r = Report::default();
     let mut lost = Vec::<(&str, i64)>::new();
     let mut dup = Vec::<(&str, i64)>::new();

@@ -137,6 +137,7 @@ pub struct ReceiverBehaviour {
 pub struct DemoReceiver {
     behaviour: Arc<Mutex<ReceiverBehaviour>>,
     accepted: Arc<Mutex<HashMap<i64, u32>>>,
+    faults: Arc<Mutex<(u64, u64)>>,
 }
 
 impl std::fmt::Debug for DemoReceiver {
@@ -148,7 +149,7 @@ impl std::fmt::Debug for DemoReceiver {
 impl DemoReceiver {
     /// A receiver behaving as `behaviour`.
     pub fn new(behaviour: ReceiverBehaviour) -> Self {
-        DemoReceiver { behaviour: Arc::new(Mutex::new(behaviour)), accepted: Arc::default() }
+        DemoReceiver { behaviour: Arc::new(Mutex::new(behaviour)), accepted: Arc::default(), faults: Arc::default() }
     }
 
     /// Changes the behaviour of later calls.
@@ -159,6 +160,11 @@ impl DemoReceiver {
     /// Notifications accepted, by payment id, with how often each was received.
     pub fn accepted(&self) -> HashMap<i64, u32> {
         self.accepted.lock().unwrap().clone()
+    }
+
+    /// Faults injected so far: `(503 answers, answers delayed)`.
+    pub fn faults(&self) -> (u64, u64) {
+        *self.faults.lock().unwrap()
     }
 
     /// Serves `POST /notify` on `addr`.
@@ -173,9 +179,11 @@ impl DemoReceiver {
 async fn receive(State(r): State<DemoReceiver>, Json(n): Json<Notification>) -> StatusCode {
     let b = *r.behaviour.lock().unwrap();
     if (b.always_fail_every > 0 && n.payment_id % b.always_fail_every == 0) || fastrand::f64() < b.fail_rate {
+        r.faults.lock().unwrap().0 += 1;
         return StatusCode::SERVICE_UNAVAILABLE;
     }
     if fastrand::f64() < b.delay_rate {
+        r.faults.lock().unwrap().1 += 1;
         tokio::time::sleep(b.delay).await;
     }
     *r.accepted.lock().unwrap().entry(n.payment_id).or_default() += 1;

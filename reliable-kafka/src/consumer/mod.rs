@@ -920,7 +920,9 @@ impl<DB: Backend> Inner<DB> {
             Ok(TransactionState::Aborted) => return Err("transaction aborted".into()),
             Err(e) => return Err(report(&e)),
         }
+        fault_point!("rk-consumer-before-commit");
         ctx.tx.commit().await.map_err(|e| report(&e))?;
+        fault_point!("rk-consumer-after-commit");
         self.stats.processed.fetch_add(handled.len() as u64, Ordering::Relaxed);
         self.stats.duplicates.fetch_add((batch.len() - handled.len()) as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -1084,7 +1086,9 @@ impl<DB: Backend> Inner<DB> {
             }
             Err(e) => return Err(classify_db(e, "check handler transaction")),
         }
+        fault_point!("rk-consumer-before-commit");
         ctx.tx.commit().await.map_err(|e| classify_db(e, "commit handler transaction"))?;
+        fault_point!("rk-consumer-after-commit");
         Ok(false)
     }
 

@@ -291,6 +291,7 @@ impl<DB: Backend> OutboxRelay<DB> {
                 return Published { delivered: rows.iter().map(|r| r.id).collect(), failed: Vec::new() };
             }
             let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
+            fault_point!("rk-relay-before-send");
             let results = send_in_order(producer, rows.into_iter().map(OutboxRow::into_record).collect()).await;
             let mut out = Published { delivered: Vec::with_capacity(ids.len()), failed: Vec::new() };
             for (id, res) in ids.into_iter().zip(results) {
@@ -303,6 +304,7 @@ impl<DB: Backend> OutboxRelay<DB> {
                     }
                 }
             }
+            fault_point!("rk-relay-after-send");
             out
         };
         let Some(published) =
