@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use reliable_kafka::{headers as h, DeadLetterInfo, DeadLetterReason, ListenerContainer};
 use reliable_kafka_tests::*;
 use uuid::Uuid;
@@ -194,4 +194,67 @@ async fn every_malformed_record_is_dead_lettered_with_its_reason_and_the_valid_o
         *by_reason.entry(*reason).or_default() += 1;
     }
     println!("dead-lettered by reason: {by_reason:?}");
+}
+
+/// A record larger than the dead-letter producer's `message.max.bytes` (1 MB by
+/// default), published by a client configured for larger records: it is dead-lettered
+/// without its payload (the size in `rk-dlt-payload-omitted`) instead of stalling the
+/// partition on a dead-letter publish that can never succeed, and the re-driver parks
+/// it rather than re-drive an empty record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_record_is_dead_lettered_without_its_payload_and_the_partition_moves_on() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let (pool, _schema) = isolated_pool().await;
+    create_effects_table(&pool).await;
+    let kafka = kafka();
+    let topic = unique("oversized");
+    create_topics(&kafka, &topic, 1).await;
+    let big = vec![b'x'; 1_500_000];
+    let valid = serde_json::to_vec(&Work { key: "k".into(), n: 1 }).unwrap();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .set("message.max.bytes", "4000000")
+        .create()
+        .unwrap();
+    for payload in [&big, &valid] {
+        let id = new_id();
+        let headers = rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header { key: h::MESSAGE_ID, value: Some(&id) })
+            .insert(rdkafka::message::Header { key: h::EVENT_TYPE, value: Some("Work") });
+        producer
+            .send(FutureRecord::to(&topic).key("k").payload(payload).headers(headers), Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+    let group = unique("group");
+    let c = ListenerContainer::builder(kafka.clone(), pool.clone())
+        .handler(Recorder::new(&topic, &group, Mode::Succeed, 3))
+        .build()
+        .unwrap()
+        .spawn();
+    let done = eventually(Duration::from_secs(60), || async {
+        c.stats().processed() == 1 && c.stats().dead_lettered() == 1
+    })
+    .await;
+    let stats = format!("{:?}", c.stats());
+    c.shutdown().await.unwrap();
+    assert!(done, "{stats}");
+    assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 1, "the valid record after it, once");
+    let dlq = read_topic(&kafka, &format!("{topic}.DLQ"), 1, Duration::from_secs(30), Duration::from_secs(1)).await;
+    assert_eq!(dlq.len(), 1);
+    let m = &dlq[0];
+    let info = DeadLetterInfo::from_headers(m.headers().unwrap()).unwrap();
+    assert_eq!(info.reason, Some(DeadLetterReason::Deserialization), "{}", info.error_message);
+    assert_eq!(m.payload(), None, "payload left out");
+    let omitted = m.headers().unwrap().iter().find(|x| x.key == h::DLT_PAYLOAD_OMITTED).and_then(|x| x.value);
+    assert_eq!(omitted, Some(&b"1500000"[..]), "original size recorded");
+
+    let redriver = reliable_kafka::DeadLetterRedriver::builder(kafka.clone(), pool.clone())
+        .topic(format!("{topic}.DLQ"))
+        .group_id(unique("redrive"))
+        .build()
+        .unwrap();
+    let r = redriver.redrive_once().await.unwrap();
+    assert_eq!((r.redriven, r.parked), (0, 1), "parked, not re-driven empty");
 }

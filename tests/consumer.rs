@@ -239,6 +239,13 @@ async fn bad_container_configuration_fails_at_build_naming_the_key() {
     assert!(msg(base().handler(r("t", "g")).handler(r("u", "h"))).contains("declares group `h`"));
     assert!(msg(base().handler(r("t", "g")).processed_table("x y")).contains("processed_table"));
     assert!(msg(base().handler(r("t", "g")).commit_interval(Duration::ZERO)).contains("commit_interval"));
+    // librdkafka's own checks, at build, naming the property.
+    let with = |k: &str, v: &str| ListenerContainer::builder(kafka().set(k, v), pool.clone()).handler(r("t", "g"));
+    assert!(msg(with("no.such.property", "1")).contains("no.such.property"));
+    assert!(msg(with("session.timeout.ms", "-5")).contains("session.timeout.ms"));
+    assert!(msg(with("session.timeout.ms", "0")).contains("session.timeout.ms"));
+    let relay = reliable_kafka::OutboxRelay::builder(pool.clone(), kafka().set("linger.ms", "-1")).build();
+    assert!(format!("{:?}", relay.expect_err("must be rejected")).contains("linger.ms"));
     let mut slow = r("t", "g");
     slow.backoff = reliable_kafka::FixedBackOff::new(Duration::from_secs(100), 4).unwrap().into();
     assert!(msg(base().handler(slow)).contains("max.poll.interval.ms"));

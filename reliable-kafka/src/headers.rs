@@ -45,3 +45,8 @@ pub const DLT_REASON: &str = "rk-dlt-reason";
 pub const DLT_ATTEMPTS: &str = "rk-dlt-attempts";
 /// Time of dead-lettering, ms since the epoch, decimal ASCII.
 pub const DLT_DEAD_LETTERED_AT: &str = "rk-dlt-dead-lettered-at";
+/// Set, to the original payload's size in bytes (decimal), when the dead-letter record
+/// carries no payload because the original one was too large for the dead-letter
+/// producer (`message.max.bytes`). The payload stays readable at the original topic,
+/// partition and offset until the topic's retention; the re-driver parks such records.
+pub const DLT_PAYLOAD_OMITTED: &str = "rk-dlt-payload-omitted";

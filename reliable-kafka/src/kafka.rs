@@ -251,3 +251,20 @@ mod tests {
         assert_eq!(cc.get("enable.idempotence"), Some("true"));
     }
 }
+
+/// Whether a send failed for a reason retrying cannot fix (the record itself is too
+/// large or invalid, or the topic name is), as opposed to an outage.
+pub(crate) fn is_permanent_send_error(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::InvalidRecord
+                | C::MessageBatchTooLarge
+                | C::InvalidTopic
+        )
+    )
+}

@@ -137,4 +137,6 @@ pub mod __private {
     }
     pub use std::option::Option;
     pub use std::string::{String, ToString};
+
+    pub use crate::consumer::fuzz_decode_record;
 }

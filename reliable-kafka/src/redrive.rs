@@ -330,7 +330,16 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
             .and_then(|x| x.value)
             .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
             .unwrap_or(0);
+        let omitted = hdrs
+            .and_then(|h| h.iter().find(|x| x.key == crate::headers::DLT_PAYLOAD_OMITTED))
+            .and_then(|x| x.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned());
         let park_reason = match &info {
+            _ if omitted.is_some() => Some(format!(
+                "dead-lettered without its payload ({} bytes, too large for the dead-letter topic); \
+                 re-drive it from its original topic, partition and offset",
+                omitted.as_deref().unwrap_or("?")
+            )),
             None => Some("not a dead-letter record (kafka_dlt-original-* headers missing)".to_owned()),
             Some(i) if !i.reason.is_some_and(|r| self.reasons.contains(&r)) => Some(format!(
                 "dead-lettered as `{}`, which re-driving cannot fix",

@@ -806,6 +806,43 @@ fn header_str<'a, M: Message>(msg: &'a M, name: &str) -> Option<&'a [u8]> {
     msg.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value)
 }
 
+/// Fuzzing entry point (the `fuzz/` crate): decodes `data` as a record and runs it
+/// through everything the container and the re-driver do before a handler: the
+/// envelope headers, the dead-letter headers, the header copy of a dead letter, and
+/// the JSON codec. Returns whether the envelope is valid. The property fuzzed: no
+/// input panics, overflows the stack or hangs.
+///
+/// Layout of `data`: one byte, the header count (mod 16); per header a key length byte
+/// (mod 64), the key (lossy UTF-8), a value length byte (255: a null value), the value;
+/// the rest is the payload.
+#[doc(hidden)]
+pub fn fuzz_decode_record(data: &[u8]) -> bool {
+    use rdkafka::message::{OwnedMessage, Timestamp};
+    let mut rest = data;
+    let mut take = |n: usize| {
+        let (a, b) = rest.split_at(n.min(rest.len()));
+        rest = b;
+        a
+    };
+    let count = take(1).first().copied().unwrap_or(0) % 16;
+    let mut headers = OwnedHeaders::new();
+    for _ in 0..count {
+        let klen = take(1).first().copied().unwrap_or(0) % 64;
+        let key = String::from_utf8_lossy(take(usize::from(klen))).into_owned();
+        let value = match take(1).first().copied().unwrap_or(0) {
+            255 => None,
+            n => Some(take(usize::from(n)).to_vec()),
+        };
+        headers = headers.insert(Header { key: &key, value: value.as_deref() });
+    }
+    let payload = rest.to_vec();
+    let _ = DeadLetterInfo::from_headers(&headers);
+    let _ = copy_headers(&headers);
+    let _ = <crate::JsonCodec as crate::Codec>::decode::<serde_json::Value>(&payload);
+    let msg = OwnedMessage::new(Some(payload), Some(b"k".to_vec()), "t".into(), Timestamp::NotAvailable, 0, 0, Some(headers));
+    record_info(&msg).is_ok()
+}
+
 /// The headers as owned headers (for the dead-letter record).
 fn copy_headers<H: Headers + ?Sized>(headers: &H) -> OwnedHeaders {
     let mut out = OwnedHeaders::new_with_capacity(headers.count() + 10);
@@ -1119,18 +1156,35 @@ impl<DB: Backend> Inner<DB> {
             dead_letter_topic = %route.dead_letter_topic, "dead-lettering record");
         let base = msg.headers().map(copy_headers).unwrap_or_default();
         let mut delay = Duration::from_millis(100);
+        // A record too large for the dead-letter producer is sent without its payload
+        // (it stays at the original offset), else the partition would stall on it.
+        let mut omit_payload = false;
         loop {
+            let size = msg.payload().map_or(0, <[u8]>::len).to_string();
+            let mut headers = info.append_to(base.clone());
+            if omit_payload {
+                headers = headers.insert(rdkafka::message::Header {
+                    key: crate::headers::DLT_PAYLOAD_OMITTED,
+                    value: Some(size.as_bytes()),
+                });
+            }
             let record = OutRecord {
                 topic: route.dead_letter_topic.clone(),
                 key: msg.key().map(<[u8]>::to_vec),
-                payload: msg.payload().map(<[u8]>::to_vec),
-                headers: info.append_to(base.clone()),
+                payload: if omit_payload { None } else { msg.payload().map(<[u8]>::to_vec) },
+                headers,
             };
             let sent = send_in_order(&self.producer, vec![record]).await;
             match sent.into_iter().next().unwrap_or(Err(KafkaError::Canceled)) {
                 Ok(()) => {
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     return Outcome::Done;
+                }
+                Err(e) if !omit_payload && crate::kafka::is_permanent_send_error(&e) => {
+                    tracing::warn!(group = %self.group, error = %e, payload_bytes = msg.payload().map_or(0, <[u8]>::len),
+                        "dead-letter record rejected; sending it without its payload");
+                    omit_payload = true;
+                    continue;
                 }
                 Err(e) => {
                     self.stats.infrastructure_errors.fetch_add(1, Ordering::Relaxed);
@@ -1141,6 +1195,40 @@ impl<DB: Backend> Inner<DB> {
                 return Outcome::Interrupted;
             }
             delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzz_entry_tests {
+    use super::fuzz_decode_record;
+    use proptest::prelude::*;
+
+    fn header(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+        out.push(key.len() as u8);
+        out.extend_from_slice(key.as_bytes());
+        out.push(value.len() as u8);
+        out.extend_from_slice(value);
+    }
+
+    #[test]
+    fn a_valid_envelope_decodes_and_a_broken_one_does_not() {
+        let mut valid = vec![2];
+        header(&mut valid, crate::headers::MESSAGE_ID, b"0190c2a4-55c1-7c2e-9a57-2f6c1c1e8f00");
+        header(&mut valid, crate::headers::EVENT_TYPE, b"OrderPlaced");
+        valid.extend_from_slice(br#"{"order_id":1}"#);
+        assert!(fuzz_decode_record(&valid));
+        let mut bad = vec![2];
+        header(&mut bad, crate::headers::MESSAGE_ID, b"not-a-uuid");
+        header(&mut bad, crate::headers::EVENT_TYPE, b"OrderPlaced");
+        assert!(!fuzz_decode_record(&bad));
+        assert!(!fuzz_decode_record(&[]));
+    }
+
+    proptest! {
+        #[test]
+        fn no_input_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = fuzz_decode_record(&data);
         }
     }
 }

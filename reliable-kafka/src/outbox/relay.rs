@@ -203,20 +203,6 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
 /// Whether a send error can never succeed on retry (the record itself is rejected):
 /// only such errors count toward `max_send_attempts`. Outages, timeouts and
 /// authorization errors are retried without limit, so a broker outage never parks rows.
-fn is_permanent(e: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            C::MessageSizeTooLarge
-                | C::InvalidMessageSize
-                | C::InvalidMessage
-                | C::InvalidRecord
-                | C::MessageBatchTooLarge
-                | C::InvalidTopic
-        )
-    )
-}
 
 impl OutboxRow {
     fn into_record(self) -> OutRecord {
@@ -298,7 +284,7 @@ impl<DB: Backend> OutboxRelay<DB> {
                 match res {
                     Ok(()) => out.delivered.push(id),
                     Err(e) => {
-                        let permanent = is_permanent(&e);
+                        let permanent = crate::kafka::is_permanent_send_error(&e);
                         tracing::warn!(message_id = %id, error = %e, permanent, "outbox row not delivered; will retry");
                         out.failed.push(SendFailure { id, error: e.to_string(), permanent });
                     }
