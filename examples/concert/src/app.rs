@@ -292,12 +292,22 @@ impl Workers {
     /// # Errors
     /// The first container error.
     pub async fn stop(self) -> anyhow::Result<()> {
-        for c in self.containers {
-            c.shutdown().await?;
-        }
+        let started = std::time::Instant::now();
+        // All groups drain at once; each commits its own offsets.
+        let results = futures::future::join_all(self.containers.into_iter().map(|c| {
+            let group = c.group().to_owned();
+            async move {
+                let r = c.shutdown().await;
+                tracing::info!(%group, elapsed = ?started.elapsed(), ok = r.is_ok(), "consumer group stopped");
+                r
+            }
+        }))
+        .await;
         if let Some(relay) = self.relay {
             relay.shutdown().await;
+            tracing::info!(elapsed = ?started.elapsed(), "relay stopped");
         }
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
         Ok(())
     }
 }

@@ -32,6 +32,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -85,14 +87,27 @@ pub struct ChaosConfig {
     pub redis_url: String,
     /// Seed of the failure assignment.
     pub seed: u64,
+    /// Which phases run.
+    pub phases: Phases,
+}
+
+/// The phases of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phases {
+    /// Both (the default; every fault kind).
+    All,
+    /// Only phase 1 (tansu, worker processes).
+    Tansu,
+    /// Only phase 2 (the mock cluster; no tansu needed).
+    Mock,
 }
 
 impl Default for ChaosConfig {
     fn default() -> Self {
         ChaosConfig {
             faults_per_kind: 10,
-            users_per_wave: 40,
-            concurrency: 8,
+            users_per_wave: 20,
+            concurrency: 4,
             fault_interval: Duration::from_millis(500),
             max_duration: Duration::from_secs(20 * 60),
             settle_timeout: Duration::from_secs(240),
@@ -100,6 +115,7 @@ impl Default for ChaosConfig {
             database_url: "postgres://127.0.0.1:5432/postgres".into(),
             redis_url: "redis://127.0.0.1:6379".into(),
             seed: 42,
+            phases: Phases::All,
         }
     }
 }
@@ -210,12 +226,14 @@ struct Broker {
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// How far `tansu.log` has been read for signs of a dead storage actor.
+    log_read: u64,
 }
 
 impl Broker {
     async fn start(tansu: &Path, dir: &Path) -> anyhow::Result<Broker> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut b = Broker { tansu: tansu.to_owned(), dir: dir.to_owned(), port, child: None };
+        let mut b = Broker { tansu: tansu.to_owned(), dir: dir.to_owned(), port, child: None, log_read: 0 };
         b.spawn().await?;
         Ok(b)
     }
@@ -246,18 +264,40 @@ impl Broker {
         Ok(())
     }
 
-    /// Stops the broker (SIGTERM, SIGKILL after 5 s) and starts it again on the same
-    /// storage after `down`.
-    async fn restart(&mut self, down: Duration) -> anyhow::Result<()> {
+    /// Stops the broker (`crash`: SIGKILL; else SIGINT, SIGKILL after 5 s) and starts it
+    /// again on the same storage after `down`.
+    async fn restart(&mut self, down: Duration, crash: bool) -> anyhow::Result<()> {
+        if crash {
+            if let Some(mut child) = self.child.take() {
+                child.kill().await?;
+            }
+        }
         self.stop().await?;
         tokio::time::sleep(down).await;
         self.spawn().await
     }
 
+    /// Whether tansu logged, since the last call, that its storage actor is gone.
+    ///
+    /// tansu 0.6.0's storage actor (`ChannelRequestService::serve`) ends at the first
+    /// error of any request, including a client that disconnected while its request
+    /// was served (a killed process); every later request then fails with
+    /// `UnableToSend` while the process stays up. The harness restarts it then, as a
+    /// liveness probe would; its storage keeps the data.
+    fn storage_dead(&mut self) -> anyhow::Result<bool> {
+        use std::io::{Read, Seek};
+        let mut f = std::fs::File::open(self.dir.join("tansu.log"))?;
+        f.seek(std::io::SeekFrom::Start(self.log_read))?;
+        let mut text = Vec::new();
+        f.read_to_end(&mut text)?;
+        self.log_read += text.len() as u64;
+        Ok(String::from_utf8_lossy(&text).contains("SendError"))
+    }
+
     async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             if let Some(pid) = child.id() {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGINT);
             }
             if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
                 child.kill().await?;
@@ -275,7 +315,8 @@ struct Run {
     database: String,
     worker_url: String,
     namespace: String,
-    broker: Broker,
+    broker: Arc<tokio::sync::Mutex<Broker>>,
+    brokers: String,
     webhook_url: String,
     workers: Vec<Worker>,
     spawned: usize,
@@ -301,7 +342,7 @@ impl Run {
             .env("DATABASE_URL", &self.worker_url)
             .env("REDIS_URL", &self.cfg.redis_url)
             .env("REDIS_NAMESPACE", &self.namespace)
-            .env("KAFKA_BROKERS", self.broker.address())
+            .env("KAFKA_BROKERS", &self.brokers)
             .env("KAFKA_CONFIG_SESSION_TIMEOUT_MS", "6000")
             .env("KAFKA_CONFIG_HEARTBEAT_INTERVAL_MS", "500")
             .env("KAFKA_CONFIG_RECONNECT_BACKOFF_MAX_MS", "500")
@@ -365,9 +406,11 @@ impl Run {
                 self.spawn_worker(WorkerRole::Relay)?;
             }
             Kind::BrokerRestart => {
-                self.broker.restart(Duration::from_millis(500 + 250 * (turn % 4))).await?;
+                let crash = turn % 2 == 0;
+                self.broker.lock().await.restart(Duration::from_millis(500 + 250 * (turn % 4)), crash).await?;
                 self.report.count("broker", 1);
                 self.report.count("broker/tansu-restart", 1);
+                self.report.count(if crash { "broker/tansu-restart-sigkill" } else { "broker/tansu-restart-sigint" }, 1);
             }
             Kind::DbDrop => {
                 let n: i64 = sqlx::query_scalar(
@@ -414,12 +457,48 @@ impl Run {
 
     async fn expect_clean_exit(&mut self, w: Worker) -> anyhow::Result<()> {
         let name = w.name.clone();
+        if std::env::var_os("CHAOS_GDB_ON_HANG").is_some() {
+            // Debug aid: the threads of a worker that does not stop within 20 s.
+            let pid = w.pid().as_raw();
+            let out = self.dir.join(format!("{name}.hang.txt"));
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                if kill(Pid::from_raw(pid), None).is_ok() {
+                    let bt = Command::new("gdb")
+                        .args(["-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt"])
+                        .output()
+                        .await;
+                    if let Ok(bt) = bt {
+                        let _ = std::fs::write(out, bt.stdout);
+                    }
+                }
+            });
+        }
         match w.terminate(Duration::from_secs(60)).await? {
             Some(status) if status.success() => {}
             Some(status) => self.report.problems.push(format!("worker {name} ended with {status} after SIGTERM")),
             None => self.report.problems.push(format!("worker {name} did not stop within 60 s of SIGTERM")),
         }
         Ok(())
+    }
+}
+
+/// Restarts tansu when its storage actor died (see [`Broker::storage_dead`]) or the
+/// process exited; counts the revivals.
+async fn watch_broker(broker: Arc<tokio::sync::Mutex<Broker>>, revived: Arc<AtomicU64>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut b = broker.lock().await;
+        let exited = b.child.as_mut().is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if exited || b.storage_dead().unwrap_or(false) {
+            tracing::warn!(exited, "tansu stopped serving; restarting it");
+            match b.restart(Duration::from_millis(100), true).await {
+                Ok(()) => {
+                    revived.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::error!(error = %e, "tansu restart failed"),
+            }
+        }
     }
 }
 
@@ -479,8 +558,54 @@ async fn run_in(cfg: &ChaosConfig, dir: &Path, admin: sqlx::PgPool, database: &s
     let pool = Db::connect(&front_url, 20).await?;
     let namespace = format!("chaos-{}", uuid::Uuid::now_v7().simple());
     let store = Store::connect(&cfg.redis_url, Duration::from_secs(600), &namespace).await?;
+    let mut report = ChaosReport::default();
+    let mut waves = Vec::new();
+    if cfg.phases != Phases::Mock {
+        waves.extend(tansu_phase(cfg, dir, admin, database, worker_url, namespace, &pool, &store, &mut report).await?);
+    }
+    if cfg.phases != Phases::Tansu {
+        // Phase 2: broker errors on the mock cluster, whole app in this process.
+        waves.extend(mock_phase(cfg, &pool, &store, &mut report).await?);
+    }
+    for kind in [
+        "gateway-webhook/gateway-503",
+        "gateway-webhook/gateway-hang",
+        "gateway-webhook/webhook-503",
+        "gateway-webhook/webhook-stall",
+    ] {
+        let n = report.faults.get(kind).copied().unwrap_or(0);
+        report.count("gateway-webhook", n);
+    }
+    for wave in &waves {
+        let r = check(&pool, &store, wave.run_id, wave.coupon_id, Flows::All).await?;
+        add_wave(&mut report, wave, &r);
+    }
+    report.messages = sql!(&pool, query_scalar("SELECT count(*) FROM rk_outbox").fetch_one())?;
+    report.kinds = kinds_done(&mut report, cfg.faults_per_kind, cfg.phases);
+    pool.close().await;
+    Ok(report)
+}
+
+/// Phase 1: tansu, PostgreSQL, Redis, worker processes; every fault kind but the mock
+/// cluster's.
+#[allow(clippy::too_many_arguments)]
+async fn tansu_phase(
+    cfg: &ChaosConfig,
+    dir: &Path,
+    admin: sqlx::PgPool,
+    database: &str,
+    worker_url: String,
+    namespace: String,
+    pool: &Db,
+    store: &Store,
+    report: &mut ChaosReport,
+) -> anyhow::Result<Vec<Wave>> {
     let broker = Broker::start(&cfg.tansu, dir).await?;
-    let kafka = KafkaConfig::new(broker.address())
+    let brokers = broker.address();
+    let broker = Arc::new(tokio::sync::Mutex::new(broker));
+    let revived = Arc::new(AtomicU64::new(0));
+    let watchdog = tokio::spawn(watch_broker(broker.clone(), revived.clone()));
+    let kafka = KafkaConfig::new(brokers.clone())
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
         .set("reconnect.backoff.max.ms", "500");
@@ -501,11 +626,12 @@ async fn run_in(cfg: &ChaosConfig, dir: &Path, admin: sqlx::PgPool, database: &s
         database: database.to_owned(),
         worker_url,
         namespace,
-        broker,
+        broker: broker.clone(),
+        brokers: brokers.clone(),
         webhook_url,
         workers: Vec::new(),
         spawned: 0,
-        report: ChaosReport::default(),
+        report: std::mem::take(report),
     };
     run.spawn_worker(WorkerRole::Relay)?;
     run.spawn_worker(WorkerRole::Consumers)?;
@@ -541,51 +667,39 @@ async fn run_in(cfg: &ChaosConfig, dir: &Path, admin: sqlx::PgPool, database: &s
         tokio::time::sleep(cfg.fault_interval).await;
     }
     let _ = stop_load.send(true);
-    let mut waves = load.await??;
+    let waves = load.await??;
     eprintln!("chaos: phase 1 faults done after {:.0} s; settling", started.elapsed().as_secs_f64());
     run.check_workers().await?;
-    let settled = settle(&pool, &store, &waves, cfg.settle_timeout).await?;
+    let settled = settle(pool, store, &waves, cfg.settle_timeout).await?;
     if !settled {
         run.report.problems.push(format!("phase 1 did not settle within {:?}", cfg.settle_timeout));
     }
     for w in std::mem::take(&mut run.workers) {
         run.expect_clean_exit(w).await?;
     }
-    run.report.problems.extend(false_dead_letters(&run.broker.address()).await?);
+    run.report.problems.extend(false_dead_letters(&brokers).await?);
+    count_demo_faults(&app, &mut run.report);
+    app.stop().await?;
+    watchdog.abort();
+    broker.lock().await.stop().await?;
+    run.report.count("broker/tansu-revived", revived.load(Ordering::Relaxed));
+
+    *report = run.report;
+    Ok(waves)
+}
+
+/// The faults the demo gateway and webhook receiver injected.
+fn count_demo_faults(app: &App, report: &mut ChaosReport) {
     if let Some((g, _)) = &app.gateway {
         let (errors, hangs) = g.faults();
-        run.report.count("gateway-webhook/gateway-503", errors);
-        run.report.count("gateway-webhook/gateway-hang", hangs);
+        report.count("gateway-webhook/gateway-503", errors);
+        report.count("gateway-webhook/gateway-hang", hangs);
     }
     if let Some((r, _)) = &app.receiver {
         let (errors, delays) = r.faults();
-        run.report.count("gateway-webhook/webhook-503", errors);
-        run.report.count("gateway-webhook/webhook-stall", delays);
+        report.count("gateway-webhook/webhook-503", errors);
+        report.count("gateway-webhook/webhook-stall", delays);
     }
-    app.stop().await?;
-    run.broker.stop().await?;
-
-    // Phase 2: broker errors on the mock cluster, whole app in this process.
-    waves.extend(mock_phase(cfg, &pool, &store, &mut run.report).await?);
-
-    let mut report = run.report;
-    for kind in [
-        "gateway-webhook/gateway-503",
-        "gateway-webhook/gateway-hang",
-        "gateway-webhook/webhook-503",
-        "gateway-webhook/webhook-stall",
-    ] {
-        let n = report.faults.get(kind).copied().unwrap_or(0);
-        report.count("gateway-webhook", n);
-    }
-    for wave in &waves {
-        let r = check(&pool, &store, wave.run_id, wave.coupon_id, Flows::All).await?;
-        add_wave(&mut report, wave, &r);
-    }
-    report.messages = sql!(&pool, query_scalar("SELECT count(*) FROM rk_outbox").fetch_one())?;
-    report.kinds = kinds_done(&mut report, cfg.faults_per_kind);
-    pool.close().await;
-    Ok(report)
 }
 
 fn add_wave(report: &mut ChaosReport, wave: &Wave, r: &Report) {
@@ -607,9 +721,9 @@ fn add_wave(report: &mut ChaosReport, wave: &Wave, r: &Report) {
     }
 }
 
-/// The eight kinds, each with the sub-counts it needs; records a problem for
-/// each kind short of `n`.
-fn kinds_done(report: &mut ChaosReport, n: u32) -> usize {
+/// The eight fault kinds, each with the sub-counts it needs (those of the phases run);
+/// records a problem for each kind short of `n`.
+fn kinds_done(report: &mut ChaosReport, n: u32, phases: Phases) -> usize {
     let n = u64::from(n);
     let get = |k: &str| report.faults.get(k).copied().unwrap_or(0);
     let needs: [(&str, Vec<&str>); 8] = [
@@ -633,6 +747,17 @@ fn kinds_done(report: &mut ChaosReport, n: u32) -> usize {
     let mut done = 0;
     let mut short = Vec::new();
     for (kind, subs) in needs {
+        let subs: Vec<&str> = subs
+            .into_iter()
+            .filter(|s| match phases {
+                Phases::All => true,
+                Phases::Tansu => *s != "broker/mock-faults",
+                Phases::Mock => *s == "broker/mock-faults",
+            })
+            .collect();
+        if subs.is_empty() {
+            continue;
+        }
         match subs.iter().map(|s| (s, get(s))).find(|(_, c)| *c < n) {
             None => done += 1,
             Some((sub, c)) => short.push(format!("fault kind {kind}: {sub} landed {c} times, fewer than {n}")),
@@ -655,6 +780,8 @@ async fn drive_waves(
         let cfg = ScenarioConfig { seed: scenario.seed + n, ..scenario.clone() };
         waves.push(drive_wave(&pool, &http, &base, &cfg, &ProgressBar::hidden()).await?);
         n += 1;
+        // A steady trickle, not a flood: tansu's fetch cost grows with consumer lag.
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     Ok(waves)
 }
@@ -664,6 +791,7 @@ async fn drive_waves(
 async fn settle(pool: &Db, store: &Store, waves: &[Wave], timeout: Duration) -> anyhow::Result<bool> {
     let deadline = Instant::now() + timeout;
     let mut good = 0;
+    let mut last_said = Instant::now();
     while Instant::now() < deadline {
         let pending: i64 = sql!(
             pool,
@@ -674,7 +802,12 @@ async fn settle(pool: &Db, store: &Store, waves: &[Wave], timeout: Duration) -> 
             if !clean {
                 break;
             }
-            clean = check(pool, store, w.run_id, w.coupon_id, Flows::All).await?.problems.is_empty();
+            let problems = check(pool, store, w.run_id, w.coupon_id, Flows::All).await?.problems;
+            if !problems.is_empty() && last_said.elapsed() >= Duration::from_secs(10) {
+                tracing::info!(wave = w.run_id, ?problems, "waiting for the pipeline to settle");
+                last_said = Instant::now();
+            }
+            clean = problems.is_empty();
         }
         good = if clean { good + 1 } else { 0 };
         if good >= 2 {
@@ -712,6 +845,7 @@ async fn false_dead_letters(brokers: &str) -> anyhow::Result<Vec<String>> {
 /// Phase 2: the whole application in this process on a 3-broker mock cluster while
 /// requests fail and coordinators and leaders move.
 async fn mock_phase(cfg: &ChaosConfig, pool: &Db, store: &Store, report: &mut ChaosReport) -> anyhow::Result<Vec<Wave>> {
+    let started = Instant::now();
     let cluster = EmbeddedKafka::start(3)?;
     let app_cfg_base = ScenarioConfig {
         users: cfg.users_per_wave,
@@ -777,10 +911,14 @@ async fn mock_phase(cfg: &ChaosConfig, pool: &Db, store: &Store, report: &mut Ch
     }
     let _ = stop_load.send(true);
     let waves = load.await??;
+    eprintln!("chaos: phase 2 faults done after {:.0} s; settling", started.elapsed().as_secs_f64());
     if !settle(pool, store, &waves, cfg.settle_timeout).await? {
         report.problems.push(format!("phase 2 (mock cluster) did not settle within {:?}", cfg.settle_timeout));
     }
+    count_demo_faults(&app, report);
+    let stopping = Instant::now();
     app.stop().await?;
+    tracing::info!(elapsed = ?stopping.elapsed(), "phase 2 application stopped");
     drop(cluster);
     Ok(waves)
 }

@@ -87,10 +87,10 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         faults_per_kind: u32,
         /// Users per wave; waves run until the faults are done.
-        #[arg(long, default_value_t = 40)]
+        #[arg(long, default_value_t = 20)]
         users_per_wave: usize,
         /// Users in flight at once.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 4)]
         concurrency: usize,
         /// Milliseconds between two faults.
         #[arg(long, default_value_t = 500)]
@@ -104,6 +104,10 @@ enum Command {
         /// Seed of the failure assignment.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Phases to run: `all`, `tansu` (worker processes on tansu) or `mock` (the
+        /// mock cluster's broker errors; needs no tansu).
+        #[arg(long, value_enum, default_value_t = PhasesArg::All)]
+        phases: PhasesArg,
     },
     /// A relay or consumer process of the chaos harness (started by `chaos`). Reads
     /// `kill <fail point>` lines on stdin; stops gracefully on SIGTERM or end of stdin.
@@ -119,6 +123,13 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         max_batch: usize,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PhasesArg {
+    All,
+    Tansu,
+    Mock,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -155,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
             max_minutes,
             tansu,
             seed,
+            phases,
         }) => {
             let defaults = ChaosConfig::default();
             let cfg = ChaosConfig {
@@ -167,6 +179,11 @@ async fn main() -> anyhow::Result<()> {
                 database_url: env.database_url.clone().unwrap_or(defaults.database_url.clone()),
                 redis_url: env.redis_url.clone().unwrap_or(defaults.redis_url.clone()),
                 seed,
+                phases: match phases {
+                    PhasesArg::All => chaos::Phases::All,
+                    PhasesArg::Tansu => chaos::Phases::Tansu,
+                    PhasesArg::Mock => chaos::Phases::Mock,
+                },
                 ..defaults
             };
             let report = chaos::run(cfg).await?;
@@ -342,7 +359,6 @@ fn find_tansu() -> PathBuf {
 /// A chaos worker: `role` until SIGTERM or the end of stdin; `kill <point>` on stdin
 /// makes it SIGKILL itself the next time it passes that fail point.
 async fn run_worker(env: &Env, role: WorkerRole, webhook_url: &str, max_batch: usize) -> anyhow::Result<()> {
-    use tokio::io::AsyncBufReadExt;
     let (Some(db_url), Some(redis_url), Some(kafka)) = (&env.database_url, &env.redis_url, &env.kafka) else {
         anyhow::bail!("a worker needs DATABASE_URL, REDIS_URL and KAFKA_BROKERS");
     };
@@ -361,11 +377,21 @@ async fn run_worker(env: &Env, role: WorkerRole, webhook_url: &str, max_batch: u
     let cfg = AppConfig { max_batch, ..ScenarioConfig::default().app_config() };
     let workers = Workers::start(db.clone(), &store, kafka, &cfg, role, webhook_url)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    // stdin is read on a thread of its own: tokio's stdin reads on its blocking pool,
+    // and the runtime would wait at exit for that read to end.
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     loop {
         tokio::select! {
             _ = term.recv() => break,
-            line = lines.next_line() => match line? {
+            line = line_rx.recv() => match line {
                 None => break,
                 Some(l) => {
                     let point = l.strip_prefix("kill ").and_then(|p| chaos::KILL_POINTS.iter().find(|k| **k == p.trim()));
@@ -374,8 +400,10 @@ async fn run_worker(env: &Env, role: WorkerRole, webhook_url: &str, max_batch: u
             },
         }
     }
+    tracing::info!("stopping: draining, committing, flushing");
     workers.stop().await?;
     db.close().await;
+    tracing::info!("stopped");
     Ok(())
 }
 
