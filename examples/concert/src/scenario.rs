@@ -284,13 +284,26 @@ struct UserOutcome {
     idempotency_violated: bool,
 }
 
+/// Sends `req`, as a careful client does: an answer "retry later" (500, 503) is retried
+/// up to 5 times, 250 ms × attempt apart (every request of the flow is safe to repeat:
+/// payments carry an idempotency key, a seat hold is the user's own).
 async fn call<T: DeserializeOwned>(
     req: reqwest::RequestBuilder,
     expect: &[StatusCode],
 ) -> Result<(StatusCode, T), String> {
-    let resp = req.send().await.map_err(|e| reliable_kafka::report(&e))?;
-    let status = resp.status();
-    let text = resp.text().await.map_err(|e| reliable_kafka::report(&e))?;
+    let mut attempt = 0;
+    let (status, text) = loop {
+        attempt += 1;
+        let again = req.try_clone().ok_or("request body cannot be repeated")?;
+        let resp = again.send().await.map_err(|e| reliable_kafka::report(&e))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| reliable_kafka::report(&e))?;
+        let retry_later = matches!(status, StatusCode::INTERNAL_SERVER_ERROR | StatusCode::SERVICE_UNAVAILABLE);
+        if !retry_later || attempt > 5 {
+            break (status, text);
+        }
+        tokio::time::sleep(Duration::from_millis(250) * attempt).await;
+    };
     if !expect.contains(&status) {
         return Err(format!("unexpected {status}: {text}"));
     }

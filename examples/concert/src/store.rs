@@ -268,12 +268,19 @@ impl Store {
         Ok(self.kv.get(&self.token_key(user_id)).await?.as_deref() == Some(token))
     }
 
-    /// Holds `seat_id` for `user_id` (set-if-absent with TTL); false when someone holds it.
+    /// Holds `seat_id` for `user_id` (set-if-absent with TTL); false when someone else
+    /// holds it. Holding a seat the user already holds succeeds, so a request retried
+    /// after a lost answer (the hold was set, the reply never arrived) is not refused.
     ///
     /// # Errors
     /// Store errors.
     pub async fn hold_seat(&self, seat_id: i64, user_id: i64) -> Result<bool, StoreError> {
-        self.kv.set_if_absent(&self.hold_key(seat_id), &user_id.to_string(), self.ttl).await
+        let key = self.hold_key(seat_id);
+        let me = user_id.to_string();
+        if self.kv.set_if_absent(&key, &me, self.ttl).await? {
+            return Ok(true);
+        }
+        Ok(self.kv.get(&key).await?.as_deref() == Some(me.as_str()))
     }
 
     /// Releases the hold of `seat_id` if `user_id` still owns it.
