@@ -71,6 +71,21 @@ macro_rules! fault_point {
     };
 }
 
+/// Whether the `failpoints` feature's switch `name` is on (`fail::cfg(name, "return")`):
+/// a switch that turns one of the library's mechanisms off, for harnesses that prove
+/// the mechanism is needed. Always false without the feature.
+#[allow(unused_variables)]
+pub(crate) fn sabotaged(name: &str) -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        fail::eval(name, |_| ()).is_some()
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        false
+    }
+}
+
 mod backend;
 mod backoff;
 mod consumer;

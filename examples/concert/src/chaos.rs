@@ -89,6 +89,32 @@ pub struct ChaosConfig {
     pub seed: u64,
     /// Which phases run.
     pub phases: Phases,
+    /// A mechanism to switch off, to show the harness fails without it.
+    pub sabotage: Option<Sabotage>,
+}
+
+/// A mechanism of the library the harness can switch off (fail points of the
+/// `failpoints` feature), to show that the run then fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sabotage {
+    /// The consumer skips the dedup insert (`rk-sabotage-no-dedup`).
+    NoDedup,
+    /// The consumer commits a batch's offsets before its transaction
+    /// (`rk-sabotage-offsets-before-commit`).
+    OffsetsBeforeCommit,
+    /// The relay marks rows sent before Kafka has them (`rk-sabotage-mark-before-send`).
+    MarkBeforeSend,
+}
+
+impl Sabotage {
+    /// The fail point that switches the mechanism off.
+    pub fn fail_point(self) -> &'static str {
+        match self {
+            Sabotage::NoDedup => "rk-sabotage-no-dedup",
+            Sabotage::OffsetsBeforeCommit => "rk-sabotage-offsets-before-commit",
+            Sabotage::MarkBeforeSend => "rk-sabotage-mark-before-send",
+        }
+    }
 }
 
 /// The phases of a run.
@@ -116,6 +142,7 @@ impl Default for ChaosConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
             seed: 42,
             phases: Phases::All,
+            sabotage: None,
         }
     }
 }
@@ -347,6 +374,7 @@ impl Run {
             .env("KAFKA_CONFIG_HEARTBEAT_INTERVAL_MS", "500")
             .env("KAFKA_CONFIG_RECONNECT_BACKOFF_MAX_MS", "500")
             .env("KAFKA_CONFIG_TOPIC_METADATA_REFRESH_INTERVAL_MS", "2000")
+            .env("CHAOS_SABOTAGE", self.cfg.sabotage.map_or("", Sabotage::fail_point))
             .env("RUST_LOG", std::env::var("CHAOS_WORKER_LOG").unwrap_or_else(|_| "warn,concert=info".into()))
             .stdin(Stdio::piped())
             .stdout(log.try_clone()?)
@@ -532,6 +560,10 @@ const SCHEDULE: [Kind; 9] = [
 /// When a service cannot be reached or set up (not when an invariant is violated:
 /// that is in the report).
 pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
+    if let Some(s) = cfg.sabotage {
+        eprintln!("chaos: SABOTAGED: {} is on; this run is expected to fail", s.fail_point());
+        fail::cfg(s.fail_point(), "return").map_err(|e| anyhow::anyhow!("fail point: {e}"))?;
+    }
     let dir = std::env::temp_dir().join(format!("concert-chaos-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir)?;
     eprintln!("chaos: logs of the broker and the workers in {}", dir.display());
@@ -582,6 +614,11 @@ async fn run_in(cfg: &ChaosConfig, dir: &Path, admin: sqlx::PgPool, database: &s
     }
     report.messages = sql!(&pool, query_scalar("SELECT count(*) FROM rk_outbox").fetch_one())?;
     report.kinds = kinds_done(&mut report, cfg.faults_per_kind, cfg.phases);
+    // The violated invariants first, then what kept the run from settling.
+    let (mut first, rest): (Vec<String>, Vec<String>) =
+        report.problems.drain(..).partition(|p| p.starts_with("wave ") || p.starts_with("false dead"));
+    first.extend(rest);
+    report.problems = first;
     pool.close().await;
     Ok(report)
 }

@@ -108,6 +108,13 @@ enum Command {
         /// mock cluster's broker errors; needs no tansu).
         #[arg(long, value_enum, default_value_t = PhasesArg::All)]
         phases: PhasesArg,
+        /// Seconds the pipeline may take to settle after the faults of a phase.
+        #[arg(long, default_value_t = 240)]
+        settle_timeout_secs: u64,
+        /// Switch a mechanism off to show the run fails without it: `no-dedup`,
+        /// `offsets-before-commit` or `mark-before-send`.
+        #[arg(long, value_enum)]
+        sabotage: Option<SabotageArg>,
     },
     /// A relay or consumer process of the chaos harness (started by `chaos`). Reads
     /// `kill <fail point>` lines on stdin; stops gracefully on SIGTERM or end of stdin.
@@ -123,6 +130,13 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         max_batch: usize,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SabotageArg {
+    NoDedup,
+    OffsetsBeforeCommit,
+    MarkBeforeSend,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -167,6 +181,8 @@ async fn main() -> anyhow::Result<()> {
             tansu,
             seed,
             phases,
+            sabotage,
+            settle_timeout_secs,
         }) => {
             let defaults = ChaosConfig::default();
             let cfg = ChaosConfig {
@@ -179,11 +195,17 @@ async fn main() -> anyhow::Result<()> {
                 database_url: env.database_url.clone().unwrap_or(defaults.database_url.clone()),
                 redis_url: env.redis_url.clone().unwrap_or(defaults.redis_url.clone()),
                 seed,
+                settle_timeout: Duration::from_secs(settle_timeout_secs),
                 phases: match phases {
                     PhasesArg::All => chaos::Phases::All,
                     PhasesArg::Tansu => chaos::Phases::Tansu,
                     PhasesArg::Mock => chaos::Phases::Mock,
                 },
+                sabotage: sabotage.map(|s| match s {
+                    SabotageArg::NoDedup => chaos::Sabotage::NoDedup,
+                    SabotageArg::OffsetsBeforeCommit => chaos::Sabotage::OffsetsBeforeCommit,
+                    SabotageArg::MarkBeforeSend => chaos::Sabotage::MarkBeforeSend,
+                }),
                 ..defaults
             };
             let report = chaos::run(cfg).await?;
@@ -371,6 +393,9 @@ async fn run_worker(env: &Env, role: WorkerRole, webhook_url: &str, max_batch: u
             }
         })
         .map_err(|e| anyhow::anyhow!("fail point {point}: {e}"))?;
+    }
+    if let Some(point) = std::env::var("CHAOS_SABOTAGE").ok().filter(|p| !p.is_empty()) {
+        fail::cfg(point.as_str(), "return").map_err(|e| anyhow::anyhow!("fail point {point}: {e}"))?;
     }
     let db = Db::connect(db_url, 10).await?;
     let store = Store::connect(redis_url, Duration::from_secs(600), &env.redis_namespace).await?;

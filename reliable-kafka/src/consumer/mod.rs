@@ -687,6 +687,12 @@ impl<DB: Backend> ListenerContainer<DB> {
                         });
                         inflight.insert(key, task);
                     } else {
+                        if crate::sabotaged("rk-sabotage-offsets-before-commit") {
+                            // At-most-once: the offsets go first, the work after.
+                            let last = &batch[batch.len() - 1];
+                            let _ = self.consumer.store_offset(last.topic(), last.partition(), last.offset());
+                            commit(&*self.consumer, CommitMode::Sync, &self.inner.group);
+                        }
                         let done = self.inner.process_batch(&batch, &shutdown).await;
                         if let Some(last) = done.checked_sub(1).map(|i| &batch[i]) {
                             if let Err(e) = self.consumer.store_offset(last.topic(), last.partition(), last.offset()) {
@@ -932,7 +938,11 @@ impl<DB: Backend> Inner<DB> {
         }
         let ids: Vec<Uuid> = items.iter().map(|(info, _)| info.message_id).collect();
         let mut tx = DB::begin_write(&self.pool).await.map_err(|e| report(&e))?;
-        let new = DB::insert_dedup_batch(&mut tx, &self.dedup_sql, &self.group, &ids).await.map_err(|e| report(&e))?;
+        let new = if crate::sabotaged("rk-sabotage-no-dedup") {
+            ids.iter().copied().collect()
+        } else {
+            DB::insert_dedup_batch(&mut tx, &self.dedup_sql, &self.group, &ids).await.map_err(|e| report(&e))?
+        };
         let mut ctx = HandlerContext { tx, record: items[0].0.clone(), attempt: 1, group: self.group.clone() };
         let mut handled = std::collections::HashSet::with_capacity(new.len());
         let mut work = Vec::with_capacity(new.len());
@@ -1089,9 +1099,13 @@ impl<DB: Backend> Inner<DB> {
         let event = route.handler.decode(msg.payload().unwrap_or_default()).map_err(AttemptError::Decode)?;
         let infra = |op| move |e| AttemptError::Infrastructure(Error::Database { operation: op, source: e });
         let mut tx = DB::begin_write(&self.pool).await.map_err(infra("begin handler transaction"))?;
-        let inserted = DB::insert_dedup(&mut tx, &self.dedup_sql, &self.group, info.message_id)
-            .await
-            .map_err(infra("insert dedup row"))?;
+        let inserted = if crate::sabotaged("rk-sabotage-no-dedup") {
+            1
+        } else {
+            DB::insert_dedup(&mut tx, &self.dedup_sql, &self.group, info.message_id)
+                .await
+                .map_err(infra("insert dedup row"))?
+        };
         if inserted == 0 {
             tracing::debug!(group = %self.group, message_id = %info.message_id, "duplicate delivery skipped");
             return Ok(true);

@@ -277,6 +277,17 @@ impl<DB: Backend> OutboxRelay<DB> {
                 return Published { delivered: rows.iter().map(|r| r.id).collect(), failed: Vec::new() };
             }
             let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
+            if crate::sabotaged("rk-sabotage-mark-before-send") {
+                // Fire and forget: the rows count as sent before Kafka has them.
+                let producer = producer.clone();
+                let records: Vec<OutRecord> = rows.into_iter().map(OutboxRow::into_record).collect();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    fault_point!("rk-relay-before-send");
+                    send_in_order(&producer, records).await;
+                });
+                return Published { delivered: ids, failed: Vec::new() };
+            }
             fault_point!("rk-relay-before-send");
             let results = send_in_order(producer, rows.into_iter().map(OutboxRow::into_record).collect()).await;
             let mut out = Published { delivered: Vec::with_capacity(ids.len()), failed: Vec::new() };
