@@ -609,7 +609,7 @@ async fn run_in(cfg: &ChaosConfig, dir: &Path, admin: sqlx::PgPool, database: &s
         report.count("gateway-webhook", n);
     }
     for wave in &waves {
-        let r = check(&pool, &store, wave.run_id, wave.coupon_id, Flows::All).await?;
+        let r = check_wave(&pool, &store, wave).await?;
         add_wave(&mut report, wave, &r);
     }
     report.messages = sql!(&pool, query_scalar("SELECT count(*) FROM rk_outbox").fetch_one())?;
@@ -684,6 +684,7 @@ async fn tansu_phase(
     let n = u64::from(cfg.faults_per_kind);
     let mut turn = 0u64;
     let mut landed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut tried: BTreeMap<String, u64> = BTreeMap::new();
     while SCHEDULE.iter().any(|k| landed.get(&format!("{k:?}")).copied().unwrap_or(0) < n) {
         if started.elapsed() > cfg.max_duration {
             run.report.problems.push(format!("fault phase exceeded {:?}", cfg.max_duration));
@@ -692,6 +693,14 @@ async fn tansu_phase(
         let kind = SCHEDULE[(turn % SCHEDULE.len() as u64) as usize];
         turn += 1;
         if landed.get(&format!("{kind:?}")).copied().unwrap_or(0) >= n {
+            continue;
+        }
+        let tries = tried.entry(format!("{kind:?}")).or_default();
+        *tries += 1;
+        if *tries > 2 * n + 5 {
+            // A kind that does not land is reported short by `kinds_done`.
+            landed.insert(format!("{kind:?}"), n);
+            run.report.problems.push(format!("{kind:?} did not land in {} tries", *tries - 1));
             continue;
         }
         run.check_workers().await?;
@@ -736,6 +745,23 @@ fn count_demo_faults(app: &App, report: &mut ChaosReport) {
         let (errors, delays) = r.faults();
         report.count("gateway-webhook/webhook-503", errors);
         report.count("gateway-webhook/webhook-stall", delays);
+    }
+}
+
+/// The consistency report of `wave`; a failed query is retried (the Redis connection
+/// may just have been dropped by a fault).
+async fn check_wave(pool: &Db, store: &Store, wave: &Wave) -> anyhow::Result<Report> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match check(pool, store, wave.run_id, wave.coupon_id, Flows::All).await {
+            Ok(r) => return Ok(r),
+            Err(e) if attempt < 5 => {
+                tracing::warn!(error = %e, "consistency check failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -839,7 +865,7 @@ async fn settle(pool: &Db, store: &Store, waves: &[Wave], timeout: Duration) -> 
             if !clean {
                 break;
             }
-            let problems = check(pool, store, w.run_id, w.coupon_id, Flows::All).await?.problems;
+            let problems = check_wave(pool, store, w).await?.problems;
             if !problems.is_empty() && last_said.elapsed() >= Duration::from_secs(10) {
                 tracing::info!(wave = w.run_id, ?problems, "waiting for the pipeline to settle");
                 last_said = Instant::now();

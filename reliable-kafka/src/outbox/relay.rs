@@ -285,6 +285,7 @@ impl<DB: Backend> OutboxRelay<DB> {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     fault_point!("rk-relay-before-send");
                     send_in_order(&producer, records).await;
+                    fault_point!("rk-relay-after-send");
                 });
                 return Published { delivered: ids, failed: Vec::new() };
             }
