@@ -233,10 +233,9 @@ async fn an_oversized_record_is_dead_lettered_without_its_payload_and_the_partit
         .build()
         .unwrap()
         .spawn();
-    let done = eventually(Duration::from_secs(60), || async {
-        c.stats().processed() == 1 && c.stats().dead_lettered() == 1
-    })
-    .await;
+    let done =
+        eventually(Duration::from_secs(60), || async { c.stats().processed() == 1 && c.stats().dead_lettered() == 1 })
+            .await;
     let stats = format!("{:?}", c.stats());
     c.shutdown().await.unwrap();
     assert!(done, "{stats}");

@@ -120,12 +120,12 @@ pub use schema::{
 
 pub(crate) use consumer::report as report_chain;
 
-/// The shutdown signal taken by [`ListenerContainer::run`] and [`OutboxRelay::run`]
-/// (re-exported from `tokio-util`).
-pub use tokio_util::sync::CancellationToken;
 /// The `rdkafka` this crate is built on, for its types in this API (the error codes
 /// of [`MockFault`], say) without a second, possibly different, version.
 pub use rdkafka;
+/// The shutdown signal taken by [`ListenerContainer::run`] and [`OutboxRelay::run`]
+/// (re-exported from `tokio-util`).
+pub use tokio_util::sync::CancellationToken;
 
 /// The error and its whole `source()` chain, `": "`-separated: the form written to the
 /// `kafka_dlt-exception-message` header and to logs.

@@ -438,7 +438,8 @@ impl Run {
                 self.broker.lock().await.restart(Duration::from_millis(500 + 250 * (turn % 4)), crash).await?;
                 self.report.count("broker", 1);
                 self.report.count("broker/tansu-restart", 1);
-                self.report.count(if crash { "broker/tansu-restart-sigkill" } else { "broker/tansu-restart-sigint" }, 1);
+                self.report
+                    .count(if crash { "broker/tansu-restart-sigkill" } else { "broker/tansu-restart-sigint" }, 1);
             }
             Kind::DbDrop => {
                 let n: i64 = sqlx::query_scalar(
@@ -457,8 +458,10 @@ impl Run {
             Kind::RedisOutage => {
                 let client = redis::Client::open(self.cfg.redis_url.as_str())?;
                 let mut conn = client.get_multiplexed_async_connection().await?;
-                let _: i64 =
-                    redis::cmd("CLIENT").arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..]).query_async(&mut conn).await?;
+                let _: i64 = redis::cmd("CLIENT")
+                    .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
+                    .query_async(&mut conn)
+                    .await?;
                 let _: () = redis::cmd("CLIENT").arg(&["PAUSE", "1500", "ALL"][..]).query_async(&mut conn).await?;
                 self.report.count("redis-outage", 1);
             }
@@ -907,7 +910,12 @@ async fn false_dead_letters(brokers: &str) -> anyhow::Result<Vec<String>> {
 
 /// Phase 2: the whole application in this process on a 3-broker mock cluster while
 /// requests fail and coordinators and leaders move.
-async fn mock_phase(cfg: &ChaosConfig, pool: &Db, store: &Store, report: &mut ChaosReport) -> anyhow::Result<Vec<Wave>> {
+async fn mock_phase(
+    cfg: &ChaosConfig,
+    pool: &Db,
+    store: &Store,
+    report: &mut ChaosReport,
+) -> anyhow::Result<Vec<Wave>> {
     let started = Instant::now();
     let cluster = EmbeddedKafka::start(3)?;
     let app_cfg_base = ScenarioConfig {

@@ -371,8 +371,8 @@ impl Services {
 
 /// `tansu` on PATH, else `~/.cargo/bin/tansu`.
 fn find_tansu() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).find(|f| f.is_file()));
+    let on_path =
+        std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).find(|f| f.is_file()));
     on_path.unwrap_or_else(|| {
         PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo").join("bin").join("tansu")
     })

@@ -230,7 +230,12 @@ pub async fn run(pool: Db, store: Store, kafka: KafkaConfig, cfg: &ScenarioConfi
             )
         })
         .collect();
-    tracing::info!(?stats, webhook_repeats, relay_published = app.relay.as_ref().map(|r| r.stats().published()), "consumers settled");
+    tracing::info!(
+        ?stats,
+        webhook_repeats,
+        relay_published = app.relay.as_ref().map(|r| r.stats().published()),
+        "consumers settled"
+    );
     app.stop().await?;
     report.errors = errors;
     report.wall = started.elapsed();
@@ -456,7 +461,13 @@ async fn seed_data(pool: &Db, cfg: &ScenarioConfig) -> anyhow::Result<(i64, Vec<
 }
 
 /// Computes the report of run `run_id` from PostgreSQL and Redis.
-pub(crate) async fn check(pool: &Db, store: &Store, run_id: i64, coupon_id: i64, flows: Flows) -> anyhow::Result<Report> {
+pub(crate) async fn check(
+    pool: &Db,
+    store: &Store,
+    run_id: i64,
+    coupon_id: i64,
+    flows: Flows,
+) -> anyhow::Result<Report> {
     let mut r = Report::default();
     let mut lost = Vec::<(&str, i64)>::new();
     let mut dup = Vec::<(&str, i64)>::new();

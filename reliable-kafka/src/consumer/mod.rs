@@ -845,7 +845,8 @@ pub fn fuzz_decode_record(data: &[u8]) -> bool {
     let _ = DeadLetterInfo::from_headers(&headers);
     let _ = copy_headers(&headers);
     let _ = <crate::JsonCodec as crate::Codec>::decode::<serde_json::Value>(&payload);
-    let msg = OwnedMessage::new(Some(payload), Some(b"k".to_vec()), "t".into(), Timestamp::NotAvailable, 0, 0, Some(headers));
+    let msg =
+        OwnedMessage::new(Some(payload), Some(b"k".to_vec()), "t".into(), Timestamp::NotAvailable, 0, 0, Some(headers));
     record_info(&msg).is_ok()
 }
 
