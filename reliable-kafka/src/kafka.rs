@@ -213,6 +213,25 @@ pub(crate) async fn send_in_order(
     futures::future::join_all(futures).await
 }
 
+/// Whether a send failed for a reason retrying cannot fix (the record itself is too
+/// large or invalid, or the topic name is), as opposed to an outage. Only such errors
+/// count toward the relay's `max_send_attempts`; outages, timeouts and authorization
+/// errors are retried without limit, so a broker outage never parks rows.
+pub(crate) fn is_permanent_send_error(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::InvalidRecord
+                | C::MessageBatchTooLarge
+                | C::InvalidTopic
+        )
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,19 +271,3 @@ mod tests {
     }
 }
 
-/// Whether a send failed for a reason retrying cannot fix (the record itself is too
-/// large or invalid, or the topic name is), as opposed to an outage.
-pub(crate) fn is_permanent_send_error(e: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            C::MessageSizeTooLarge
-                | C::InvalidMessageSize
-                | C::InvalidMessage
-                | C::InvalidRecord
-                | C::MessageBatchTooLarge
-                | C::InvalidTopic
-        )
-    )
-}

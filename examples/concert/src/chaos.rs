@@ -434,7 +434,7 @@ impl Run {
                 self.spawn_worker(WorkerRole::Relay)?;
             }
             Kind::BrokerRestart => {
-                let crash = turn % 2 == 0;
+                let crash = turn.is_multiple_of(2);
                 self.broker.lock().await.restart(Duration::from_millis(500 + 250 * (turn % 4)), crash).await?;
                 self.report.count("broker", 1);
                 self.report.count("broker/tansu-restart", 1);

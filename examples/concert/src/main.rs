@@ -206,7 +206,6 @@ async fn main() -> anyhow::Result<()> {
                     SabotageArg::OffsetsBeforeCommit => chaos::Sabotage::OffsetsBeforeCommit,
                     SabotageArg::MarkBeforeSend => chaos::Sabotage::MarkBeforeSend,
                 }),
-                ..defaults
             };
             let report = chaos::run(cfg).await?;
             let faults: Vec<String> = report.faults.iter().map(|(k, n)| format!("{k}={n}")).collect();

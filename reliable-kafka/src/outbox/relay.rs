@@ -200,10 +200,6 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
     }
 }
 
-/// Whether a send error can never succeed on retry (the record itself is rejected):
-/// only such errors count toward `max_send_attempts`. Outages, timeouts and
-/// authorization errors are retried without limit, so a broker outage never parks rows.
-
 impl OutboxRow {
     fn into_record(self) -> OutRecord {
         let id = self.id.hyphenated().to_string();
