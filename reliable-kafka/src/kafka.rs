@@ -213,6 +213,12 @@ pub(crate) async fn send_in_order(
     futures::future::join_all(futures).await
 }
 
+/// Whether a send failed because the record is too large.
+pub(crate) fn is_size_error(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(e.rdkafka_error_code(), Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge))
+}
+
 /// Whether a send failed for a reason retrying cannot fix (the record itself is too
 /// large or invalid, or the topic name is), as opposed to an outage. Only such errors
 /// count toward the relay's `max_send_attempts`; outages, timeouts and authorization
@@ -270,4 +276,3 @@ mod tests {
         assert_eq!(cc.get("enable.idempotence"), Some("true"));
     }
 }
-

@@ -171,9 +171,9 @@ impl Booking {
         if !self.store.token_is_active(user_id, queue_token).await? {
             return Err(BookingError::InvalidToken { user_id });
         }
-        if !self.store.hold_seat(seat_id, user_id).await? {
+        let Some(fresh_hold) = self.store.hold_seat(seat_id, user_id).await? else {
             return Err(BookingError::SeatTaken { seat_id });
-        }
+        };
         let result = async {
             let mut tx = self.pool.begin().await?;
             let seat: Option<i64> = sql!(
@@ -215,7 +215,9 @@ impl Booking {
             Ok(r)
         }
         .await;
-        if result.is_err() {
+        // Only the request that set the hold gives it back (a concurrent retry of the
+        // same user may own the reservation).
+        if result.is_err() && fresh_hold {
             let _ = self.store.release_hold(seat_id, user_id).await;
         }
         result

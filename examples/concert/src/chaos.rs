@@ -40,9 +40,9 @@ use anyhow::Context as _;
 use indicatif::ProgressBar;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use reliable_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use reliable_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use reliable_kafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use reliable_kafka::rdkafka::{ClientConfig, Message};
+use reliable_kafka::rdkafka::ClientConfig;
 use reliable_kafka::{EmbeddedKafka, KafkaConfig, MockFault, DEFAULT_DEAD_LETTER_SUFFIX};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
@@ -219,15 +219,20 @@ impl Worker {
 
     /// Asks the worker to SIGKILL itself at `point`; returns whether it did within `wait`.
     async fn kill_at(&mut self, point: &str, wait: Duration) -> anyhow::Result<bool> {
-        self.stdin.write_all(format!("kill {point}\n").as_bytes()).await?;
-        self.stdin.flush().await?;
+        let armed = async {
+            self.stdin.write_all(format!("kill {point}\n").as_bytes()).await?;
+            self.stdin.flush().await
+        };
+        if armed.await.is_err() {
+            return Ok(false); // the worker is gone already: not a landed fault
+        }
         match tokio::time::timeout(wait, self.child.wait()).await {
             Ok(status) => {
                 use std::os::unix::process::ExitStatusExt;
                 Ok(status?.signal() == Some(Signal::SIGKILL as i32))
             }
             Err(_) => {
-                self.stdin.write_all(b"disarm\n").await?;
+                let _ = self.stdin.write_all(b"disarm\n").await;
                 Ok(false)
             }
         }
@@ -473,10 +478,11 @@ impl Run {
                 self.report.count("rebalance", 1);
             }
             Kind::Sigterm => {
-                let role = if turn.is_multiple_of(3) { WorkerRole::Relay } else { WorkerRole::Consumers };
+                let done = self.report.faults.get("sigterm").copied().unwrap_or(0);
+                let role = if done.is_multiple_of(3) { WorkerRole::Relay } else { WorkerRole::Consumers };
                 let w = self.take_worker(role);
-                if w.started.elapsed() < Duration::from_secs(1) {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Some(rest) = Duration::from_secs(3).checked_sub(w.started.elapsed()) {
+                    tokio::time::sleep(rest).await;
                 }
                 self.expect_clean_exit(w).await?;
                 self.report.count("sigterm", 1);
@@ -726,7 +732,7 @@ async fn tansu_phase(
     for w in std::mem::take(&mut run.workers) {
         run.expect_clean_exit(w).await?;
     }
-    run.report.problems.extend(false_dead_letters(&brokers).await?);
+    run.report.problems.extend(false_dead_letters(&brokers, AppConfig::default().partitions).await?);
     count_demo_faults(&app, &mut run.report);
     app.stop().await?;
     watchdog.abort();
@@ -885,27 +891,27 @@ async fn settle(pool: &Db, store: &Store, waves: &[Wave], timeout: Duration) -> 
 }
 
 /// Records on the dead-letter topics of groups whose handlers never fail for good
-/// (all but the notification sender's): each is a false dead letter.
-async fn false_dead_letters(brokers: &str) -> anyhow::Result<Vec<String>> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("chaos-audit-{}", uuid::Uuid::now_v7()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let topics: Vec<String> = TOPICS
-        .iter()
-        .filter(|t| **t != PAYMENT_NOTIFICATION_TOPIC)
-        .map(|t| format!("{t}{DEFAULT_DEAD_LETTER_SUFFIX}"))
-        .collect();
-    consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let mut found = BTreeMap::<String, u64>::new();
-    // Until 10 s pass without a record (the first records wait for the group join).
-    while let Ok(msg) = tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await {
-        let msg = msg?;
-        *found.entry(msg.topic().to_owned()).or_default() += 1;
-    }
-    Ok(found.into_iter().map(|(t, n)| format!("false dead letters: {n} records on {t}")).collect())
+/// (all but the notification sender's), counted from the partitions' watermarks: each
+/// is a false dead letter.
+async fn false_dead_letters(brokers: &str, partitions: i32) -> anyhow::Result<Vec<String>> {
+    let brokers = brokers.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
+        let mut found = Vec::new();
+        for topic in TOPICS.iter().filter(|t| **t != PAYMENT_NOTIFICATION_TOPIC) {
+            let dlq = format!("{topic}{DEFAULT_DEAD_LETTER_SUFFIX}");
+            let mut n = 0;
+            for p in 0..partitions {
+                let (low, high) = consumer.fetch_watermarks(&dlq, p, Duration::from_secs(30))?;
+                n += high - low;
+            }
+            if n > 0 {
+                found.push(format!("false dead letters: {n} records on {dlq}"));
+            }
+        }
+        Ok(found)
+    })
+    .await?
 }
 
 /// Phase 2: the whole application in this process on a 3-broker mock cluster while
@@ -939,7 +945,7 @@ async fn mock_phase(
     let n = u64::from(cfg.faults_per_kind);
     let mut i = 0u64;
     while i < n.max(10) * 2 {
-        let broker = (i % 3) as i32 + 1;
+        let broker = ((i / 6) % 3) as i32 + 1;
         let fault = match i % 6 {
             0 => MockFault::RequestErrors {
                 api: RDKafkaApiKey::Produce,
@@ -964,7 +970,7 @@ async fn mock_phase(
             4 => MockFault::MoveGroupCoordinator { group: groups[(i as usize / 6) % groups.len()].clone(), broker },
             _ => MockFault::MovePartitionLeader {
                 topic: TOPICS[(i as usize / 6) % TOPICS.len()].to_owned(),
-                partition: (i % 3) as i32,
+                partition: ((i / 6) % 3) as i32,
                 broker,
             },
         };
@@ -987,6 +993,7 @@ async fn mock_phase(
         report.problems.push(format!("phase 2 (mock cluster) did not settle within {:?}", cfg.settle_timeout));
     }
     count_demo_faults(&app, report);
+    report.problems.extend(false_dead_letters(cluster.bootstrap_servers(), partitions).await?);
     let stopping = Instant::now();
     app.stop().await?;
     tracing::info!(elapsed = ?stopping.elapsed(), "phase 2 application stopped");

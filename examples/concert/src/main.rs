@@ -380,6 +380,8 @@ fn find_tansu() -> PathBuf {
 /// A chaos worker: `role` until SIGTERM or the end of stdin; `kill <point>` on stdin
 /// makes it SIGKILL itself the next time it passes that fail point.
 async fn run_worker(env: &Env, role: WorkerRole, webhook_url: &str, max_batch: usize) -> anyhow::Result<()> {
+    // First, so that a SIGTERM during start-up still means a graceful stop.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (Some(db_url), Some(redis_url), Some(kafka)) = (&env.database_url, &env.redis_url, &env.kafka) else {
         anyhow::bail!("a worker needs DATABASE_URL, REDIS_URL and KAFKA_BROKERS");
     };
@@ -400,7 +402,6 @@ async fn run_worker(env: &Env, role: WorkerRole, webhook_url: &str, max_batch: u
     let store = Store::connect(redis_url, Duration::from_secs(600), &env.redis_namespace).await?;
     let cfg = AppConfig { max_batch, ..ScenarioConfig::default().app_config() };
     let workers = Workers::start(db.clone(), &store, kafka, &cfg, role, webhook_url)?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // stdin is read on a thread of its own: tokio's stdin reads on its blocking pool,
     // and the runtime would wait at exit for that read to end.
     let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel::<String>();

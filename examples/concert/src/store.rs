@@ -268,19 +268,19 @@ impl Store {
         Ok(self.kv.get(&self.token_key(user_id)).await?.as_deref() == Some(token))
     }
 
-    /// Holds `seat_id` for `user_id` (set-if-absent with TTL); false when someone else
-    /// holds it. Holding a seat the user already holds succeeds, so a request retried
-    /// after a lost answer (the hold was set, the reply never arrived) is not refused.
+    /// Holds `seat_id` for `user_id` (set-if-absent with TTL): `Some(true)` when this
+    /// call set the hold, `Some(false)` when the user already held it (a request retried
+    /// after a lost answer is not refused), `None` when someone else holds it.
     ///
     /// # Errors
     /// Store errors.
-    pub async fn hold_seat(&self, seat_id: i64, user_id: i64) -> Result<bool, StoreError> {
+    pub async fn hold_seat(&self, seat_id: i64, user_id: i64) -> Result<Option<bool>, StoreError> {
         let key = self.hold_key(seat_id);
         let me = user_id.to_string();
         if self.kv.set_if_absent(&key, &me, self.ttl).await? {
-            return Ok(true);
+            return Ok(Some(true));
         }
-        Ok(self.kv.get(&key).await?.as_deref() == Some(me.as_str()))
+        Ok((self.kv.get(&key).await?.as_deref() == Some(me.as_str())).then_some(false))
     }
 
     /// Releases the hold of `seat_id` if `user_id` still owns it.

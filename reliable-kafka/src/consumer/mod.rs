@@ -970,7 +970,9 @@ impl<DB: Backend> Inner<DB> {
         }
         fault_point!("rk-consumer-before-commit");
         ctx.tx.commit().await.map_err(|e| report(&e))?;
-        fault_point!("rk-consumer-after-commit");
+        if !handled.is_empty() {
+            fault_point!("rk-consumer-after-commit");
+        }
         self.stats.processed.fetch_add(handled.len() as u64, Ordering::Relaxed);
         self.stats.duplicates.fetch_add((batch.len() - handled.len()) as u64, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -1195,7 +1197,7 @@ impl<DB: Backend> Inner<DB> {
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     return Outcome::Done;
                 }
-                Err(e) if !omit_payload && crate::kafka::is_permanent_send_error(&e) => {
+                Err(e) if !omit_payload && crate::kafka::is_size_error(&e) => {
                     tracing::warn!(group = %self.group, error = %e, payload_bytes = msg.payload().map_or(0, <[u8]>::len),
                         "dead-letter record rejected; sending it without its payload");
                     omit_payload = true;
