@@ -7,5 +7,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = reliable_kafka::__private::fuzz_decode_record(data);
+    let _ = reliable_kafka::testing::fuzz_decode_record(data);
 });

@@ -1,6 +1,6 @@
 //! `key = value` argument lists shared by both macros.
 
-use proc_macro2::Span;
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{Expr, Ident, LitStr, Token};
@@ -100,4 +100,24 @@ pub fn crate_path(value: Option<LitStr>) -> syn::Result<syn::Path> {
 /// Span of the whole call site, for "missing key" errors when there is no better one.
 pub fn call_site() -> Span {
     Span::call_site()
+}
+
+/// The tokens with every span, inside groups too, set to `span`: for generated code whose
+/// diagnostics must point at one token of the user, including interpolated paths such
+/// as `#krate` that carry spans of their own.
+pub fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|tt| match tt {
+            TokenTree::Group(g) => {
+                let mut group = Group::new(g.delimiter(), respan(g.stream(), span));
+                group.set_span(span);
+                TokenTree::Group(group)
+            }
+            mut other => {
+                other.set_span(span);
+                other
+            }
+        })
+        .collect()
 }

@@ -40,15 +40,30 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 /// `&mut HandlerContext<Sqlite>`, or `&mut HandlerContext<DB>` in a function generic
 /// over `DB: Backend`, which then works with either.
 ///
-/// `#[event_handler(topic = "payment.failed", group = "payment-compensator-group", backoff = FixedBackOff::new(Duration::from_secs(1), 4), dlq = "payment.failed.DLQ")]`
+/// `#[event_handler(group = "payment-compensator-group", topic = PaymentFailed::TOPIC, backoff = FixedBackOff::new(Duration::from_secs(1), 4), dead_letter_topic = "payment.failed.DLQ")]`
 ///
 /// | key | required | meaning |
 /// |---|---|---|
 /// | `group` | yes | consumer group |
 /// | `topic` | no (the event's topic) | topic to consume |
 /// | `backoff` | no (container default) | expression of a `BackOff`, `FixedBackOff`, `ExponentialBackOff`, or a `Result` of one |
-/// | `dlq` | no (`<topic>.DLQ`) | dead-letter topic |
+/// | `dead_letter_topic` | no (`<topic>.DLQ`) | dead-letter topic |
+/// | `dlq` | | deprecated name of `dead_letter_topic` (a warning at the key); not both |
 /// | `crate` | no | path of the `reliable_kafka` crate, as a string |
+///
+/// `group`, `topic` and `dead_letter_topic` take a string literal (checked not to be
+/// empty) or any expression of a `&'static str` (or `String`): a `const GROUP: &str`, an
+/// event's `PaymentFailed::TOPIC`, `concat!(..)`. A value of another type is reported at
+/// the value.
+///
+/// The function stays callable, as the associated function `name::call` with the same
+/// arguments, generics and docs, so a unit test runs a handler without a container:
+/// `name::call(event, &mut HandlerContext::new(tx, record_info)).await`.
+///
+/// The function's `#[cfg(..)]`, `#[cfg_attr(..)]` and lint levels (`allow`, `warn`,
+/// `deny`, `forbid`) go on every generated item, its docs on the struct and on `call`,
+/// and its other attributes (`#[expect(..)]`, `#[deprecated]`, `#[tracing::instrument]`,
+/// …) on `call`, which holds the body.
 #[proc_macro_attribute]
 pub fn event_handler(args: TokenStream, item: TokenStream) -> TokenStream {
     handler::expand(args.into(), item.into()).into()

@@ -1,16 +1,17 @@
 //! Error types of the crate.
 //!
-//! One runtime error enum ([`Error`]) and one configuration error enum
-//! ([`ConfigError`]). Messages are lowercase and never repeat their cause: the
-//! cause is kept as [`std::error::Error::source`], so a report walking the chain
-//! prints it once.
+//! One runtime error enum ([`Error`], classifiable with [`Error::kind`] and
+//! [`Error::is_transient`]) and one configuration error enum ([`ConfigError`]).
+//! Messages are lowercase and never repeat their cause: the cause is kept as
+//! [`std::error::Error::source`], so [`report`] walking the chain prints it once.
 
 use std::borrow::Cow;
 
 /// A boxed error from user code (handlers, codecs).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// Errors returned by the outbox, the relay and the listener container.
+/// Errors returned by the outbox, the relay, the listener container, the re-driver and
+/// the operations API.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -41,6 +42,31 @@ pub enum Error {
     /// The configuration was rejected.
     #[error("invalid configuration")]
     Config(#[source] ConfigError),
+    /// A worker task ended without a result (it was aborted by its runtime).
+    #[error("worker `{worker}` was cancelled before it finished")]
+    WorkerCancelled {
+        /// The worker's name (its consumer group, outbox table or re-drive group).
+        worker: String,
+    },
+}
+
+/// What kind of [`Error`] this is, for callers that decide by category
+/// (see [`Error::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// [`Error::Database`].
+    Database,
+    /// [`Error::Migrate`].
+    Migrate,
+    /// [`Error::Kafka`].
+    Kafka,
+    /// [`Error::Codec`].
+    Codec,
+    /// [`Error::Config`].
+    Config,
+    /// [`Error::WorkerCancelled`].
+    WorkerCancelled,
 }
 
 impl Error {
@@ -51,11 +77,63 @@ impl Error {
     pub(crate) fn kafka(operation: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
         move |source| Error::Kafka { operation, source }
     }
+
+    /// The error's category.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Database { .. } => ErrorKind::Database,
+            Error::Migrate(_) => ErrorKind::Migrate,
+            Error::Kafka { .. } => ErrorKind::Kafka,
+            Error::Codec(_) => ErrorKind::Codec,
+            Error::Config(_) => ErrorKind::Config,
+            Error::WorkerCancelled { .. } => ErrorKind::WorkerCancelled,
+        }
+    }
+
+    /// Whether trying again later may succeed: a lost or refused database connection,
+    /// a pool timeout, a serialization failure or deadlock (see [`is_transient_sqlx`]),
+    /// or a Kafka error librdkafka calls retriable (a broker outage, a timeout, a
+    /// leader change). Configuration, encoding and migration errors are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Database { source, .. } => is_transient_sqlx(source),
+            Error::Migrate(sqlx::migrate::MigrateError::Execute(e)) => is_transient_sqlx(e),
+            Error::Kafka { source, .. } => crate::kafka::is_transient_kafka(source),
+            Error::Migrate(_) | Error::Codec(_) | Error::Config(_) | Error::WorkerCancelled { .. } => false,
+        }
+    }
 }
 
 impl From<ConfigError> for Error {
     fn from(e: ConfigError) -> Self {
         Error::Config(e)
+    }
+}
+
+/// Whether a database error may pass on its own: lost connections, pool timeouts, I/O
+/// and TLS errors, the PostgreSQL SQLSTATE classes `08` (connection), `40`
+/// (serialization failure, deadlock), `53` (insufficient resources) and `57` (operator
+/// intervention, e.g. a server restart), and SQLite's `SQLITE_BUSY` and
+/// `SQLITE_LOCKED` (with their extended codes). Constraint violations, bad SQL and
+/// decoding errors are not.
+pub fn is_transient_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            #[cfg(feature = "sqlite")]
+            if let Some(lite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                return sqlx::error::DatabaseError::code(lite)
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6));
+            }
+            db.code().is_some_and(|c| ["08", "40", "53", "57"].iter().any(|class| c.starts_with(class)))
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
     }
 }
 
@@ -135,6 +213,19 @@ pub(crate) fn validate_identifier(key: &'static str, value: &str) -> Result<(), 
     }
 }
 
+/// The error and its whole `source()` chain, `": "`-separated: the form written to the
+/// `kafka_dlt-exception-message` header and to logs.
+pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +238,37 @@ mod tests {
             let err = validate_identifier("outbox_table", bad).unwrap_err();
             assert!(err.to_string().contains("outbox_table"), "{err}");
         }
+    }
+
+    #[test]
+    fn classification() {
+        let lost = Error::Database { operation: "x", source: sqlx::Error::PoolTimedOut };
+        assert_eq!(lost.kind(), ErrorKind::Database);
+        assert!(lost.is_transient());
+        let bad_sql = Error::Database { operation: "x", source: sqlx::Error::RowNotFound };
+        assert!(!bad_sql.is_transient());
+        let config: Error = ConfigError::invalid("k", "r").into();
+        assert_eq!(config.kind(), ErrorKind::Config);
+        assert!(!config.is_transient());
+        let outage = Error::Kafka {
+            operation: "x",
+            source: rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::AllBrokersDown),
+        };
+        assert!(outage.is_transient());
+        let too_large = Error::Kafka {
+            operation: "x",
+            source: rdkafka::error::KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge,
+            ),
+        };
+        assert!(!too_large.is_transient());
+    }
+
+    #[test]
+    fn report_walks_the_chain_once() {
+        let e = Error::Database { operation: "claim outbox rows", source: sqlx::Error::PoolTimedOut };
+        let r = report(&e);
+        assert!(r.starts_with("database operation failed: claim outbox rows: "), "{r}");
+        assert_eq!(r.matches("pool timed out").count(), 1, "{r}");
     }
 }

@@ -30,7 +30,24 @@
 //! happen at least once; per-key order after a record exhausted the relay's send
 //! attempts.
 //!
+//! ## Workers
+//!
+//! The relay, the container and the re-driver share one lifecycle: `builder(kafka,
+//! pool)…build()?`, then `run(shutdown)` or `spawn()`, which returns a
+//! [`WorkerHandle`] with `stats()` and `shutdown()`.
+//!
+//! ## Cargo features
+//!
+//! | feature | default | what |
+//! |---|---|---|
+//! | `postgres` | yes | the PostgreSQL backend ([`Postgres`]) |
+//! | `sqlite` | no | the SQLite backend ([`Sqlite`]) |
+//! | `macros` | yes | `#[derive(Event)]`, `#[event_handler]` |
+//! | `embedded` | no | `EmbeddedKafka`: librdkafka's in-process mock cluster |
+//! | `testing` | no | fail points, sabotage switches, the fuzz entry, the stubbed relay (`testing`); never in production |
+//!
 //! ```no_run
+//! # #[cfg(all(feature = "postgres", feature = "macros"))] mod doc {
 //! use reliable_kafka::{event_handler, Event, HandlerContext, HandlerError, KafkaConfig, ListenerContainer, Outbox, OutboxRelay};
 //! use serde::{Deserialize, Serialize};
 //!
@@ -51,87 +68,81 @@
 //! let pool = sqlx::PgPool::connect("postgres://127.0.0.1/app").await?;
 //! reliable_kafka::migrate(&pool).await?;
 //! let kafka = KafkaConfig::from_env();
-//! let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build()?.spawn();
+//! let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).build()?.spawn();
 //! let consumer = ListenerContainer::builder(kafka, pool.clone()).handler(compensate).build()?.spawn();
 //!
 //! let mut tx = pool.begin().await?;
 //! Outbox::new().enqueue(&mut tx, &PaymentFailed { payment_id: 7 }).await?;
 //! tx.commit().await?;
-//! # consumer.shutdown().await?; relay.shutdown().await;
+//! # consumer.shutdown().await?; relay.shutdown().await?;
 //! # Ok(()) }
+//! # }
 //! ```
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
-/// A fail point of the `failpoints` feature; nothing without it.
-macro_rules! fault_point {
-    ($name:literal) => {
-        #[cfg(feature = "failpoints")]
-        fail::fail_point!($name);
-    };
-}
+#[macro_use]
+mod fault;
 
-/// Whether the `failpoints` feature's switch `name` is on (`fail::cfg(name, "return")`):
-/// a switch that turns one of the library's mechanisms off, for harnesses that prove
-/// the mechanism is needed. Always false without the feature.
-#[allow(unused_variables)]
-pub(crate) fn sabotaged(name: &str) -> bool {
-    #[cfg(feature = "failpoints")]
-    {
-        fail::eval(name, |_| ()).is_some()
-    }
-    #[cfg(not(feature = "failpoints"))]
-    {
-        false
-    }
-}
-
-mod backend;
 mod backoff;
 mod consumer;
+#[cfg(feature = "embedded")]
 mod embedded;
+mod envelope;
 mod error;
 mod event;
-pub mod headers;
 mod kafka;
+mod ops;
 mod outbox;
 mod redrive;
 mod schema;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod worker;
 
-pub use backend::{AnyPool, Backend, BackendConnection, Postgres, Sqlite};
 pub use backoff::{
     BackOff, ExponentialBackOff, ExponentialBackOffBuilder, FixedBackOff, IntoBackOff, MAX_ATTEMPTS, MAX_DELAY,
 };
 pub use consumer::{
-    ContainerHandle, ContainerStats, DeadLetterInfo, DeadLetterReason, EventHandler, HandlerContext, HandlerError,
-    HandlerOptions, ListenerContainer, ListenerContainerBuilder, RecordInfo, DEFAULT_DEAD_LETTER_SUFFIX,
+    ContainerHandle, ContainerStats, EventHandler, HandlerContext, HandlerError, HandlerFault, HandlerOptions,
+    ListenerContainer, ListenerContainerBuilder, RecordInfo, UnexpectedRecord, DEFAULT_COMMIT_INTERVAL,
+    DEFAULT_DEAD_LETTER_SUFFIX, DEFAULT_HANDLER_TIMEOUT, DEFAULT_PROCESSED_RETENTION, MAX_BATCH,
+    MAX_PARTITION_CONCURRENCY, PRUNE_INTERVAL,
 };
+#[cfg(feature = "embedded")]
 pub use embedded::{EmbeddedKafka, MockFault};
-pub use error::{BoxError, ConfigError, Error};
+pub use envelope::{headers, DeadLetterInfo, DeadLetterReason, Envelope, EnvelopeError, TimestampType};
+pub use error::{is_transient_sqlx, report, BoxError, ConfigError, Error, ErrorKind};
 pub use event::{Codec, CodecError, Event, JsonCodec};
 pub use kafka::{KafkaConfig, DEFAULT_BROKERS};
+pub use ops::Operations;
 pub use outbox::{EnqueueOptions, Outbox, OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayStats};
+#[allow(deprecated)]
+pub use redrive::REDRIVE_COUNT;
 pub use redrive::{
-    DeadLetterRedriver, DeadLetterRedriverBuilder, RedriveHandle, RedriveReport, RedriveStats, REDRIVE_COUNT,
+    DeadLetterRedriver, DeadLetterRedriverBuilder, RedriveHandle, RedriveReport, RedriveStats, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_RUN_TIME, DEFAULT_REDRIVE_INTERVAL,
 };
 pub use schema::{
     migrate, migrator, DEFAULT_OUTBOX_TABLE, DEFAULT_PARKED_TABLE, DEFAULT_PROCESSED_TABLE, NOTIFY_CHANNEL,
 };
-
-pub(crate) use consumer::report as report_chain;
+pub use store::outbox::OutboxBacklog;
+pub use store::park::ParkedMessage;
+pub use store::{begin_write, AnyPool, Backend, BackendConnection, DefaultBackend};
+#[cfg(feature = "postgres")]
+pub use store::Postgres;
+#[cfg(feature = "sqlite")]
+pub use store::Sqlite;
+pub use worker::{
+    WorkerHandle, INFRASTRUCTURE_BACKOFF_MAX, INFRASTRUCTURE_BACKOFF_MIN, PRODUCER_FLUSH_TIMEOUT,
+};
 
 /// The `rdkafka` this crate is built on, for its types in this API (the error codes
-/// of [`MockFault`], say) without a second, possibly different, version.
+/// of `MockFault`, say) without a second, possibly different, version.
 pub use rdkafka;
-/// The shutdown signal taken by [`ListenerContainer::run`] and [`OutboxRelay::run`]
-/// (re-exported from `tokio-util`).
+/// The shutdown signal taken by the workers' `run` (re-exported from `tokio-util`).
 pub use tokio_util::sync::CancellationToken;
-
-/// The error and its whole `source()` chain, `": "`-separated: the form written to the
-/// `kafka_dlt-exception-message` header and to logs.
-pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
-    report_chain(e)
-}
 
 #[cfg(feature = "macros")]
 #[doc(inline)]
@@ -140,18 +151,13 @@ pub use reliable_kafka_macros::{event_handler, Event};
 /// Re-exports for the generated code of the macros. Not public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::consumer::handler::handler_future;
     pub use futures::future::BoxFuture;
     pub use std::boxed::Box;
-
-    /// Boxes a handler's future; the bound names the return type a handler must have.
-    pub fn handler_future<'a, F>(f: F) -> BoxFuture<'a, Result<(), crate::HandlerError>>
-    where
-        F: std::future::Future<Output = Result<(), crate::HandlerError>> + Send + 'a,
-    {
-        Box::pin(f)
-    }
     pub use std::option::Option;
     pub use std::string::{String, ToString};
 
-    pub use crate::consumer::fuzz_decode_record;
+    /// Referenced by `#[event_handler(dlq = …)]` so that the old key warns.
+    #[deprecated(since = "0.2.0", note = "the `dlq` argument of `#[event_handler]` is renamed `dead_letter_topic`")]
+    pub const DEPRECATED_DLQ_ARGUMENT: () = ();
 }

@@ -24,12 +24,12 @@ use crate::webhook::{DemoReceiver, ReceiverBehaviour, WebhookNotifier};
 /// Retries of a gateway call after the first attempt.
 pub const GATEWAY_RETRIES: usize = 3;
 
-/// Which flows the consumers serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which flows the consumers serve (`--flows` of `concert scenario`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Flows {
-    /// Everything of the five seed documents.
+    /// Every flow of the five seed documents; report `users= payments= failed= coupons= notified= dead_lettered=`.
     All,
-    /// Only the payment-failure compensation (seed 000).
+    /// Only the payment-failure compensation (seed 000); report `payments= failed= compensated_db= cleaned_redis=`.
     PaymentFailure,
 }
 
@@ -215,19 +215,21 @@ impl App {
     /// hand and commits), then the relay.
     ///
     /// # Errors
-    /// The first container error.
+    /// The first error of a worker (re-driver, container, relay).
     pub async fn stop(self) -> anyhow::Result<()> {
         self.api.stop().await;
         self.recovery.0.cancel();
         let _ = tokio::task::spawn_blocking(move || self.recovery.1.join()).await;
+        // Every worker is stopped, whatever the one before returned.
+        let mut results = Vec::new();
         if let Some(r) = self.redriver {
-            r.shutdown().await;
+            results.push(r.shutdown().await);
         }
         for c in self.containers {
-            c.shutdown().await?;
+            results.push(c.shutdown().await);
         }
         if let Some(relay) = self.relay {
-            relay.shutdown().await;
+            results.push(relay.shutdown().await);
         }
         if let Some((_, s)) = self.gateway {
             s.stop().await;
@@ -235,6 +237,7 @@ impl App {
         if let Some((_, s)) = self.receiver {
             s.stop().await;
         }
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
         Ok(())
     }
 }
@@ -244,8 +247,9 @@ pub fn topics() -> Vec<String> {
     TOPICS.iter().flat_map(|t| [(*t).to_owned(), format!("{t}{DEFAULT_DEAD_LETTER_SUFFIX}")]).collect()
 }
 
-/// Which part of the pipeline a [`Workers`] process runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which part of the pipeline a [`Workers`] process runs (`--role` of the chaos
+/// harness's workers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WorkerRole {
     /// The outbox relay.
     Relay,
@@ -290,12 +294,12 @@ impl Workers {
     /// relay finishes its batch.
     ///
     /// # Errors
-    /// The first container error.
+    /// The first container error, else the relay's.
     pub async fn stop(self) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         // All groups drain at once; each commits its own offsets.
         let results = futures::future::join_all(self.containers.into_iter().map(|c| {
-            let group = c.group().to_owned();
+            let group = c.name().to_owned();
             async move {
                 let r = c.shutdown().await;
                 tracing::info!(%group, elapsed = ?started.elapsed(), ok = r.is_ok(), "consumer group stopped");
@@ -303,11 +307,16 @@ impl Workers {
             }
         }))
         .await;
-        if let Some(relay) = self.relay {
-            relay.shutdown().await;
-            tracing::info!(elapsed = ?started.elapsed(), "relay stopped");
-        }
+        let relay = match self.relay {
+            Some(relay) => {
+                let r = relay.shutdown().await;
+                tracing::info!(elapsed = ?started.elapsed(), ok = r.is_ok(), "relay stopped");
+                r
+            }
+            None => Ok(()),
+        };
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        relay?;
         Ok(())
     }
 }
@@ -332,7 +341,7 @@ fn start_pipeline<DB: AppBackend>(
 ) -> anyhow::Result<Pipeline> {
     let relay = match parts.relay {
         true => Some(
-            OutboxRelay::builder(pool.clone(), kafka.clone()).poll_interval(cfg.relay_poll_interval).build()?.spawn(),
+            OutboxRelay::builder(kafka.clone(), pool.clone()).poll_interval(cfg.relay_poll_interval).build()?.spawn(),
         ),
         false => None,
     };

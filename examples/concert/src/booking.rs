@@ -62,8 +62,8 @@ pub enum BookingError {
     /// The key-value store (Redis) failed.
     #[error("store error")]
     Store(#[from] crate::store::StoreError),
-    /// Writing the outbox failed.
-    #[error("outbox error")]
+    /// Writing the outbox or beginning a transaction ([`crate::db::Db::begin`]) failed.
+    #[error("outbox or transaction error")]
     Outbox(#[from] reliable_kafka::Error),
 }
 

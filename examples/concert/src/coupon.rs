@@ -46,6 +46,12 @@ impl From<sqlx::Error> for CouponError {
     }
 }
 
+impl From<reliable_kafka::Error> for CouponError {
+    fn from(e: reliable_kafka::Error) -> Self {
+        CouponError::Booking(e.into())
+    }
+}
+
 /// Requests coupon `coupon_id` for `user_id`; the coupon itself is created by the
 /// `coupon-issue-group` consumer.
 ///

@@ -5,7 +5,7 @@
 //! whichever backend an [`Ex`] holds. Most statements are portable; where the dialects
 //! differ a [`Sql`] carries one text per backend.
 
-use reliable_kafka::{Backend, Outbox, Postgres, Sqlite};
+use reliable_kafka::{Backend, Operations, Outbox, OutboxBacklog, ParkedMessage, Postgres, Sqlite};
 use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool, Transaction};
 
 /// The application's database.
@@ -49,16 +49,41 @@ impl Db {
         }
     }
 
-    /// Begins a transaction that will write (SQLite: `BEGIN IMMEDIATE`, so that
-    /// concurrent writers queue instead of failing on a lock upgrade).
+    /// Begins a transaction that will write, as the library's own do
+    /// ([`reliable_kafka::begin_write`]; SQLite: `BEGIN IMMEDIATE`, so that concurrent
+    /// writers queue instead of failing on a lock upgrade).
     ///
     /// # Errors
     /// Database errors.
-    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+    pub async fn begin(&self) -> Result<Tx, reliable_kafka::Error> {
         Ok(match self {
-            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
-            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(p) => Tx::Postgres(reliable_kafka::begin_write(p).await?),
+            Db::Sqlite(p) => Tx::Sqlite(reliable_kafka::begin_write(p).await?),
         })
+    }
+
+    /// The outbox backlog ([`Operations::outbox_backlog`]): rows pending, the age of the
+    /// oldest, rows the relay parked, rows delivered and kept.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn outbox_backlog(&self) -> Result<OutboxBacklog, reliable_kafka::Error> {
+        match self {
+            Db::Postgres(p) => Operations::new(p.clone()).outbox_backlog().await,
+            Db::Sqlite(p) => Operations::new(p.clone()).outbox_backlog().await,
+        }
+    }
+
+    /// Every parked message (`rk_parked_messages`, [`Operations::parked_messages`]),
+    /// newest first.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn parked_messages(&self) -> Result<Vec<ParkedMessage>, reliable_kafka::Error> {
+        match self {
+            Db::Postgres(p) => all_parked(&Operations::new(p.clone())).await,
+            Db::Sqlite(p) => all_parked(&Operations::new(p.clone())).await,
+        }
     }
 
     /// Closes the pool.
@@ -67,6 +92,19 @@ impl Db {
             Db::Postgres(p) => p.close().await,
             Db::Sqlite(p) => p.close().await,
         }
+    }
+}
+
+/// Every parked message: the count, with room for messages parked meanwhile; asked
+/// again with twice the room while the answer fills it.
+async fn all_parked<DB: Backend>(ops: &Operations<DB>) -> Result<Vec<ParkedMessage>, reliable_kafka::Error> {
+    let mut limit = usize::try_from(ops.parked_count().await?).unwrap_or(usize::MAX / 4).saturating_add(64);
+    loop {
+        let parked = ops.parked_messages(limit).await?;
+        if parked.len() < limit {
+            return Ok(parked);
+        }
+        limit = limit.saturating_mul(2);
     }
 }
 

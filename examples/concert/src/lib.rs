@@ -11,15 +11,18 @@
 //! | order trace (two groups) and coupons | 001 | [`handlers`], [`coupon`] |
 //! | payment recovery in a bulkhead | 004 | [`recovery`], [`gateway`] |
 //!
-//! [`chaos`] is the fault-injection harness that runs these flows while processes,
-//! the broker, PostgreSQL and Redis fail at the worst moments.
+//! [`scenario`] drives many users through these flows and checks every invariant;
+//! [`services`] picks the real services or their embedded stand-ins. The
+//! fault-injection harness that runs the flows while processes, the broker,
+//! PostgreSQL and Redis fail at the worst moments is the crate `concert-chaos`
+//! (`examples/concert-chaos`), the only one that enables the library's `testing`
+//! feature.
 //!
 //! Everything uses only the public API of `reliable-kafka`.
 
 pub mod api;
 pub mod app;
 pub mod booking;
-pub mod chaos;
 pub mod config;
 pub mod coupon;
 pub mod db;
@@ -29,6 +32,7 @@ pub mod handlers;
 pub mod http;
 pub mod recovery;
 pub mod scenario;
+pub mod services;
 pub mod store;
 pub mod webhook;
 

@@ -1,14 +1,12 @@
-//! The handler side of the listener container: what a handler gets and returns.
+//! The handler side of the listener container: [`EventHandler`], how a handler fails
+//! ([`HandlerError`], [`HandlerFault`]) and its settings ([`HandlerOptions`]).
 
 use std::borrow::Cow;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use sqlx::Transaction;
 
-use crate::{Backend, Postgres};
-use uuid::Uuid;
-
+use crate::{Backend, DefaultBackend, HandlerContext, RecordInfo};
 use crate::{BackOff, BoxError, Codec, CodecError, ConfigError, Event, IntoBackOff};
 
 /// How a handler failed; the container decides what happens next.
@@ -55,7 +53,7 @@ impl HandlerError {
         HandlerError::RetryAfter { after, source: source.into() }
     }
 
-    /// The variant's path, written to the `kafka_dlt-exception-fqcn` header.
+    /// The variant's Rust path, written to the `kafka_dlt-exception-fqcn` header.
     pub fn kind(&self) -> &'static str {
         match self {
             HandlerError::Transient(_) => "reliable_kafka::HandlerError::Transient",
@@ -71,30 +69,12 @@ impl HandlerError {
 }
 
 /// Classifies database errors so `?` on sqlx calls in a handler does the right thing:
-/// lost connections, pool timeouts, I/O errors, the PostgreSQL SQLSTATE classes `08`
-/// (connection), `40` (serialization failure, deadlock), `53` (insufficient resources)
-/// and `57` (operator intervention, e.g. a server restart), and SQLite's `SQLITE_BUSY`
-/// and `SQLITE_LOCKED` are transient; every other
-/// database error (constraint violations, bad SQL, decoding) is permanent.
+/// what [`crate::is_transient_sqlx`] calls transient (lost connections, pool timeouts,
+/// serialization failures, deadlocks, `SQLITE_BUSY`) is [`HandlerError::Transient`];
+/// every other database error (constraint violations, bad SQL, decoding) is permanent.
 impl From<sqlx::Error> for HandlerError {
     fn from(e: sqlx::Error) -> Self {
-        let transient = match &e {
-            sqlx::Error::Database(db) => match db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
-                // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-                Some(lite) => sqlx::error::DatabaseError::code(lite)
-                    .and_then(|c| c.parse::<i32>().ok())
-                    .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
-                None => db.code().is_some_and(|c| ["08", "40", "53", "57"].iter().any(|class| c.starts_with(class))),
-            },
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => true,
-            _ => false,
-        };
-        if transient {
+        if crate::is_transient_sqlx(&e) {
             HandlerError::Transient(Box::new(e))
         } else {
             HandlerError::Permanent(Box::new(e))
@@ -102,90 +82,47 @@ impl From<sqlx::Error> for HandlerError {
     }
 }
 
-/// Where a record came from and what its envelope headers say.
-#[derive(Debug, Clone)]
+/// Keeps the classification of the framework's errors, so `?` on
+/// [`crate::Outbox::enqueue`] inside a handler retries what may pass
+/// ([`crate::Error::is_transient`]) and dead-letters the rest (an event that cannot be
+/// encoded, say).
+impl From<crate::Error> for HandlerError {
+    fn from(e: crate::Error) -> Self {
+        if e.is_transient() {
+            HandlerError::Transient(Box::new(e))
+        } else {
+            HandlerError::Permanent(Box::new(e))
+        }
+    }
+}
+
+/// Failures the container detects around a handler, found as the source of the
+/// [`HandlerError`] it records (and in the `kafka_dlt-exception-message` header).
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub struct RecordInfo {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// Offset in the partition.
-    pub offset: i64,
-    /// Record timestamp, ms since the epoch, if the broker gave one.
-    pub timestamp_ms: Option<i64>,
-    /// Record key bytes.
-    pub key: Option<Vec<u8>>,
-    /// The message id the idempotent consumer deduplicates on.
-    pub message_id: Uuid,
-    /// Event type header.
-    pub event_type: String,
-    /// Schema version header.
-    pub schema_version: u32,
-    /// Outbox insert time, ms since the epoch, if present.
-    pub produced_at_ms: Option<i64>,
-    /// W3C `traceparent`, if present.
-    pub traceparent: Option<String>,
+pub enum HandlerFault {
+    /// The handler did not finish within the container's `handler_timeout`
+    /// (transient).
+    #[error("handler did not finish within {0:?}")]
+    Timeout(Duration),
+    /// The handler panicked (permanent).
+    #[error("handler panicked: {0}")]
+    Panic(String),
+    /// The handler returned `Ok`, but its transaction cannot commit: a statement had
+    /// failed and PostgreSQL aborted it, or SQLite rolled it back on its own (after
+    /// `SQLITE_FULL` or an I/O error); nothing was committed (permanent).
+    #[error("handler returned Ok but its transaction was aborted or rolled back by the database; nothing was committed")]
+    AbortedTransaction,
 }
 
-/// What a handler gets besides its event: the open database transaction in which the
-/// container has already recorded the message id, the record's coordinates, and the
-/// attempt number.
-///
-/// Everything the handler writes through [`HandlerContext::tx`] commits together with
-/// the deduplication row, or not at all.
-///
-/// `DB` is the backend of the container's pool: write `HandlerContext` for PostgreSQL,
-/// `HandlerContext<Sqlite>` for SQLite, or keep a handler generic over `DB: Backend`
-/// when it does not touch the database.
-pub struct HandlerContext<DB: Backend = Postgres> {
-    pub(crate) tx: Transaction<'static, DB>,
-    pub(crate) record: RecordInfo,
-    pub(crate) attempt: u32,
-    pub(crate) group: std::sync::Arc<str>,
-}
-
-impl<DB: Backend> HandlerContext<DB> {
-    /// The transaction for the handler's database effects (use as `ctx.tx()` wherever
-    /// sqlx takes an executor).
-    ///
-    /// On SQLite it holds the database's write lock until the handler returns: every
-    /// write of the handler must go through it (a write through the pool would wait
-    /// for this very lock until the busy timeout), and slow calls inside a handler
-    /// delay every other writer.
-    pub fn tx(&mut self) -> &mut DB::Connection {
-        &mut self.tx
-    }
-
-    /// The record's coordinates and envelope.
-    pub fn record(&self) -> &RecordInfo {
-        &self.record
-    }
-
-    /// The message id (shortcut for `record().message_id`).
-    pub fn message_id(&self) -> Uuid {
-        self.record.message_id
-    }
-
-    /// 1 on the first delivery attempt, then 2, 3, … on retries.
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// The consumer group.
-    pub fn group(&self) -> &str {
-        &self.group
-    }
-}
-
-impl<DB: Backend> std::fmt::Debug for HandlerContext<DB> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HandlerContext")
-            .field("record", &self.record)
-            .field("attempt", &self.attempt)
-            .field("group", &self.group)
-            .finish_non_exhaustive()
-    }
+/// Boxes a handler's future; the bound names the return type a handler must have.
+/// Used by the code `#[event_handler]` generates.
+#[doc(hidden)]
+pub fn handler_future<'a, F>(f: F) -> BoxFuture<'a, Result<(), HandlerError>>
+where
+    F: std::future::Future<Output = Result<(), HandlerError>> + Send + 'a,
+{
+    Box::pin(f)
 }
 
 /// Per-handler settings: topic, consumer group, retry policy, dead-letter topic.
@@ -220,7 +157,8 @@ impl HandlerOptions {
         self.backoff = Some(backoff.into_backoff());
         self
     }
-    /// Dead-letter topic (default `<topic>.DLQ`).
+    /// Dead-letter topic (default `<topic>` + the container's `dead_letter_suffix`,
+    /// `.DLQ`).
     pub fn dead_letter_topic(mut self, topic: impl Into<Cow<'static, str>>) -> Self {
         self.dead_letter_topic = Some(topic.into());
         self
@@ -264,7 +202,7 @@ impl HandlerOptions {
     message = "`{Self}` is not an event handler",
     note = "annotate an `async fn(event: E, ctx: &mut HandlerContext) -> Result<(), HandlerError>` with `#[event_handler(...)]`, or implement `EventHandler`"
 )]
-pub trait EventHandler<DB: Backend = Postgres>: Send + Sync + 'static {
+pub trait EventHandler<DB: Backend = DefaultBackend>: Send + Sync + 'static {
     /// The event type handled.
     type Event: Event;
 

@@ -7,10 +7,8 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use crate::backend::sealed::Sealed;
-use crate::backend::NewOutboxRow;
-
 use crate::error::validate_identifier;
+use crate::store::outbox::NewOutboxRow;
 use crate::{BackendConnection, Codec, ConfigError, Error, Event};
 
 pub use relay::{OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayStats};
@@ -37,8 +35,7 @@ pub use relay::{OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayS
 /// ```
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    pg_insert_sql: String,
-    sqlite_insert_sql: String,
+    insert_sql: String,
 }
 
 impl Default for Outbox {
@@ -75,10 +72,7 @@ impl Outbox {
     /// plain lowercase SQL identifier.
     pub fn with_table(table: &str) -> Result<Self, ConfigError> {
         validate_identifier("outbox_table", table)?;
-        Ok(Outbox {
-            pg_insert_sql: <crate::Postgres as Sealed>::outbox_insert_sql(table),
-            sqlite_insert_sql: <crate::Sqlite as Sealed>::outbox_insert_sql(table),
-        })
+        Ok(Outbox { insert_sql: crate::store::sql::outbox_insert(table) })
     }
 
     /// Enqueues `event` in the transaction `tx`: it is published after `tx` commits,
@@ -92,6 +86,8 @@ impl Outbox {
     /// # Errors
     /// [`Error::Codec`] when the event cannot be encoded, [`Error::Database`] when the
     /// insert fails (the transaction is then aborted, as for any failed statement).
+    /// Inside a handler, `?` turns either into a [`crate::HandlerError`] that keeps the
+    /// classification ([`Error::is_transient`]).
     pub async fn enqueue<C: BackendConnection + ?Sized, E: Event>(&self, tx: &mut C, event: &E) -> Result<Uuid, Error> {
         self.enqueue_with(tx, event, EnqueueOptions::default()).await
     }
@@ -112,10 +108,6 @@ impl Outbox {
         if let Some(tp) = traceparent {
             headers.insert(crate::headers::TRACEPARENT.to_owned(), tp);
         }
-        let sql = match <C::Backend as Sealed>::NAME {
-            "sqlite" => &self.sqlite_insert_sql,
-            _ => &self.pg_insert_sql,
-        };
         let row = NewOutboxRow {
             id,
             topic: topic.as_deref().unwrap_or(E::TOPIC),
@@ -126,7 +118,7 @@ impl Outbox {
             content_type: E::Codec::CONTENT_TYPE,
             headers: &headers,
         };
-        <C::Backend as Sealed>::insert_outbox(tx.connection(), sql, row)
+        <C::Backend as crate::store::outbox::OutboxStore>::insert_outbox(tx.connection(), &self.insert_sql, row)
             .await
             .map_err(Error::db("insert outbox row"))?;
         Ok(id)

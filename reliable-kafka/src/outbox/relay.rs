@@ -5,14 +5,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::FutureProducer;
 use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{OutboxRow, Published, RelaySql, SendFailure};
 use crate::error::validate_identifier;
 use crate::kafka::{send_in_order, OutRecord};
-use crate::{headers, Backend, ConfigError, Error, KafkaConfig, Postgres};
+use crate::store::outbox::{OutboxListener, OutboxRow, Published, SendFailure};
+use crate::store::sql::DELETE_BATCH;
+use crate::worker::WorkerHandle;
+use crate::{Backend, ConfigError, DefaultBackend, Envelope, Error, KafkaConfig};
 
 /// Publishes committed outbox rows to Kafka, in insertion order per key.
 ///
@@ -52,10 +54,10 @@ use crate::{headers, Backend, ConfigError, Error, KafkaConfig, Postgres};
 /// commit order: the relay reads pending rows without a transaction, publishes them and
 /// marks them in a short `BEGIN IMMEDIATE` transaction, and it wakes every
 /// `poll_interval` (no notifications). Run one relay per database file.
-pub struct OutboxRelay<DB: Backend = Postgres> {
+pub struct OutboxRelay<DB: Backend = DefaultBackend> {
     pool: Pool<DB>,
     producer: FutureProducer,
-    cfg: RelayConfig,
+    cfg: RelayConfig<DB>,
     stats: Arc<RelayStats>,
 }
 
@@ -65,19 +67,20 @@ impl<DB: Backend> std::fmt::Debug for OutboxRelay<DB> {
     }
 }
 
-#[derive(Debug, Clone)]
-struct RelayConfig {
+#[derive(Debug)]
+struct RelayConfig<DB: Backend> {
     batch_size: i64,
     poll_interval: Duration,
     retention: Duration,
     cleanup_interval: Duration,
     max_send_attempts: i32,
-    sql: RelaySql,
+    table: String,
+    sql: DB::RelaySql,
 }
 
 /// Builder of [`OutboxRelay`].
 #[derive(Debug, Clone)]
-pub struct OutboxRelayBuilder<DB: Backend = Postgres> {
+pub struct OutboxRelayBuilder<DB: Backend = DefaultBackend> {
     pool: Pool<DB>,
     kafka: KafkaConfig,
     table: String,
@@ -87,6 +90,9 @@ pub struct OutboxRelayBuilder<DB: Backend = Postgres> {
     cleanup_interval: Duration,
     max_send_attempts: u32,
 }
+
+/// A running relay, see [`OutboxRelay::spawn`].
+pub type RelayHandle = WorkerHandle<RelayStats>;
 
 /// Counters of a relay, shared with its [`RelayHandle`].
 #[derive(Debug, Default)]
@@ -149,7 +155,8 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
         self.retention = retention;
         self
     }
-    /// How often delivered rows past retention are deleted (default 60 s, > 0).
+    /// How often delivered rows past retention are deleted (default 60 s, > 0), in
+    /// statements of at most 10 000 rows.
     pub fn cleanup_interval(mut self, interval: Duration) -> Self {
         self.cleanup_interval = interval;
         self
@@ -195,40 +202,35 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
             cleanup_interval: self.cleanup_interval,
             max_send_attempts: self.max_send_attempts as i32,
             sql: DB::relay_sql(&self.table, self.retention.is_zero()),
+            table: self.table,
         };
         Ok(OutboxRelay { pool: self.pool, producer, cfg, stats: Arc::default() })
     }
 }
 
-impl OutboxRow {
-    fn into_record(self) -> OutRecord {
-        let id = self.id.hyphenated().to_string();
-        let version = self.schema_version.to_string();
-        let produced_at = self.created_at.timestamp_millis().to_string();
-        let extra = self.headers.as_object();
-        let mut h = OwnedHeaders::new_with_capacity(5 + extra.map_or(0, |m| m.len()))
-            .insert(Header { key: headers::MESSAGE_ID, value: Some(&id) })
-            .insert(Header { key: headers::EVENT_TYPE, value: Some(&self.event_type) })
-            .insert(Header { key: headers::SCHEMA_VERSION, value: Some(&version) })
-            .insert(Header { key: headers::PRODUCED_AT, value: Some(&produced_at) })
-            .insert(Header { key: headers::CONTENT_TYPE, value: Some(&self.content_type) });
-        // Extra headers: a JSON object of strings as written by `Outbox`; other values
-        // (from other tools writing the table) are sent as their JSON text.
-        for (k, v) in extra.into_iter().flatten() {
-            let text = match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            h = h.insert(Header { key: k, value: Some(&text) });
-        }
-        OutRecord { topic: self.topic, key: self.key.map(String::into_bytes), payload: Some(self.payload), headers: h }
+/// The record of an outbox row: the envelope headers, then the row's extra headers.
+fn into_record(row: OutboxRow) -> OutRecord {
+    let envelope = Envelope::new(row.id, row.event_type, u32::try_from(row.schema_version).unwrap_or(0))
+        .with_produced_at_ms(row.created_at.timestamp_millis())
+        .with_content_type(row.content_type);
+    let extra = row.headers.as_object();
+    let mut h = envelope.append_to(OwnedHeaders::new_with_capacity(5 + extra.map_or(0, |m| m.len())));
+    // Extra headers: a JSON object of strings as written by `Outbox`; other values
+    // (from other tools writing the table) are sent as their JSON text.
+    for (k, v) in extra.into_iter().flatten() {
+        let text = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        h = h.insert(Header { key: k, value: Some(&text) });
     }
+    OutRecord { topic: row.topic, key: row.key.map(String::into_bytes), payload: Some(row.payload), headers: h }
 }
 
 impl<DB: Backend> OutboxRelay<DB> {
     /// Starts a builder. `kafka` settings override the producer presets
     /// (`acks=all`, `enable.idempotence=true`).
-    pub fn builder(pool: Pool<DB>, kafka: KafkaConfig) -> OutboxRelayBuilder<DB> {
+    pub fn builder(kafka: KafkaConfig, pool: Pool<DB>) -> OutboxRelayBuilder<DB> {
         OutboxRelayBuilder {
             pool,
             kafka,
@@ -255,38 +257,27 @@ impl<DB: Backend> OutboxRelay<DB> {
         self.relay_batch(false).await
     }
 
-    /// [`OutboxRelay::relay_once`] with the Kafka send replaced by an immediate
-    /// success: the database side of the relay alone. For benchmarks (ratio R4 of
-    /// `BENCHMARKS.md`); rows it marks were never published.
-    ///
-    /// # Errors
-    /// As [`OutboxRelay::relay_once`].
-    #[doc(hidden)]
-    pub async fn relay_once_stubbed(&self) -> Result<RelayBatch, Error> {
-        self.relay_batch(true).await
-    }
-
-    async fn relay_batch(&self, stub_send: bool) -> Result<RelayBatch, Error> {
+    pub(crate) async fn relay_batch(&self, stub_send: bool) -> Result<RelayBatch, Error> {
         let producer = &self.producer;
         let publish = |rows: Vec<OutboxRow>| async move {
             if stub_send {
                 return Published { delivered: rows.iter().map(|r| r.id).collect(), failed: Vec::new() };
             }
             let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
-            if crate::sabotaged("rk-sabotage-mark-before-send") {
+            if crate::fault::sabotaged(crate::fault::SABOTAGE_MARK_BEFORE_SEND) {
                 // Fire and forget: the rows count as sent before Kafka has them.
                 let producer = producer.clone();
-                let records: Vec<OutRecord> = rows.into_iter().map(OutboxRow::into_record).collect();
+                let records: Vec<OutRecord> = rows.into_iter().map(into_record).collect();
                 tokio::spawn(async move {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    fault_point!("rk-relay-before-send");
+                    fault_point!(crate::fault::RELAY_BEFORE_SEND);
                     send_in_order(&producer, records).await;
-                    fault_point!("rk-relay-after-send");
+                    fault_point!(crate::fault::RELAY_AFTER_SEND);
                 });
                 return Published { delivered: ids, failed: Vec::new() };
             }
-            fault_point!("rk-relay-before-send");
-            let results = send_in_order(producer, rows.into_iter().map(OutboxRow::into_record).collect()).await;
+            fault_point!(crate::fault::RELAY_BEFORE_SEND);
+            let results = send_in_order(producer, rows.into_iter().map(into_record).collect()).await;
             let mut out = Published { delivered: Vec::with_capacity(ids.len()), failed: Vec::new() };
             for (id, res) in ids.into_iter().zip(results) {
                 match res {
@@ -294,12 +285,12 @@ impl<DB: Backend> OutboxRelay<DB> {
                     Err(e) => {
                         let permanent = crate::kafka::is_permanent_send_error(&e);
                         tracing::warn!(message_id = %id, error = %e, permanent, "outbox row not delivered; will retry");
-                        out.failed.push(SendFailure { id, error: e.to_string(), permanent });
+                        out.failed.push(SendFailure { id, error: e, permanent });
                     }
                 }
             }
             if !out.delivered.is_empty() {
-                fault_point!("rk-relay-after-send");
+                fault_point!(crate::fault::RELAY_AFTER_SEND);
             }
             out
         };
@@ -327,20 +318,24 @@ impl<DB: Backend> OutboxRelay<DB> {
     pub async fn cleanup_once(&self) -> Result<u64, Error> {
         let mut total = 0;
         loop {
-            let n = DB::cleanup_outbox(&self.pool, &self.cfg.sql, crate::backend::cutoff(self.cfg.retention))
+            let n = DB::cleanup_outbox(&self.pool, &self.cfg.sql, crate::store::cutoff(self.cfg.retention))
                 .await
                 .map_err(Error::db("delete delivered outbox rows"))?;
             total += n;
             self.stats.deleted.fetch_add(n, Ordering::Relaxed);
-            if n < 10_000 {
+            if n < DELETE_BATCH {
                 return Ok(total);
             }
         }
     }
 
-    /// Runs until `shutdown` is cancelled, then flushes the producer. Errors are
-    /// logged and retried after `poll_interval`; this only returns on shutdown.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs until `shutdown` is cancelled, then flushes the producer. Errors of a
+    /// batch (database, broker) are logged and retried after `poll_interval`.
+    ///
+    /// # Errors
+    /// None today: failures while running are retried. The `Result` is the workers'
+    /// common signature ([`WorkerHandle::shutdown`]).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let mut listener = DB::outbox_listener(&self.pool).await;
         let mut last_cleanup = Instant::now();
         while !shutdown.is_cancelled() {
@@ -377,36 +372,17 @@ impl<DB: Backend> OutboxRelay<DB> {
                 _ = shutdown.cancelled() => {}
             }
         }
-        let producer = self.producer.clone();
-        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        crate::worker::flush(&self.producer).await;
+        tracing::info!(table = %self.cfg.table, "outbox relay stopped");
+        Ok(())
     }
 
-    /// Spawns [`OutboxRelay::run`] on the current Tokio runtime.
+    /// Spawns [`OutboxRelay::run`] on the current Tokio runtime; the handle's name is
+    /// the outbox table.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
     pub fn spawn(self) -> RelayHandle {
-        let shutdown = CancellationToken::new();
-        let stats = self.stats.clone();
-        let join = tokio::spawn(self.run(shutdown.clone()));
-        RelayHandle { shutdown, stats, join }
-    }
-}
-
-/// A running relay, see [`OutboxRelay::spawn`].
-#[derive(Debug)]
-pub struct RelayHandle {
-    shutdown: CancellationToken,
-    stats: Arc<RelayStats>,
-    join: tokio::task::JoinHandle<()>,
-}
-
-impl RelayHandle {
-    /// The relay's counters.
-    pub fn stats(&self) -> &RelayStats {
-        &self.stats
-    }
-
-    /// Stops after the current batch, flushes the producer and waits.
-    pub async fn shutdown(self) {
-        self.shutdown.cancel();
-        let _ = self.join.await;
+        WorkerHandle::spawn(self.cfg.table.clone(), self.stats.clone(), |shutdown| self.run(shutdown))
     }
 }

@@ -1,7 +1,7 @@
 //! Record header names, in one place.
 //!
 //! Envelope headers (`rk-*`) are written by the outbox relay on every record and read by
-//! the listener container. Dead-letter headers use Spring Kafka's `kafka_dlt-*` names and
+//! the listener container ([`crate::Envelope`]). Dead-letter headers use Spring Kafka's `kafka_dlt-*` names and
 //! encodings (see `org.springframework.kafka.support.KafkaHeaders`), so tools written for
 //! Spring Kafka dead-letter topics read ours; the few facts Spring has no header for use
 //! the `rk-dlt-*` prefix.
@@ -29,12 +29,14 @@ pub const DLT_ORIGINAL_PARTITION: &str = "kafka_dlt-original-partition";
 pub const DLT_ORIGINAL_OFFSET: &str = "kafka_dlt-original-offset";
 /// Original record timestamp, ms since the epoch: 8-byte big-endian `i64`.
 pub const DLT_ORIGINAL_TIMESTAMP: &str = "kafka_dlt-original-timestamp";
-/// Original timestamp type, `CreateTime` or `LogAppendTime` (UTF-8).
+/// Original timestamp type, `CreateTime` or `LogAppendTime` (UTF-8): the record's own
+/// type, as Spring Kafka writes it ([`crate::TimestampType`]).
 pub const DLT_ORIGINAL_TIMESTAMP_TYPE: &str = "kafka_dlt-original-timestamp-type";
 /// Consumer group that gave up on the record (UTF-8).
 pub const DLT_ORIGINAL_CONSUMER_GROUP: &str = "kafka_dlt-original-consumer-group";
-/// Error class. Spring writes the Java exception class; we write the error kind path,
-/// e.g. `reliable_kafka::HandlerError::Transient` (UTF-8).
+/// Error class. Spring writes the Java exception class; we write the Rust path of the
+/// error variant that gave up on the record, e.g. `reliable_kafka::HandlerError::Transient`
+/// or `reliable_kafka::EnvelopeError` (UTF-8); every path written names a public item.
 pub const DLT_EXCEPTION_FQCN: &str = "kafka_dlt-exception-fqcn";
 /// Error message with its whole source chain, `": "`-separated (UTF-8).
 pub const DLT_EXCEPTION_MESSAGE: &str = "kafka_dlt-exception-message";
@@ -50,3 +52,11 @@ pub const DLT_DEAD_LETTERED_AT: &str = "rk-dlt-dead-lettered-at";
 /// producer (`message.max.bytes`). The payload stays readable at the original topic,
 /// partition and offset until the topic's retention; the re-driver parks such records.
 pub const DLT_PAYLOAD_OMITTED: &str = "rk-dlt-payload-omitted";
+/// How often a record was re-driven from a dead-letter topic, decimal ASCII. Written by
+/// the re-driver and carried through the next dead-lettering, so the bound
+/// (`max_redrives`) holds across cycles.
+pub const REDRIVE_COUNT: &str = "rk-redrive-count";
+
+/// Prefixes of the headers a dead-lettering adds ([`DLT_ORIGINAL_TOPIC`] and the rest):
+/// the re-driver removes them before it re-publishes a record.
+pub const DEAD_LETTER_PREFIXES: [&str; 2] = ["kafka_dlt-", "rk-dlt-"];

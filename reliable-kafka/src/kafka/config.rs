@@ -1,5 +1,5 @@
-//! Kafka client settings shared by the relay, the listener container and the
-//! dead-letter publisher.
+//! [`KafkaConfig`]: librdkafka settings shared by the relay, the listener container,
+//! the dead-letter publisher and the re-driver.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,7 +10,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
-use crate::Error;
+use crate::{ConfigError, Error};
 
 /// Default bootstrap servers when `KAFKA_BROKERS` is unset.
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
@@ -84,6 +84,34 @@ impl KafkaConfig {
         cc
     }
 
+    /// Consumer presets of the listener container and the re-driver: offsets are
+    /// stored and committed by the framework after each record's outcome.
+    pub(crate) const CONSUMER_PRESETS: &'static [(&'static str, &'static str)] = &[
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("auto.offset.reset", "earliest"),
+    ];
+
+    /// The librdkafka configuration of a consumer of `group`: the consumer presets,
+    /// `extra`, then every key set by the user.
+    pub(crate) fn consumer_config(&self, group: &str, extra: &[(&str, &str)]) -> ClientConfig {
+        let mut presets: Vec<(&str, &str)> = vec![("group.id", group)];
+        presets.extend_from_slice(Self::CONSUMER_PRESETS);
+        presets.extend_from_slice(extra);
+        self.client_config(&presets)
+    }
+
+    /// The `max.poll.interval.ms` in effect (librdkafka's default 300 000 when unset).
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidValue`] naming the key when it is not an integer.
+    pub(crate) fn max_poll_interval(&self) -> Result<Duration, ConfigError> {
+        self.get("max.poll.interval.ms")
+            .map(|v| v.parse().map_err(|_| ConfigError::invalid("max.poll.interval.ms", "must be an integer (ms)")))
+            .transpose()
+            .map(|ms| Duration::from_millis(ms.unwrap_or(300_000)))
+    }
+
     /// Producer presets: `acks=all`, `enable.idempotence=true` (no duplicates or
     /// reordering from producer retries), `linger.ms=0` (the relay hands over a whole
     /// batch at once and waits for it, so lingering only adds latency: measured 67k →
@@ -153,89 +181,6 @@ impl fmt::Debug for KafkaConfig {
         }
         m.finish()
     }
-}
-
-/// A record to produce, owned.
-pub(crate) struct OutRecord {
-    pub topic: String,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub headers: rdkafka::message::OwnedHeaders,
-}
-
-/// Enqueues `records` in order (waiting while the local queue is full, never letting a
-/// later record overtake an earlier one) and then awaits all deliveries at once.
-/// Result `i` belongs to record `i`.
-pub(crate) async fn send_in_order(
-    producer: &rdkafka::producer::FutureProducer,
-    records: Vec<OutRecord>,
-) -> Vec<Result<(), rdkafka::error::KafkaError>> {
-    use rdkafka::error::KafkaError;
-    use rdkafka::producer::FutureRecord;
-
-    let mut pending = Vec::with_capacity(records.len());
-    for OutRecord { topic, key, payload, headers } in records {
-        // librdkafka copies key and payload at send; the headers move into the message.
-        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(headers);
-        if let Some(k) = &key {
-            rec = rec.key(k.as_slice());
-        }
-        if let Some(p) = &payload {
-            rec = rec.payload(p.as_slice());
-        }
-        loop {
-            match producer.send_result(rec) {
-                Ok(f) => {
-                    pending.push(Ok(f));
-                    break;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    rec = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => {
-                    pending.push(Err(e));
-                    break;
-                }
-            }
-        }
-    }
-    let futures = pending.into_iter().map(|p| async move {
-        match p {
-            Ok(f) => match f.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(e),
-                Err(_canceled) => Err(KafkaError::Canceled),
-            },
-            Err(e) => Err(e),
-        }
-    });
-    futures::future::join_all(futures).await
-}
-
-/// Whether a send failed because the record is too large.
-pub(crate) fn is_size_error(e: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(e.rdkafka_error_code(), Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge))
-}
-
-/// Whether a send failed for a reason retrying cannot fix (the record itself is too
-/// large or invalid, or the topic name is), as opposed to an outage. Only such errors
-/// count toward the relay's `max_send_attempts`; outages, timeouts and authorization
-/// errors are retried without limit, so a broker outage never parks rows.
-pub(crate) fn is_permanent_send_error(e: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            C::MessageSizeTooLarge
-                | C::InvalidMessageSize
-                | C::InvalidMessage
-                | C::InvalidRecord
-                | C::MessageBatchTooLarge
-                | C::InvalidTopic
-        )
-    )
 }
 
 #[cfg(test)]

@@ -7,20 +7,37 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::ParkRow;
-use crate::error::validate_identifier;
-use crate::kafka::{send_in_order, OutRecord};
-use crate::{headers, Backend, ConfigError, DeadLetterInfo, DeadLetterReason, Error, KafkaConfig, Postgres};
+use crate::envelope::dead_letter::{redrive_count, redrive_headers};
+use crate::envelope::find;
+use crate::kafka::{send_one, OutRecord};
+use crate::store::park::ParkRow;
+use crate::worker::WorkerHandle;
 
-/// Header counting how often a record was re-driven, decimal ASCII. Carried through
-/// the next dead-lettering, so the bound holds across cycles.
-pub const REDRIVE_COUNT: &str = "rk-redrive-count";
+mod builder;
+
+pub use builder::DeadLetterRedriverBuilder;
+use crate::{headers, Backend, DeadLetterInfo, DeadLetterReason, DefaultBackend, Error};
+
+/// Header counting how often a record was re-driven; moved to
+/// [`headers::REDRIVE_COUNT`].
+#[deprecated(since = "0.2.0", note = "use `reliable_kafka::headers::REDRIVE_COUNT`")]
+pub const REDRIVE_COUNT: &str = headers::REDRIVE_COUNT;
+
+/// Default of [`DeadLetterRedriverBuilder::interval`]: 5 minutes, as in seed 003.
+pub const DEFAULT_REDRIVE_INTERVAL: Duration = Duration::from_secs(300);
+/// Default of [`DeadLetterRedriverBuilder::max_run_time`].
+pub const DEFAULT_MAX_RUN_TIME: Duration = Duration::from_secs(600);
+/// Default of [`DeadLetterRedriverBuilder::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running re-driver, see [`DeadLetterRedriver::spawn`].
+pub type RedriveHandle = WorkerHandle<RedriveStats>;
 
 /// Periodically re-publishes records from dead-letter topics to their original topic
 /// (read from `kafka_dlt-original-topic`), at most `max_redrives` times per record;
@@ -35,22 +52,25 @@ pub const REDRIVE_COUNT: &str = "rk-redrive-count";
 /// consumer applies it once.
 ///
 /// The re-published record keeps key, payload and headers, minus the `kafka_dlt-*` and
-/// `rk-dlt-*` headers, with [`REDRIVE_COUNT`] incremented.
+/// `rk-dlt-*` headers, with [`headers::REDRIVE_COUNT`] incremented.
 ///
 /// Several instances may run: a PostgreSQL advisory lock per re-drive group lets one
 /// run at a time; the others skip their turn. The lock holds one pooled connection for
 /// the run, so the pool needs at least two. On SQLite the lock is per process.
-pub struct DeadLetterRedriver<DB: Backend = Postgres> {
-    consumer_config: rdkafka::ClientConfig,
-    producer: FutureProducer,
-    pool: Pool<DB>,
-    topics: Vec<String>,
-    max_redrives: u32,
-    reasons: Vec<DeadLetterReason>,
-    interval: Duration,
-    park_sql: String,
-    lock_name: String,
-    stats: Arc<RedriveStats>,
+pub struct DeadLetterRedriver<DB: Backend = DefaultBackend> {
+    pub(super) consumer_config: rdkafka::ClientConfig,
+    pub(super) producer: FutureProducer,
+    pub(super) pool: Pool<DB>,
+    pub(super) topics: Vec<String>,
+    pub(super) max_redrives: u32,
+    pub(super) reasons: Vec<DeadLetterReason>,
+    pub(super) interval: Duration,
+    pub(super) max_run_time: Duration,
+    pub(super) idle_timeout: Duration,
+    pub(super) park_sql: String,
+    pub(super) group: String,
+    pub(super) lock_name: String,
+    pub(super) stats: Arc<RedriveStats>,
 }
 
 impl<DB: Backend> std::fmt::Debug for DeadLetterRedriver<DB> {
@@ -63,18 +83,6 @@ impl<DB: Backend> std::fmt::Debug for DeadLetterRedriver<DB> {
     }
 }
 
-/// Builder of [`DeadLetterRedriver`].
-#[derive(Debug, Clone)]
-pub struct DeadLetterRedriverBuilder<DB: Backend = Postgres> {
-    kafka: KafkaConfig,
-    pool: Pool<DB>,
-    topics: Vec<String>,
-    group: String,
-    max_redrives: u32,
-    reasons: Vec<DeadLetterReason>,
-    interval: Duration,
-    parked_table: String,
-}
 
 /// Counters of a re-driver.
 #[derive(Debug, Default)]
@@ -108,85 +116,6 @@ pub struct RedriveReport {
     pub parked: u64,
 }
 
-impl<DB: Backend> DeadLetterRedriverBuilder<DB> {
-    /// Adds a dead-letter topic to re-drive (at least one is required).
-    pub fn topic(mut self, dead_letter_topic: impl Into<String>) -> Self {
-        self.topics.push(dead_letter_topic.into());
-        self
-    }
-    /// Consumer group whose offsets track the re-driver's progress (default
-    /// `reliable-kafka-redrive`).
-    pub fn group_id(mut self, group: impl Into<String>) -> Self {
-        self.group = group.into();
-        self
-    }
-    /// Re-drives per record before it is parked (default 3, as in seed 003; 0 parks
-    /// everything).
-    pub fn max_redrives(mut self, n: u32) -> Self {
-        self.max_redrives = n;
-        self
-    }
-    /// Dead-letter reasons worth re-driving (default: `retries-exhausted` only; poison
-    /// pills and permanent errors are parked at once).
-    pub fn reasons(mut self, reasons: impl IntoIterator<Item = DeadLetterReason>) -> Self {
-        self.reasons = reasons.into_iter().collect();
-        self
-    }
-    /// Time between runs of [`DeadLetterRedriver::run`] (default 5 min, as in seed 003).
-    pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval;
-        self
-    }
-    /// Table of parked records (default `rk_parked_messages`).
-    pub fn parked_table(mut self, table: impl Into<String>) -> Self {
-        self.parked_table = table.into();
-        self
-    }
-
-    /// Validates and creates the consumer and producer.
-    ///
-    /// # Errors
-    /// [`Error::Config`] naming the key: no `topic`, an empty `group.id`, a zero
-    /// `interval`, an invalid `parked_table`; [`Error::Kafka`] when librdkafka rejects
-    /// the configuration.
-    pub fn build(self) -> Result<DeadLetterRedriver<DB>, Error> {
-        if self.topics.is_empty() {
-            return Err(ConfigError::Missing { key: "topic".into() }.into());
-        }
-        if self.group.is_empty() {
-            return Err(ConfigError::invalid("group.id", "must not be empty").into());
-        }
-        if self.interval.is_zero() {
-            return Err(ConfigError::invalid("interval", "must be greater than zero").into());
-        }
-        validate_identifier("parked_table", &self.parked_table)?;
-        let consumer_config = self.kafka.client_config(&[
-            ("group.id", self.group.as_str()),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("auto.offset.reset", "earliest"),
-        ]);
-        // Checked here so that a bad configuration fails at build, not at the first run.
-        let _: StreamConsumer = consumer_config.create().map_err(Error::kafka("create re-drive consumer"))?;
-        let producer: FutureProducer = self
-            .kafka
-            .client_config(KafkaConfig::PRODUCER_PRESETS)
-            .create()
-            .map_err(Error::kafka("create re-drive producer"))?;
-        Ok(DeadLetterRedriver {
-            consumer_config,
-            producer,
-            pool: self.pool,
-            topics: self.topics,
-            max_redrives: self.max_redrives,
-            reasons: self.reasons,
-            interval: self.interval,
-            park_sql: DB::park_sql(&self.parked_table),
-            lock_name: format!("reliable-kafka:redrive:{}", self.group),
-            stats: Arc::default(),
-        })
-    }
-}
 
 /// A range of one dead-letter partition to process in a run: `[start, end)`.
 struct Span {
@@ -197,21 +126,7 @@ struct Span {
 }
 
 impl<DB: Backend> DeadLetterRedriver<DB> {
-    /// Starts a builder.
-    pub fn builder(kafka: KafkaConfig, pool: Pool<DB>) -> DeadLetterRedriverBuilder<DB> {
-        DeadLetterRedriverBuilder {
-            kafka,
-            pool,
-            topics: Vec::new(),
-            group: "reliable-kafka-redrive".to_owned(),
-            max_redrives: 3,
-            reasons: vec![DeadLetterReason::RetriesExhausted],
-            interval: Duration::from_secs(300),
-            parked_table: crate::schema::DEFAULT_PARKED_TABLE.to_owned(),
-        }
-    }
-
-    /// The counters.
+    /// The counters, shared with the running re-driver.
     pub fn stats(&self) -> Arc<RedriveStats> {
         self.stats.clone()
     }
@@ -230,7 +145,7 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
             return Ok(RedriveReport::default());
         };
         let result = self.redrive_locked().await;
-        lock.release().await;
+        DB::release(lock).await;
         result
     }
 
@@ -259,15 +174,17 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
         let mut remaining: HashMap<(String, i32), i64> =
             spans.iter().map(|s| ((s.topic.clone(), s.partition), s.end)).collect();
         let mut done: HashMap<(String, i32), i64> = HashMap::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        let deadline = tokio::time::Instant::now() + self.max_run_time;
         let result = async {
             while !remaining.is_empty() {
-                let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(Duration::from_secs(30));
+                let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(self.idle_timeout);
                 let msg = match tokio::time::timeout(wait, consumer.recv()).await {
                     Err(_) => {
                         tracing::warn!(
                             left = remaining.len(),
-                            "re-drive run stopped early: no record within 30 s or the run's 10 min are up"
+                            idle_timeout = ?self.idle_timeout,
+                            max_run_time = ?self.max_run_time,
+                            "re-drive run stopped early: no record within idle_timeout, or max_run_time is up"
                         );
                         break;
                     }
@@ -325,15 +242,8 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
     async fn handle(&self, msg: &rdkafka::message::BorrowedMessage<'_>) -> Result<bool, Error> {
         let hdrs = msg.headers();
         let info = hdrs.and_then(DeadLetterInfo::from_headers);
-        let count: u32 = hdrs
-            .and_then(|h| h.iter().find(|x| x.key == REDRIVE_COUNT))
-            .and_then(|x| x.value)
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-            .unwrap_or(0);
-        let omitted = hdrs
-            .and_then(|h| h.iter().find(|x| x.key == crate::headers::DLT_PAYLOAD_OMITTED))
-            .and_then(|x| x.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned());
+        let count = redrive_count(hdrs);
+        let omitted = find(hdrs, headers::DLT_PAYLOAD_OMITTED).map(|v| String::from_utf8_lossy(v).into_owned());
         let park_reason = match &info {
             _ if omitted.is_some() => Some(format!(
                 "dead-lettered without its payload ({} bytes, too large for the dead-letter topic); \
@@ -351,38 +261,20 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
             Some(_) => None,
         };
         if let (None, Some(info)) = (&park_reason, &info) {
-            let mut out = OwnedHeaders::new();
-            if let Some(h) = hdrs {
-                for x in h.iter() {
-                    let ours =
-                        x.key.starts_with("kafka_dlt-") || x.key.starts_with("rk-dlt-") || x.key == REDRIVE_COUNT;
-                    if !ours {
-                        out = out.insert(Header { key: x.key, value: x.value });
-                    }
-                }
-            }
-            let next = (count + 1).to_string();
-            out = out.insert(Header { key: REDRIVE_COUNT, value: Some(&next) });
+            let out = redrive_headers(hdrs, count + 1);
             let record = OutRecord {
                 topic: info.original_topic.clone(),
                 key: msg.key().map(<[u8]>::to_vec),
                 payload: msg.payload().map(<[u8]>::to_vec),
                 headers: out,
             };
-            let sent = send_in_order(&self.producer, vec![record]).await;
-            sent.into_iter()
-                .next()
-                .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
-                .map_err(Error::kafka("re-publish"))?;
+            send_one(&self.producer, record).await.map_err(Error::kafka("re-publish"))?;
             tracing::info!(topic = %info.original_topic, original_offset = info.original_offset, redrive = count + 1, "re-drove dead-lettered record");
             return Ok(true);
         }
         let reason = park_reason.unwrap_or_default();
         let header_list: Vec<serde_json::Value> = hdrs.map(|h| h.iter().map(header_json).collect()).unwrap_or_default();
-        let message_id = hdrs
-            .and_then(|h| h.iter().find(|x| x.key == headers::MESSAGE_ID))
-            .and_then(|x| x.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned());
+        let message_id = find(hdrs, headers::MESSAGE_ID).map(|v| String::from_utf8_lossy(v).into_owned());
         let row = ParkRow {
             dead_letter_topic: msg.topic(),
             dead_letter_partition: msg.partition(),
@@ -408,8 +300,12 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
     }
 
     /// Runs [`DeadLetterRedriver::redrive_once`] every `interval` until `shutdown`.
-    /// Errors are logged; the next run retries.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Errors of a run are logged; the next run retries.
+    ///
+    /// # Errors
+    /// None today: failures while running are retried. The `Result` is the workers'
+    /// common signature ([`WorkerHandle::shutdown`]).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         loop {
             match self.redrive_once().await {
                 Ok(r) if r.redriven + r.parked > 0 => {
@@ -418,19 +314,20 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %crate::report(&e), "re-drive run failed"),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(self.interval) => {}
-                _ = shutdown.cancelled() => return,
+            if crate::worker::sleep_or_shutdown(self.interval, &shutdown).await {
+                crate::worker::flush(&self.producer).await;
+                return Ok(());
             }
         }
     }
 
-    /// Spawns [`DeadLetterRedriver::run`] on the current Tokio runtime.
+    /// Spawns [`DeadLetterRedriver::run`] on the current Tokio runtime; the handle's
+    /// name is the re-driver's consumer group.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
     pub fn spawn(self) -> RedriveHandle {
-        let shutdown = CancellationToken::new();
-        let stats = self.stats();
-        let join = tokio::spawn(self.run(shutdown.clone()));
-        RedriveHandle { shutdown, stats, join }
+        WorkerHandle::spawn(self.group.clone(), self.stats(), |shutdown| self.run(shutdown))
     }
 }
 
@@ -479,25 +376,4 @@ fn plan(consumer: &StreamConsumer, topics: &[String]) -> Result<Vec<Span>, Error
     }
     drop(committed);
     Ok(spans)
-}
-
-/// A running re-driver, see [`DeadLetterRedriver::spawn`].
-#[derive(Debug)]
-pub struct RedriveHandle {
-    shutdown: CancellationToken,
-    stats: Arc<RedriveStats>,
-    join: tokio::task::JoinHandle<()>,
-}
-
-impl RedriveHandle {
-    /// The counters.
-    pub fn stats(&self) -> &RedriveStats {
-        &self.stats
-    }
-
-    /// Stops after the current run and waits.
-    pub async fn shutdown(self) {
-        self.shutdown.cancel();
-        let _ = self.join.await;
-    }
 }

@@ -1,11 +1,11 @@
-//! SQLite: the embedded default.
+//! SQLite: the embedded default (feature `sqlite`).
 //!
 //! SQLite has one writer at a time, so commit order is insertion order: the relay
 //! reads pending rows outside a transaction (rows of uncommitted transactions are
 //! invisible, and none can commit later with a smaller `seq`), publishes them, and
 //! marks them in a short write transaction.
 
-use std::future::Future;
+use std::collections::HashSet;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::types::Json;
@@ -13,10 +13,11 @@ use sqlx::{FromRow, Row};
 use sqlx::{Pool, Sqlite, SqliteConnection, Transaction};
 use uuid::Uuid;
 
-use super::sealed::Sealed;
-use super::{
-    DedupSql, NamedLock, NewOutboxRow, OutboxColumns, OutboxRow, ParkRow, Published, RelaySql, TransactionState,
-};
+use super::dedup::DedupStore;
+use super::lock::{LocalLock, LockStore};
+use super::outbox::{backlog, NewOutboxRow, NoListener, OutboxBacklog, OutboxColumns, OutboxRow, OutboxStore, Published};
+use super::park::{ParkRow, ParkStore, ParkedMessage};
+use super::{sql, TransactionState, Transactions};
 use crate::Error;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -36,35 +37,54 @@ struct LiteOutboxRow {
     columns: OutboxColumns,
 }
 
-impl Sealed for Sqlite {
+impl Transactions for Sqlite {
     const NAME: &'static str = "sqlite";
 
     fn migrations() -> &'static sqlx::migrate::Migrator {
         &MIGRATIONS
     }
 
-    fn run_migrator<'a>(
-        migrator: &'a sqlx::migrate::Migrator,
-        pool: &'a Pool<Self>,
-    ) -> impl Future<Output = Result<(), sqlx::migrate::MigrateError>> + Send + 'a {
-        migrator.run(pool)
+    async fn run_migrator(migrator: &sqlx::migrate::Migrator, pool: &Pool<Self>) -> Result<(), sqlx::migrate::MigrateError> {
+        migrator.run(pool).await
     }
 
-    fn begin_write(
-        pool: &Pool<Self>,
-    ) -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send + '_ {
-        pool.begin_with("BEGIN IMMEDIATE")
+    async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error> {
+        pool.begin_with("BEGIN IMMEDIATE").await
     }
 
-    fn outbox_insert_sql(table: &str) -> String {
-        super::outbox_insert_sql(table)
+    /// A failed statement does not abort an SQLite transaction: what succeeded commits.
+    /// But after some errors (`SQLITE_FULL`, an I/O error, `SQLITE_NOMEM`) SQLite may
+    /// roll the whole transaction back on its own, and the handler's later statements
+    /// then run outside it. `BEGIN` tells: it fails inside a transaction and succeeds
+    /// outside one. The transaction the probe then opens matches what sqlx believes (one
+    /// open transaction), so the caller's rollback of an aborted transaction ends it.
+    async fn check_transaction(conn: &mut SqliteConnection) -> Result<TransactionState, sqlx::Error> {
+        match sqlx::query("BEGIN").persistent(false).execute(&mut *conn).await {
+            Err(sqlx::Error::Database(db)) if db.message().contains("within a transaction") => Ok(TransactionState::Open),
+            Err(e) => Err(e),
+            Ok(_) => Ok(TransactionState::Aborted),
+        }
     }
+}
 
-    async fn insert_outbox<'a>(
-        conn: &'a mut SqliteConnection,
-        sql: &'a str,
-        row: NewOutboxRow<'a>,
-    ) -> Result<(), sqlx::Error> {
+/// The relay's statements for one outbox table.
+#[derive(Debug)]
+pub struct LiteRelaySql {
+    table: String,
+    select: String,
+    mark: String,
+    fail: String,
+    cleanup: String,
+    /// Parks a row that cannot be read, by `seq` (PostgreSQL's typed columns cannot
+    /// hold such rows).
+    park_malformed: String,
+}
+
+impl OutboxStore for Sqlite {
+    type RelaySql = LiteRelaySql;
+    type Listener = NoListener;
+
+    async fn insert_outbox(conn: &mut SqliteConnection, sql: &str, row: NewOutboxRow<'_>) -> Result<(), sqlx::Error> {
         sqlx::query(sql)
             .bind(row.id.hyphenated().to_string())
             .bind(row.topic)
@@ -79,8 +99,8 @@ impl Sealed for Sqlite {
             .map(|_| ())
     }
 
-    fn relay_sql(t: &str, delete_on_delivery: bool) -> RelaySql {
-        RelaySql {
+    fn relay_sql(t: &str, delete_on_delivery: bool) -> LiteRelaySql {
+        LiteRelaySql {
             table: t.to_owned(),
             select: format!(
                 "SELECT seq, id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers, created_at \
@@ -99,27 +119,25 @@ impl Sealed for Sqlite {
                 "UPDATE {t} SET attempts = attempts + 1, last_error = $2, \
                  parked_at = CASE WHEN $3 AND attempts + 1 >= $4 THEN {NOW} END WHERE id = $1"
             ),
-            cleanup: format!(
-                "DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} WHERE delivered_at < $1 LIMIT 10000)"
-            ),
+            cleanup: sql::outbox_cleanup(t, "seq"),
         }
     }
 
     async fn relay_batch<'a, F, Fut>(
         pool: &'a Pool<Self>,
-        sql: &'a RelaySql,
+        sql: &'a LiteRelaySql,
         limit: i64,
         max_attempts: i32,
         publish: F,
     ) -> Result<Option<Published>, Error>
     where
         F: FnOnce(Vec<OutboxRow>) -> Fut + Send + 'a,
-        Fut: Future<Output = Published> + Send + 'a,
+        Fut: std::future::Future<Output = Published> + Send + 'a,
     {
         // Two relays of one process on the same table would publish the same rows: one
         // at a time (relays in several processes on one SQLite file are not supported).
         let name = format!("relay:{}:{}", pool.connect_options().get_filename().display(), sql.table);
-        let Some(_lock) = super::LocalLock::try_take(&name) else {
+        let Some(_lock) = LocalLock::try_take(&name) else {
             return Ok(None);
         };
         let rows: Vec<sqlx::sqlite::SqliteRow> =
@@ -133,23 +151,22 @@ impl Sealed for Sqlite {
         let mut malformed: Vec<(i64, String)> = Vec::new();
         for row in rows {
             let seq: i64 = row.try_get("seq").map_err(Error::db("claim outbox rows"))?;
-            let decoded =
-                LiteOutboxRow::from_row(&row).map_err(|e| e.to_string()).and_then(|r| match Uuid::parse_str(&r.id) {
-                    Ok(id) => Ok((id, r)),
+            let decoded = LiteOutboxRow::from_row(&row).map_err(|e| crate::report(&e)).and_then(|r| {
+                match Uuid::parse_str(&r.id) {
+                    Ok(id) => Ok(r.columns.with_id(id)),
                     Err(e) => Err(format!("id {:?} is not a UUID: {e}", r.id)),
-                });
-            let (id, r) = match decoded {
-                Ok(ok) => ok,
+                }
+            });
+            match decoded {
+                Ok(row) => claimed.push(row),
                 Err(why) => {
                     tracing::error!(seq, reason = %why, "malformed outbox row parked");
                     malformed.push((seq, format!("malformed outbox row: {why}")));
-                    continue;
                 }
-            };
-            claimed.push(r.columns.with_id(id));
+            }
         }
         let published = if claimed.is_empty() { Published::default() } else { publish(claimed).await };
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(Error::db("begin relay transaction"))?;
+        let mut tx = Self::begin_write(pool).await.map_err(Error::db("begin relay transaction"))?;
         for (seq, why) in &malformed {
             sqlx::query(&sql.park_malformed)
                 .bind(seq)
@@ -160,16 +177,12 @@ impl Sealed for Sqlite {
         }
         if !published.delivered.is_empty() {
             let ids: Vec<String> = published.delivered.iter().map(|id| id.hyphenated().to_string()).collect();
-            sqlx::query(&sql.mark)
-                .bind(Json(ids))
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db("mark outbox rows delivered"))?;
+            sqlx::query(&sql.mark).bind(Json(ids)).execute(&mut *tx).await.map_err(Error::db("mark outbox rows delivered"))?;
         }
         for f in &published.failed {
             sqlx::query(&sql.fail)
                 .bind(f.id.hyphenated().to_string())
-                .bind(&f.error)
+                .bind(f.message())
                 .bind(f.permanent)
                 .bind(max_attempts)
                 .execute(&mut *tx)
@@ -180,75 +193,64 @@ impl Sealed for Sqlite {
         Ok(Some(published))
     }
 
-    async fn cleanup_outbox<'a>(
-        pool: &'a Pool<Self>,
-        sql: &'a RelaySql,
-        older_than: DateTime<Utc>,
-    ) -> Result<u64, sqlx::Error> {
+    async fn cleanup_outbox(pool: &Pool<Self>, sql: &LiteRelaySql, older_than: DateTime<Utc>) -> Result<u64, sqlx::Error> {
         sqlx::query(&sql.cleanup).bind(timestamp(older_than)).execute(pool).await.map(|r| r.rows_affected())
     }
 
-    async fn outbox_listener(_pool: &Pool<Self>) -> Option<sqlx::postgres::PgListener> {
+    async fn outbox_listener(_pool: &Pool<Self>) -> Option<NoListener> {
         None
     }
 
-    fn dedup_sql(t: &str) -> DedupSql {
-        DedupSql {
-            insert: format!("INSERT INTO {t} (consumer_group, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"),
-            // In process, one prepared statement per row is as fast as a multi-row one.
-            insert_batch: String::new(),
-            prune: format!(
-                "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE consumer_group = $1 \
-                 AND processed_at < $2 LIMIT 10000)"
-            ),
-        }
+    async fn outbox_backlog(pool: &Pool<Self>, sql: &str) -> Result<OutboxBacklog, sqlx::Error> {
+        let (pending, oldest, parked, delivered): (i64, Option<DateTime<Utc>>, i64, i64) =
+            sqlx::query_as(sql).fetch_one(pool).await?;
+        Ok(backlog(pending, oldest, parked, delivered))
+    }
+}
+
+/// The statements for one deduplication table. In process, one prepared statement
+/// per row is as fast as a multi-row one.
+#[derive(Debug)]
+pub struct LiteDedupSql {
+    insert: String,
+    prune: String,
+}
+
+impl DedupStore for Sqlite {
+    type DedupSql = LiteDedupSql;
+
+    fn dedup_sql(t: &str) -> LiteDedupSql {
+        LiteDedupSql { insert: sql::dedup_insert(t), prune: sql::dedup_prune(t, "rowid") }
     }
 
-    async fn insert_dedup<'a>(
-        conn: &'a mut SqliteConnection,
-        sql: &'a DedupSql,
-        group: &'a str,
-        message_id: Uuid,
-    ) -> Result<u64, sqlx::Error> {
+    async fn insert_dedup(conn: &mut SqliteConnection, sql: &LiteDedupSql, group: &str, message_id: Uuid) -> Result<bool, sqlx::Error> {
         let mut buf = Uuid::encode_buffer();
         let id: &str = message_id.hyphenated().encode_lower(&mut buf);
-        sqlx::query(&sql.insert).bind(group).bind(id).execute(conn).await.map(|r| r.rows_affected())
+        sqlx::query(&sql.insert).bind(group).bind(id).execute(conn).await.map(|r| r.rows_affected() == 1)
     }
 
-    async fn insert_dedup_batch<'a>(
-        conn: &'a mut SqliteConnection,
-        sql: &'a DedupSql,
-        group: &'a str,
-        message_ids: &'a [Uuid],
-    ) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
-        let mut new = std::collections::HashSet::with_capacity(message_ids.len());
+    async fn insert_dedup_batch(
+        conn: &mut SqliteConnection,
+        sql: &LiteDedupSql,
+        group: &str,
+        message_ids: &[Uuid],
+    ) -> Result<HashSet<Uuid>, sqlx::Error> {
+        let mut new = HashSet::with_capacity(message_ids.len());
         for id in message_ids {
-            if Self::insert_dedup(&mut *conn, sql, group, *id).await? == 1 {
+            if Self::insert_dedup(&mut *conn, sql, group, *id).await? {
                 new.insert(*id);
             }
         }
         Ok(new)
     }
 
-    async fn check_transaction(_conn: &mut SqliteConnection) -> Result<TransactionState, sqlx::Error> {
-        // A failed statement does not abort an SQLite transaction: what succeeded commits.
-        Ok(TransactionState::Open)
-    }
-
-    async fn prune_dedup<'a>(
-        pool: &'a Pool<Self>,
-        sql: &'a DedupSql,
-        group: &'a str,
-        older_than: DateTime<Utc>,
-    ) -> Result<u64, sqlx::Error> {
+    async fn prune_dedup(pool: &Pool<Self>, sql: &LiteDedupSql, group: &str, older_than: DateTime<Utc>) -> Result<u64, sqlx::Error> {
         sqlx::query(&sql.prune).bind(group).bind(timestamp(older_than)).execute(pool).await.map(|r| r.rows_affected())
     }
+}
 
-    fn park_sql(t: &str) -> String {
-        super::park_insert_sql(t)
-    }
-
-    async fn park<'a>(pool: &'a Pool<Self>, sql: &'a str, row: ParkRow<'a>) -> Result<(), sqlx::Error> {
+impl ParkStore for Sqlite {
+    async fn park(pool: &Pool<Self>, sql: &str, row: ParkRow<'_>) -> Result<(), sqlx::Error> {
         sqlx::query(sql)
             .bind(row.dead_letter_topic)
             .bind(row.dead_letter_partition)
@@ -271,7 +273,23 @@ impl Sealed for Sqlite {
             .map(|_| ())
     }
 
-    async fn try_lock<'a>(_pool: &'a Pool<Self>, name: &'a str) -> Result<Option<NamedLock>, sqlx::Error> {
-        Ok(NamedLock::try_local(name))
+    async fn parked_list(pool: &Pool<Self>, sql: &str, limit: i64) -> Result<Vec<ParkedMessage>, sqlx::Error> {
+        sqlx::query_as(sql).bind(limit).fetch_all(pool).await
+    }
+
+    async fn parked_count(pool: &Pool<Self>, sql: &str) -> Result<u64, sqlx::Error> {
+        sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.map(|n| n.max(0) as u64)
+    }
+}
+
+impl LockStore for Sqlite {
+    type Lock = LocalLock;
+
+    async fn try_lock(_pool: &Pool<Self>, name: &str) -> Result<Option<LocalLock>, sqlx::Error> {
+        Ok(LocalLock::try_take(name))
+    }
+
+    async fn release(lock: LocalLock) {
+        drop(lock);
     }
 }

@@ -1,0 +1,217 @@
+//! The faults: the kinds of phase 1 with their schedule and how each is injected, and
+//! the broker faults of phase 2 on the mock cluster.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use concert::app::WorkerRole;
+use concert::events::TOPICS;
+use reliable_kafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use reliable_kafka::MockFault;
+
+use crate::supervisor::{Supervisor, WORKER_APPLICATION_NAME};
+
+/// Handler transaction committed, offset not committed.
+pub(crate) const CONSUMER_AFTER_COMMIT: &str = "rk-consumer-after-commit";
+/// Before the handler transaction commits (a control: nothing to repeat).
+pub(crate) const CONSUMER_BEFORE_COMMIT: &str = "rk-consumer-before-commit";
+/// Kafka acknowledged, outbox rows not marked.
+pub(crate) const RELAY_AFTER_SEND: &str = "rk-relay-after-send";
+/// Outbox rows claimed, not sent.
+pub(crate) const RELAY_BEFORE_SEND: &str = "rk-relay-before-send";
+
+/// The fail points a worker is told to die at (each one of
+/// [`reliable_kafka::testing::KILL_POINTS`], checked at the start of a run).
+pub(crate) const KILL_POINTS: [&str; 4] =
+    [CONSUMER_AFTER_COMMIT, CONSUMER_BEFORE_COMMIT, RELAY_AFTER_SEND, RELAY_BEFORE_SEND];
+
+/// A fault of phase 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    ConsumerKill { after_commit: bool },
+    RelayKill { after_send: bool },
+    BrokerRestart,
+    DbDrop,
+    RedisOutage,
+    Rebalance,
+    Sigterm,
+}
+
+/// The order the kinds of phase 1 take turns in.
+pub(crate) const SCHEDULE: [Kind; 9] = [
+    Kind::ConsumerKill { after_commit: true },
+    Kind::RelayKill { after_send: true },
+    Kind::DbDrop,
+    Kind::BrokerRestart,
+    Kind::ConsumerKill { after_commit: false },
+    Kind::RedisOutage,
+    Kind::RelayKill { after_send: false },
+    Kind::Sigterm,
+    Kind::Rebalance,
+];
+
+/// Injects the kinds of [`SCHEDULE`] in turn, `fault_interval` apart, until each landed
+/// `faults_per_kind` times (a kind that keeps missing is given up on, with a problem),
+/// or `max_duration` is over.
+pub(crate) async fn inject_until_done(run: &mut Supervisor) -> anyhow::Result<()> {
+    let cfg = run.cfg.clone();
+    let started = Instant::now();
+    let n = u64::from(cfg.faults_per_kind);
+    let mut turn = 0u64;
+    let mut landed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut tried: BTreeMap<String, u64> = BTreeMap::new();
+    while SCHEDULE.iter().any(|k| landed.get(&format!("{k:?}")).copied().unwrap_or(0) < n) {
+        if started.elapsed() > cfg.max_duration {
+            run.report.problems.push(format!("fault phase exceeded {:?}", cfg.max_duration));
+            break;
+        }
+        let kind = SCHEDULE[(turn % SCHEDULE.len() as u64) as usize];
+        turn += 1;
+        if landed.get(&format!("{kind:?}")).copied().unwrap_or(0) >= n {
+            continue;
+        }
+        let tries = tried.entry(format!("{kind:?}")).or_default();
+        *tries += 1;
+        if *tries > 2 * n + 5 {
+            // A kind that does not land is reported short by `kinds_done`.
+            landed.insert(format!("{kind:?}"), n);
+            run.report.problems.push(format!("{kind:?} did not land in {} tries", *tries - 1));
+            continue;
+        }
+        run.check_workers().await?;
+        let before = run.report.faults.clone();
+        run.inject(kind, turn).await.with_context(|| format!("inject {kind:?}"))?;
+        if run.report.faults != before {
+            *landed.entry(format!("{kind:?}")).or_default() += 1;
+        }
+        tracing::info!(?kind, turn, elapsed = ?started.elapsed(), "fault injected");
+        tokio::time::sleep(cfg.fault_interval).await;
+    }
+    Ok(())
+}
+
+impl Supervisor {
+    /// Injects one fault of `kind` (`turn` varies its details); counts it in the report
+    /// when it landed.
+    async fn inject(&mut self, kind: Kind, turn: u64) -> anyhow::Result<()> {
+        match kind {
+            Kind::ConsumerKill { after_commit } => {
+                let point = if after_commit { CONSUMER_AFTER_COMMIT } else { CONSUMER_BEFORE_COMMIT };
+                let mut w = self.take_worker(WorkerRole::Consumers);
+                let landed = w.kill_at(point, Duration::from_secs(30)).await?;
+                if landed {
+                    self.report.count("consumer-kill", u64::from(after_commit));
+                    self.report.count(&format!("consumer-kill/{point}"), 1);
+                } else {
+                    w.child.kill().await?;
+                }
+                self.spawn_worker(WorkerRole::Consumers)?;
+            }
+            Kind::RelayKill { after_send } => {
+                let point = if after_send { RELAY_AFTER_SEND } else { RELAY_BEFORE_SEND };
+                let mut w = self.take_worker(WorkerRole::Relay);
+                if w.kill_at(point, Duration::from_secs(30)).await? {
+                    self.report.count("relay-kill", u64::from(after_send));
+                    self.report.count(&format!("relay-kill/{point}"), 1);
+                } else {
+                    w.child.kill().await?;
+                }
+                self.spawn_worker(WorkerRole::Relay)?;
+            }
+            Kind::BrokerRestart => {
+                let crash = turn.is_multiple_of(2);
+                self.broker.lock().await.restart(Duration::from_millis(500 + 250 * (turn % 4)), crash).await?;
+                self.report.count("broker", 1);
+                self.report.count("broker/tansu-restart", 1);
+                self.report
+                    .count(if crash { "broker/tansu-restart-sigkill" } else { "broker/tansu-restart-sigint" }, 1);
+            }
+            Kind::DbDrop => {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = $1 AND application_name = $2",
+                )
+                .bind(&self.database)
+                .bind(WORKER_APPLICATION_NAME)
+                .fetch_one(&self.admin)
+                .await?;
+                if n > 0 {
+                    self.report.count("db-drop", 1);
+                    self.report.count("db-drop/connections", n as u64);
+                }
+            }
+            Kind::RedisOutage => {
+                let client = redis::Client::open(self.cfg.redis_url.as_str())?;
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                let _: i64 = redis::cmd("CLIENT")
+                    .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
+                    .query_async(&mut conn)
+                    .await?;
+                let _: () = redis::cmd("CLIENT").arg(&["PAUSE", "1500", "ALL"][..]).query_async(&mut conn).await?;
+                self.report.count("redis-outage", 1);
+            }
+            Kind::Rebalance => {
+                self.spawn_worker(WorkerRole::Consumers)?;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let w = self.take_worker(WorkerRole::Consumers);
+                self.expect_clean_exit(w).await?;
+                self.report.count("rebalance", 1);
+            }
+            Kind::Sigterm => {
+                let done = self.report.faults.get("sigterm").copied().unwrap_or(0);
+                let role = if done.is_multiple_of(3) { WorkerRole::Relay } else { WorkerRole::Consumers };
+                let w = self.take_worker(role);
+                if let Some(rest) = Duration::from_secs(3).checked_sub(w.started.elapsed()) {
+                    tokio::time::sleep(rest).await;
+                }
+                self.expect_clean_exit(w).await?;
+                self.report.count("sigterm", 1);
+                self.spawn_worker(role)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `i`-th broker fault of phase 2 with the sub-kind it is counted as: request
+/// errors on produce, fetch, offset-commit and heartbeat, group coordinators and
+/// partition leaders moved, in turn over the three brokers.
+pub(crate) fn mock_fault(i: u64, groups: &[String]) -> (MockFault, String) {
+    use RDKafkaRespErr::*;
+    let broker = ((i / 6) % 3) as i32 + 1;
+    let fault = match i % 6 {
+        0 => MockFault::RequestErrors {
+            api: RDKafkaApiKey::Produce,
+            errors: vec![
+                RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+                RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+                RD_KAFKA_RESP_ERR__TRANSPORT,
+            ],
+        },
+        1 => MockFault::RequestErrors {
+            api: RDKafkaApiKey::Fetch,
+            errors: vec![RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR__TRANSPORT],
+        },
+        2 => MockFault::RequestErrors {
+            api: RDKafkaApiKey::OffsetCommit,
+            errors: vec![RD_KAFKA_RESP_ERR_NOT_COORDINATOR, RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE],
+        },
+        3 => MockFault::RequestErrors {
+            api: RDKafkaApiKey::Heartbeat,
+            errors: vec![RD_KAFKA_RESP_ERR_NOT_COORDINATOR, RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS],
+        },
+        4 => MockFault::MoveGroupCoordinator { group: groups[(i as usize / 6) % groups.len()].clone(), broker },
+        _ => MockFault::MovePartitionLeader {
+            topic: TOPICS[(i as usize / 6) % TOPICS.len()].to_owned(),
+            partition: ((i / 6) % 3) as i32,
+            broker,
+        },
+    };
+    let sub = match &fault {
+        MockFault::RequestErrors { api, .. } => format!("broker/mock-{api:?}-errors"),
+        MockFault::MoveGroupCoordinator { .. } => "broker/mock-coordinator-move".into(),
+        _ => "broker/mock-leader-move".into(),
+    };
+    (fault, sub)
+}

@@ -1,0 +1,311 @@
+//! [`ListenerContainerBuilder`]: the container's settings and their validation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::producer::FutureProducer;
+use sqlx::Pool;
+
+use super::container::{ContainerContext, ListenerContainer};
+use super::handler::ErasedHandler;
+use super::pipeline::{Pipeline, Route};
+use crate::error::validate_identifier;
+use crate::{BackOff, Backend, ConfigError, DefaultBackend, Error, EventHandler, HandlerOptions, KafkaConfig};
+
+/// Default suffix of dead-letter topics: `<topic>.DLQ`, as in the seed documents.
+/// Spring Kafka's `DeadLetterPublishingRecoverer` appends `.DLT` instead; set
+/// [`ListenerContainerBuilder::dead_letter_suffix`] to `.DLT` to share its topics.
+pub const DEFAULT_DEAD_LETTER_SUFFIX: &str = ".DLQ";
+
+/// Default of [`ListenerContainerBuilder::commit_interval`].
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+/// Default of [`ListenerContainerBuilder::handler_timeout`].
+pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Default of [`ListenerContainerBuilder::processed_retention`]: 7 days.
+pub const DEFAULT_PROCESSED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Largest [`ListenerContainerBuilder::max_batch`].
+pub const MAX_BATCH: usize = 10_000;
+/// Largest [`ListenerContainerBuilder::partition_concurrency`].
+pub const MAX_PARTITION_CONCURRENCY: usize = 256;
+
+/// Builder of [`ListenerContainer`].
+pub struct ListenerContainerBuilder<DB: Backend = DefaultBackend> {
+    kafka: KafkaConfig,
+    pool: Pool<DB>,
+    group: Option<String>,
+    handlers: Vec<(Box<dyn ErasedHandler<DB>>, HandlerOptions, &'static str)>,
+    default_backoff: BackOff,
+    dead_letter_suffix: String,
+    commit_interval: Duration,
+    processed_table: String,
+    handler_timeout: Duration,
+    processed_retention: Duration,
+    max_batch: usize,
+    partition_concurrency: usize,
+}
+
+impl<DB: Backend> std::fmt::Debug for ListenerContainerBuilder<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerContainerBuilder")
+            .field("kafka", &self.kafka)
+            .field("group", &self.group)
+            .field("handlers", &self.handlers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: Backend> ListenerContainer<DB> {
+    /// Starts a builder. `kafka` settings override the consumer presets
+    /// (`enable.auto.commit=false`, `enable.auto.offset.store=false`,
+    /// `auto.offset.reset=earliest`, `isolation.level=read_committed`) and the
+    /// dead-letter producer presets (`acks=all`, `enable.idempotence=true`).
+    ///
+    /// The pool's backend ([`crate::Postgres`] or [`crate::Sqlite`]) is the one of the
+    /// deduplication table and of the handlers' transactions.
+    pub fn builder(kafka: KafkaConfig, pool: Pool<DB>) -> ListenerContainerBuilder<DB> {
+        ListenerContainerBuilder {
+            kafka,
+            pool,
+            group: None,
+            handlers: Vec::new(),
+            default_backoff: BackOff::default(),
+            dead_letter_suffix: DEFAULT_DEAD_LETTER_SUFFIX.to_owned(),
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
+            processed_table: crate::schema::DEFAULT_PROCESSED_TABLE.to_owned(),
+            handler_timeout: DEFAULT_HANDLER_TIMEOUT,
+            processed_retention: DEFAULT_PROCESSED_RETENTION,
+            max_batch: 1,
+            partition_concurrency: 1,
+        }
+    }
+}
+
+impl<DB: Backend> ListenerContainerBuilder<DB> {
+    /// Consumer group id. Optional when the handlers declare their group.
+    pub fn group_id(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Registers a handler; its topic must be unique in the container.
+    pub fn handler<H: EventHandler<DB>>(mut self, handler: H) -> Self {
+        let options = handler.options();
+        self.handlers.push((Box::new(handler), options, <H::Event as crate::Event>::TOPIC));
+        self
+    }
+
+    /// Registers a handler with some of its [`EventHandler::options`] replaced: each
+    /// setting given in `overrides` (topic, group, back-off, dead-letter topic) wins,
+    /// the others stay the handler's. Reuses one handler on another topic or group.
+    pub fn handler_with<H: EventHandler<DB>>(mut self, handler: H, overrides: HandlerOptions) -> Self {
+        let own = handler.options();
+        let options = HandlerOptions {
+            topic: overrides.topic.or(own.topic),
+            group: overrides.group.or(own.group),
+            backoff: overrides.backoff.or(own.backoff),
+            dead_letter_topic: overrides.dead_letter_topic.or(own.dead_letter_topic),
+        };
+        self.handlers.push((Box::new(handler), options, <H::Event as crate::Event>::TOPIC));
+        self
+    }
+
+    /// Retry policy of handlers that do not set one (default: [`BackOff::default`]).
+    pub fn default_backoff(mut self, backoff: impl Into<BackOff>) -> Self {
+        self.default_backoff = backoff.into();
+        self
+    }
+
+    /// Suffix of default dead-letter topics (default [`DEFAULT_DEAD_LETTER_SUFFIX`],
+    /// `.DLQ`; Spring Kafka's recoverer uses `.DLT`).
+    pub fn dead_letter_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.dead_letter_suffix = suffix.into();
+        self
+    }
+
+    /// Offsets are committed at most this often while records flow (default 500 ms),
+    /// and always on partition revocation and shutdown. A crash loses at most this much
+    /// commit progress: the records are redelivered and deduplicated.
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval;
+        self
+    }
+
+    /// Longest time one handler attempt may take (default 15 s); a slower attempt is
+    /// abandoned (its transaction rolled back) and counts as a transient failure.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = timeout;
+        self
+    }
+
+    /// Records of one partition processed in one database transaction, at most
+    /// (default 1, 1..=10 000): one multi-row deduplication insert, the handler called
+    /// for each new record in order, one commit. Only records already fetched are
+    /// batched (the container never waits to fill a batch). When any record of a batch
+    /// fails (decoding, handler error, panic, timeout, commit), the batch is rolled back
+    /// and its records are processed again one by one up to and including the first
+    /// record that needed a retry; the container then polls and takes the rest as a
+    /// new batch, so the retries of several failing records never add up between two
+    /// polls. Effects outside the transaction (HTTP calls) of the records before the
+    /// failing one happen twice. The whole batch call must finish within
+    /// `handler_timeout`; `build()` checks that a failed batch attempt plus one
+    /// record's retries fit in `max.poll.interval.ms`.
+    pub fn max_batch(mut self, records: usize) -> Self {
+        self.max_batch = records;
+        self
+    }
+
+    /// Partitions processed at the same time, at most (default 1, 1..=256). Each
+    /// partition keeps its order (its next batch starts when the previous one is
+    /// done); batches of different partitions run concurrently, each in its own
+    /// transaction on its own pooled connection, so the pool needs at least this many
+    /// connections. Records are copied out of librdkafka's buffers when this is above 1.
+    /// When partitions are revoked, their running batches are cancelled (rolled back,
+    /// offsets not stored) and settled before the revoke's commit, so the partitions'
+    /// new owner never runs a record this container still works on.
+    pub fn partition_concurrency(mut self, partitions: usize) -> Self {
+        self.partition_concurrency = partitions;
+        self
+    }
+
+    /// How long deduplication rows are kept (default 7 days). A redelivery later than
+    /// this, e.g. a re-drive from a dead-letter topic, would run again: keep it above
+    /// the longest redelivery path (re-drive interval × re-drives). Rows of this group
+    /// older than this are deleted every [`super::PRUNE_INTERVAL`] (10 minutes).
+    pub fn processed_retention(mut self, retention: Duration) -> Self {
+        self.processed_retention = retention;
+        self
+    }
+
+    /// Deduplication table (default `rk_processed_messages`), optionally schema-qualified.
+    pub fn processed_table(mut self, table: impl Into<String>) -> Self {
+        self.processed_table = table.into();
+        self
+    }
+
+    /// Validates the settings and creates the consumer and the dead-letter producer.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming what is wrong: no handler (`handler`), no group
+    /// (`group.id`), handlers of different groups or the same topic, an invalid back-off,
+    /// a dead-letter topic equal to its source, a back-off whose total wait exceeds
+    /// `max.poll.interval.ms`, an invalid `processed_table`, a zero `commit_interval`.
+    /// [`Error::Kafka`] when librdkafka rejects the configuration.
+    pub fn build(self) -> Result<ListenerContainer<DB>, Error> {
+        validate_identifier("processed_table", &self.processed_table)?;
+        if !(1..=MAX_BATCH).contains(&self.max_batch) {
+            return Err(ConfigError::invalid("max_batch", "must be within 1..=10000").into());
+        }
+        if !(1..=MAX_PARTITION_CONCURRENCY).contains(&self.partition_concurrency) {
+            return Err(ConfigError::invalid("partition_concurrency", "must be within 1..=256").into());
+        }
+        if self.commit_interval.is_zero() {
+            return Err(ConfigError::invalid("commit_interval", "must be greater than zero").into());
+        }
+        if self.handlers.is_empty() {
+            return Err(ConfigError::Missing { key: "handler".into() }.into());
+        }
+        let group = match &self.group {
+            Some(g) => g.clone(),
+            None => self
+                .handlers
+                .iter()
+                .find_map(|(_, o, _)| o.group.as_deref().map(str::to_owned))
+                .ok_or(ConfigError::Missing { key: "group.id".into() })?,
+        };
+        if group.is_empty() {
+            return Err(ConfigError::invalid("group.id", "must not be empty").into());
+        }
+        let max_poll = self.kafka.max_poll_interval()?;
+
+        let mut routes = HashMap::new();
+        for (handler, options, event_topic) in self.handlers {
+            let topic = options.topic.as_deref().unwrap_or(event_topic).to_owned();
+            if let Some(g) = options.group.as_deref() {
+                if g != group {
+                    return Err(ConfigError::GroupMismatch {
+                        topic,
+                        handler_group: g.to_owned(),
+                        container_group: group,
+                    }
+                    .into());
+                }
+            }
+            let backoff = options.backoff.unwrap_or(Ok(self.default_backoff))?;
+            let retry_budget = retry_budget(&topic, &backoff, self.handler_timeout, self.max_batch, max_poll)?;
+            let dead_letter_topic = options
+                .dead_letter_topic
+                .map(|t| t.into_owned())
+                .unwrap_or_else(|| format!("{topic}{}", self.dead_letter_suffix));
+            if dead_letter_topic == topic {
+                return Err(ConfigError::DeadLetterTopicIsSource { topic }.into());
+            }
+            if routes.contains_key(&topic) {
+                return Err(ConfigError::DuplicateHandler { topic }.into());
+            }
+            routes.insert(topic, Route { handler, backoff, dead_letter_topic, retry_budget });
+        }
+
+        let context = ContainerContext::new(group.clone(), self.handler_timeout);
+        let consumer: StreamConsumer<ContainerContext> = self
+            .kafka
+            .consumer_config(&group, &[("isolation.level", "read_committed")])
+            .create_with_context(context)
+            .map_err(Error::kafka("create consumer"))?;
+        let producer: FutureProducer = self
+            .kafka
+            .client_config(KafkaConfig::PRODUCER_PRESETS)
+            .create()
+            .map_err(Error::kafka("create dead-letter producer"))?;
+        let pipeline = Pipeline {
+            dedup_sql: Arc::new(DB::dedup_sql(&self.processed_table)),
+            group: Arc::from(group.as_str()),
+            pool: self.pool,
+            routes,
+            producer,
+            stats: Arc::default(),
+            handler_timeout: self.handler_timeout,
+            processed_retention: self.processed_retention,
+        };
+        Ok(ListenerContainer::new(
+            Arc::new(consumer),
+            Arc::new(pipeline),
+            self.commit_interval,
+            self.max_batch,
+            self.partition_concurrency,
+        ))
+    }
+}
+
+/// The total wait a record's retries may take: a record retried in place keeps the
+/// consumer from polling, so all its attempts and waits must fit in
+/// `max.poll.interval.ms`, or the group evicts the member. With batches, a failed
+/// batch attempt (up to one `handler_timeout`) comes first. The back-off's own delays
+/// must fit; `RetryAfter` waits are cut to what is left (see `RetryBudget`).
+fn retry_budget(
+    topic: &str,
+    backoff: &BackOff,
+    handler_timeout: Duration,
+    max_batch: usize,
+    max_poll: Duration,
+) -> Result<Duration, ConfigError> {
+    let batch_attempt = if max_batch > 1 { handler_timeout } else { Duration::ZERO };
+    let attempts = batch_attempt + handler_timeout * backoff.max_attempts();
+    let worst = attempts + backoff.max_total_delay();
+    if worst >= max_poll {
+        return Err(ConfigError::invalid(
+            "max.poll.interval.ms",
+            format!(
+                "`{topic}` can take {worst:?} on one record ({}{} attempts of up to handler_timeout {:?} plus {:?} of back-off), longer than max.poll.interval.ms ({} ms); raise it, or lower the attempts, the back-off or handler_timeout",
+                if max_batch > 1 { "a failed batch attempt, then " } else { "" },
+                backoff.max_attempts(),
+                handler_timeout,
+                backoff.max_total_delay(),
+                max_poll.as_millis(),
+            ),
+        ));
+    }
+    // A tenth of the room is left for polling and committing.
+    Ok(backoff.max_total_delay().max((max_poll - attempts).mul_f64(0.9)))
+}

@@ -1,0 +1,333 @@
+//! [`ListenerContainer`]: the poll loop of one consumer group, offsets and rebalances.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::ClientContext;
+use tokio_util::sync::CancellationToken;
+
+use super::pipeline::Pipeline;
+use super::prune::prune_processed;
+use super::scheduler::{Partitions, Scheduler};
+use super::stats::ContainerStats;
+use crate::kafka::LogContext;
+use crate::worker::WorkerHandle;
+use crate::{Backend, DefaultBackend, Error};
+
+/// How long the poll loop waits for a record before it looks at shutdown and commits.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+/// Consumer errors (broker outages, unknown topics) are logged at most this often.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A running container, see [`ListenerContainer::spawn`].
+pub type ContainerHandle = WorkerHandle<ContainerStats>;
+
+/// Consumes one consumer group's topics and runs each record through its handler.
+///
+/// For every record, in partition order:
+/// 1. the envelope headers are checked (message id, event type, schema version) and the
+///    payload decoded; a record that fails any of these is a poison pill and goes to the
+///    dead-letter topic at once, with the reason;
+/// 2. a database transaction is opened and `(group, message id)` inserted into the
+///    deduplication table; if it was there already the record is a redelivery and is
+///    skipped;
+/// 3. the handler runs with that transaction; on success it commits (dedup row and
+///    effects together);
+/// 4. on a transient failure the transaction is rolled back and the handler's
+///    [`crate::BackOff`] decides the wait before the next attempt (blocking retry: the
+///    partition waits); after the last attempt, or on a permanent failure, the record is
+///    published to the dead-letter topic with the `kafka_dlt-*` headers;
+/// 5. only then is its offset stored; stored offsets are committed every
+///    `commit_interval`, before partitions are revoked, and at shutdown.
+///
+/// A handler attempt is bounded by `handler_timeout` (a transient failure when
+/// exceeded); a panicking handler fails its record permanently; a handler that returns
+/// `Ok` while its transaction cannot commit (a swallowed failed statement on
+/// PostgreSQL, a rollback by SQLite) fails it permanently too. All waits of one record,
+/// `RetryAfter` included, fit in `max.poll.interval.ms` together with its attempts
+/// (`build()` checks the back-off; `RetryAfter` waits are cut to what is left).
+///
+/// Failures of the framework's own calls (opening the transaction, the dedup insert,
+/// a lost connection at commit, publishing to the dead-letter topic) do not use up the
+/// record's attempts: they are retried until they succeed or the container shuts down,
+/// so an outage of the database or broker never dead-letters good records (a long
+/// outage can exceed `max.poll.interval.ms`; the member then rejoins afterwards and the
+/// record is redelivered). An error the database reports at commit (a deferred
+/// constraint, a serialization failure) is classified like a handler's sqlx error.
+///
+/// Delivery is at-least-once; database effects are exactly-once per message id and
+/// group. Effects outside the transaction (HTTP calls, Redis) run at least once and
+/// must be idempotent.
+pub struct ListenerContainer<DB: Backend = DefaultBackend> {
+    consumer: Arc<StreamConsumer<ContainerContext>>,
+    pipeline: Arc<Pipeline<DB>>,
+    commit_interval: Duration,
+    max_batch: usize,
+    partition_concurrency: usize,
+}
+
+impl<DB: Backend> std::fmt::Debug for ListenerContainer<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerContainer")
+            .field("group", &self.pipeline.group)
+            .field("topics", &self.pipeline.routes.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The consumer's librdkafka context: logging, commit results, and rebalances.
+pub(crate) struct ContainerContext {
+    log: LogContext,
+    /// Set when an asynchronous commit failed, so the loop commits again.
+    commit_failed: Arc<AtomicBool>,
+    /// Batches running per partition (`partition_concurrency > 1`).
+    pub(crate) partitions: Arc<Partitions>,
+    /// Longest wait for a revoked partition's batches to end.
+    settle_timeout: Duration,
+}
+
+impl ContainerContext {
+    pub(crate) fn new(group: String, settle_timeout: Duration) -> Self {
+        ContainerContext {
+            log: LogContext { worker: group },
+            commit_failed: Arc::default(),
+            partitions: Arc::default(),
+            settle_timeout,
+        }
+    }
+
+    /// Cancels the batches of revoked partitions and waits for them to end, so that
+    /// none commits after the revoke and the new owner never runs a record this
+    /// member still works on. On a current-thread runtime the batches cannot run while
+    /// this callback blocks the thread: they are cancelled, and each sees it before
+    /// its commit.
+    fn settle(&self, tpl: &rdkafka::TopicPartitionList) {
+        let revoked: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let settled = if multi_thread {
+            tokio::task::block_in_place(|| self.partitions.cancel_and_settle(&revoked, self.settle_timeout))
+        } else {
+            self.partitions.cancel_and_settle(&revoked, Duration::ZERO)
+        };
+        if !settled && multi_thread {
+            tracing::warn!(worker = %self.log.worker, "batches of revoked partitions still running after {:?}", self.settle_timeout);
+        }
+    }
+}
+
+impl ClientContext for ContainerContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.log.log(level, fac, log_message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error, reason)
+    }
+}
+
+impl ConsumerContext for ContainerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Sequential containers process records inside the poll loop, so when this runs
+        // every record handed out has its outcome; concurrent ones settle their batches
+        // of the revoked partitions first. Then what is stored is committed.
+        if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(group = %self.log.worker, partitions = tpl.count(), "partitions revoked; committing");
+            self.settle(tpl);
+            commit(consumer, CommitMode::Sync, &self.log.worker);
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &rdkafka::TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(group = %self.log.worker, error = %e, "offset commit failed; committing again");
+                self.commit_failed.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(group = %self.log.worker, partitions = tpl.count(), "partitions assigned");
+        }
+    }
+}
+
+fn commit<C: ConsumerContext, K: Consumer<C>>(consumer: &K, mode: CommitMode, group: &str) {
+    match consumer.commit_consumer_state(mode) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => tracing::warn!(group, error = %e, "offset commit failed; will retry with the next commit"),
+    }
+}
+
+impl<DB: Backend> ListenerContainer<DB> {
+    pub(crate) fn new(
+        consumer: Arc<StreamConsumer<ContainerContext>>,
+        pipeline: Arc<Pipeline<DB>>,
+        commit_interval: Duration,
+        max_batch: usize,
+        partition_concurrency: usize,
+    ) -> Self {
+        ListenerContainer { consumer, pipeline, commit_interval, max_batch, partition_concurrency }
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.pipeline.group
+    }
+
+    /// The container's counters, shared with the running container.
+    pub fn stats(&self) -> Arc<ContainerStats> {
+        self.pipeline.stats.clone()
+    }
+
+    /// Subscribes and processes records until `shutdown` is cancelled; then finishes
+    /// the record in hand (a retry wait is cut short and that record left uncommitted),
+    /// commits stored offsets, flushes the dead-letter producer and leaves the group.
+    ///
+    /// # Errors
+    /// [`Error::Kafka`] when the subscription fails. Errors while running are logged
+    /// and retried.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let group = self.pipeline.group.clone();
+        let topics: Vec<&str> = self.pipeline.routes.keys().map(String::as_str).collect();
+        self.consumer.subscribe(&topics).map_err(Error::kafka("subscribe"))?;
+        tracing::info!(%group, ?topics, "listener container started");
+        let pruner = tokio::spawn(prune_processed(
+            self.pipeline.pool.clone(),
+            self.pipeline.dedup_sql.clone(),
+            group.clone(),
+            self.pipeline.processed_retention,
+            shutdown.clone(),
+        ));
+        let commit_failed = self.consumer.context().commit_failed.clone();
+        let mut scheduler = (self.partition_concurrency > 1)
+            .then(|| Scheduler::new(self.pipeline.clone(), self.consumer.clone(), self.partition_concurrency));
+        let mut last_commit = Instant::now();
+        let mut last_error_log: Option<Instant> = None;
+        let mut dirty = false;
+        // Records fetched but not processed yet, in order: the rest of a batch whose
+        // fallback stopped after a failing record, and records of another partition met
+        // while filling a batch.
+        let mut pending = VecDeque::new();
+        loop {
+            // The rest of a stopped batch comes first, after a poll that keeps the member
+            // alive (its record joins `pending`).
+            let received = match pending.pop_front() {
+                Some(m) => {
+                    if let Ok(Ok(polled)) = tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
+                        pending.push_back(polled);
+                    }
+                    Ok(Ok(m))
+                }
+                None => tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    r = tokio::time::timeout(POLL_WAIT, self.consumer.recv()) => r,
+                },
+            };
+            match received {
+                Err(_idle) => {}
+                Ok(Err(e)) => {
+                    // Broker outages, authorization and unknown-topic errors surface here;
+                    // librdkafka recovers from the transient ones.
+                    if last_error_log.is_none_or(|t| t.elapsed() >= ERROR_LOG_INTERVAL) {
+                        tracing::warn!(%group, error = %e, "consumer error");
+                        last_error_log = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Ok(msg)) => {
+                    let mut batch = vec![msg];
+                    // Records already fetched, of the same partition, join the batch.
+                    while batch.len() < self.max_batch {
+                        let next = match pending.pop_front() {
+                            Some(m) => Ok(Ok(m)),
+                            None => tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await,
+                        };
+                        match next {
+                            Ok(Ok(m)) if m.partition() == batch[0].partition() && m.topic() == batch[0].topic() => {
+                                batch.push(m)
+                            }
+                            Ok(Ok(m)) => {
+                                pending.push_front(m);
+                                break;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%group, error = %e, "consumer error while batching");
+                                break;
+                            }
+                            Err(_nothing_fetched) => break,
+                        }
+                    }
+                    ContainerStats::add(&self.pipeline.stats.received, batch.len());
+                    self.pipeline.stats.touch();
+                    if let Some(scheduler) = scheduler.as_mut() {
+                        let owned = batch.iter().map(|m| m.detach()).collect();
+                        drop(batch);
+                        if !scheduler.dispatch(owned, &shutdown).await {
+                            break;
+                        }
+                    } else {
+                        if crate::fault::sabotaged(crate::fault::SABOTAGE_OFFSETS_BEFORE_COMMIT) {
+                            // At-most-once: the offsets go first, the work after.
+                            let last = &batch[batch.len() - 1];
+                            let _ = self.consumer.store_offset(last.topic(), last.partition(), last.offset());
+                            commit(&*self.consumer, CommitMode::Sync, &group);
+                        }
+                        let progress = self.pipeline.process_batch(&batch, &shutdown).await;
+                        if let Some(last) = progress.done.checked_sub(1).map(|i| &batch[i]) {
+                            if let Err(e) = self.consumer.store_offset(last.topic(), last.partition(), last.offset()) {
+                                // The partition was revoked meanwhile; its new owner redelivers.
+                                tracing::debug!(error = %e, "offset not stored");
+                            }
+                            dirty = true;
+                            self.pipeline.stats.touch();
+                        }
+                        if progress.interrupted {
+                            break; // shutdown came first
+                        }
+                        // The rest goes before anything fetched later, after a poll.
+                        for m in batch.drain(progress.done..).rev() {
+                            pending.push_front(m);
+                        }
+                    }
+                }
+            }
+            if commit_failed.swap(false, Ordering::Relaxed) | scheduler.as_ref().is_some_and(Scheduler::take_stored) {
+                dirty = true;
+            }
+            if dirty && last_commit.elapsed() >= self.commit_interval {
+                commit(&*self.consumer, CommitMode::Async, &group);
+                dirty = false;
+                last_commit = Instant::now();
+            }
+        }
+        drop(pending);
+        if let Some(scheduler) = scheduler.as_mut() {
+            scheduler.drain().await;
+        }
+        commit(&*self.consumer, CommitMode::Sync, &group);
+        pruner.abort();
+        crate::worker::flush(&self.pipeline.producer).await;
+        self.consumer.unsubscribe();
+        tracing::info!(%group, "listener container stopped");
+        Ok(())
+    }
+
+    /// Spawns [`ListenerContainer::run`] on the current Tokio runtime; the handle's
+    /// name is the consumer group.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn spawn(self) -> ContainerHandle {
+        WorkerHandle::spawn(self.pipeline.group.to_string(), self.stats(), |shutdown| self.run(shutdown))
+    }
+}

@@ -1,0 +1,425 @@
+//! The path of one record, top-down: [`Pipeline::process_batch`] tries a batch in one
+//! transaction ([`Pipeline::try_batch`]), else runs the records one by one through the
+//! retry loop ([`Pipeline::process`]), each attempt in its own transaction
+//! ([`Pipeline::attempt`]: dedup row, handler, check, commit); what cannot succeed goes
+//! to the dead-letter topic (`dead_letter.rs`).
+
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
+use sqlx::Pool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::dead_letter::Failure;
+use super::handler::ErasedHandler;
+use super::stats::ContainerStats;
+use crate::store::TransactionState;
+use crate::worker::{sleep_or_shutdown, InfraBackoff};
+use crate::{BackOff, Backend, DeadLetterReason, Envelope, Error, HandlerContext, HandlerError, HandlerFault, RecordInfo};
+
+/// What the container knows of one topic: its handler and policies.
+pub(crate) struct Route<DB: Backend> {
+    pub handler: Box<dyn ErasedHandler<DB>>,
+    pub backoff: BackOff,
+    pub dead_letter_topic: String,
+    /// The total a record of this topic may wait between attempts.
+    pub retry_budget: Duration,
+}
+
+/// Everything a record's processing needs, shared by the poll loop and batch tasks.
+pub(crate) struct Pipeline<DB: Backend> {
+    pub group: Arc<str>,
+    pub pool: Pool<DB>,
+    pub routes: HashMap<String, Route<DB>>,
+    pub producer: FutureProducer,
+    pub dedup_sql: Arc<DB::DedupSql>,
+    pub stats: Arc<ContainerStats>,
+    pub handler_timeout: Duration,
+    pub processed_retention: Duration,
+}
+
+/// What became of one record.
+pub(crate) enum Outcome {
+    /// Processed, skipped as duplicate, or dead-lettered: its offset may be committed.
+    /// `retried` when it took more than one attempt.
+    Done { retried: bool },
+    /// Shutdown or a revoke came first: its offset must not be committed.
+    Interrupted,
+}
+
+/// How far [`Pipeline::process_batch`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Progress {
+    /// Records done, from the first.
+    pub done: usize,
+    /// Shutdown or a revoke stopped it; otherwise the records after `done` are to be
+    /// processed after a poll.
+    pub interrupted: bool,
+}
+
+/// Why a batch was not committed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BatchError {
+    #[error("no handler for the topic")]
+    NoRoute,
+    #[error("record at offset {0} is not for the handler (envelope, type or schema version)")]
+    NotForHandler(i64),
+    #[error("a payload could not be decoded")]
+    Decode(#[source] crate::CodecError),
+    #[error("the handler failed")]
+    Handler(#[source] HandlerError),
+    #[error("the handler panicked")]
+    Panic,
+    #[error("the transaction could not commit")]
+    Database(#[source] sqlx::Error),
+    #[error("the transaction was aborted or rolled back by the database")]
+    Aborted,
+    #[error("cancelled by shutdown or a revoke")]
+    Cancelled,
+}
+
+pub(crate) enum AttemptError {
+    Infrastructure(Error),
+    Decode(crate::CodecError),
+    Handler(HandlerError),
+    Cancelled,
+}
+
+/// The waits of one record's retries, bounded by its route's `retry_budget`: the
+/// back-off's delays always fit (checked by `build()`); a `RetryAfter` wait is cut to
+/// what is left, so a record never keeps the consumer from polling for longer than
+/// `max.poll.interval.ms`, however long the waits its handler asks for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RetryBudget {
+    left: Duration,
+}
+
+impl RetryBudget {
+    pub(crate) fn new(budget: Duration) -> Self {
+        RetryBudget { left: budget }
+    }
+
+    /// The wait to use when `wanted` is asked for; counted against the budget.
+    pub(crate) fn take(&mut self, wanted: Duration) -> Duration {
+        let d = wanted.min(self.left);
+        self.left -= d;
+        d
+    }
+}
+
+impl<DB: Backend> Pipeline<DB> {
+    /// Processes a batch of records of one partition. A batch of several records is
+    /// tried in one transaction; when that fails its records are processed one by one
+    /// up to and including the first that needed a retry, and the caller polls before
+    /// the rest.
+    pub(crate) async fn process_batch<M: Message + Sync>(&self, batch: &[M], cancel: &CancellationToken) -> Progress {
+        if batch.len() > 1 {
+            match self.try_batch(batch, cancel).await {
+                Ok(()) => return Progress { done: batch.len(), interrupted: false },
+                Err(BatchError::Cancelled) => return Progress { done: 0, interrupted: true },
+                Err(why) => {
+                    ContainerStats::add(&self.stats.batch_fallbacks, 1);
+                    tracing::debug!(group = %self.group, records = batch.len(), why = %crate::report(&why),
+                        "batch not committed; processing record by record");
+                }
+            }
+        }
+        for (i, msg) in batch.iter().enumerate() {
+            match self.process(msg, cancel).await {
+                Outcome::Interrupted => return Progress { done: i, interrupted: true },
+                Outcome::Done { retried: true } if i + 1 < batch.len() => {
+                    return Progress { done: i + 1, interrupted: false };
+                }
+                Outcome::Done { .. } => {}
+            }
+        }
+        Progress { done: batch.len(), interrupted: false }
+    }
+
+    /// All records of `batch` in one transaction, or nothing.
+    async fn try_batch<M: Message + Sync>(&self, batch: &[M], cancel: &CancellationToken) -> Result<(), BatchError> {
+        let route = self.routes.get(batch[0].topic()).ok_or(BatchError::NoRoute)?;
+        let mut items = Vec::with_capacity(batch.len());
+        for msg in batch {
+            let info = record_info(msg).map_err(|_| BatchError::NotForHandler(msg.offset()))?;
+            if info.event_type != route.handler.event_type() || info.schema_version > route.handler.schema_version() {
+                return Err(BatchError::NotForHandler(msg.offset()));
+            }
+            let event = route.handler.decode(msg.payload().unwrap_or_default()).map_err(BatchError::Decode)?;
+            items.push((info, event));
+        }
+        let ids: Vec<Uuid> = items.iter().map(|(info, _)| info.message_id).collect();
+        let mut tx = DB::begin_write(&self.pool).await.map_err(BatchError::Database)?;
+        let new: HashSet<Uuid> = if crate::fault::sabotaged(crate::fault::SABOTAGE_NO_DEDUP) {
+            ids.iter().copied().collect()
+        } else {
+            DB::insert_dedup_batch(&mut tx, &self.dedup_sql, &self.group, &ids).await.map_err(BatchError::Database)?
+        };
+        let mut ctx = HandlerContext { tx, record: items[0].0.clone(), attempt: 1, group: self.group.clone() };
+        let mut handled = HashSet::with_capacity(new.len());
+        let mut work = Vec::with_capacity(new.len());
+        for (info, event) in items {
+            // Already processed, or a second copy within the batch.
+            if new.contains(&info.message_id) && handled.insert(info.message_id) {
+                work.push((event, info));
+            }
+        }
+        if let Some((_, first)) = work.first() {
+            ctx.record = first.clone();
+            let call = AssertUnwindSafe(route.handler.call_batch(work, &mut ctx)).catch_unwind();
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(BatchError::Cancelled),
+                r = tokio::time::timeout(self.handler_timeout, call) => match r {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => return Err(BatchError::Handler(e)),
+                    Ok(Err(_panic)) => return Err(BatchError::Panic),
+                    Err(_) => return Err(BatchError::Handler(HandlerError::transient(HandlerFault::Timeout(self.handler_timeout)))),
+                },
+            }
+        }
+        match DB::check_transaction(&mut ctx.tx).await.map_err(BatchError::Database)? {
+            TransactionState::Open => {}
+            TransactionState::Aborted => return Err(BatchError::Aborted),
+        }
+        if cancel.is_cancelled() {
+            return Err(BatchError::Cancelled);
+        }
+        fault_point!(crate::fault::CONSUMER_BEFORE_COMMIT);
+        ctx.tx.commit().await.map_err(BatchError::Database)?;
+        if !handled.is_empty() {
+            fault_point!(crate::fault::CONSUMER_AFTER_COMMIT);
+        }
+        ContainerStats::add(&self.stats.processed, handled.len());
+        ContainerStats::add(&self.stats.duplicates, batch.len() - handled.len());
+        ContainerStats::add(&self.stats.batches, 1);
+        Ok(())
+    }
+
+    /// One record: its checks, then attempts until success, a permanent failure or the
+    /// end of its back-off; then the dead-letter topic.
+    pub(crate) async fn process<M: Message + Sync>(&self, msg: &M, cancel: &CancellationToken) -> Outcome {
+        let Some(route) = self.routes.get(msg.topic()) else {
+            // Only subscribed topics are delivered; nothing to do.
+            return Outcome::Done { retried: false };
+        };
+        let info = match record_info(msg) {
+            Ok(i) => i,
+            Err(e) => {
+                let failure = Failure::new(DeadLetterReason::InvalidHeaders, "reliable_kafka::EnvelopeError", &e, 0);
+                return self.dead_letter(msg, route, failure, cancel).await;
+            }
+        };
+        if info.event_type != route.handler.event_type() {
+            let e = UnexpectedRecord::EventType { found: info.event_type.clone(), expected: route.handler.event_type() };
+            let failure = Failure::new(DeadLetterReason::UnknownEventType, UnexpectedRecord::PATH, &e, 0);
+            return self.dead_letter(msg, route, failure, cancel).await;
+        }
+        if info.schema_version > route.handler.schema_version() {
+            let e = UnexpectedRecord::SchemaVersion { found: info.schema_version, supported: route.handler.schema_version() };
+            let failure = Failure::new(DeadLetterReason::UnsupportedSchemaVersion, UnexpectedRecord::PATH, &e, 0);
+            return self.dead_letter(msg, route, failure, cancel).await;
+        }
+        let mut attempt = 1;
+        let mut infra = InfraBackoff::new();
+        let mut budget = RetryBudget::new(route.retry_budget);
+        loop {
+            match self.attempt(msg, route, &info, attempt, cancel).await {
+                Ok(duplicate) => {
+                    let counter = if duplicate { &self.stats.duplicates } else { &self.stats.processed };
+                    ContainerStats::add(counter, 1);
+                    return Outcome::Done { retried: attempt > 1 };
+                }
+                Err(AttemptError::Cancelled) => return Outcome::Interrupted,
+                Err(AttemptError::Infrastructure(e)) => {
+                    ContainerStats::add(&self.stats.infrastructure_errors, 1);
+                    tracing::warn!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
+                        error = %crate::report(&e), "infrastructure failure; retrying the record");
+                    if sleep_or_shutdown(infra.next_delay(), cancel).await {
+                        return Outcome::Interrupted;
+                    }
+                }
+                Err(AttemptError::Decode(e)) => {
+                    let failure = Failure::new(DeadLetterReason::Deserialization, "reliable_kafka::CodecError", &e, attempt);
+                    return self.dead_letter(msg, route, failure, cancel).await;
+                }
+                Err(AttemptError::Handler(e)) => {
+                    let delay = match &e {
+                        HandlerError::Permanent(_) => None,
+                        HandlerError::RetryAfter { after, .. } => route.backoff.delay_after(attempt).map(|_| *after),
+                        _ => route.backoff.delay_after(attempt),
+                    };
+                    let Some(delay) = delay.map(|d| budget.take(d)) else {
+                        let reason = if e.is_transient() {
+                            DeadLetterReason::RetriesExhausted
+                        } else {
+                            DeadLetterReason::PermanentError
+                        };
+                        let failure = Failure::new(reason, e.kind(), &e, attempt);
+                        return self.dead_letter(msg, route, failure, cancel).await;
+                    };
+                    ContainerStats::add(&self.stats.retries, 1);
+                    tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
+                        attempt, ?delay, error = %crate::report(&e), "handler failed; retrying");
+                    if sleep_or_shutdown(delay, cancel).await {
+                        return Outcome::Interrupted;
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// One attempt; `Ok(true)` when the message id was already processed.
+    async fn attempt<M: Message + Sync>(
+        &self,
+        msg: &M,
+        route: &Route<DB>,
+        info: &RecordInfo,
+        attempt: u32,
+        cancel: &CancellationToken,
+    ) -> Result<bool, AttemptError> {
+        let event = route.handler.decode(msg.payload().unwrap_or_default()).map_err(AttemptError::Decode)?;
+        let infra = |op| move |e| AttemptError::Infrastructure(Error::Database { operation: op, source: e });
+        let mut tx = DB::begin_write(&self.pool).await.map_err(infra("begin handler transaction"))?;
+        let new = crate::fault::sabotaged(crate::fault::SABOTAGE_NO_DEDUP)
+            || DB::insert_dedup(&mut tx, &self.dedup_sql, &self.group, info.message_id)
+                .await
+                .map_err(infra("insert dedup row"))?;
+        if !new {
+            tracing::debug!(group = %self.group, message_id = %info.message_id, "duplicate delivery skipped");
+            return Ok(true);
+        }
+        let mut ctx = HandlerContext { tx, record: info.clone(), attempt, group: self.group.clone() };
+        // A panic is a permanent failure of this record, not of the container; a hung
+        // handler is a transient one (the transaction is rolled back on drop).
+        let call = AssertUnwindSafe(route.handler.call(event, &mut ctx)).catch_unwind();
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(AttemptError::Cancelled),
+            r = tokio::time::timeout(self.handler_timeout, call) => r,
+        };
+        match result {
+            Err(_) => {
+                return Err(AttemptError::Handler(HandlerError::transient(HandlerFault::Timeout(self.handler_timeout))))
+            }
+            Ok(Err(panic)) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_owned());
+                return Err(AttemptError::Handler(HandlerError::permanent(HandlerFault::Panic(msg))));
+            }
+            Ok(Ok(result)) => result.map_err(AttemptError::Handler)?,
+        }
+        // A handler that swallowed a failed statement must not count as success.
+        match DB::check_transaction(&mut ctx.tx).await {
+            Ok(TransactionState::Open) => {}
+            Ok(TransactionState::Aborted) => {
+                return Err(AttemptError::Handler(HandlerError::permanent(HandlerFault::AbortedTransaction)))
+            }
+            Err(e) => return Err(classify_db(e, "check handler transaction")),
+        }
+        if cancel.is_cancelled() {
+            return Err(AttemptError::Cancelled);
+        }
+        fault_point!(crate::fault::CONSUMER_BEFORE_COMMIT);
+        ctx.tx.commit().await.map_err(|e| classify_db(e, "commit handler transaction"))?;
+        fault_point!(crate::fault::CONSUMER_AFTER_COMMIT);
+        Ok(false)
+    }
+}
+
+/// A record the handler of its topic does not take.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnexpectedRecord {
+    /// The envelope's event type is not the handler's.
+    #[error("event type `{found}` is not `{expected}`")]
+    EventType {
+        /// The record's event type.
+        found: String,
+        /// The handler's.
+        expected: &'static str,
+    },
+    /// The envelope's schema version is newer than the handler's event type.
+    #[error("schema version {found} is newer than the supported {supported}")]
+    SchemaVersion {
+        /// The record's schema version.
+        found: u32,
+        /// The handler's.
+        supported: u32,
+    },
+}
+
+impl UnexpectedRecord {
+    /// The path written to `kafka_dlt-exception-fqcn`.
+    pub(crate) const PATH: &'static str = "reliable_kafka::UnexpectedRecord";
+}
+
+/// A database error at the framework's own statements: an error the server reported
+/// (a deferred constraint, a serialization failure) belongs to the handler's work and is
+/// classified like a handler's sqlx error; a lost connection is an infrastructure
+/// failure, retried without using up attempts (the dedup row makes that safe).
+fn classify_db(e: sqlx::Error, operation: &'static str) -> AttemptError {
+    match e {
+        sqlx::Error::Database(_) => AttemptError::Handler(HandlerError::from(e)),
+        other => AttemptError::Infrastructure(Error::Database { operation, source: other }),
+    }
+}
+
+/// The record's coordinates and envelope.
+pub(crate) fn record_info<M: Message>(msg: &M) -> Result<RecordInfo, crate::EnvelopeError> {
+    let env = Envelope::from_headers(msg.headers())?;
+    Ok(RecordInfo {
+        topic: msg.topic().to_owned(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        timestamp_ms: msg.timestamp().to_millis(),
+        key: msg.key().map(<[u8]>::to_vec),
+        message_id: env.message_id,
+        event_type: env.event_type,
+        schema_version: env.schema_version,
+        produced_at_ms: env.produced_at_ms,
+        traceparent: env.traceparent,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn retry_after_waits_are_counted_against_the_budget() {
+        // Defaults: max.poll.interval.ms 300 s, 10 attempts of handler_timeout 15 s,
+        // so 150 s of attempts; 0.9 × 150 s = 135 s for all waits. Nine `RetryAfter`
+        // of 75 s each (the cap of 0.1, a quarter of max.poll.interval.ms) would wait
+        // 675 s and get the member evicted.
+        let mut budget = RetryBudget::new(Duration::from_secs(135));
+        let waited: Duration = (0..9).map(|_| budget.take(Duration::from_secs(75))).sum();
+        assert_eq!(waited, Duration::from_secs(135));
+        assert!(Duration::from_secs(150) + waited < Duration::from_secs(300));
+    }
+
+    proptest! {
+        #[test]
+        fn waits_never_exceed_the_budget(budget_ms in 0u64..1_000_000, asks in proptest::collection::vec(0u64..1_000_000, 0..20)) {
+            let mut budget = RetryBudget::new(Duration::from_millis(budget_ms));
+            let total: Duration = asks.iter().map(|&ms| budget.take(Duration::from_millis(ms))).sum();
+            prop_assert!(total <= Duration::from_millis(budget_ms));
+            // Waits within the budget are not cut.
+            let mut fresh = RetryBudget::new(Duration::from_millis(budget_ms));
+            if let Some(&first) = asks.first() {
+                prop_assert_eq!(fresh.take(Duration::from_millis(first)), Duration::from_millis(first.min(budget_ms)));
+            }
+        }
+    }
+}

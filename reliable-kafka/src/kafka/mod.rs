@@ -1,0 +1,13 @@
+//! Kafka: the client settings ([`KafkaConfig`]), the producer shared by the relay, the
+//! dead-letter publisher and the re-driver, and the client context that logs
+//! librdkafka through `tracing`.
+
+mod config;
+mod context;
+mod producer;
+
+pub use config::{KafkaConfig, DEFAULT_BROKERS};
+pub(crate) use context::LogContext;
+pub(crate) use producer::{
+    is_permanent_send_error, is_size_error, is_transient_kafka, send_in_order, send_one, OutRecord,
+};

@@ -1,0 +1,138 @@
+//! [`DeadLetterRedriverBuilder`]: the re-driver's settings and their validation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::producer::FutureProducer;
+use sqlx::Pool;
+
+use super::{DeadLetterRedriver, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_RUN_TIME, DEFAULT_REDRIVE_INTERVAL};
+use crate::error::validate_identifier;
+use crate::{Backend, ConfigError, DeadLetterReason, DefaultBackend, Error, KafkaConfig};
+
+/// Builder of [`DeadLetterRedriver`].
+#[derive(Debug, Clone)]
+pub struct DeadLetterRedriverBuilder<DB: Backend = DefaultBackend> {
+    kafka: KafkaConfig,
+    pool: Pool<DB>,
+    topics: Vec<String>,
+    group: String,
+    max_redrives: u32,
+    reasons: Vec<DeadLetterReason>,
+    interval: Duration,
+    max_run_time: Duration,
+    idle_timeout: Duration,
+    parked_table: String,
+}
+
+impl<DB: Backend> DeadLetterRedriver<DB> {
+    /// Starts a builder.
+    pub fn builder(kafka: KafkaConfig, pool: Pool<DB>) -> DeadLetterRedriverBuilder<DB> {
+        DeadLetterRedriverBuilder {
+            kafka,
+            pool,
+            topics: Vec::new(),
+            group: "reliable-kafka-redrive".to_owned(),
+            max_redrives: 3,
+            reasons: vec![DeadLetterReason::RetriesExhausted],
+            interval: DEFAULT_REDRIVE_INTERVAL,
+            max_run_time: DEFAULT_MAX_RUN_TIME,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            parked_table: crate::schema::DEFAULT_PARKED_TABLE.to_owned(),
+        }
+    }
+
+}
+
+impl<DB: Backend> DeadLetterRedriverBuilder<DB> {
+    /// Adds a dead-letter topic to re-drive (at least one is required).
+    pub fn topic(mut self, dead_letter_topic: impl Into<String>) -> Self {
+        self.topics.push(dead_letter_topic.into());
+        self
+    }
+    /// Consumer group whose offsets track the re-driver's progress (default
+    /// `reliable-kafka-redrive`).
+    pub fn group_id(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
+    }
+    /// Re-drives per record before it is parked (default 3, as in seed 003; 0 parks
+    /// everything).
+    pub fn max_redrives(mut self, n: u32) -> Self {
+        self.max_redrives = n;
+        self
+    }
+    /// Dead-letter reasons worth re-driving (default: `retries-exhausted` only; poison
+    /// pills and permanent errors are parked at once).
+    pub fn reasons(mut self, reasons: impl IntoIterator<Item = DeadLetterReason>) -> Self {
+        self.reasons = reasons.into_iter().collect();
+        self
+    }
+    /// Time between runs of [`DeadLetterRedriver::run`] (default 5 min, as in seed 003).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+    /// Longest run of [`DeadLetterRedriver::redrive_once`] (default 10 min); a run
+    /// that reaches it stops and commits what it handled, and the next run goes on.
+    pub fn max_run_time(mut self, max: Duration) -> Self {
+        self.max_run_time = max;
+        self
+    }
+    /// A run stops early when no record arrives for this long (default 30 s), e.g.
+    /// when the broker is unreachable.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+    /// Table of parked records (default `rk_parked_messages`).
+    pub fn parked_table(mut self, table: impl Into<String>) -> Self {
+        self.parked_table = table.into();
+        self
+    }
+
+    /// Validates and creates the consumer and producer.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the key: no `topic`, an empty `group.id`, a zero
+    /// `interval`, `max_run_time` or `idle_timeout`, an invalid `parked_table`; [`Error::Kafka`] when librdkafka rejects
+    /// the configuration.
+    pub fn build(self) -> Result<DeadLetterRedriver<DB>, Error> {
+        if self.topics.is_empty() {
+            return Err(ConfigError::Missing { key: "topic".into() }.into());
+        }
+        if self.group.is_empty() {
+            return Err(ConfigError::invalid("group.id", "must not be empty").into());
+        }
+        for (key, d) in [("interval", self.interval), ("max_run_time", self.max_run_time), ("idle_timeout", self.idle_timeout)] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(key, "must be greater than zero").into());
+            }
+        }
+        validate_identifier("parked_table", &self.parked_table)?;
+        let consumer_config = self.kafka.consumer_config(&self.group, &[]);
+        // Checked here so that a bad configuration fails at build, not at the first run.
+        let _: StreamConsumer = consumer_config.create().map_err(Error::kafka("create re-drive consumer"))?;
+        let producer: FutureProducer = self
+            .kafka
+            .client_config(KafkaConfig::PRODUCER_PRESETS)
+            .create()
+            .map_err(Error::kafka("create re-drive producer"))?;
+        Ok(DeadLetterRedriver {
+            consumer_config,
+            producer,
+            pool: self.pool,
+            topics: self.topics,
+            max_redrives: self.max_redrives,
+            reasons: self.reasons,
+            interval: self.interval,
+            max_run_time: self.max_run_time,
+            idle_timeout: self.idle_timeout,
+            park_sql: crate::store::sql::park_insert(&self.parked_table),
+            lock_name: format!("reliable-kafka:redrive:{}", self.group),
+            group: self.group,
+            stats: Arc::default(),
+        })
+    }
+}

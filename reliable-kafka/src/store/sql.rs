@@ -1,0 +1,70 @@
+//! SQL text both dialects share, written once; `$n` placeholders work on both.
+
+/// Rows deleted per statement by retention (outbox cleanup, dedup pruning); a loop
+/// repeats the statement while a full batch was deleted.
+pub(crate) const DELETE_BATCH: u64 = 10_000;
+
+/// The outbox insert.
+pub(crate) fn outbox_insert(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} (id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    )
+}
+
+/// The insert of one deduplication row; inserts nothing for a known message id.
+pub(crate) fn dedup_insert(table: &str) -> String {
+    format!("INSERT INTO {table} (consumer_group, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+}
+
+/// Deletes up to [`DELETE_BATCH`] deduplication rows of group `$1` processed before
+/// `$2`; `row_id` is the dialect's physical row id (`ctid`, `rowid`).
+pub(crate) fn dedup_prune(table: &str, row_id: &str) -> String {
+    format!(
+        "DELETE FROM {table} WHERE {row_id} IN (SELECT {row_id} FROM {table} WHERE consumer_group = $1 \
+         AND processed_at < $2 LIMIT {DELETE_BATCH})"
+    )
+}
+
+/// Deletes up to [`DELETE_BATCH`] outbox rows delivered before `$1`; `key` is a
+/// unique column.
+pub(crate) fn outbox_cleanup(table: &str, key: &str) -> String {
+    format!("DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE delivered_at < $1 LIMIT {DELETE_BATCH})")
+}
+
+/// Counts of the outbox: pending rows, oldest pending insert time, parked rows,
+/// delivered rows kept by retention.
+pub(crate) fn outbox_backlog(table: &str) -> String {
+    format!(
+        "SELECT count(*) FILTER (WHERE delivered_at IS NULL AND parked_at IS NULL), \
+         min(created_at) FILTER (WHERE delivered_at IS NULL AND parked_at IS NULL), \
+         count(*) FILTER (WHERE parked_at IS NOT NULL), \
+         count(*) FILTER (WHERE delivered_at IS NOT NULL) FROM {table}"
+    )
+}
+
+/// The insert of a parked record. Parking twice (after a crash) changes nothing: the
+/// record's coordinates and time are unique.
+pub(crate) fn park_insert(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} (dead_letter_topic, dead_letter_partition, dead_letter_offset, message_id, original_topic, \
+         original_partition, original_offset, consumer_group, reason, error_message, attempts, redrive_count, \
+         record_key, payload, headers, dead_lettered_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+         ON CONFLICT DO NOTHING"
+    )
+}
+
+/// Parked records, newest first, at most `$1`.
+pub(crate) fn parked_list(table: &str) -> String {
+    format!(
+        "SELECT id, dead_letter_topic, dead_letter_partition, dead_letter_offset, message_id, original_topic, \
+         original_partition, original_offset, consumer_group, reason, error_message, attempts, redrive_count, \
+         record_key, payload, parked_at FROM {table} ORDER BY id DESC LIMIT $1"
+    )
+}
+
+/// The number of parked records.
+pub(crate) fn parked_count(table: &str) -> String {
+    format!("SELECT count(*) FROM {table}")
+}

@@ -1,0 +1,122 @@
+//! One lifecycle for the three long-running workers ([`crate::OutboxRelay`],
+//! [`crate::ListenerContainer`], [`crate::DeadLetterRedriver`]): each is built with
+//! `builder(kafka, pool)…build()`, runs with `run(shutdown)` until the token is
+//! cancelled, or is spawned with `spawn()`, which returns a [`WorkerHandle`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+
+/// A worker running on the Tokio runtime, see the workers' `spawn()`.
+///
+/// Dropping the handle leaves the worker running; [`WorkerHandle::shutdown`] stops it
+/// gracefully.
+#[derive(Debug)]
+pub struct WorkerHandle<S> {
+    name: String,
+    shutdown: CancellationToken,
+    stats: Arc<S>,
+    join: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl<S: Send + Sync + 'static> WorkerHandle<S> {
+    /// Spawns `run(shutdown)` on the current runtime.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub(crate) fn spawn<F, Fut>(name: String, stats: Arc<S>, run: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let join = tokio::spawn(run(shutdown.clone()));
+        WorkerHandle { name, shutdown, stats, join }
+    }
+
+    /// The worker's counters.
+    pub fn stats(&self) -> &S {
+        &self.stats
+    }
+
+    /// The worker's name: the consumer group of a container, the outbox table of a
+    /// relay, the consumer group of a re-driver.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the worker has stopped (after a shutdown, an error or a panic).
+    pub fn is_finished(&self) -> bool {
+        self.join.is_finished()
+    }
+
+    /// A token that stops the worker when cancelled, like [`WorkerHandle::shutdown`]
+    /// without waiting (to stop several workers at once, say).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Graceful shutdown: the worker finishes what it holds (a container the record
+    /// in hand; a relay its batch; a re-driver its run), commits offsets, flushes its
+    /// producer ([`PRODUCER_FLUSH_TIMEOUT`] at most) and returns; then this returns.
+    ///
+    /// # Errors
+    /// The error that stopped the worker, if any; [`Error::WorkerCancelled`] when its
+    /// task was aborted (the runtime shut down).
+    ///
+    /// # Panics
+    /// Re-raises a panic of the worker, so that it is not lost.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        self.shutdown.cancel();
+        match self.join.await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(Error::WorkerCancelled { worker: self.name }),
+        }
+    }
+}
+
+/// The longest a stopping worker waits for its producer to deliver what it queued.
+pub const PRODUCER_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Flushes `producer` off the async workers (flushing blocks).
+pub(crate) async fn flush(producer: &rdkafka::producer::FutureProducer) {
+    use rdkafka::producer::Producer;
+    let producer = producer.clone();
+    let _ = tokio::task::spawn_blocking(move || producer.flush(PRODUCER_FLUSH_TIMEOUT)).await;
+}
+
+/// Sleeps `d` unless shutdown comes first; returns whether shutdown came.
+pub(crate) async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shutdown.cancelled() => true,
+    }
+}
+
+/// Back-off of the framework's own retries (a database or broker call that failed):
+/// doubling from [`INFRASTRUCTURE_BACKOFF_MIN`] to [`INFRASTRUCTURE_BACKOFF_MAX`].
+#[derive(Debug)]
+pub(crate) struct InfraBackoff(Duration);
+
+/// First wait of the framework's own retries.
+pub const INFRASTRUCTURE_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait of the framework's own retries.
+pub const INFRASTRUCTURE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl InfraBackoff {
+    pub(crate) fn new() -> Self {
+        InfraBackoff(INFRASTRUCTURE_BACKOFF_MIN)
+    }
+
+    /// The next wait.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(INFRASTRUCTURE_BACKOFF_MAX);
+        d
+    }
+}
