@@ -59,7 +59,7 @@ macro_rules! backend_tests {
                 outbox.enqueue_with(&mut tx, &Work { key: "k".into(), n: 99 }, to()).await.unwrap();
                 tx.rollback().await.unwrap();
 
-                let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build().unwrap();
+                let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).build().unwrap();
                 let batch = relay.relay_once().await.unwrap();
                 assert_eq!((batch.published, batch.failed), (3, 0));
                 assert_eq!(relay.relay_once().await.unwrap().published, 0, "nothing is published twice");
@@ -74,7 +74,7 @@ macro_rules! backend_tests {
                 assert_eq!(msgs[0].key(), Some(&b"k"[..]));
 
                 // Retention: delivered rows older than the retention are deleted.
-                let relay = OutboxRelay::builder(pool.clone(), kafka).retention(Duration::ZERO).build().unwrap();
+                let relay = OutboxRelay::builder(kafka, pool.clone()).retention(Duration::ZERO).build().unwrap();
                 assert_eq!(relay.cleanup_once().await.unwrap(), 3);
                 assert_eq!(count(&pool, "SELECT count(*) FROM rk_outbox").await, 0);
             }
@@ -209,7 +209,7 @@ macro_rules! backend_tests {
                     .spawn();
                 assert!(eventually(Duration::from_secs(30), || async { c.stats().processed() == 3 }).await);
                 c.shutdown().await.unwrap();
-                let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build().unwrap();
+                let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).build().unwrap();
                 assert_eq!(relay.relay_once().await.unwrap().published, 3);
                 let out = format!("{topic}.forwarded");
                 let msgs = read_topic(&kafka, &out, 3, Duration::from_secs(20), Duration::from_millis(500)).await;
@@ -265,7 +265,7 @@ async fn an_unreadable_sqlite_outbox_row_is_parked_and_the_others_are_published(
     Outbox::new().enqueue_with(&mut tx, &Work { key: "k".into(), n: 1 }, options).await.unwrap();
     tx.commit().await.unwrap();
 
-    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build().unwrap();
+    let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).build().unwrap();
     assert_eq!(relay.relay_once().await.unwrap().published, 1);
     let parked: Vec<String> =
         sqlx::query_scalar("SELECT last_error FROM rk_outbox WHERE parked_at IS NOT NULL ORDER BY seq")

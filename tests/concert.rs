@@ -222,7 +222,7 @@ async fn coupons_are_never_issued_above_stock_or_twice_to_a_user() {
         .execute(&w.pool)
         .await
         .unwrap();
-    let relay = OutboxRelay::builder(w.pool.clone(), kafka.clone()).build().unwrap().spawn();
+    let relay = OutboxRelay::builder(kafka.clone(), w.pool.clone()).build().unwrap().spawn();
     let c = ListenerContainer::builder(kafka.clone(), w.pool.clone())
         .handler(CouponOn(topic.clone()))
         .group_id(unique("coupon-issue"))
@@ -231,7 +231,7 @@ async fn coupons_are_never_issued_above_stock_or_twice_to_a_user() {
         .spawn();
     assert!(eventually(Duration::from_secs(30), || async { c.stats().processed() == 13 }).await);
     c.shutdown().await.unwrap();
-    relay.shutdown().await;
+    relay.shutdown().await.expect("graceful shutdown");
     assert_eq!(count(&w.pool, "SELECT count(*) FROM coupon").await, 10, "re-published requests issued nothing twice");
     assert_eq!(count(&w.pool, "SELECT count(DISTINCT user_id) FROM coupon").await, 10);
 }
@@ -298,7 +298,7 @@ async fn failing_notifications_are_retried_dead_lettered_redriven_three_times_th
     )
     .unwrap()
     .on(&topic, unique("telegram-notification"));
-    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build().unwrap().spawn();
+    let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).build().unwrap().spawn();
     let c = ListenerContainer::builder(kafka.clone(), pool.clone()).handler(notifier).build().unwrap().spawn();
     let redriver = DeadLetterRedriver::builder(kafka.clone(), pool.clone())
         .topic(format!("{topic}.DLQ"))
@@ -309,9 +309,9 @@ async fn failing_notifications_are_retried_dead_lettered_redriven_three_times_th
         .spawn();
     assert!(eventually(Duration::from_secs(60), || async { redriver.stats().parked() == 1 }).await, "payment 4 parked");
     let stats = (c.stats().processed(), c.stats().dead_lettered(), redriver.stats().redriven());
-    redriver.shutdown().await;
+    redriver.shutdown().await.expect("graceful shutdown");
     c.shutdown().await.unwrap();
-    relay.shutdown().await;
+    relay.shutdown().await.expect("graceful shutdown");
     server.stop().await;
 
     assert_eq!(stats.0, 3, "three notifications delivered");

@@ -244,7 +244,7 @@ async fn bad_container_configuration_fails_at_build_naming_the_key() {
     assert!(msg(with("no.such.property", "1")).contains("no.such.property"));
     assert!(msg(with("session.timeout.ms", "-5")).contains("session.timeout.ms"));
     assert!(msg(with("session.timeout.ms", "0")).contains("session.timeout.ms"));
-    let relay = reliable_kafka::OutboxRelay::builder(pool.clone(), kafka().set("linger.ms", "-1")).build();
+    let relay = reliable_kafka::OutboxRelay::builder(kafka().set("linger.ms", "-1"), pool.clone()).build();
     assert!(format!("{:?}", relay.expect_err("must be rejected")).contains("linger.ms"));
     let mut slow = r("t", "g");
     slow.backoff = reliable_kafka::FixedBackOff::new(Duration::from_secs(100), 4).unwrap().into();

@@ -46,10 +46,10 @@ async fn injected_produce_errors_lose_nothing_and_duplicate_nothing() {
     ];
     mock.request_errors(RDKafkaApiKey::Produce, &errors.repeat(4));
 
-    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).batch_size(50).build().unwrap().spawn();
+    let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).batch_size(50).build().unwrap().spawn();
     ids.extend(enqueue(&pool, &topic, 300..600).await);
     assert!(eventually(Duration::from_secs(60), || async { pending(&pool).await == 0 }).await, "relay caught up");
-    relay.shutdown().await;
+    relay.shutdown().await.expect("graceful shutdown");
 
     let msgs = read_topic(&kafka, &topic, ids.len(), Duration::from_secs(30), Duration::from_secs(2)).await;
     let got = count_by_header(&msgs, headers::MESSAGE_ID);
@@ -67,7 +67,7 @@ async fn a_broker_outage_during_relay_loses_nothing() {
     // retry (rows stay pending, attempts + 1) is exercised, not only librdkafka's.
     let kafka = test_settings(KafkaConfig::new(mock.bootstrap_servers())).set("message.timeout.ms", "1500");
     let (pool, _schema) = isolated_pool().await;
-    let relay = OutboxRelay::builder(pool.clone(), kafka.clone())
+    let relay = OutboxRelay::builder(kafka.clone(), pool.clone())
         .batch_size(100)
         .poll_interval(Duration::from_millis(200))
         .build()
@@ -87,7 +87,7 @@ async fn a_broker_outage_during_relay_loses_nothing() {
         eventually(Duration::from_secs(60), || async { pending(&pool).await == 0 }).await,
         "relay caught up after the outage"
     );
-    relay.shutdown().await;
+    relay.shutdown().await.expect("graceful shutdown");
     assert!(failed_during_outage > 0, "the outage made sends fail");
 
     let msgs = read_topic(&kafka, &topic, ids.len(), Duration::from_secs(30), Duration::from_secs(2)).await;
@@ -114,7 +114,7 @@ async fn a_row_the_broker_can_never_take_is_parked_and_the_others_flow() {
     outbox.enqueue_with(&mut tx, &Work { key: "b".into(), n: 3 }, to()).await.unwrap();
     tx.commit().await.unwrap();
 
-    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).max_send_attempts(2).build().unwrap();
+    let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).max_send_attempts(2).build().unwrap();
     assert_eq!(
         relay.relay_once().await.unwrap(),
         reliable_kafka::RelayBatch { published: 2, failed: 1, lock_busy: false }

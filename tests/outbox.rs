@@ -31,7 +31,7 @@ async fn concurrent_transactions_publish_each_committed_row_once_in_key_order() 
     let kafka = kafka();
     let topic = unique("outbox-concurrent");
     create_topics(&kafka, &topic, 3).await;
-    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).batch_size(50).build().unwrap().spawn();
+    let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).batch_size(50).build().unwrap().spawn();
 
     // 8 writers, each owning 2 keys, 25 transactions each of 1..=3 rows; every 5th
     // transaction rolls back. Per key, n counts up in commit order.
@@ -68,7 +68,7 @@ async fn concurrent_transactions_publish_each_committed_row_once_in_key_order() 
     }
 
     let msgs = read_topic(&kafka, &topic, expected, Duration::from_secs(60), Duration::from_secs(2)).await;
-    relay.shutdown().await;
+    relay.shutdown().await.expect("graceful shutdown");
     assert_eq!(msgs.len(), expected, "every committed row published exactly once");
     let ids = count_by_header(&msgs, headers::MESSAGE_ID);
     assert_eq!(ids.len(), expected, "no message id twice");
@@ -98,7 +98,7 @@ async fn rolled_back_transaction_publishes_nothing() {
     outbox.enqueue_with(&mut tx, &Step { key: "a".into(), n: 1 }, to(&topic)).await.unwrap();
     tx.commit().await.unwrap();
 
-    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build().unwrap();
+    let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).build().unwrap();
     let batch = relay.relay_once().await.unwrap();
     assert_eq!(batch.published, 1);
     let msgs = read_topic(&kafka, &topic, 1, Duration::from_secs(30), Duration::from_secs(2)).await;
@@ -113,7 +113,7 @@ async fn a_row_committed_late_is_not_skipped() {
     let topic = unique("outbox-late");
     create_topics(&kafka, &topic, 1).await;
     let outbox = Outbox::new();
-    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build().unwrap();
+    let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).build().unwrap();
 
     // The early transaction takes the lower seq but commits after a later one.
     let mut early = pool.begin().await.unwrap();
@@ -136,8 +136,8 @@ async fn two_relay_instances_publish_each_row_once() {
     let kafka = kafka();
     let topic = unique("outbox-two-relays");
     create_topics(&kafka, &topic, 3).await;
-    let a = OutboxRelay::builder(pool.clone(), kafka.clone()).batch_size(20).build().unwrap().spawn();
-    let b = OutboxRelay::builder(pool.clone(), kafka.clone()).batch_size(20).build().unwrap().spawn();
+    let a = OutboxRelay::builder(kafka.clone(), pool.clone()).batch_size(20).build().unwrap().spawn();
+    let b = OutboxRelay::builder(kafka.clone(), pool.clone()).batch_size(20).build().unwrap().spawn();
     let outbox = Outbox::new();
     let n = 600u32;
     for chunk in 0..(n / 20) {
@@ -150,8 +150,8 @@ async fn two_relay_instances_publish_each_row_once() {
     }
     let msgs = read_topic(&kafka, &topic, n as usize, Duration::from_secs(60), Duration::from_secs(2)).await;
     let (pa, pb) = (a.stats().published(), b.stats().published());
-    a.shutdown().await;
-    b.shutdown().await;
+    a.shutdown().await.expect("graceful shutdown");
+    b.shutdown().await.expect("graceful shutdown");
     assert_eq!(msgs.len(), n as usize);
     assert_eq!(pa + pb, u64::from(n), "the instances together marked each row once (a={pa}, b={pb})");
     let distinct: HashSet<u32> = steps(&msgs).into_iter().map(|s| s.n).collect();
@@ -178,12 +178,12 @@ async fn delivered_rows_are_deleted_after_retention() {
     }
     tx.commit().await.unwrap();
 
-    let keep = OutboxRelay::builder(pool.clone(), kafka.clone()).retention(Duration::from_secs(3600)).build().unwrap();
+    let keep = OutboxRelay::builder(kafka.clone(), pool.clone()).retention(Duration::from_secs(3600)).build().unwrap();
     assert_eq!(keep.relay_once().await.unwrap().published, 5);
     assert_eq!(keep.cleanup_once().await.unwrap(), 0, "rows younger than the retention stay");
     assert_eq!(count(&pool, "SELECT count(*) FROM rk_outbox WHERE delivered_at IS NOT NULL").await, 5);
 
-    let short = OutboxRelay::builder(pool.clone(), kafka.clone()).retention(Duration::from_millis(1)).build().unwrap();
+    let short = OutboxRelay::builder(kafka.clone(), pool.clone()).retention(Duration::from_millis(1)).build().unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(short.cleanup_once().await.unwrap(), 5);
     assert_eq!(count(&pool, "SELECT count(*) FROM rk_outbox").await, 0);
@@ -193,10 +193,10 @@ async fn delivered_rows_are_deleted_after_retention() {
 async fn invalid_relay_settings_name_the_key() {
     let (pool, _schema) = isolated_pool().await;
     let cases: Vec<(reliable_kafka::OutboxRelayBuilder, &str)> = vec![
-        (OutboxRelay::builder(pool.clone(), kafka()).batch_size(0), "batch_size"),
-        (OutboxRelay::builder(pool.clone(), kafka()).poll_interval(Duration::ZERO), "poll_interval"),
-        (OutboxRelay::builder(pool.clone(), kafka()).max_send_attempts(0), "max_send_attempts"),
-        (OutboxRelay::builder(pool.clone(), kafka()).table("rk_outbox; DROP TABLE x"), "outbox_table"),
+        (OutboxRelay::builder(kafka(), pool.clone()).batch_size(0), "batch_size"),
+        (OutboxRelay::builder(kafka(), pool.clone()).poll_interval(Duration::ZERO), "poll_interval"),
+        (OutboxRelay::builder(kafka(), pool.clone()).max_send_attempts(0), "max_send_attempts"),
+        (OutboxRelay::builder(kafka(), pool.clone()).table("rk_outbox; DROP TABLE x"), "outbox_table"),
     ];
     for (builder, key) in cases {
         let err = builder.build().expect_err("must be rejected");

@@ -95,7 +95,7 @@ async fn a_redriven_record_that_now_succeeds_has_one_effect_and_poison_is_parked
     );
     assert!(eventually(Duration::from_secs(10), || async { redriver.stats().parked() == 1 }).await);
     let redriven = redriver.stats().redriven();
-    redriver.shutdown().await;
+    redriver.shutdown().await.expect("graceful shutdown");
     c.shutdown().await.unwrap();
     assert_eq!(redriven, 1);
     assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 1);

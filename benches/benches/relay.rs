@@ -23,7 +23,7 @@ fn relay(c: &mut Criterion) {
     group.throughput(Throughput::Elements(ROWS)).sample_size(10).measurement_time(Duration::from_secs(20));
     for batch in [100usize, 1000] {
         let relay =
-            OutboxRelay::builder(pool.clone(), kafka()).batch_size(batch).retention(Duration::ZERO).build().unwrap();
+            OutboxRelay::builder(kafka(), pool.clone()).batch_size(batch).retention(Duration::ZERO).build().unwrap();
         group.bench_function(format!("batch_{batch}"), |b| {
             b.to_async(&rt).iter_custom(|iters| {
                 let (pool, topic, relay) = (pool.clone(), topic.clone(), &relay);

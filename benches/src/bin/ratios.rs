@@ -274,11 +274,11 @@ async fn fill_outbox(pool: &sqlx::PgPool, topic: &str, n: usize) {
 async fn relay_rate(pool: &sqlx::PgPool, kafka: &KafkaConfig, topic: &str, n: usize, stubbed: bool) -> (f64, Cpu) {
     fill_outbox(pool, topic, n).await;
     let relay =
-        OutboxRelay::builder(pool.clone(), kafka.clone()).batch_size(1000).retention(Duration::ZERO).build().unwrap();
+        OutboxRelay::builder(kafka.clone(), pool.clone()).batch_size(1000).retention(Duration::ZERO).build().unwrap();
     let ((), wall, cpu) = measured(async {
         let mut left = n;
         while left > 0 {
-            let b = if stubbed { relay.relay_once_stubbed().await } else { relay.relay_once().await }.unwrap();
+            let b = if stubbed { reliable_kafka::testing::relay_once_stubbed(&relay).await } else { relay.relay_once().await }.unwrap();
             left -= b.published;
         }
     })
@@ -318,7 +318,7 @@ async fn latencies(pool: &sqlx::PgPool, kafka: &KafkaConfig, n: usize) -> ((f64,
     let topic = unique("latency");
     create_topics(kafka, &topic, 1).await;
     let seen = Arc::new(Mutex::new(HashMap::new()));
-    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).build().unwrap().spawn();
+    let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).build().unwrap().spawn();
     let receipt = Receipt { topic: topic.clone(), group: unique("latency"), seen: seen.clone() };
     let c = ListenerContainer::builder(kafka.clone(), pool.clone()).handler(receipt).build().unwrap().spawn();
     // Warm up: the group join and the first fetch.
@@ -340,7 +340,7 @@ async fn latencies(pool: &sqlx::PgPool, kafka: &KafkaConfig, n: usize) -> ((f64,
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     c.shutdown().await.unwrap();
-    relay.shutdown().await;
+    relay.shutdown().await.expect("graceful shutdown");
     let framework: Vec<f64> = {
         let seen = seen.lock().unwrap();
         committed.iter().filter_map(|(id, t)| seen.get(id).map(|r| r.duration_since(*t).as_secs_f64() * 1e3)).collect()

@@ -22,6 +22,7 @@ impl From<reliable_kafka::AnyPool> for Db {
         match p {
             reliable_kafka::AnyPool::Postgres(p) => Db::Postgres(p),
             reliable_kafka::AnyPool::Sqlite(p) => Db::Sqlite(p),
+            other => unreachable!("the application enables only PostgreSQL and SQLite, not {}", other.backend_name()),
         }
     }
 }

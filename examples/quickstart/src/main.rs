@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
     .execute(&pool)
     .await?;
 
-    let relay = OutboxRelay::builder(pool.clone(), kafka.clone()).poll_interval(Duration::from_millis(50)).build()?;
+    let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).poll_interval(Duration::from_millis(50)).build()?;
     let relay = relay.spawn();
     let consumer = ListenerContainer::builder(kafka, pool.clone()).handler(ship).build()?.spawn();
 
@@ -58,6 +58,6 @@ async fn main() -> anyhow::Result<()> {
     let shipped: Vec<i64> = sqlx::query_scalar("SELECT order_id FROM shipment ORDER BY 1").fetch_all(&pool).await?;
     println!("shipped={shipped:?} dead_lettered={}", consumer.stats().dead_lettered());
     consumer.shutdown().await?; // finishes the record in hand, commits offsets
-    relay.shutdown().await; // flushes the producer
+    relay.shutdown().await?; // flushes the producer
     Ok(())
 }

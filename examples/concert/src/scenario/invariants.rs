@@ -3,6 +3,7 @@
 //! the key-value store.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use crate::app::Flows;
 use crate::db::Db;
