@@ -42,24 +42,11 @@ impl<DB: Backend> Pipeline<DB> {
         failure: Failure,
         cancel: &CancellationToken,
     ) -> Outcome {
-        let (timestamp_ms, timestamp_type) = match TimestampType::of(msg.timestamp()) {
-            Some((ms, t)) => (Some(ms), t),
-            None => (None, TimestampType::CreateTime),
-        };
-        let info = DeadLetterInfo {
-            original_topic: msg.topic().to_owned(),
-            original_partition: msg.partition(),
-            original_offset: msg.offset(),
-            original_timestamp_ms: timestamp_ms,
-            original_timestamp_type: timestamp_type,
-            consumer_group: self.group.to_string(),
-            reason: Some(failure.reason),
-            error_kind: failure.error_kind.to_owned(),
-            error_message: failure.message,
-            attempts: failure.attempts,
-        };
+        let reason = failure.reason;
+        let attempts = failure.attempts;
+        let info = dead_letter_info(msg, &self.group, failure);
         tracing::error!(group = %self.group, topic = %info.original_topic, partition = info.original_partition,
-            offset = info.original_offset, reason = %failure.reason, attempts = failure.attempts,
+            offset = info.original_offset, %reason, attempts,
             error = %info.error_message, dead_letter_topic = %route.dead_letter_topic, "dead-lettering record");
         let base = msg.headers().map(|h| crate::envelope::copy_headers(h, 12)).unwrap_or_default();
         let size = msg.payload().map_or(0, <[u8]>::len);
@@ -79,7 +66,7 @@ impl<DB: Backend> Pipeline<DB> {
             match send_one(&self.producer, record).await {
                 Ok(()) => {
                     ContainerStats::add(&self.stats.dead_lettered, 1);
-                    return Outcome::Done { retried: failure.attempts > 1 };
+                    return Outcome::Done { retried: attempts > 1 };
                 }
                 Err(e) if !omit_payload && is_size_error(&e) => {
                     tracing::warn!(group = %self.group, error = %e, payload_bytes = size,
@@ -96,5 +83,26 @@ impl<DB: Backend> Pipeline<DB> {
                 return Outcome::Interrupted;
             }
         }
+    }
+}
+
+/// The dead-letter headers' facts of `msg`: where it came from (with its own
+/// timestamp type), which group gave up, and why.
+pub(crate) fn dead_letter_info<M: Message>(msg: &M, group: &str, failure: Failure) -> DeadLetterInfo {
+    let (timestamp_ms, timestamp_type) = match TimestampType::of(msg.timestamp()) {
+        Some((ms, t)) => (Some(ms), t),
+        None => (None, TimestampType::CreateTime),
+    };
+    DeadLetterInfo {
+        original_topic: msg.topic().to_owned(),
+        original_partition: msg.partition(),
+        original_offset: msg.offset(),
+        original_timestamp_ms: timestamp_ms,
+        original_timestamp_type: timestamp_type,
+        consumer_group: group.to_owned(),
+        reason: Some(failure.reason),
+        error_kind: failure.error_kind.to_owned(),
+        error_message: failure.message,
+        attempts: failure.attempts,
     }
 }

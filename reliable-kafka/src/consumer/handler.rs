@@ -289,3 +289,24 @@ impl<DB: Backend, H: EventHandler<DB>> ErasedHandler<DB> for H {
         self.handle_batch(events, ctx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framework_errors_keep_their_classification_through_question_mark() {
+        fn enqueue_like(e: crate::Error) -> Result<(), HandlerError> {
+            Err(e)?
+        }
+        let lost = crate::Error::Database { operation: "insert outbox row", source: sqlx::Error::PoolTimedOut };
+        let e = enqueue_like(lost).unwrap_err();
+        assert!(e.is_transient(), "{e:?}");
+        let bad = crate::Error::Codec(CodecError::encode("not representable"));
+        let e = enqueue_like(bad).unwrap_err();
+        assert!(!e.is_transient(), "{e:?}");
+        // The cause is kept as the source, not flattened into a string.
+        let source = std::error::Error::source(&e).expect("source");
+        assert!(source.downcast_ref::<crate::Error>().is_some());
+    }
+}

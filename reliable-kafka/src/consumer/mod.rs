@@ -33,3 +33,6 @@ pub use handler::{EventHandler, HandlerError, HandlerFault, HandlerOptions};
 pub use pipeline::UnexpectedRecord;
 pub use prune::PRUNE_INTERVAL;
 pub use stats::ContainerStats;
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests;

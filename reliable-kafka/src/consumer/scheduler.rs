@@ -185,3 +185,37 @@ impl<DB: Backend> Scheduler<DB> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revoke_cancels_its_partitions_batches_and_waits_for_them_only() {
+        let partitions = Arc::new(Partitions::default());
+        let shutdown = CancellationToken::new();
+        let revoked: Key = ("t".into(), 0);
+        let kept: Key = ("t".into(), 1);
+        let (cancel, running) = partitions.enter(revoked.clone(), &shutdown);
+        let (other, _still_running) = partitions.enter(kept.clone(), &shutdown);
+        // The revoked partition's batch sees the cancellation and ends a moment later.
+        let watcher = cancel.clone();
+        let batch = std::thread::spawn(move || {
+            while !watcher.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            drop(running);
+        });
+        let started = Instant::now();
+        assert!(partitions.cancel_and_settle(&[revoked.clone()], Duration::from_secs(5)));
+        assert!(started.elapsed() >= Duration::from_millis(50), "waited for the batch to end");
+        assert!(cancel.is_cancelled() && !other.is_cancelled());
+        batch.join().unwrap();
+        // A partition whose batch does not end is reported after the timeout.
+        assert!(!partitions.cancel_and_settle(&[kept], Duration::from_millis(20)));
+        // A new assignment of the revoked partition gets a fresh token.
+        let (fresh, _r) = partitions.enter(revoked, &shutdown);
+        assert!(!fresh.is_cancelled());
+    }
+}

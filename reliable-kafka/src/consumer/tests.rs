@@ -1,0 +1,176 @@
+//! Unit tests of the pipeline on SQLite in memory and records built in memory: no
+//! broker is reached (the dead-letter producer is created but never sends here).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rdkafka::message::{OwnedMessage, Timestamp};
+use rdkafka::producer::FutureProducer;
+use sqlx::{Sqlite, SqlitePool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::dead_letter::{dead_letter_info, Failure};
+use super::pipeline::{Pipeline, Progress, Route};
+use crate::store::{TransactionState, Transactions};
+use crate::{DeadLetterReason, Envelope, Event, EventHandler, FixedBackOff, HandlerContext, HandlerError, JsonCodec};
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Job {
+    n: u32,
+}
+
+impl Event for Job {
+    const TOPIC: &'static str = "jobs";
+    const EVENT_TYPE: &'static str = "Job";
+    const SCHEMA_VERSION: u32 = 1;
+    type Codec = JsonCodec;
+    fn key(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Fails the first attempt of the jobs whose `n` is in `flaky` (and every batch that
+/// holds one), succeeds otherwise; counts calls.
+struct Flaky {
+    flaky: Vec<u32>,
+    calls: Arc<AtomicU32>,
+}
+
+impl EventHandler<Sqlite> for Flaky {
+    type Event = Job;
+    fn handle<'a>(&'a self, job: Job, ctx: &'a mut HandlerContext<Sqlite>) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            if self.flaky.contains(&job.n) && ctx.attempt() == 1 {
+                return Err(HandlerError::transient("flaky"));
+            }
+            Ok(())
+        })
+    }
+}
+
+async fn pipeline(handler: Flaky) -> Pipeline<Sqlite> {
+    let crate::AnyPool::Sqlite(pool) = crate::AnyPool::connect("sqlite::memory:", 1).await.unwrap() else {
+        unreachable!()
+    };
+    crate::migrate(&pool).await.unwrap();
+    let producer: FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", "127.0.0.1:1").create().unwrap();
+    let backoff = FixedBackOff::new(Duration::from_millis(1), 3).unwrap().into();
+    let route =
+        Route { handler: Box::new(handler), backoff, dead_letter_topic: "jobs.DLQ".into(), retry_budget: Duration::from_secs(1) };
+    Pipeline {
+        group: Arc::from("g"),
+        dedup_sql: Arc::new(<Sqlite as crate::store::dedup::DedupStore>::dedup_sql("rk_processed_messages")),
+        pool,
+        routes: HashMap::from([("jobs".to_owned(), route)]),
+        producer,
+        stats: Arc::default(),
+        handler_timeout: Duration::from_secs(5),
+        processed_retention: Duration::from_secs(3600),
+    }
+}
+
+fn record(offset: i64, n: u32, timestamp: Timestamp) -> OwnedMessage {
+    let headers = Envelope::new(Uuid::now_v7(), "Job", 1).to_headers();
+    let payload = serde_json::to_vec(&Job { n }).unwrap();
+    OwnedMessage::new(Some(payload), None, "jobs".into(), timestamp, 0, offset, Some(headers))
+}
+
+#[tokio::test]
+async fn a_failed_batch_stops_after_its_first_failing_record_so_the_container_polls() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let p = pipeline(Flaky { flaky: vec![2, 5], calls: calls.clone() }).await;
+    let batch: Vec<_> = (0..8).map(|n| record(i64::from(n), n, Timestamp::CreateTime(1))).collect();
+    let cancel = CancellationToken::new();
+    // The batch fails (job 2); records 0, 1 and 2 (retried) are done, then it stops.
+    assert_eq!(p.process_batch(&batch, &cancel).await, Progress { done: 3, interrupted: false });
+    // The rest, after the container's poll: again up to the next failing record (5).
+    assert_eq!(p.process_batch(&batch[3..], &cancel).await, Progress { done: 3, interrupted: false });
+    assert_eq!(p.process_batch(&batch[6..], &cancel).await, Progress { done: 2, interrupted: false });
+    assert_eq!(p.stats.processed(), 8);
+    assert_eq!(p.stats.batch_fallbacks(), 2);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rk_processed_messages").fetch_one(&p.pool).await.unwrap();
+    assert_eq!(rows, 8, "each record once");
+}
+
+#[tokio::test]
+async fn a_cancelled_record_is_interrupted_and_not_committed() {
+    let p = pipeline(Flaky { flaky: vec![0], calls: Arc::default() }).await;
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let batch = [record(0, 0, Timestamp::CreateTime(1))];
+    assert_eq!(p.process_batch(&batch, &cancel).await, Progress { done: 0, interrupted: true });
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rk_processed_messages").fetch_one(&p.pool).await.unwrap();
+    assert_eq!(rows, 0);
+}
+
+async fn sqlite() -> SqlitePool {
+    let crate::AnyPool::Sqlite(pool) = crate::AnyPool::connect("sqlite::memory:", 1).await.unwrap() else {
+        unreachable!()
+    };
+    sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY)").execute(&pool).await.unwrap();
+    pool
+}
+
+#[tokio::test]
+async fn sqlite_reports_a_transaction_it_rolled_back_on_its_own() {
+    let pool = sqlite().await;
+    let mut tx = Sqlite::begin_write(&pool).await.unwrap();
+    sqlx::query("INSERT INTO t (id) VALUES (1)").execute(&mut *tx).await.unwrap();
+    // A failed statement leaves an SQLite transaction open: what succeeded commits.
+    assert!(sqlx::query("INSERT INTO t (id) VALUES (1)").execute(&mut *tx).await.is_err());
+    assert_eq!(Sqlite::check_transaction(&mut tx).await.unwrap(), TransactionState::Open);
+    // As after SQLITE_FULL or an I/O error: the transaction is gone, later statements
+    // autocommit.
+    sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+    assert_eq!(Sqlite::check_transaction(&mut tx).await.unwrap(), TransactionState::Aborted);
+    drop(tx);
+    // The connection is usable afterwards, and nothing of the transaction stayed.
+    let mut tx = Sqlite::begin_write(&pool).await.unwrap();
+    assert_eq!(Sqlite::check_transaction(&mut tx).await.unwrap(), TransactionState::Open);
+    tx.commit().await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&pool).await.unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[test]
+fn dead_letters_carry_the_records_own_timestamp_type_and_real_error_paths() {
+    let e = HandlerError::permanent("no");
+    let msg = record(7, 1, Timestamp::LogAppendTime(42));
+    let info = dead_letter_info(&msg, "g", Failure::new(DeadLetterReason::PermanentError, e.kind(), &e, 1));
+    assert_eq!(info.original_timestamp_type, crate::TimestampType::LogAppendTime);
+    assert_eq!(info.original_timestamp_ms, Some(42));
+    assert_eq!(info.error_kind, "reliable_kafka::HandlerError::Permanent");
+    let msg = record(8, 1, Timestamp::CreateTime(43));
+    let info = dead_letter_info(&msg, "g", Failure::new(DeadLetterReason::PermanentError, e.kind(), &e, 1));
+    assert_eq!(info.original_timestamp_type, crate::TimestampType::CreateTime);
+}
+
+/// Every path written to `kafka_dlt-exception-fqcn` names a public item of the crate
+/// (the crate's own tests cannot use `reliable_kafka::…`, so the items are named here
+/// through `crate::` and the paths compared).
+#[test]
+fn exception_paths_name_public_items() {
+    fn public<T>(_: Option<T>) {}
+    public::<crate::EnvelopeError>(None);
+    public::<crate::UnexpectedRecord>(None);
+    public::<crate::CodecError>(None);
+    let paths = [
+        "reliable_kafka::EnvelopeError",
+        super::pipeline::UnexpectedRecord::PATH,
+        "reliable_kafka::CodecError",
+        HandlerError::transient("x").kind(),
+        HandlerError::permanent("x").kind(),
+        HandlerError::retry_after(Duration::ZERO, "x").kind(),
+    ];
+    for p in paths {
+        let item = p.trim_start_matches("reliable_kafka::");
+        assert!(["EnvelopeError", "UnexpectedRecord", "CodecError"].contains(&item)
+            || ["HandlerError::Transient", "HandlerError::Permanent", "HandlerError::RetryAfter"].contains(&item), "{p}");
+    }
+}
