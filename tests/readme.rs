@@ -8,6 +8,6 @@ fn readme_quick_start_is_the_quickstart_example() {
     let example = include_str!("../examples/quickstart/src/main.rs");
     let start = readme.find("```rust\n").expect("README has a rust block") + "```rust\n".len();
     let block = &readme[start..start + readme[start..].find("```").unwrap()];
-    let code = example[example.find("use ").unwrap()..].trim_end();
+    let code = example[example.find("\nuse ").unwrap() + 1..].trim_end();
     assert_eq!(block.trim_end(), code, "copy examples/quickstart/src/main.rs into README.md's quick start");
 }

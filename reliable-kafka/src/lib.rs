@@ -129,14 +129,12 @@ pub use schema::{
 };
 pub use store::outbox::OutboxBacklog;
 pub use store::park::ParkedMessage;
-pub use store::{begin_write, AnyPool, Backend, BackendConnection, DefaultBackend};
 #[cfg(feature = "postgres")]
 pub use store::Postgres;
 #[cfg(feature = "sqlite")]
-pub use store::Sqlite;
-pub use worker::{
-    WorkerHandle, INFRASTRUCTURE_BACKOFF_MAX, INFRASTRUCTURE_BACKOFF_MIN, PRODUCER_FLUSH_TIMEOUT,
-};
+pub use store::{Sqlite, SQLITE_BUSY_TIMEOUT};
+pub use store::{begin_write, AnyPool, Backend, BackendConnection, DefaultBackend};
+pub use worker::{WorkerHandle, INFRASTRUCTURE_BACKOFF_MAX, INFRASTRUCTURE_BACKOFF_MIN, PRODUCER_FLUSH_TIMEOUT};
 
 /// The `rdkafka` this crate is built on, for its types in this API (the error codes
 /// of `MockFault`, say) without a second, possibly different, version.

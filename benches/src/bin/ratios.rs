@@ -278,7 +278,12 @@ async fn relay_rate(pool: &sqlx::PgPool, kafka: &KafkaConfig, topic: &str, n: us
     let ((), wall, cpu) = measured(async {
         let mut left = n;
         while left > 0 {
-            let b = if stubbed { reliable_kafka::testing::relay_once_stubbed(&relay).await } else { relay.relay_once().await }.unwrap();
+            let b = if stubbed {
+                reliable_kafka::testing::relay_once_stubbed(&relay).await
+            } else {
+                relay.relay_once().await
+            }
+            .unwrap();
             left -= b.published;
         }
     })

@@ -107,7 +107,8 @@ impl ContainerContext {
     /// this callback blocks the thread: they are cancelled, and each sees it before
     /// its commit.
     fn settle(&self, tpl: &rdkafka::TopicPartitionList) {
-        let revoked: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+        let revoked: Vec<(String, i32)> =
+            tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let settled = if multi_thread {

@@ -155,4 +155,3 @@ impl<DB: Backend> std::fmt::Debug for HandlerContext<DB> {
             .finish_non_exhaustive()
     }
 }
-

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::{Backend, DefaultBackend, HandlerContext, RecordInfo};
 use crate::{BackOff, BoxError, Codec, CodecError, ConfigError, Event, IntoBackOff};
+use crate::{Backend, DefaultBackend, HandlerContext, RecordInfo};
 
 /// How a handler failed; the container decides what happens next.
 ///
@@ -111,7 +111,9 @@ pub enum HandlerFault {
     /// The handler returned `Ok`, but its transaction cannot commit: a statement had
     /// failed and PostgreSQL aborted it, or SQLite rolled it back on its own (after
     /// `SQLITE_FULL` or an I/O error); nothing was committed (permanent).
-    #[error("handler returned Ok but its transaction was aborted or rolled back by the database; nothing was committed")]
+    #[error(
+        "handler returned Ok but its transaction was aborted or rolled back by the database; nothing was committed"
+    )]
     AbortedTransaction,
 }
 

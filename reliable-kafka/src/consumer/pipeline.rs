@@ -21,7 +21,9 @@ use super::handler::ErasedHandler;
 use super::stats::ContainerStats;
 use crate::store::TransactionState;
 use crate::worker::{sleep_or_shutdown, InfraBackoff};
-use crate::{BackOff, Backend, DeadLetterReason, Envelope, Error, HandlerContext, HandlerError, HandlerFault, RecordInfo};
+use crate::{
+    BackOff, Backend, DeadLetterReason, Envelope, Error, HandlerContext, HandlerError, HandlerFault, RecordInfo,
+};
 
 /// What the container knows of one topic: its handler and policies.
 pub(crate) struct Route<DB: Backend> {
@@ -217,12 +219,16 @@ impl<DB: Backend> Pipeline<DB> {
             }
         };
         if info.event_type != route.handler.event_type() {
-            let e = UnexpectedRecord::EventType { found: info.event_type.clone(), expected: route.handler.event_type() };
+            let e =
+                UnexpectedRecord::EventType { found: info.event_type.clone(), expected: route.handler.event_type() };
             let failure = Failure::new(DeadLetterReason::UnknownEventType, UnexpectedRecord::PATH, &e, 0);
             return self.dead_letter(msg, route, failure, cancel).await;
         }
         if info.schema_version > route.handler.schema_version() {
-            let e = UnexpectedRecord::SchemaVersion { found: info.schema_version, supported: route.handler.schema_version() };
+            let e = UnexpectedRecord::SchemaVersion {
+                found: info.schema_version,
+                supported: route.handler.schema_version(),
+            };
             let failure = Failure::new(DeadLetterReason::UnsupportedSchemaVersion, UnexpectedRecord::PATH, &e, 0);
             return self.dead_letter(msg, route, failure, cancel).await;
         }
@@ -246,7 +252,8 @@ impl<DB: Backend> Pipeline<DB> {
                     }
                 }
                 Err(AttemptError::Decode(e)) => {
-                    let failure = Failure::new(DeadLetterReason::Deserialization, "reliable_kafka::CodecError", &e, attempt);
+                    let failure =
+                        Failure::new(DeadLetterReason::Deserialization, "reliable_kafka::CodecError", &e, attempt);
                     return self.dead_letter(msg, route, failure, cancel).await;
                 }
                 Err(AttemptError::Handler(e)) => {

@@ -208,7 +208,7 @@ mod tests {
             drop(running);
         });
         let started = Instant::now();
-        assert!(partitions.cancel_and_settle(&[revoked.clone()], Duration::from_secs(5)));
+        assert!(partitions.cancel_and_settle(std::slice::from_ref(&revoked), Duration::from_secs(5)));
         assert!(started.elapsed() >= Duration::from_millis(50), "waited for the batch to end");
         assert!(cancel.is_cancelled() && !other.is_cancelled());
         batch.join().unwrap();

@@ -53,16 +53,29 @@ impl EventHandler<Sqlite> for Flaky {
     }
 }
 
+/// One shared in-memory database (it lives as long as its one connection).
+async fn memory() -> SqlitePool {
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap()
+}
+
 async fn pipeline(handler: Flaky) -> Pipeline<Sqlite> {
-    let crate::AnyPool::Sqlite(pool) = crate::AnyPool::connect("sqlite::memory:", 1).await.unwrap() else {
-        unreachable!()
-    };
+    let pool = memory().await;
     crate::migrate(&pool).await.unwrap();
     let producer: FutureProducer =
         rdkafka::ClientConfig::new().set("bootstrap.servers", "127.0.0.1:1").create().unwrap();
     let backoff = FixedBackOff::new(Duration::from_millis(1), 3).unwrap().into();
-    let route =
-        Route { handler: Box::new(handler), backoff, dead_letter_topic: "jobs.DLQ".into(), retry_budget: Duration::from_secs(1) };
+    let route = Route {
+        handler: Box::new(handler),
+        backoff,
+        dead_letter_topic: "jobs.DLQ".into(),
+        retry_budget: Duration::from_secs(1),
+    };
     Pipeline {
         group: Arc::from("g"),
         dedup_sql: Arc::new(<Sqlite as crate::store::dedup::DedupStore>::dedup_sql("rk_processed_messages")),
@@ -110,9 +123,7 @@ async fn a_cancelled_record_is_interrupted_and_not_committed() {
 }
 
 async fn sqlite() -> SqlitePool {
-    let crate::AnyPool::Sqlite(pool) = crate::AnyPool::connect("sqlite::memory:", 1).await.unwrap() else {
-        unreachable!()
-    };
+    let pool = memory().await;
     sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY)").execute(&pool).await.unwrap();
     pool
 }
@@ -170,7 +181,10 @@ fn exception_paths_name_public_items() {
     ];
     for p in paths {
         let item = p.trim_start_matches("reliable_kafka::");
-        assert!(["EnvelopeError", "UnexpectedRecord", "CodecError"].contains(&item)
-            || ["HandlerError::Transient", "HandlerError::Permanent", "HandlerError::RetryAfter"].contains(&item), "{p}");
+        assert!(
+            ["EnvelopeError", "UnexpectedRecord", "CodecError"].contains(&item)
+                || ["HandlerError::Transient", "HandlerError::Permanent", "HandlerError::RetryAfter"].contains(&item),
+            "{p}"
+        );
     }
 }

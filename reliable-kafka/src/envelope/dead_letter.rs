@@ -167,12 +167,10 @@ impl DeadLetterInfo {
             .insert(Header { key: headers::DLT_ORIGINAL_OFFSET, value: Some(&offset[..]) });
         if let Some(ts) = self.original_timestamp_ms {
             let ts = ts.to_be_bytes();
-            h = h
-                .insert(Header { key: headers::DLT_ORIGINAL_TIMESTAMP, value: Some(&ts[..]) })
-                .insert(Header {
-                    key: headers::DLT_ORIGINAL_TIMESTAMP_TYPE,
-                    value: Some(self.original_timestamp_type.as_str().as_bytes()),
-                });
+            h = h.insert(Header { key: headers::DLT_ORIGINAL_TIMESTAMP, value: Some(&ts[..]) }).insert(Header {
+                key: headers::DLT_ORIGINAL_TIMESTAMP_TYPE,
+                value: Some(self.original_timestamp_type.as_str().as_bytes()),
+            });
         }
         if let Some(reason) = self.reason {
             h = h.insert(Header { key: headers::DLT_REASON, value: Some(reason.as_str().as_bytes()) });

@@ -86,11 +86,8 @@ impl KafkaConfig {
 
     /// Consumer presets of the listener container and the re-driver: offsets are
     /// stored and committed by the framework after each record's outcome.
-    pub(crate) const CONSUMER_PRESETS: &'static [(&'static str, &'static str)] = &[
-        ("enable.auto.commit", "false"),
-        ("enable.auto.offset.store", "false"),
-        ("auto.offset.reset", "earliest"),
-    ];
+    pub(crate) const CONSUMER_PRESETS: &'static [(&'static str, &'static str)] =
+        &[("enable.auto.commit", "false"), ("enable.auto.offset.store", "false"), ("auto.offset.reset", "earliest")];
 
     /// The librdkafka configuration of a consumer of `group`: the consumer presets,
     /// `extra`, then every key set by the user.

@@ -42,7 +42,6 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
             parked_table: crate::schema::DEFAULT_PARKED_TABLE.to_owned(),
         }
     }
-
 }
 
 impl<DB: Backend> DeadLetterRedriverBuilder<DB> {
@@ -105,7 +104,9 @@ impl<DB: Backend> DeadLetterRedriverBuilder<DB> {
         if self.group.is_empty() {
             return Err(ConfigError::invalid("group.id", "must not be empty").into());
         }
-        for (key, d) in [("interval", self.interval), ("max_run_time", self.max_run_time), ("idle_timeout", self.idle_timeout)] {
+        for (key, d) in
+            [("interval", self.interval), ("max_run_time", self.max_run_time), ("idle_timeout", self.idle_timeout)]
+        {
             if d.is_zero() {
                 return Err(ConfigError::invalid(key, "must be greater than zero").into());
             }

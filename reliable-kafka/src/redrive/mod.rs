@@ -21,8 +21,8 @@ use crate::worker::WorkerHandle;
 
 mod builder;
 
-pub use builder::DeadLetterRedriverBuilder;
 use crate::{headers, Backend, DeadLetterInfo, DeadLetterReason, DefaultBackend, Error};
+pub use builder::DeadLetterRedriverBuilder;
 
 /// Header counting how often a record was re-driven; moved to
 /// [`headers::REDRIVE_COUNT`].
@@ -83,7 +83,6 @@ impl<DB: Backend> std::fmt::Debug for DeadLetterRedriver<DB> {
     }
 }
 
-
 /// Counters of a re-driver.
 #[derive(Debug, Default)]
 pub struct RedriveStats {
@@ -115,7 +114,6 @@ pub struct RedriveReport {
     /// Records parked.
     pub parked: u64,
 }
-
 
 /// A range of one dead-letter partition to process in a run: `[start, end)`.
 struct Span {

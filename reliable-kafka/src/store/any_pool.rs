@@ -99,6 +99,9 @@ impl AnyPool {
 
 #[cfg(not(all(feature = "postgres", feature = "sqlite")))]
 fn not_compiled(feature: &'static str) -> Error {
-    ConfigError::invalid("DATABASE_URL", format!("this build has no `{feature}` backend: enable reliable-kafka's `{feature}` feature"))
-        .into()
+    ConfigError::invalid(
+        "DATABASE_URL",
+        format!("this build has no `{feature}` backend: enable reliable-kafka's `{feature}` feature"),
+    )
+    .into()
 }

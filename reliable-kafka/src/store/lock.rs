@@ -11,8 +11,10 @@ pub trait LockStore: sqlx::Database + Sized {
     type Lock: Send;
 
     /// Takes the lock `name` without waiting; `None` when it is held elsewhere.
-    fn try_lock<'a>(pool: &'a Pool<Self>, name: &'a str)
-        -> impl Future<Output = Result<Option<Self::Lock>, sqlx::Error>> + Send + 'a;
+    fn try_lock<'a>(
+        pool: &'a Pool<Self>,
+        name: &'a str,
+    ) -> impl Future<Output = Result<Option<Self::Lock>, sqlx::Error>> + Send + 'a;
 
     /// Releases `lock`.
     fn release(lock: Self::Lock) -> impl Future<Output = ()> + Send;

@@ -43,6 +43,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{Pool, Transaction};
 
 pub use any_pool::AnyPool;
+#[cfg(feature = "sqlite")]
+pub use any_pool::SQLITE_BUSY_TIMEOUT;
 #[cfg(feature = "postgres")]
 pub use sqlx::Postgres;
 #[cfg(feature = "sqlite")]
@@ -157,8 +159,9 @@ pub trait Transactions: sqlx::Database + Sized {
     ) -> impl Future<Output = Result<(), sqlx::migrate::MigrateError>> + Send + 'a;
 
     /// See [`begin_write`].
-    fn begin_write(pool: &Pool<Self>)
-        -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send + '_;
+    fn begin_write(
+        pool: &Pool<Self>,
+    ) -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send + '_;
 
     /// Whether the handler left the transaction able to commit its work.
     fn check_transaction(

@@ -68,8 +68,11 @@ pub struct ParkedMessage {
 /// The parked-records table of a backend.
 pub trait ParkStore: sqlx::Database + Sized {
     /// Inserts `row` with `sql` ([`super::sql::park_insert`]).
-    fn park<'a>(pool: &'a Pool<Self>, sql: &'a str, row: ParkRow<'a>)
-        -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
+    fn park<'a>(
+        pool: &'a Pool<Self>,
+        sql: &'a str,
+        row: ParkRow<'a>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
 
     /// Parked records with `sql` ([`super::sql::parked_list`]), newest first.
     fn parked_list<'a>(
@@ -79,5 +82,8 @@ pub trait ParkStore: sqlx::Database + Sized {
     ) -> impl Future<Output = Result<Vec<ParkedMessage>, sqlx::Error>> + Send + 'a;
 
     /// The number of parked records, with `sql` ([`super::sql::parked_count`]).
-    fn parked_count<'a>(pool: &'a Pool<Self>, sql: &'a str) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
+    fn parked_count<'a>(
+        pool: &'a Pool<Self>,
+        sql: &'a str,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send + 'a;
 }

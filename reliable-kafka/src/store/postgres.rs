@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 use super::dedup::DedupStore;
 use super::lock::LockStore;
-use super::outbox::{backlog, NewOutboxRow, OutboxBacklog, OutboxColumns, OutboxListener, OutboxRow, OutboxStore, Published};
+use super::outbox::{
+    backlog, NewOutboxRow, OutboxBacklog, OutboxColumns, OutboxListener, OutboxRow, OutboxStore, Published,
+};
 use super::park::{ParkRow, ParkStore, ParkedMessage};
 use super::{sql, TransactionState, Transactions};
 use crate::Error;
@@ -36,7 +38,10 @@ impl Transactions for Postgres {
         &MIGRATIONS
     }
 
-    async fn run_migrator(migrator: &sqlx::migrate::Migrator, pool: &Pool<Self>) -> Result<(), sqlx::migrate::MigrateError> {
+    async fn run_migrator(
+        migrator: &sqlx::migrate::Migrator,
+        pool: &Pool<Self>,
+    ) -> Result<(), sqlx::migrate::MigrateError> {
         migrator.run(pool).await
     }
 
@@ -137,8 +142,11 @@ impl OutboxStore for Postgres {
         if !locked {
             return Ok(None);
         }
-        let rows: Vec<PgOutboxRow> =
-            sqlx::query_as(&sql.select).bind(limit).fetch_all(&mut *tx).await.map_err(Error::db("claim outbox rows"))?;
+        let rows: Vec<PgOutboxRow> = sqlx::query_as(&sql.select)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::db("claim outbox rows"))?;
         if rows.is_empty() {
             return Ok(Some(Published::default()));
         }
@@ -167,7 +175,11 @@ impl OutboxStore for Postgres {
         Ok(Some(published))
     }
 
-    async fn cleanup_outbox(pool: &Pool<Self>, sql: &PgRelaySql, older_than: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    async fn cleanup_outbox(
+        pool: &Pool<Self>,
+        sql: &PgRelaySql,
+        older_than: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
         sqlx::query(&sql.cleanup).bind(older_than).execute(pool).await.map(|r| r.rows_affected())
     }
 
@@ -215,7 +227,12 @@ impl DedupStore for Postgres {
         }
     }
 
-    async fn insert_dedup(conn: &mut PgConnection, sql: &PgDedupSql, group: &str, message_id: Uuid) -> Result<bool, sqlx::Error> {
+    async fn insert_dedup(
+        conn: &mut PgConnection,
+        sql: &PgDedupSql,
+        group: &str,
+        message_id: Uuid,
+    ) -> Result<bool, sqlx::Error> {
         sqlx::query(&sql.insert).bind(group).bind(message_id).execute(conn).await.map(|r| r.rows_affected() == 1)
     }
 
@@ -225,11 +242,17 @@ impl DedupStore for Postgres {
         group: &str,
         message_ids: &[Uuid],
     ) -> Result<HashSet<Uuid>, sqlx::Error> {
-        let ids: Vec<Uuid> = sqlx::query_scalar(&sql.insert_batch).bind(group).bind(message_ids).fetch_all(conn).await?;
+        let ids: Vec<Uuid> =
+            sqlx::query_scalar(&sql.insert_batch).bind(group).bind(message_ids).fetch_all(conn).await?;
         Ok(ids.into_iter().collect())
     }
 
-    async fn prune_dedup(pool: &Pool<Self>, sql: &PgDedupSql, group: &str, older_than: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    async fn prune_dedup(
+        pool: &Pool<Self>,
+        sql: &PgDedupSql,
+        group: &str,
+        older_than: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
         sqlx::query(&sql.prune).bind(group).bind(older_than).execute(pool).await.map(|r| r.rows_affected())
     }
 }

@@ -29,7 +29,9 @@ pub(crate) fn dedup_prune(table: &str, row_id: &str) -> String {
 /// Deletes up to [`DELETE_BATCH`] outbox rows delivered before `$1`; `key` is a
 /// unique column.
 pub(crate) fn outbox_cleanup(table: &str, key: &str) -> String {
-    format!("DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE delivered_at < $1 LIMIT {DELETE_BATCH})")
+    format!(
+        "DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE delivered_at < $1 LIMIT {DELETE_BATCH})"
+    )
 }
 
 /// Counts of the outbox: pending rows, oldest pending insert time, parked rows,

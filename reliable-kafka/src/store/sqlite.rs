@@ -15,7 +15,9 @@ use uuid::Uuid;
 
 use super::dedup::DedupStore;
 use super::lock::{LocalLock, LockStore};
-use super::outbox::{backlog, NewOutboxRow, NoListener, OutboxBacklog, OutboxColumns, OutboxRow, OutboxStore, Published};
+use super::outbox::{
+    backlog, NewOutboxRow, NoListener, OutboxBacklog, OutboxColumns, OutboxRow, OutboxStore, Published,
+};
 use super::park::{ParkRow, ParkStore, ParkedMessage};
 use super::{sql, TransactionState, Transactions};
 use crate::Error;
@@ -44,7 +46,10 @@ impl Transactions for Sqlite {
         &MIGRATIONS
     }
 
-    async fn run_migrator(migrator: &sqlx::migrate::Migrator, pool: &Pool<Self>) -> Result<(), sqlx::migrate::MigrateError> {
+    async fn run_migrator(
+        migrator: &sqlx::migrate::Migrator,
+        pool: &Pool<Self>,
+    ) -> Result<(), sqlx::migrate::MigrateError> {
         migrator.run(pool).await
     }
 
@@ -60,7 +65,9 @@ impl Transactions for Sqlite {
     /// open transaction), so the caller's rollback of an aborted transaction ends it.
     async fn check_transaction(conn: &mut SqliteConnection) -> Result<TransactionState, sqlx::Error> {
         match sqlx::query("BEGIN").persistent(false).execute(&mut *conn).await {
-            Err(sqlx::Error::Database(db)) if db.message().contains("within a transaction") => Ok(TransactionState::Open),
+            Err(sqlx::Error::Database(db)) if db.message().contains("within a transaction") => {
+                Ok(TransactionState::Open)
+            }
             Err(e) => Err(e),
             Ok(_) => Ok(TransactionState::Aborted),
         }
@@ -177,7 +184,11 @@ impl OutboxStore for Sqlite {
         }
         if !published.delivered.is_empty() {
             let ids: Vec<String> = published.delivered.iter().map(|id| id.hyphenated().to_string()).collect();
-            sqlx::query(&sql.mark).bind(Json(ids)).execute(&mut *tx).await.map_err(Error::db("mark outbox rows delivered"))?;
+            sqlx::query(&sql.mark)
+                .bind(Json(ids))
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("mark outbox rows delivered"))?;
         }
         for f in &published.failed {
             sqlx::query(&sql.fail)
@@ -193,7 +204,11 @@ impl OutboxStore for Sqlite {
         Ok(Some(published))
     }
 
-    async fn cleanup_outbox(pool: &Pool<Self>, sql: &LiteRelaySql, older_than: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    async fn cleanup_outbox(
+        pool: &Pool<Self>,
+        sql: &LiteRelaySql,
+        older_than: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
         sqlx::query(&sql.cleanup).bind(timestamp(older_than)).execute(pool).await.map(|r| r.rows_affected())
     }
 
@@ -223,7 +238,12 @@ impl DedupStore for Sqlite {
         LiteDedupSql { insert: sql::dedup_insert(t), prune: sql::dedup_prune(t, "rowid") }
     }
 
-    async fn insert_dedup(conn: &mut SqliteConnection, sql: &LiteDedupSql, group: &str, message_id: Uuid) -> Result<bool, sqlx::Error> {
+    async fn insert_dedup(
+        conn: &mut SqliteConnection,
+        sql: &LiteDedupSql,
+        group: &str,
+        message_id: Uuid,
+    ) -> Result<bool, sqlx::Error> {
         let mut buf = Uuid::encode_buffer();
         let id: &str = message_id.hyphenated().encode_lower(&mut buf);
         sqlx::query(&sql.insert).bind(group).bind(id).execute(conn).await.map(|r| r.rows_affected() == 1)
@@ -244,7 +264,12 @@ impl DedupStore for Sqlite {
         Ok(new)
     }
 
-    async fn prune_dedup(pool: &Pool<Self>, sql: &LiteDedupSql, group: &str, older_than: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    async fn prune_dedup(
+        pool: &Pool<Self>,
+        sql: &LiteDedupSql,
+        group: &str,
+        older_than: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
         sqlx::query(&sql.prune).bind(group).bind(timestamp(older_than)).execute(pool).await.map(|r| r.rows_affected())
     }
 }
