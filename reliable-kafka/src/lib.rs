@@ -131,9 +131,9 @@ pub use store::outbox::OutboxBacklog;
 pub use store::park::ParkedMessage;
 #[cfg(feature = "postgres")]
 pub use store::Postgres;
+pub use store::{begin_write, AnyPool, Backend, BackendConnection, DefaultBackend};
 #[cfg(feature = "sqlite")]
 pub use store::{Sqlite, SQLITE_BUSY_TIMEOUT};
-pub use store::{begin_write, AnyPool, Backend, BackendConnection, DefaultBackend};
 pub use worker::{WorkerHandle, INFRASTRUCTURE_BACKOFF_MAX, INFRASTRUCTURE_BACKOFF_MIN, PRODUCER_FLUSH_TIMEOUT};
 
 /// The `rdkafka` this crate is built on, for its types in this API (the error codes

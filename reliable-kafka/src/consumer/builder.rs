@@ -283,7 +283,7 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
 /// `max.poll.interval.ms`, or the group evicts the member. With batches, a failed
 /// batch attempt (up to one `handler_timeout`) comes first. The back-off's own delays
 /// must fit; `RetryAfter` waits are cut to what is left (see `RetryBudget`).
-fn retry_budget(
+pub(crate) fn retry_budget(
     topic: &str,
     backoff: &BackOff,
     handler_timeout: Duration,

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
-use super::pipeline::Pipeline;
+use super::pipeline::{Pipeline, Stop};
 use super::prune::prune_processed;
 use super::scheduler::{Partitions, Scheduler};
 use super::stats::ContainerStats;
@@ -134,9 +134,11 @@ impl ClientContext for ContainerContext {
 
 impl ConsumerContext for ContainerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        // Sequential containers process records inside the poll loop, so when this runs
-        // every record handed out has its outcome; concurrent ones settle their batches
-        // of the revoked partitions first. Then what is stored is committed.
+        // Sequential containers process records between polls, so when this runs no
+        // record is in hand (records received but not processed yet are dropped by the
+        // poll loop: see `Partitions::revoked_since`); concurrent ones abandon and
+        // settle their batches of the revoked partitions first. Then what is stored is
+        // committed.
         if let Rebalance::Revoke(tpl) = rebalance {
             tracing::info!(group = %self.log.worker, partitions = tpl.count(), "partitions revoked; committing");
             self.settle(tpl);
@@ -179,6 +181,13 @@ impl<DB: Backend> ListenerContainer<DB> {
         ListenerContainer { consumer, pipeline, commit_interval, max_batch, partition_concurrency }
     }
 
+    /// Tags a record just received with the revocation epoch (see
+    /// [`Partitions::revoked_since`]) and counts it.
+    fn tag<'c>(&self, m: BorrowedMessage<'c>) -> (u64, BorrowedMessage<'c>) {
+        ContainerStats::add(&self.pipeline.stats.received, 1);
+        (self.consumer.context().partitions.epoch(), m)
+    }
+
     /// The consumer group.
     pub fn group(&self) -> &str {
         &self.pipeline.group
@@ -214,24 +223,30 @@ impl<DB: Backend> ListenerContainer<DB> {
         let mut last_commit = Instant::now();
         let mut last_error_log: Option<Instant> = None;
         let mut dirty = false;
-        // Records fetched but not processed yet, in order: the rest of a batch whose
-        // fallback stopped after a failing record, and records of another partition met
-        // while filling a batch.
+        let partitions = self.consumer.context().partitions.clone();
+        // In sequential mode records are processed between polls: a revoke never
+        // finds one in hand.
+        let never_revoked = CancellationToken::new();
+        let stop = Stop { shutdown: &shutdown, revoked: &never_revoked };
+        // Records received but not processed yet, in order, each tagged with the
+        // revocation epoch of its receipt: the rest of a batch whose fallback stopped
+        // after a failing record, and records of another partition met while filling
+        // a batch.
         let mut pending = VecDeque::new();
         loop {
             // The rest of a stopped batch comes first, after a poll that keeps the member
             // alive (its record joins `pending`).
             let received = match pending.pop_front() {
-                Some(m) => {
+                Some(held) => {
                     if let Ok(Ok(polled)) = tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
-                        pending.push_back(polled);
+                        pending.push_back(self.tag(polled));
                     }
-                    Ok(Ok(m))
+                    Ok(Ok(held))
                 }
                 None => tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => break,
-                    r = tokio::time::timeout(POLL_WAIT, self.consumer.recv()) => r,
+                    r = tokio::time::timeout(POLL_WAIT, self.consumer.recv()) => r.map(|r| r.map(|m| self.tag(m))),
                 },
             };
             match received {
@@ -245,16 +260,20 @@ impl<DB: Backend> ListenerContainer<DB> {
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Ok(Ok(msg)) => {
-                    let mut batch = vec![msg];
+                Ok(Ok(first)) => {
+                    let mut batch = vec![first];
                     // Records already fetched, of the same partition, join the batch.
                     while batch.len() < self.max_batch {
                         let next = match pending.pop_front() {
-                            Some(m) => Ok(Ok(m)),
-                            None => tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await,
+                            Some(held) => Ok(Ok(held)),
+                            None => tokio::time::timeout(Duration::ZERO, self.consumer.recv())
+                                .await
+                                .map(|r| r.map(|m| self.tag(m))),
                         };
                         match next {
-                            Ok(Ok(m)) if m.partition() == batch[0].partition() && m.topic() == batch[0].topic() => {
+                            Ok(Ok(m))
+                                if m.1.partition() == batch[0].1.partition() && m.1.topic() == batch[0].1.topic() =>
+                            {
                                 batch.push(m)
                             }
                             Ok(Ok(m)) => {
@@ -268,8 +287,18 @@ impl<DB: Backend> ListenerContainer<DB> {
                             Err(_nothing_fetched) => break,
                         }
                     }
-                    ContainerStats::add(&self.pipeline.stats.received, batch.len());
+                    // A revoke during the polls above takes the partition's records
+                    // received before it: they belong to the past assignment.
+                    let stale = |(epoch, m): &(u64, BorrowedMessage<'_>)| {
+                        partitions.revoked_since(&(m.topic().to_owned(), m.partition()), *epoch)
+                    };
+                    batch.retain(|held| !stale(held));
+                    pending.retain(|held| !stale(held));
+                    if batch.is_empty() {
+                        continue;
+                    }
                     self.pipeline.stats.touch();
+                    let batch: Vec<BorrowedMessage<'_>> = batch.into_iter().map(|(_, m)| m).collect();
                     if let Some(scheduler) = scheduler.as_mut() {
                         let owned = batch.iter().map(|m| m.detach()).collect();
                         drop(batch);
@@ -283,7 +312,7 @@ impl<DB: Backend> ListenerContainer<DB> {
                             let _ = self.consumer.store_offset(last.topic(), last.partition(), last.offset());
                             commit(&*self.consumer, CommitMode::Sync, &group);
                         }
-                        let progress = self.pipeline.process_batch(&batch, &shutdown).await;
+                        let progress = self.pipeline.process_batch(&batch, stop).await;
                         if let Some(last) = progress.done.checked_sub(1).map(|i| &batch[i]) {
                             if let Err(e) = self.consumer.store_offset(last.topic(), last.partition(), last.offset()) {
                                 // The partition was revoked meanwhile; its new owner redelivers.
@@ -295,9 +324,13 @@ impl<DB: Backend> ListenerContainer<DB> {
                         if progress.interrupted {
                             break; // shutdown came first
                         }
-                        // The rest goes before anything fetched later, after a poll.
-                        for m in batch.drain(progress.done..).rev() {
-                            pending.push_front(m);
+                        // The rest goes before anything fetched later, after a poll; its
+                        // epoch is the current one (no revoke can have happened since the
+                        // batch was checked).
+                        let epoch = partitions.epoch();
+                        let mut rest = batch;
+                        for m in rest.drain(progress.done..).rev() {
+                            pending.push_front((epoch, m));
                         }
                     }
                 }

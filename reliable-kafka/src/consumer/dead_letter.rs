@@ -2,12 +2,11 @@
 //! headers ([`crate::DeadLetterInfo`]).
 
 use rdkafka::message::{Header, Message};
-use tokio_util::sync::CancellationToken;
 
-use super::pipeline::{Outcome, Pipeline, Route};
+use super::pipeline::{Outcome, Pipeline, Route, Stop};
 use super::stats::ContainerStats;
 use crate::kafka::{is_size_error, send_one, OutRecord};
-use crate::worker::{sleep_or_shutdown, InfraBackoff};
+use crate::worker::InfraBackoff;
 use crate::{headers, Backend, DeadLetterInfo, DeadLetterReason, TimestampType};
 
 /// Why a record is dead-lettered: the reason, the Rust path of the error, the error
@@ -32,7 +31,7 @@ impl Failure {
 
 impl<DB: Backend> Pipeline<DB> {
     /// Publishes `msg` to its route's dead-letter topic, retrying the publish until it
-    /// succeeds or `cancel` fires. A record too large for the dead-letter producer is
+    /// succeeds or `stop` comes. A record too large for the dead-letter producer is
     /// sent without its payload (it stays at the original offset), else the partition
     /// would stall on it.
     pub(crate) async fn dead_letter<M: Message + Sync>(
@@ -40,7 +39,7 @@ impl<DB: Backend> Pipeline<DB> {
         msg: &M,
         route: &Route<DB>,
         failure: Failure,
-        cancel: &CancellationToken,
+        stop: Stop<'_>,
     ) -> Outcome {
         let reason = failure.reason;
         let attempts = failure.attempts;
@@ -79,7 +78,7 @@ impl<DB: Backend> Pipeline<DB> {
                     tracing::warn!(group = %self.group, error = %e, "dead-letter publish failed; retrying");
                 }
             }
-            if sleep_or_shutdown(backoff.next_delay(), cancel).await {
+            if stop.sleep(backoff.next_delay()).await {
                 return Outcome::Interrupted;
             }
         }

@@ -20,7 +20,7 @@ use super::dead_letter::Failure;
 use super::handler::ErasedHandler;
 use super::stats::ContainerStats;
 use crate::store::TransactionState;
-use crate::worker::{sleep_or_shutdown, InfraBackoff};
+use crate::worker::InfraBackoff;
 use crate::{
     BackOff, Backend, DeadLetterReason, Envelope, Error, HandlerContext, HandlerError, HandlerFault, RecordInfo,
 };
@@ -44,6 +44,28 @@ pub(crate) struct Pipeline<DB: Backend> {
     pub stats: Arc<ContainerStats>,
     pub handler_timeout: Duration,
     pub processed_retention: Duration,
+}
+
+/// What may stop a record's processing. Shutdown cuts retry waits short (the attempt
+/// in hand finishes and commits; a record whose wait was cut stays uncommitted); a
+/// revoke of the record's partition also abandons the attempt in hand (its
+/// transaction rolled back, nothing committed), so that the partition's new owner
+/// never runs a record this member still works on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stop<'a> {
+    pub shutdown: &'a CancellationToken,
+    pub revoked: &'a CancellationToken,
+}
+
+impl Stop<'_> {
+    /// Sleeps `d` unless shutdown or a revoke comes first; returns whether one came.
+    pub(crate) async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = self.shutdown.cancelled() => true,
+            _ = self.revoked.cancelled() => true,
+        }
+    }
 }
 
 /// What became of one record.
@@ -82,7 +104,7 @@ pub(crate) enum BatchError {
     Database(#[source] sqlx::Error),
     #[error("the transaction was aborted or rolled back by the database")]
     Aborted,
-    #[error("cancelled by shutdown or a revoke")]
+    #[error("abandoned: the partition was revoked")]
     Cancelled,
 }
 
@@ -93,10 +115,11 @@ pub(crate) enum AttemptError {
     Cancelled,
 }
 
-/// The waits of one record's retries, bounded by its route's `retry_budget`: the
-/// back-off's delays always fit (checked by `build()`); a `RetryAfter` wait is cut to
-/// what is left, so a record never keeps the consumer from polling for longer than
-/// `max.poll.interval.ms`, however long the waits its handler asks for.
+/// The `RetryAfter` waits of one record, bounded by what its route's `retry_budget`
+/// leaves beside the back-off's own delays (which always fit, checked by `build()`
+/// and never cut): a wait longer than what is left is cut to it, so a record never
+/// keeps the consumer from polling for longer than `max.poll.interval.ms`, however
+/// long the waits its handler asks for.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RetryBudget {
     left: Duration,
@@ -120,9 +143,9 @@ impl<DB: Backend> Pipeline<DB> {
     /// tried in one transaction; when that fails its records are processed one by one
     /// up to and including the first that needed a retry, and the caller polls before
     /// the rest.
-    pub(crate) async fn process_batch<M: Message + Sync>(&self, batch: &[M], cancel: &CancellationToken) -> Progress {
+    pub(crate) async fn process_batch<M: Message + Sync>(&self, batch: &[M], stop: Stop<'_>) -> Progress {
         if batch.len() > 1 {
-            match self.try_batch(batch, cancel).await {
+            match self.try_batch(batch, stop).await {
                 Ok(()) => return Progress { done: batch.len(), interrupted: false },
                 Err(BatchError::Cancelled) => return Progress { done: 0, interrupted: true },
                 Err(why) => {
@@ -133,7 +156,7 @@ impl<DB: Backend> Pipeline<DB> {
             }
         }
         for (i, msg) in batch.iter().enumerate() {
-            match self.process(msg, cancel).await {
+            match self.process(msg, stop).await {
                 Outcome::Interrupted => return Progress { done: i, interrupted: true },
                 Outcome::Done { retried: true } if i + 1 < batch.len() => {
                     return Progress { done: i + 1, interrupted: false };
@@ -145,7 +168,7 @@ impl<DB: Backend> Pipeline<DB> {
     }
 
     /// All records of `batch` in one transaction, or nothing.
-    async fn try_batch<M: Message + Sync>(&self, batch: &[M], cancel: &CancellationToken) -> Result<(), BatchError> {
+    async fn try_batch<M: Message + Sync>(&self, batch: &[M], stop: Stop<'_>) -> Result<(), BatchError> {
         let route = self.routes.get(batch[0].topic()).ok_or(BatchError::NoRoute)?;
         let mut items = Vec::with_capacity(batch.len());
         for msg in batch {
@@ -177,7 +200,7 @@ impl<DB: Backend> Pipeline<DB> {
             let call = AssertUnwindSafe(route.handler.call_batch(work, &mut ctx)).catch_unwind();
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => return Err(BatchError::Cancelled),
+                _ = stop.revoked.cancelled() => return Err(BatchError::Cancelled),
                 r = tokio::time::timeout(self.handler_timeout, call) => match r {
                     Ok(Ok(Ok(()))) => {}
                     Ok(Ok(Err(e))) => return Err(BatchError::Handler(e)),
@@ -190,7 +213,7 @@ impl<DB: Backend> Pipeline<DB> {
             TransactionState::Open => {}
             TransactionState::Aborted => return Err(BatchError::Aborted),
         }
-        if cancel.is_cancelled() {
+        if stop.revoked.is_cancelled() {
             return Err(BatchError::Cancelled);
         }
         fault_point!(crate::fault::CONSUMER_BEFORE_COMMIT);
@@ -206,7 +229,7 @@ impl<DB: Backend> Pipeline<DB> {
 
     /// One record: its checks, then attempts until success, a permanent failure or the
     /// end of its back-off; then the dead-letter topic.
-    pub(crate) async fn process<M: Message + Sync>(&self, msg: &M, cancel: &CancellationToken) -> Outcome {
+    pub(crate) async fn process<M: Message + Sync>(&self, msg: &M, stop: Stop<'_>) -> Outcome {
         let Some(route) = self.routes.get(msg.topic()) else {
             // Only subscribed topics are delivered; nothing to do.
             return Outcome::Done { retried: false };
@@ -215,14 +238,14 @@ impl<DB: Backend> Pipeline<DB> {
             Ok(i) => i,
             Err(e) => {
                 let failure = Failure::new(DeadLetterReason::InvalidHeaders, "reliable_kafka::EnvelopeError", &e, 0);
-                return self.dead_letter(msg, route, failure, cancel).await;
+                return self.dead_letter(msg, route, failure, stop).await;
             }
         };
         if info.event_type != route.handler.event_type() {
             let e =
                 UnexpectedRecord::EventType { found: info.event_type.clone(), expected: route.handler.event_type() };
             let failure = Failure::new(DeadLetterReason::UnknownEventType, UnexpectedRecord::PATH, &e, 0);
-            return self.dead_letter(msg, route, failure, cancel).await;
+            return self.dead_letter(msg, route, failure, stop).await;
         }
         if info.schema_version > route.handler.schema_version() {
             let e = UnexpectedRecord::SchemaVersion {
@@ -230,13 +253,15 @@ impl<DB: Backend> Pipeline<DB> {
                 supported: route.handler.schema_version(),
             };
             let failure = Failure::new(DeadLetterReason::UnsupportedSchemaVersion, UnexpectedRecord::PATH, &e, 0);
-            return self.dead_letter(msg, route, failure, cancel).await;
+            return self.dead_letter(msg, route, failure, stop).await;
         }
         let mut attempt = 1;
         let mut infra = InfraBackoff::new();
-        let mut budget = RetryBudget::new(route.retry_budget);
+        // The back-off's own delays always fit (checked by `build()`); `RetryAfter` waits
+        // share what is left of the budget.
+        let mut budget = RetryBudget::new(route.retry_budget.saturating_sub(route.backoff.max_total_delay()));
         loop {
-            match self.attempt(msg, route, &info, attempt, cancel).await {
+            match self.attempt(msg, route, &info, attempt, stop).await {
                 Ok(duplicate) => {
                     let counter = if duplicate { &self.stats.duplicates } else { &self.stats.processed };
                     ContainerStats::add(counter, 1);
@@ -247,34 +272,36 @@ impl<DB: Backend> Pipeline<DB> {
                     ContainerStats::add(&self.stats.infrastructure_errors, 1);
                     tracing::warn!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
                         error = %crate::report(&e), "infrastructure failure; retrying the record");
-                    if sleep_or_shutdown(infra.next_delay(), cancel).await {
+                    if stop.sleep(infra.next_delay()).await {
                         return Outcome::Interrupted;
                     }
                 }
                 Err(AttemptError::Decode(e)) => {
                     let failure =
                         Failure::new(DeadLetterReason::Deserialization, "reliable_kafka::CodecError", &e, attempt);
-                    return self.dead_letter(msg, route, failure, cancel).await;
+                    return self.dead_letter(msg, route, failure, stop).await;
                 }
                 Err(AttemptError::Handler(e)) => {
                     let delay = match &e {
                         HandlerError::Permanent(_) => None,
-                        HandlerError::RetryAfter { after, .. } => route.backoff.delay_after(attempt).map(|_| *after),
+                        HandlerError::RetryAfter { after, .. } => {
+                            route.backoff.delay_after(attempt).map(|_| budget.take(*after))
+                        }
                         _ => route.backoff.delay_after(attempt),
                     };
-                    let Some(delay) = delay.map(|d| budget.take(d)) else {
+                    let Some(delay) = delay else {
                         let reason = if e.is_transient() {
                             DeadLetterReason::RetriesExhausted
                         } else {
                             DeadLetterReason::PermanentError
                         };
                         let failure = Failure::new(reason, e.kind(), &e, attempt);
-                        return self.dead_letter(msg, route, failure, cancel).await;
+                        return self.dead_letter(msg, route, failure, stop).await;
                     };
                     ContainerStats::add(&self.stats.retries, 1);
                     tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
                         attempt, ?delay, error = %crate::report(&e), "handler failed; retrying");
-                    if sleep_or_shutdown(delay, cancel).await {
+                    if stop.sleep(delay).await {
                         return Outcome::Interrupted;
                     }
                     attempt += 1;
@@ -290,7 +317,7 @@ impl<DB: Backend> Pipeline<DB> {
         route: &Route<DB>,
         info: &RecordInfo,
         attempt: u32,
-        cancel: &CancellationToken,
+        stop: Stop<'_>,
     ) -> Result<bool, AttemptError> {
         let event = route.handler.decode(msg.payload().unwrap_or_default()).map_err(AttemptError::Decode)?;
         let infra = |op| move |e| AttemptError::Infrastructure(Error::Database { operation: op, source: e });
@@ -309,7 +336,7 @@ impl<DB: Backend> Pipeline<DB> {
         let call = AssertUnwindSafe(route.handler.call(event, &mut ctx)).catch_unwind();
         let result = tokio::select! {
             biased;
-            _ = cancel.cancelled() => return Err(AttemptError::Cancelled),
+            _ = stop.revoked.cancelled() => return Err(AttemptError::Cancelled),
             r = tokio::time::timeout(self.handler_timeout, call) => r,
         };
         match result {
@@ -334,7 +361,7 @@ impl<DB: Backend> Pipeline<DB> {
             }
             Err(e) => return Err(classify_db(e, "check handler transaction")),
         }
-        if cancel.is_cancelled() {
+        if stop.revoked.is_cancelled() {
             return Err(AttemptError::Cancelled);
         }
         fault_point!(crate::fault::CONSUMER_BEFORE_COMMIT);
@@ -407,13 +434,19 @@ mod tests {
     #[test]
     fn retry_after_waits_are_counted_against_the_budget() {
         // Defaults: max.poll.interval.ms 300 s, 10 attempts of handler_timeout 15 s,
-        // so 150 s of attempts; 0.9 × 150 s = 135 s for all waits. Nine `RetryAfter`
-        // of 75 s each (the cap of 0.1, a quarter of max.poll.interval.ms) would wait
-        // 675 s and get the member evicted.
-        let mut budget = RetryBudget::new(Duration::from_secs(135));
-        let waited: Duration = (0..9).map(|_| budget.take(Duration::from_secs(75))).sum();
-        assert_eq!(waited, Duration::from_secs(135));
-        assert!(Duration::from_secs(150) + waited < Duration::from_secs(300));
+        // so 150 s of attempts; 0.9 × 150 s = 135 s for all waits, of which the
+        // default back-off (9 × 100 ms) keeps 0.9 s. Nine `RetryAfter` of 75 s each
+        // (the cap of 0.1, a quarter of max.poll.interval.ms) would wait 675 s and get
+        // the member evicted.
+        let backoff = crate::BackOff::default();
+        let budget =
+            super::super::builder::retry_budget("t", &backoff, Duration::from_secs(15), 1, Duration::from_secs(300))
+                .unwrap();
+        assert_eq!(budget, Duration::from_secs(135));
+        let mut retry_after = RetryBudget::new(budget - backoff.max_total_delay());
+        let waited: Duration = (0..9).map(|_| retry_after.take(Duration::from_secs(75))).sum();
+        assert_eq!(waited, Duration::from_millis(134_100));
+        assert!(Duration::from_secs(150) + waited + backoff.max_total_delay() < Duration::from_secs(300));
     }
 
     proptest! {

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::container::ContainerContext;
-use super::pipeline::Pipeline;
+use super::pipeline::{Pipeline, Stop};
 use crate::Backend;
 
 type Key = (String, i32);
@@ -23,65 +23,103 @@ type Key = (String, i32);
 /// Batches queued or running per permit, at most; beyond that the poll loop waits.
 const BACKLOG_PER_PERMIT: usize = 4;
 
-/// The running batches of each partition and the token that cancels them, shared with
-/// the rebalance callback.
+/// The running batches of each partition and the token that abandons them, and a log
+/// of revocations; shared with the rebalance callback.
 #[derive(Debug, Default)]
 pub(crate) struct Partitions {
-    state: Mutex<HashMap<Key, (CancellationToken, usize)>>,
+    state: Mutex<State>,
     settled: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Batches of the current assignment of each partition.
+    assigned: HashMap<Key, Entry>,
+    /// Counts revocations; records held by the poll loop are tagged with it.
+    epoch: u64,
+    /// The epoch of each partition's last revocation.
+    revoked_at: HashMap<Key, u64>,
+    next_generation: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    revoked: CancellationToken,
+    running: usize,
+    generation: u64,
 }
 
 /// A batch task's presence in [`Partitions`]; leaving wakes a waiting revoke.
 struct Running {
     partitions: Arc<Partitions>,
     key: Key,
+    generation: u64,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         let mut state = self.partitions.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, n)) = state.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
+        if let Some(entry) = state.assigned.get_mut(&self.key).filter(|e| e.generation == self.generation) {
+            entry.running = entry.running.saturating_sub(1);
         }
         self.partitions.settled.notify_all();
     }
 }
 
 impl Partitions {
-    /// Registers a batch of `key`; its token is cancelled when the partition is revoked
-    /// (or at shutdown, its parent).
-    fn enter(self: &Arc<Self>, key: Key, shutdown: &CancellationToken) -> (CancellationToken, Running) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = state.entry(key.clone()).or_insert_with(|| (shutdown.child_token(), 0));
-        entry.1 += 1;
-        let token = entry.0.clone();
-        (token, Running { partitions: self.clone(), key })
+    /// Registers a batch of `key`: the token a revoke of the partition cancels, the
+    /// generation of the partition's assignment, and the batch's presence.
+    fn enter(self: &Arc<Self>, key: Key) -> (CancellationToken, u64, Running) {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *guard;
+        let next = &mut state.next_generation;
+        let entry = state.assigned.entry(key.clone()).or_insert_with(|| {
+            *next += 1;
+            Entry { revoked: CancellationToken::new(), running: 0, generation: *next }
+        });
+        entry.running += 1;
+        let (token, generation) = (entry.revoked.clone(), entry.generation);
+        (token, generation, Running { partitions: self.clone(), key, generation })
     }
 
-    /// Cancels the batches of `revoked` and waits until they ended, at most `timeout`.
-    /// Returns whether they all ended.
+    /// The current revocation epoch, to tag records received now.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).epoch
+    }
+
+    /// Whether `key` was revoked after records tagged `epoch` were received: such
+    /// records belong to a past assignment and must not be processed (the partition's
+    /// owner, this member again or another, fetches them from the committed offset).
+    pub(crate) fn revoked_since(&self, key: &Key, epoch: u64) -> bool {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).revoked_at.get(key).is_some_and(|&at| at > epoch)
+    }
+
+    /// Records the revocation of `revoked`, cancels their batches and waits until they
+    /// ended, at most `timeout`. Returns whether they all ended; either way the
+    /// partitions' next assignment starts afresh.
     pub(crate) fn cancel_and_settle(&self, revoked: &[Key], timeout: Duration) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.epoch += 1;
+        let epoch = state.epoch;
         for key in revoked {
-            if let Some((token, _)) = state.get(key) {
-                token.cancel();
+            state.revoked_at.insert(key.clone(), epoch);
+            if let Some(entry) = state.assigned.get(key) {
+                entry.revoked.cancel();
             }
         }
         let deadline = Instant::now() + timeout;
-        loop {
-            let busy = revoked.iter().any(|k| state.get(k).is_some_and(|(_, n)| *n > 0));
-            if !busy {
-                for key in revoked {
-                    state.remove(key);
-                }
-                return true;
-            }
+        let settled = loop {
+            let busy = revoked.iter().any(|k| state.assigned.get(k).is_some_and(|e| e.running > 0));
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
+            if !busy || left.is_zero() {
+                break !busy;
             }
             state = self.settled.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+        };
+        for key in revoked {
+            state.assigned.remove(key);
         }
+        settled
     }
 }
 
@@ -89,7 +127,8 @@ impl Partitions {
 pub(crate) struct Scheduler<DB: Backend> {
     pipeline: Arc<Pipeline<DB>>,
     consumer: Arc<StreamConsumer<ContainerContext>>,
-    inflight: HashMap<Key, JoinHandle<bool>>,
+    /// The last batch task of each partition, with its assignment's generation.
+    inflight: HashMap<Key, (u64, JoinHandle<bool>)>,
     permits: Arc<Semaphore>,
     backlog: Arc<Semaphore>,
     /// Set by a task that stored an offset, so the loop commits.
@@ -121,17 +160,20 @@ impl<DB: Backend> Scheduler<DB> {
     /// Returns `false` when shutdown came while waiting for room in the backlog.
     pub(crate) async fn dispatch(&mut self, batch: Vec<OwnedMessage>, shutdown: &CancellationToken) -> bool {
         let key: Key = (batch[0].topic().to_owned(), batch[0].partition());
-        self.inflight.retain(|_, t| !t.is_finished());
+        self.inflight.retain(|_, (_, t)| !t.is_finished());
         let queued = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return false,
             q = self.backlog.clone().acquire_owned() => q.expect("semaphore never closed"),
         };
-        let previous = self.inflight.remove(&key);
         let (pipeline, consumer, stored, permits) =
             (self.pipeline.clone(), self.consumer.clone(), self.stored.clone(), self.permits.clone());
         let partitions = consumer.context().partitions.clone();
-        let (cancel, running) = partitions.enter(key.clone(), shutdown);
+        let (revoked, generation, running) = partitions.enter(key.clone());
+        // A batch of a past assignment was abandoned by the revoke: the new assignment
+        // starts from the committed offset and does not wait for it.
+        let previous = self.inflight.remove(&key).filter(|(g, _)| *g == generation).map(|(_, t)| t);
+        let shutdown = shutdown.clone();
         let task = tokio::spawn(async move {
             let _queued = queued;
             let _running = running;
@@ -146,17 +188,18 @@ impl<DB: Backend> Scheduler<DB> {
             // The permit bounds batches running, not batches waiting for their
             // partition's previous one.
             let _permit = tokio::select! {
-                _ = cancel.cancelled() => return false,
+                _ = revoked.cancelled() => return false,
                 p = permits.acquire_owned() => p.expect("semaphore never closed"),
             };
             let mut done = 0;
             while done < batch.len() {
-                if cancel.is_cancelled() {
+                if revoked.is_cancelled() {
                     return false;
                 }
                 // Polling goes on in the container's loop, so the rest of a batch whose
                 // fallback stopped after a failing record continues here at once.
-                let progress = pipeline.process_batch(&batch[done..], &cancel).await;
+                let stop = Stop { shutdown: &shutdown, revoked: &revoked };
+                let progress = pipeline.process_batch(&batch[done..], stop).await;
                 done += progress.done;
                 if let Some(last) = done.checked_sub(1).map(|i| &batch[i]) {
                     if progress.done > 0 {
@@ -173,14 +216,14 @@ impl<DB: Backend> Scheduler<DB> {
             }
             true
         });
-        self.inflight.insert(key, task);
+        self.inflight.insert(key, (generation, task));
         true
     }
 
     /// Waits for every batch (a retry wait is cut short by the shutdown), so that their
     /// offsets are stored before the last commit.
     pub(crate) async fn drain(&mut self) {
-        for (_, task) in self.inflight.drain() {
+        for (_, (_, task)) in self.inflight.drain() {
             let _ = task.await;
         }
     }
@@ -193,11 +236,11 @@ mod tests {
     #[test]
     fn a_revoke_cancels_its_partitions_batches_and_waits_for_them_only() {
         let partitions = Arc::new(Partitions::default());
-        let shutdown = CancellationToken::new();
         let revoked: Key = ("t".into(), 0);
         let kept: Key = ("t".into(), 1);
-        let (cancel, running) = partitions.enter(revoked.clone(), &shutdown);
-        let (other, _still_running) = partitions.enter(kept.clone(), &shutdown);
+        let epoch = partitions.epoch();
+        let (cancel, generation, running) = partitions.enter(revoked.clone());
+        let (other, _, _still_running) = partitions.enter(kept.clone());
         // The revoked partition's batch sees the cancellation and ends a moment later.
         let watcher = cancel.clone();
         let batch = std::thread::spawn(move || {
@@ -212,10 +255,20 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(50), "waited for the batch to end");
         assert!(cancel.is_cancelled() && !other.is_cancelled());
         batch.join().unwrap();
-        // A partition whose batch does not end is reported after the timeout.
-        assert!(!partitions.cancel_and_settle(&[kept], Duration::from_millis(20)));
-        // A new assignment of the revoked partition gets a fresh token.
-        let (fresh, _r) = partitions.enter(revoked, &shutdown);
-        assert!(!fresh.is_cancelled());
+        // Records received before the revoke are of the past assignment; later ones not.
+        assert!(partitions.revoked_since(&revoked, epoch));
+        assert!(!partitions.revoked_since(&kept, epoch));
+        assert!(!partitions.revoked_since(&revoked, partitions.epoch()));
+        // A partition whose batch does not end is reported after the timeout, and its
+        // next assignment still starts afresh: a new token and generation, and the
+        // late batch of the old one does not count against it.
+        let (_, kept_generation, late) = partitions.enter(kept.clone());
+        assert!(!partitions.cancel_and_settle(std::slice::from_ref(&kept), Duration::from_millis(20)));
+        let (fresh, fresh_generation, _r) = partitions.enter(kept.clone());
+        assert!(!fresh.is_cancelled() && fresh_generation != kept_generation);
+        drop(late);
+        drop(_still_running);
+        let (again, again_generation, _r2) = partitions.enter(revoked);
+        assert!(!again.is_cancelled() && again_generation != generation);
     }
 }

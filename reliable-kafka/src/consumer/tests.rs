@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::dead_letter::{dead_letter_info, Failure};
-use super::pipeline::{Pipeline, Progress, Route};
+use super::pipeline::{Pipeline, Progress, Route, Stop};
 use crate::store::{TransactionState, Transactions};
 use crate::{DeadLetterReason, Envelope, Event, EventHandler, FixedBackOff, HandlerContext, HandlerError, JsonCodec};
 
@@ -99,12 +99,13 @@ async fn a_failed_batch_stops_after_its_first_failing_record_so_the_container_po
     let calls = Arc::new(AtomicU32::new(0));
     let p = pipeline(Flaky { flaky: vec![2, 5], calls: calls.clone() }).await;
     let batch: Vec<_> = (0..8).map(|n| record(i64::from(n), n, Timestamp::CreateTime(1))).collect();
-    let cancel = CancellationToken::new();
+    let (shutdown, revoked) = (CancellationToken::new(), CancellationToken::new());
+    let cancel = Stop { shutdown: &shutdown, revoked: &revoked };
     // The batch fails (job 2); records 0, 1 and 2 (retried) are done, then it stops.
-    assert_eq!(p.process_batch(&batch, &cancel).await, Progress { done: 3, interrupted: false });
+    assert_eq!(p.process_batch(&batch, cancel).await, Progress { done: 3, interrupted: false });
     // The rest, after the container's poll: again up to the next failing record (5).
-    assert_eq!(p.process_batch(&batch[3..], &cancel).await, Progress { done: 3, interrupted: false });
-    assert_eq!(p.process_batch(&batch[6..], &cancel).await, Progress { done: 2, interrupted: false });
+    assert_eq!(p.process_batch(&batch[3..], cancel).await, Progress { done: 3, interrupted: false });
+    assert_eq!(p.process_batch(&batch[6..], cancel).await, Progress { done: 2, interrupted: false });
     assert_eq!(p.stats.processed(), 8);
     assert_eq!(p.stats.batch_fallbacks(), 2);
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rk_processed_messages").fetch_one(&p.pool).await.unwrap();
@@ -112,14 +113,23 @@ async fn a_failed_batch_stops_after_its_first_failing_record_so_the_container_po
 }
 
 #[tokio::test]
-async fn a_cancelled_record_is_interrupted_and_not_committed() {
-    let p = pipeline(Flaky { flaky: vec![0], calls: Arc::default() }).await;
-    let cancel = CancellationToken::new();
-    cancel.cancel();
+async fn a_revoke_abandons_the_attempt_in_hand_and_shutdown_finishes_it() {
+    let p = pipeline(Flaky { flaky: vec![], calls: Arc::default() }).await;
+    let rows = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM rk_processed_messages").fetch_one(&p.pool).await.unwrap();
+        n
+    };
+    let (shutdown, revoked) = (CancellationToken::new(), CancellationToken::new());
+    revoked.cancel();
     let batch = [record(0, 0, Timestamp::CreateTime(1))];
-    assert_eq!(p.process_batch(&batch, &cancel).await, Progress { done: 0, interrupted: true });
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rk_processed_messages").fetch_one(&p.pool).await.unwrap();
-    assert_eq!(rows, 0);
+    let stop = Stop { shutdown: &shutdown, revoked: &revoked };
+    assert_eq!(p.process_batch(&batch, stop).await, Progress { done: 0, interrupted: true });
+    assert_eq!(rows().await, 0, "nothing committed for a revoked partition");
+    let (shutdown, revoked) = (CancellationToken::new(), CancellationToken::new());
+    shutdown.cancel();
+    let stop = Stop { shutdown: &shutdown, revoked: &revoked };
+    assert_eq!(p.process_batch(&batch, stop).await, Progress { done: 1, interrupted: false });
+    assert_eq!(rows().await, 1, "shutdown lets the record in hand finish");
 }
 
 async fn sqlite() -> SqlitePool {

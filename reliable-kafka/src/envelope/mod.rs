@@ -126,9 +126,10 @@ impl Envelope {
             message_id,
             event_type,
             schema_version,
-            produced_at_ms: text(headers::PRODUCED_AT)?.and_then(|v| v.parse().ok()),
-            content_type: text(headers::CONTENT_TYPE)?.map(str::to_owned),
-            traceparent: text(headers::TRACEPARENT)?.map(str::to_owned),
+            // Informational headers: a malformed one is left out, never fatal.
+            produced_at_ms: text(headers::PRODUCED_AT).ok().flatten().and_then(|v| v.parse().ok()),
+            content_type: text(headers::CONTENT_TYPE).ok().flatten().map(str::to_owned),
+            traceparent: text(headers::TRACEPARENT).ok().flatten().map(str::to_owned),
         })
     }
 
@@ -198,6 +199,11 @@ mod tests {
             .insert(Header { key: headers::SCHEMA_VERSION, value: Some("x") });
         // The first occurrence counts: the valid one written by `to_headers`.
         assert!(Envelope::from_headers(Some(&h)).is_ok());
+        // A malformed informational header is left out, not fatal.
+        let h = Envelope::new(Uuid::now_v7(), "E", 1)
+            .to_headers()
+            .insert(Header { key: headers::CONTENT_TYPE, value: Some(&[0xff_u8, 0xfe][..]) });
+        assert_eq!(Envelope::from_headers(Some(&h)).unwrap().content_type, None);
     }
 
     proptest! {

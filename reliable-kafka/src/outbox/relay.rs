@@ -210,7 +210,10 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
 
 /// The record of an outbox row: the envelope headers, then the row's extra headers.
 fn into_record(row: OutboxRow) -> OutRecord {
-    let envelope = Envelope::new(row.id, row.event_type, u32::try_from(row.schema_version).unwrap_or(0))
+    // A negative version (a row another tool wrote) is sent as u32::MAX, so that every
+    // consumer dead-letters it as unsupported instead of taking it for version 0.
+    let version = u32::try_from(row.schema_version).unwrap_or(u32::MAX);
+    let envelope = Envelope::new(row.id, row.event_type, version)
         .with_produced_at_ms(row.created_at.timestamp_millis())
         .with_content_type(row.content_type);
     let extra = row.headers.as_object();
