@@ -436,7 +436,7 @@ mod tests {
         // Defaults: max.poll.interval.ms 300 s, 10 attempts of handler_timeout 15 s,
         // so 150 s of attempts; 0.9 × 150 s = 135 s for all waits, of which the
         // default back-off (9 × 100 ms) keeps 0.9 s. Nine `RetryAfter` of 75 s each
-        // (the cap of 0.1, a quarter of max.poll.interval.ms) would wait 675 s and get
+        // (the cap of 0.1: a quarter of max.poll.interval.ms) would wait 675 s and get
         // the member evicted.
         let backoff = crate::BackOff::default();
         let budget =
