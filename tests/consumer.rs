@@ -390,3 +390,39 @@ async fn partitions_in_parallel_keep_each_keys_order_and_apply_each_record_once(
     assert_eq!(c.stats().received(), 0, "every offset was committed");
     c.shutdown().await.unwrap();
 }
+
+/// With `partition_concurrency` > 1 a revoke abandons the batches of the revoked
+/// partitions and waits for them before its commit (0.2 fix): the member that loses a
+/// partition never dead-letters a record its new owner also works on. In 0.1 the old
+/// member's batches ran on after the revoke and both members dead-lettered the same
+/// records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_abandons_the_revoked_partitions_batches_so_no_record_is_dead_lettered_twice() {
+    let s = setup("revoke", 4).await;
+    let items: Vec<_> = (1..=8).map(|n| (Uuid::now_v7(), Work { key: format!("k{n}"), n })).collect();
+    produce_works(&s.kafka, &s.topic, &items).await;
+    let member = || {
+        let mut recorder = Recorder::new(&s.topic, &s.group, Mode::AlwaysTransient, 4);
+        recorder.backoff = reliable_kafka::FixedBackOff::new(Duration::from_millis(800), 4).unwrap().into();
+        ListenerContainer::builder(s.kafka.clone(), s.pool.clone())
+            .partition_concurrency(4)
+            .handler(recorder)
+            .build()
+            .unwrap()
+            .spawn()
+    };
+    let a = member();
+    assert!(eventually(Duration::from_secs(30), || async { a.stats().retries() > 0 }).await, "A is retrying");
+    // B joins while A's batches wait between attempts: the group rebalances.
+    let b = member();
+    let done = || async { a.stats().dead_lettered() + b.stats().dead_lettered() >= 8 };
+    assert!(eventually(Duration::from_secs(90), done).await, "A {:?} B {:?}", a.stats(), b.stats());
+    let dlq =
+        read_topic(&s.kafka, &format!("{}.DLQ", s.topic), 8, Duration::from_secs(30), Duration::from_secs(5)).await;
+    let per_id = count_by_header(&dlq, headers::MESSAGE_ID);
+    assert_eq!(per_id.len(), 8, "every record dead-lettered");
+    assert!(per_id.values().all(|&n| n == 1), "no record dead-lettered twice: {per_id:?}");
+    assert_eq!(a.stats().dead_lettered() + b.stats().dead_lettered(), 8);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
