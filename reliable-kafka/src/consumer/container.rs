@@ -289,8 +289,9 @@ impl<DB: Backend> ListenerContainer<DB> {
                     }
                     // A revoke during the polls above takes the partition's records
                     // received before it: they belong to the past assignment.
+                    let now = partitions.epoch();
                     let stale = |(epoch, m): &(u64, BorrowedMessage<'_>)| {
-                        partitions.revoked_since(&(m.topic().to_owned(), m.partition()), *epoch)
+                        *epoch != now && partitions.revoked_since(&(m.topic().to_owned(), m.partition()), *epoch)
                     };
                     batch.retain(|held| !stale(held));
                     pending.retain(|held| !stale(held));

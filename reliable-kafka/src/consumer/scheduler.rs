@@ -4,7 +4,7 @@
 //! cancellation and settling of a revoked partition's batches.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,14 +29,15 @@ const BACKLOG_PER_PERMIT: usize = 4;
 pub(crate) struct Partitions {
     state: Mutex<State>,
     settled: Condvar,
+    /// Counts revocations; records held by the poll loop are tagged with it. Read on
+    /// every record received, written under `state`'s lock.
+    epoch: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct State {
     /// Batches of the current assignment of each partition.
     assigned: HashMap<Key, Entry>,
-    /// Counts revocations; records held by the poll loop are tagged with it.
-    epoch: u64,
     /// The epoch of each partition's last revocation.
     revoked_at: HashMap<Key, u64>,
     next_generation: u64,
@@ -84,13 +85,16 @@ impl Partitions {
 
     /// The current revocation epoch, to tag records received now.
     pub(crate) fn epoch(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).epoch
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// Whether `key` was revoked after records tagged `epoch` were received: such
     /// records belong to a past assignment and must not be processed (the partition's
     /// owner, this member again or another, fetches them from the committed offset).
     pub(crate) fn revoked_since(&self, key: &Key, epoch: u64) -> bool {
+        if epoch == self.epoch() {
+            return false; // no revoke since: the common case, without the lock
+        }
         self.state.lock().unwrap_or_else(|p| p.into_inner()).revoked_at.get(key).is_some_and(|&at| at > epoch)
     }
 
@@ -99,8 +103,7 @@ impl Partitions {
     /// partitions' next assignment starts afresh.
     pub(crate) fn cancel_and_settle(&self, revoked: &[Key], timeout: Duration) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.epoch += 1;
-        let epoch = state.epoch;
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         for key in revoked {
             state.revoked_at.insert(key.clone(), epoch);
             if let Some(entry) = state.assigned.get(key) {
