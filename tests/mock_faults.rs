@@ -131,3 +131,48 @@ async fn a_row_the_broker_can_never_take_is_parked_and_the_others_flow() {
     let msgs = read_topic(&kafka, &topic, 2, Duration::from_secs(20), Duration::from_secs(1)).await;
     assert_eq!(msgs.len(), 2, "the rows around it were published");
 }
+
+/// The relay places keys as Java's Kafka client does (`partitioner=murmur2_random`, the
+/// producer preset): the partition of each key is `(murmur2(key) & 0x7fffffff) % n`. The
+/// expected partitions were computed with kafka-python's Java-compatible `murmur2`
+/// (`kafka.partitioner.default`), an implementation independent of librdkafka's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_puts_each_key_on_the_partition_the_java_client_would() {
+    // (key, partition of 3, partition of 8)
+    let expected = [
+        ("7", 0, 3),
+        ("order-1", 1, 6),
+        ("payment-42", 2, 5),
+        ("user:1001", 2, 1),
+        ("k", 2, 0),
+        ("concert-2026-11-26", 2, 1),
+        ("\u{fc}ber", 0, 3),
+    ];
+    let mock = MockCluster::new(1).unwrap();
+    let (three, eight) = (unique("murmur2-3"), unique("murmur2-8"));
+    mock.create_topic(&three, 3, 1).unwrap();
+    mock.create_topic(&eight, 8, 1).unwrap();
+    let kafka = test_settings(KafkaConfig::new(mock.bootstrap_servers()));
+    let (pool, _schema) = isolated_pool().await;
+    let outbox = Outbox::new();
+    let mut tx = pool.begin().await.unwrap();
+    for (n, (key, _, _)) in expected.iter().enumerate() {
+        for topic in [&three, &eight] {
+            let opts = EnqueueOptions { topic: Some(topic.clone()), ..Default::default() };
+            outbox.enqueue_with(&mut tx, &Work { key: (*key).to_owned(), n: n as u32 }, opts).await.unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+    let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).build().unwrap();
+    assert_eq!(relay.relay_once().await.unwrap().published, 2 * expected.len());
+    for (topic, column) in [(&three, 1), (&eight, 2)] {
+        let msgs = read_topic(&kafka, topic, expected.len(), Duration::from_secs(30), Duration::from_secs(1)).await;
+        assert_eq!(msgs.len(), expected.len(), "{topic}");
+        for m in &msgs {
+            let key = std::str::from_utf8(rdkafka::Message::key(m).unwrap()).unwrap();
+            let (_, p3, p8) = expected.iter().find(|(k, _, _)| *k == key).unwrap();
+            let want = if column == 1 { *p3 } else { *p8 };
+            assert_eq!(rdkafka::Message::partition(m), want, "key {key:?} on {topic}");
+        }
+    }
+}

@@ -118,8 +118,19 @@ impl KafkaConfig {
     /// makes the idempotent producer bump its epoch, which some Kafka-protocol brokers
     /// (tansu 0.6.0) do not survive, and a short timeout only turns a slow broker into
     /// relay retries.
-    pub(crate) const PRODUCER_PRESETS: &'static [(&'static str, &'static str)] =
-        &[("acks", "all"), ("enable.idempotence", "true"), ("linger.ms", "0"), ("compression.type", "lz4")];
+    ///
+    /// `partitioner=murmur2_random`: the Java client's partitioner (murmur2 of the key,
+    /// positive, modulo the partition count; a record without key goes to a random
+    /// partition), so a key lands on the same partition whichever client produced it,
+    /// as services of Spring Kafka and of this crate share topics. librdkafka's own
+    /// default (`consistent_random`, CRC32) places keys elsewhere.
+    pub(crate) const PRODUCER_PRESETS: &'static [(&'static str, &'static str)] = &[
+        ("acks", "all"),
+        ("enable.idempotence", "true"),
+        ("linger.ms", "0"),
+        ("compression.type", "lz4"),
+        ("partitioner", "murmur2_random"),
+    ];
 
     /// Creates any of `topics` that does not exist yet (name, partitions, replication
     /// factor). Existing topics are left as they are.
