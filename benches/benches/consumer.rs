@@ -22,14 +22,11 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
-use futures::future::BoxFuture;
 use reliable_kafka::{
-    ContainerHandle, ContainerStats, EmbeddedKafka, EventHandler, HandlerContext, HandlerError, HandlerOptions,
-    KafkaConfig, ListenerContainer, RecordInfo, DEFAULT_PROCESSED_TABLE,
+    ContainerHandle, ContainerStats, EmbeddedKafka, KafkaConfig, ListenerContainer, DEFAULT_PROCESSED_TABLE,
 };
-use reliable_kafka_tests::{
-    create_effects_table, insert_effects, isolated_pool, produce_works, test_settings, unique, Work,
-};
+use reliable_kafka_benches::Bench;
+use reliable_kafka_tests::{create_effects_table, isolated_pool, produce_works, test_settings, unique, Work};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -44,43 +41,6 @@ struct Run {
     records: u64,
     max_batch: usize,
     partition_concurrency: usize,
-}
-
-/// The idempotent handler: one `effects` row per record, in the container's transaction.
-struct Sink {
-    topic: String,
-    group: String,
-}
-
-impl EventHandler for Sink {
-    type Event = Work;
-
-    fn options(&self) -> HandlerOptions {
-        HandlerOptions::new().topic(self.topic.clone()).group(self.group.clone())
-    }
-
-    fn handle<'a>(&'a self, event: Work, ctx: &'a mut HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            sqlx::query("INSERT INTO effects (message_id, key, n) VALUES ($1, $2, $3)")
-                .bind(ctx.message_id())
-                .bind(&event.key)
-                .bind(event.n as i32)
-                .execute(ctx.tx())
-                .await?;
-            Ok(())
-        })
-    }
-
-    fn handle_batch<'a>(
-        &'a self,
-        events: Vec<(Work, RecordInfo)>,
-        ctx: &'a mut HandlerContext,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            insert_effects(ctx.tx(), &events).await?;
-            Ok(())
-        })
-    }
 }
 
 /// Polls `c`'s counters every millisecond until `done`; panics if the container
@@ -104,7 +64,9 @@ async fn consume(pool: &PgPool, cluster: &EmbeddedKafka, kafka: &KafkaConfig, ru
         (0..run.records as u32).map(|n| (Uuid::now_v7(), Work { key: format!("k{}", n % 1000), n })).collect();
     produce_works(kafka, &topic, &items).await;
 
-    let handler = Sink { topic, group: unique("bench-consumer") };
+    // The idempotent handler: one `effects` row per record, in the container's
+    // transaction, one multi-row insert per batch.
+    let handler = Bench { topic, group: unique("bench-consumer"), insert: true, per_record: false };
     let container = ListenerContainer::builder(kafka.clone(), pool.clone())
         .max_batch(run.max_batch)
         .partition_concurrency(run.partition_concurrency)

@@ -20,7 +20,8 @@ use reliable_kafka::{
     headers, EmbeddedKafka, EnqueueOptions, EventHandler, HandlerContext, HandlerError, HandlerOptions, KafkaConfig,
     ListenerContainer, Outbox, OutboxRelay,
 };
-use reliable_kafka_tests::{create_topics, insert_effects, isolated_pool, unique, Work};
+use reliable_kafka_benches::Bench;
+use reliable_kafka_tests::{create_topics, isolated_pool, unique, Work};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -122,60 +123,6 @@ fn raw_drain(brokers: &str, topic: &str, n: usize) -> Duration {
         }
     }
     first.map(|t| t.elapsed()).unwrap_or_default()
-}
-
-/// A handler that does nothing (R1), or inserts one business row per record (R2, R3,
-/// R6): one statement per record in `handle`, one multi-row statement per batch in
-/// `handle_batch` unless `per_record`.
-struct Bench {
-    topic: String,
-    group: String,
-    insert: bool,
-    per_record: bool,
-}
-
-impl EventHandler for Bench {
-    type Event = Work;
-    fn options(&self) -> HandlerOptions {
-        HandlerOptions::new().topic(self.topic.clone()).group(self.group.clone())
-    }
-    fn handle<'a>(&'a self, event: Work, ctx: &'a mut HandlerContext) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            if self.insert {
-                sqlx::query("INSERT INTO effects (message_id, key, n) VALUES ($1, $2, $3)")
-                    .bind(ctx.message_id())
-                    .bind(&event.key)
-                    .bind(event.n as i32)
-                    .execute(ctx.tx())
-                    .await?;
-            }
-            Ok(())
-        })
-    }
-    fn handle_batch<'a>(
-        &'a self,
-        events: Vec<(Work, reliable_kafka::RecordInfo)>,
-        ctx: &'a mut HandlerContext,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            if !self.insert {
-                return Ok(());
-            }
-            if self.per_record {
-                for (event, record) in events {
-                    sqlx::query("INSERT INTO effects (message_id, key, n) VALUES ($1, $2, $3)")
-                        .bind(record.message_id)
-                        .bind(&event.key)
-                        .bind(event.n as i32)
-                        .execute(ctx.tx())
-                        .await?;
-                }
-                return Ok(());
-            }
-            insert_effects(ctx.tx(), &events).await?;
-            Ok(())
-        })
-    }
 }
 
 /// The container draining `n` records of `topic` with `max_batch`; records/s.

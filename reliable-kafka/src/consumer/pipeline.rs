@@ -237,7 +237,7 @@ impl<DB: Backend> Pipeline<DB> {
         let info = match record_info(msg) {
             Ok(i) => i,
             Err(e) => {
-                let failure = Failure::new(DeadLetterReason::InvalidHeaders, "reliable_kafka::EnvelopeError", &e, 0);
+                let failure = Failure::new(DeadLetterReason::InvalidHeaders, ENVELOPE_ERROR_PATH, &e, 0);
                 return self.dead_letter(msg, route, failure, stop).await;
             }
         };
@@ -277,8 +277,7 @@ impl<DB: Backend> Pipeline<DB> {
                     }
                 }
                 Err(AttemptError::Decode(e)) => {
-                    let failure =
-                        Failure::new(DeadLetterReason::Deserialization, "reliable_kafka::CodecError", &e, attempt);
+                    let failure = Failure::new(DeadLetterReason::Deserialization, CODEC_ERROR_PATH, &e, attempt);
                     return self.dead_letter(msg, route, failure, stop).await;
                 }
                 Err(AttemptError::Handler(e)) => {
@@ -370,6 +369,11 @@ impl<DB: Backend> Pipeline<DB> {
         Ok(false)
     }
 }
+
+/// `kafka_dlt-exception-fqcn` of a record whose envelope cannot be read.
+pub(crate) const ENVELOPE_ERROR_PATH: &str = "reliable_kafka::EnvelopeError";
+/// `kafka_dlt-exception-fqcn` of a record whose payload cannot be decoded.
+pub(crate) const CODEC_ERROR_PATH: &str = "reliable_kafka::CodecError";
 
 /// A record the handler of its topic does not take.
 #[derive(Debug, thiserror::Error)]
