@@ -19,7 +19,7 @@ use crate::args::{call_site, crate_path, lit_str, respan, unknown, Arg, Args, Er
 
 /// Valid keys, in the order the unknown-key error lists them. `dlq`, the deprecated name
 /// of `dead_letter_topic`, is still accepted but not offered.
-const KEYS: &[&str] = &["topic", "group", "backoff", "dead_letter_topic", "crate"];
+const KEYS: &[&str] = &["topic", "group", "backoff", "dead_letter_topic", "identity", "crate"];
 
 pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     // On an error, still emit the function so the rest of the crate type-checks and the
@@ -53,6 +53,7 @@ struct HandlerArgs {
     topic: Once<Named>,
     group: Once<Named>,
     backoff: Once<Expr>,
+    identity: Once<Expr>,
     /// Given as `dead_letter_topic` or as the deprecated `dlq` (then `key` is `dlq`).
     dead_letter_topic: Once<Named>,
     krate: Once<LitStr>,
@@ -84,6 +85,7 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> syn::Result<HandlerArgs
                 }
                 "crate" => out.krate.set(&key, lit_str(&arg.value)?, errors),
                 "backoff" => out.backoff.set(&key, arg.value.clone(), errors),
+                "identity" => out.identity.set(&key, arg.value.clone(), errors),
                 _ => return Err(unknown(&key, KEYS)),
             }
             Ok(())
@@ -190,6 +192,7 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
     });
     let dead_letter_topic = args.dead_letter_topic.0.map(|d| option("dead_letter_topic", d));
     let backoff = args.backoff.0.map(|b| quote_spanned!(b.span()=> .backoff(#b)));
+    let identity = args.identity.0.map(|i| quote_spanned!(i.span()=> .identity(#i)));
 
     // The first and last token of the return type: the call below spans from one to
     // the other, so a wrong return type is underlined whole.
@@ -235,7 +238,7 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
             type Event = #event_ty;
 
             fn options(&self) -> #krate::HandlerOptions {
-                #krate::HandlerOptions::new() #group #topic #dead_letter_topic #backoff
+                #krate::HandlerOptions::new() #group #topic #dead_letter_topic #backoff #identity
             }
 
             #allow_deprecated

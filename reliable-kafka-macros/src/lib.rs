@@ -42,12 +42,17 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 ///
 /// `#[event_handler(group = "payment-compensator-group", topic = PaymentFailed::TOPIC, backoff = FixedBackOff::new(Duration::from_secs(1), 4), dead_letter_topic = "payment.failed.DLQ")]`
 ///
+/// Several functions with the same `topic` and `group` and different event types form
+/// that topic's route table in one container: each record goes to the function of its
+/// event type.
+///
 /// | key | required | meaning |
 /// |---|---|---|
 /// | `group` | yes | consumer group |
 /// | `topic` | no (the event's topic) | topic to consume |
 /// | `backoff` | no (container default) | expression of a `BackOff`, `FixedBackOff`, `ExponentialBackOff`, or a `Result` of one |
 /// | `dead_letter_topic` | no (`<topic>.DLQ`) | dead-letter topic |
+/// | `identity` | no (container default, the `rk-*` envelope) | expression of an `IdentitySource`, e.g. `IdentitySource::cloud_events()` |
 /// | `dlq` | | deprecated name of `dead_letter_topic` (a warning at the key); not both |
 /// | `crate` | no | path of the `reliable_kafka` crate, as a string |
 ///

@@ -172,11 +172,20 @@ pub enum ConfigError {
         /// The consumed topic.
         topic: String,
     },
-    /// Two handlers registered for the same topic in one container.
+    /// Two handlers registered for the same topic in one container (0.2; since
+    /// route tables, [`ConfigError::DuplicateRoute`] is reported instead).
     #[error("more than one handler registered for topic `{topic}`")]
     DuplicateHandler {
         /// The topic.
         topic: String,
+    },
+    /// Two handlers of one topic take the same event type.
+    #[error("more than one handler of topic `{topic}` takes event type `{event_type}`")]
+    DuplicateRoute {
+        /// The topic.
+        topic: String,
+        /// The event type.
+        event_type: String,
     },
     /// A handler declares a consumer group different from the container's.
     #[error("handler for `{topic}` declares group `{handler_group}` but the container's group is `{container_group}`")]

@@ -106,18 +106,23 @@ pub use backoff::{
 };
 pub use consumer::{
     ContainerHandle, ContainerStats, EventHandler, HandlerContext, HandlerError, HandlerFault, HandlerOptions,
-    ListenerContainer, ListenerContainerBuilder, RecordInfo, UnexpectedRecord, DEFAULT_COMMIT_INTERVAL,
-    DEFAULT_DEAD_LETTER_SUFFIX, DEFAULT_HANDLER_TIMEOUT, DEFAULT_PROCESSED_RETENTION, MAX_BATCH,
-    MAX_PARTITION_CONCURRENCY, PRUNE_INTERVAL,
+    ListenerContainer, ListenerContainerBuilder, RecordInfo, UnexpectedRecord, UnknownEventType,
+    DEFAULT_COMMIT_INTERVAL, DEFAULT_DEAD_LETTER_SUFFIX, DEFAULT_HANDLER_TIMEOUT, DEFAULT_PROCESSED_RETENTION,
+    MAX_BATCH, MAX_PARTITION_CONCURRENCY, PRUNE_INTERVAL,
 };
 #[cfg(feature = "embedded")]
 pub use embedded::{EmbeddedKafka, MockFault};
-pub use envelope::{headers, DeadLetterInfo, DeadLetterReason, Envelope, EnvelopeError, TimestampType};
+pub use envelope::{
+    headers, DeadLetterInfo, DeadLetterReason, Envelope, EnvelopeError, Identity, IdentityError, IdentityFn,
+    IdentitySource, RecordView, TimestampType,
+};
 pub use error::{is_transient_sqlx, report, BoxError, ConfigError, Error, ErrorKind};
 pub use event::{Codec, CodecError, Event, JsonCodec};
 pub use kafka::{KafkaConfig, DEFAULT_BROKERS};
 pub use ops::Operations;
-pub use outbox::{EnqueueOptions, Outbox, OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayStats};
+pub use outbox::{
+    EnqueueOptions, HeaderFormat, Outbox, OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayStats,
+};
 #[allow(deprecated)]
 pub use redrive::REDRIVE_COUNT;
 pub use redrive::{

@@ -10,9 +10,12 @@ use sqlx::Pool;
 
 use super::container::{ContainerContext, ListenerContainer};
 use super::handler::ErasedHandler;
-use super::pipeline::{Pipeline, Route};
+use super::pipeline::Pipeline;
+use super::routes::{Route, TopicRoutes, UnknownEventType};
 use crate::error::validate_identifier;
-use crate::{BackOff, Backend, ConfigError, DefaultBackend, Error, EventHandler, HandlerOptions, KafkaConfig};
+use crate::{
+    BackOff, Backend, ConfigError, DefaultBackend, Error, EventHandler, HandlerOptions, IdentitySource, KafkaConfig,
+};
 
 /// Default suffix of dead-letter topics: `<topic>.DLQ`, as in the seed documents.
 /// Spring Kafka's `DeadLetterPublishingRecoverer` appends `.DLT` instead; set
@@ -44,6 +47,8 @@ pub struct ListenerContainerBuilder<DB: Backend = DefaultBackend> {
     processed_retention: Duration,
     max_batch: usize,
     partition_concurrency: usize,
+    identity: IdentitySource,
+    unknown_event_types: UnknownEventType,
 }
 
 impl<DB: Backend> std::fmt::Debug for ListenerContainerBuilder<DB> {
@@ -78,6 +83,8 @@ impl<DB: Backend> ListenerContainer<DB> {
             processed_retention: DEFAULT_PROCESSED_RETENTION,
             max_batch: 1,
             partition_concurrency: 1,
+            identity: IdentitySource::envelope(),
+            unknown_event_types: UnknownEventType::DeadLetter,
         }
     }
 }
@@ -89,7 +96,11 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
         self
     }
 
-    /// Registers a handler; its topic must be unique in the container.
+    /// Registers a handler. Handlers of one topic form its route table, keyed by
+    /// event type ([`crate::Event::EVENT_TYPE`], `#[event(name = …)]`): each record goes
+    /// to the handler of its event type, in partition order whatever the type, with one
+    /// deduplication table and, with `max_batch`, batches that span types. Two handlers
+    /// of one topic must take different event types.
     pub fn handler<H: EventHandler<DB>>(mut self, handler: H) -> Self {
         let options = handler.options();
         self.handlers.push((Box::new(handler), options, <H::Event as crate::Event>::TOPIC));
@@ -106,8 +117,25 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             group: overrides.group.or(own.group),
             backoff: overrides.backoff.or(own.backoff),
             dead_letter_topic: overrides.dead_letter_topic.or(own.dead_letter_topic),
+            identity: overrides.identity.or(own.identity),
         };
         self.handlers.push((Box::new(handler), options, <H::Event as crate::Event>::TOPIC));
+        self
+    }
+
+    /// Where the message id and event type of records are read, for the topics whose
+    /// handlers set none (default [`IdentitySource::envelope`], this crate's `rk-*`
+    /// headers): CloudEvents, Debezium's outbox router, a function, or the offset.
+    pub fn identity(mut self, identity: IdentitySource) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// What becomes of a record whose event type no handler of its topic takes:
+    /// dead-lettered as `unknown-event-type` (the default) or skipped (committed,
+    /// counted in [`crate::ContainerStats::skipped`], logged).
+    pub fn unknown_event_types(mut self, policy: UnknownEventType) -> Self {
+        self.unknown_event_types = policy;
         self
     }
 
@@ -188,7 +216,9 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
     ///
     /// # Errors
     /// [`Error::Config`] naming what is wrong: no handler (`handler`), no group
-    /// (`group.id`), handlers of different groups or the same topic, an invalid back-off,
+    /// (`group.id`), handlers of different groups, two handlers of one topic and event
+    /// type, handlers of one topic with different identity sources, several handlers on
+    /// a topic whose identity source has no event types, an invalid back-off,
     /// a dead-letter topic equal to its source, a back-off whose total wait exceeds
     /// `max.poll.interval.ms`, an invalid `processed_table`, a zero `commit_interval`.
     /// [`Error::Kafka`] when librdkafka rejects the configuration.
@@ -219,7 +249,7 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
         }
         let max_poll = self.kafka.max_poll_interval()?;
 
-        let mut routes = HashMap::new();
+        let mut routes: HashMap<String, TopicRoutes<DB>> = HashMap::new();
         for (handler, options, event_topic) in self.handlers {
             let topic = options.topic.as_deref().unwrap_or(event_topic).to_owned();
             if let Some(g) = options.group.as_deref() {
@@ -241,10 +271,41 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             if dead_letter_topic == topic {
                 return Err(ConfigError::DeadLetterTopicIsSource { topic }.into());
             }
-            if routes.contains_key(&topic) {
-                return Err(ConfigError::DuplicateHandler { topic }.into());
+            let identity = options.identity.unwrap_or_else(|| self.identity.clone());
+            let table = routes.entry(topic.clone()).or_insert_with(|| TopicRoutes {
+                identity: identity.clone(),
+                routes: Vec::new(),
+                by_type: HashMap::new(),
+                dead_letter_topic: dead_letter_topic.clone(),
+            });
+            if !table.identity.same_as(&identity) {
+                return Err(ConfigError::invalid(
+                    "identity",
+                    format!(
+                        "the handlers of `{topic}` name different identity sources ({:?} and {identity:?}); one topic has one",
+                        table.identity
+                    ),
+                )
+                .into());
             }
-            routes.insert(topic, Route { handler, backoff, dead_letter_topic, retry_budget });
+            let event_type = handler.event_type();
+            if table.by_type.insert(event_type, table.routes.len()).is_some() {
+                return Err(ConfigError::DuplicateRoute { topic, event_type: event_type.to_owned() }.into());
+            }
+            if table.dead_letter_topic != dead_letter_topic {
+                table.dead_letter_topic = format!("{topic}{}", self.dead_letter_suffix);
+            }
+            table.routes.push(Route { handler, backoff, dead_letter_topic, retry_budget });
+            if table.routes.len() > 1 && !table.identity.has_event_types() {
+                return Err(ConfigError::invalid(
+                    "identity",
+                    format!(
+                        "`{topic}` has several handlers but its identity source ({:?}) gives no event type to route by",
+                        table.identity
+                    ),
+                )
+                .into());
+            }
         }
 
         let context = ContainerContext::new(group.clone(), self.handler_timeout);
@@ -263,6 +324,7 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             group: Arc::from(group.as_str()),
             pool: self.pool,
             routes,
+            unknown_event_types: self.unknown_event_types,
             producer,
             stats: Arc::default(),
             handler_timeout: self.handler_timeout,

@@ -3,7 +3,7 @@
 
 use rdkafka::message::{Header, Message};
 
-use super::pipeline::{Outcome, Pipeline, Route, Stop};
+use super::pipeline::{Outcome, Pipeline, Stop};
 use super::stats::ContainerStats;
 use crate::kafka::{is_size_error, send_one, OutRecord};
 use crate::worker::InfraBackoff;
@@ -30,14 +30,14 @@ impl Failure {
 }
 
 impl<DB: Backend> Pipeline<DB> {
-    /// Publishes `msg` to its route's dead-letter topic, retrying the publish until it
+    /// Publishes `msg` to `dead_letter_topic`, retrying the publish until it
     /// succeeds or `stop` comes. A record too large for the dead-letter producer is
     /// sent without its payload (it stays at the original offset), else the partition
     /// would stall on it.
     pub(crate) async fn dead_letter<M: Message + Sync>(
         &self,
         msg: &M,
-        route: &Route<DB>,
+        dead_letter_topic: &str,
         failure: Failure,
         stop: Stop<'_>,
     ) -> Outcome {
@@ -46,7 +46,7 @@ impl<DB: Backend> Pipeline<DB> {
         let info = dead_letter_info(msg, &self.group, failure);
         tracing::error!(group = %self.group, topic = %info.original_topic, partition = info.original_partition,
             offset = info.original_offset, %reason, attempts,
-            error = %info.error_message, dead_letter_topic = %route.dead_letter_topic, "dead-lettering record");
+            error = %info.error_message, %dead_letter_topic, "dead-lettering record");
         let base = msg.headers().map(|h| crate::envelope::copy_headers(h, 12)).unwrap_or_default();
         let size = msg.payload().map_or(0, <[u8]>::len);
         let mut backoff = InfraBackoff::new();
@@ -57,7 +57,7 @@ impl<DB: Backend> Pipeline<DB> {
                 headers = headers.insert(Header { key: headers::DLT_PAYLOAD_OMITTED, value: Some(&size.to_string()) });
             }
             let record = OutRecord {
-                topic: route.dead_letter_topic.clone(),
+                topic: dead_letter_topic.to_owned(),
                 key: msg.key().map(<[u8]>::to_vec),
                 payload: if omit_payload { None } else { msg.payload().map(<[u8]>::to_vec) },
                 headers,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::{BackOff, BoxError, Codec, CodecError, ConfigError, Event, IntoBackOff};
+use crate::{BackOff, BoxError, Codec, CodecError, ConfigError, Event, IdentitySource, IntoBackOff};
 use crate::{Backend, DefaultBackend, HandlerContext, RecordInfo};
 
 /// How a handler failed; the container decides what happens next.
@@ -127,7 +127,8 @@ where
     Box::pin(f)
 }
 
-/// Per-handler settings: topic, consumer group, retry policy, dead-letter topic.
+/// Per-handler settings: topic, consumer group, retry policy, dead-letter topic,
+/// identity source.
 ///
 /// `#[event_handler(...)]` fills these from its arguments.
 #[derive(Debug, Clone, Default)]
@@ -136,6 +137,7 @@ pub struct HandlerOptions {
     pub(crate) group: Option<Cow<'static, str>>,
     pub(crate) backoff: Option<Result<BackOff, ConfigError>>,
     pub(crate) dead_letter_topic: Option<Cow<'static, str>>,
+    pub(crate) identity: Option<IdentitySource>,
 }
 
 impl HandlerOptions {
@@ -163,6 +165,13 @@ impl HandlerOptions {
     /// `.DLQ`).
     pub fn dead_letter_topic(mut self, topic: impl Into<Cow<'static, str>>) -> Self {
         self.dead_letter_topic = Some(topic.into());
+        self
+    }
+    /// Where the message id and event type of the topic's records are read (default:
+    /// the container's, [`IdentitySource::envelope`]). All handlers of one topic must
+    /// name the same source; `build()` reports a conflict.
+    pub fn identity(mut self, identity: IdentitySource) -> Self {
+        self.identity = Some(identity);
         self
     }
 }

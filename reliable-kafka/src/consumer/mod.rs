@@ -6,6 +6,7 @@
 //! | `builder.rs` | settings and their validation |
 //! | `container.rs` | the poll loop, offsets, rebalances |
 //! | `scheduler.rs` | partitions processed concurrently, in order each |
+//! | `routes.rs` | a topic's route table: handlers by event type, identity source |
 //! | `pipeline.rs` | one batch, one record's retry loop, one attempt |
 //! | `dead_letter.rs` | publishing to the dead-letter topic |
 //! | `handler.rs` | [`EventHandler`], [`HandlerError`], [`HandlerOptions`] |
@@ -20,6 +21,7 @@ mod dead_letter;
 pub(crate) mod handler;
 mod pipeline;
 mod prune;
+mod routes;
 mod scheduler;
 mod stats;
 
@@ -32,6 +34,7 @@ pub use context::{HandlerContext, RecordInfo};
 pub use handler::{EventHandler, HandlerError, HandlerFault, HandlerOptions};
 pub use pipeline::UnexpectedRecord;
 pub use prune::PRUNE_INTERVAL;
+pub use routes::UnknownEventType;
 pub use stats::ContainerStats;
 
 #[cfg(all(test, feature = "sqlite"))]

@@ -17,28 +17,19 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::dead_letter::Failure;
-use super::handler::ErasedHandler;
+use super::routes::{Resolution, Route, TopicRoutes, UnknownEventType};
 use super::stats::ContainerStats;
 use crate::store::TransactionState;
 use crate::worker::InfraBackoff;
-use crate::{
-    BackOff, Backend, DeadLetterReason, Envelope, Error, HandlerContext, HandlerError, HandlerFault, RecordInfo,
-};
-
-/// What the container knows of one topic: its handler and policies.
-pub(crate) struct Route<DB: Backend> {
-    pub handler: Box<dyn ErasedHandler<DB>>,
-    pub backoff: BackOff,
-    pub dead_letter_topic: String,
-    /// The total a record of this topic may wait between attempts.
-    pub retry_budget: Duration,
-}
+use crate::{Backend, DeadLetterReason, Error, HandlerContext, HandlerError, HandlerFault, RecordInfo};
 
 /// Everything a record's processing needs, shared by the poll loop and batch tasks.
 pub(crate) struct Pipeline<DB: Backend> {
     pub group: Arc<str>,
     pub pool: Pool<DB>,
-    pub routes: HashMap<String, Route<DB>>,
+    /// The route table of each subscribed topic.
+    pub routes: HashMap<String, TopicRoutes<DB>>,
+    pub unknown_event_types: UnknownEventType,
     pub producer: FutureProducer,
     pub dedup_sql: Arc<DB::DedupSql>,
     pub stats: Arc<ContainerStats>,
@@ -92,7 +83,7 @@ pub(crate) struct Progress {
 pub(crate) enum BatchError {
     #[error("no handler for the topic")]
     NoRoute,
-    #[error("record at offset {0} is not for the handler (envelope, type or schema version)")]
+    #[error("record at offset {0} is for no handler (identity, event type or schema version)")]
     NotForHandler(i64),
     #[error("a payload could not be decoded")]
     Decode(#[source] crate::CodecError),
@@ -168,35 +159,40 @@ impl<DB: Backend> Pipeline<DB> {
     }
 
     /// All records of `batch` in one transaction, or nothing.
+    /// Records of several event types run through their handlers in runs of
+    /// consecutive records of one handler, in partition order, in the one transaction.
     async fn try_batch<M: Message + Sync>(&self, batch: &[M], stop: Stop<'_>) -> Result<(), BatchError> {
-        let route = self.routes.get(batch[0].topic()).ok_or(BatchError::NoRoute)?;
+        let topic = self.routes.get(batch[0].topic()).ok_or(BatchError::NoRoute)?;
         let mut items = Vec::with_capacity(batch.len());
         for msg in batch {
-            let info = record_info(msg).map_err(|_| BatchError::NotForHandler(msg.offset()))?;
-            if info.event_type != route.handler.event_type() || info.schema_version > route.handler.schema_version() {
+            let Resolution::Route(route, info) = topic.resolve(msg, self.unknown_event_types) else {
                 return Err(BatchError::NotForHandler(msg.offset()));
-            }
+            };
             let event = route.handler.decode(msg.payload().unwrap_or_default()).map_err(BatchError::Decode)?;
-            items.push((info, event));
+            items.push((route, info, event));
         }
-        let ids: Vec<Uuid> = items.iter().map(|(info, _)| info.message_id).collect();
+        let ids: Vec<Uuid> = items.iter().map(|(_, info, _)| info.message_id).collect();
         let mut tx = DB::begin_write(&self.pool).await.map_err(BatchError::Database)?;
         let new: HashSet<Uuid> = if crate::fault::sabotaged(crate::fault::SABOTAGE_NO_DEDUP) {
             ids.iter().copied().collect()
         } else {
             DB::insert_dedup_batch(&mut tx, &self.dedup_sql, &self.group, &ids).await.map_err(BatchError::Database)?
         };
-        let mut ctx = HandlerContext { tx, record: items[0].0.clone(), attempt: 1, group: self.group.clone() };
+        let mut ctx = HandlerContext { tx, record: items[0].1.clone(), attempt: 1, group: self.group.clone() };
         let mut handled = HashSet::with_capacity(new.len());
-        let mut work = Vec::with_capacity(new.len());
-        for (info, event) in items {
+        // Runs of consecutive new records of one route.
+        let mut runs: Vec<(&Route<DB>, Vec<_>)> = Vec::new();
+        for (route, info, event) in items {
             // Already processed, or a second copy within the batch.
             if new.contains(&info.message_id) && handled.insert(info.message_id) {
-                work.push((event, info));
+                match runs.last_mut() {
+                    Some((r, work)) if std::ptr::eq(*r, route) => work.push((event, info)),
+                    _ => runs.push((route, vec![(event, info)])),
+                }
             }
         }
-        if let Some((_, first)) = work.first() {
-            ctx.record = first.clone();
+        for (route, work) in runs {
+            ctx.record = work[0].1.clone();
             let call = AssertUnwindSafe(route.handler.call_batch(work, &mut ctx)).catch_unwind();
             tokio::select! {
                 biased;
@@ -230,31 +226,22 @@ impl<DB: Backend> Pipeline<DB> {
     /// One record: its checks, then attempts until success, a permanent failure or the
     /// end of its back-off; then the dead-letter topic.
     pub(crate) async fn process<M: Message + Sync>(&self, msg: &M, stop: Stop<'_>) -> Outcome {
-        let Some(route) = self.routes.get(msg.topic()) else {
+        let Some(topic) = self.routes.get(msg.topic()) else {
             // Only subscribed topics are delivered; nothing to do.
             return Outcome::Done { retried: false };
         };
-        let info = match record_info(msg) {
-            Ok(i) => i,
-            Err(e) => {
-                let failure = Failure::new(DeadLetterReason::InvalidHeaders, ENVELOPE_ERROR_PATH, &e, 0);
-                return self.dead_letter(msg, route, failure, stop).await;
+        let (route, info) = match topic.resolve(msg, self.unknown_event_types) {
+            Resolution::Route(route, info) => (route, info),
+            Resolution::Reject { failure, dead_letter_topic } => {
+                return self.dead_letter(msg, dead_letter_topic, failure, stop).await
+            }
+            Resolution::Skip { event_type } => {
+                ContainerStats::add(&self.stats.skipped, 1);
+                tracing::info!(group = %self.group, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
+                    event_type = event_type.as_deref().unwrap_or("-"), "no handler takes the event type; skipped");
+                return Outcome::Done { retried: false };
             }
         };
-        if info.event_type != route.handler.event_type() {
-            let e =
-                UnexpectedRecord::EventType { found: info.event_type.clone(), expected: route.handler.event_type() };
-            let failure = Failure::new(DeadLetterReason::UnknownEventType, UnexpectedRecord::PATH, &e, 0);
-            return self.dead_letter(msg, route, failure, stop).await;
-        }
-        if info.schema_version > route.handler.schema_version() {
-            let e = UnexpectedRecord::SchemaVersion {
-                found: info.schema_version,
-                supported: route.handler.schema_version(),
-            };
-            let failure = Failure::new(DeadLetterReason::UnsupportedSchemaVersion, UnexpectedRecord::PATH, &e, 0);
-            return self.dead_letter(msg, route, failure, stop).await;
-        }
         let mut attempt = 1;
         let mut infra = InfraBackoff::new();
         // The back-off's own delays always fit (checked by `build()`); `RetryAfter` waits
@@ -278,7 +265,7 @@ impl<DB: Backend> Pipeline<DB> {
                 }
                 Err(AttemptError::Decode(e)) => {
                     let failure = Failure::new(DeadLetterReason::Deserialization, CODEC_ERROR_PATH, &e, attempt);
-                    return self.dead_letter(msg, route, failure, stop).await;
+                    return self.dead_letter(msg, &route.dead_letter_topic, failure, stop).await;
                 }
                 Err(AttemptError::Handler(e)) => {
                     let delay = match &e {
@@ -295,7 +282,7 @@ impl<DB: Backend> Pipeline<DB> {
                             DeadLetterReason::PermanentError
                         };
                         let failure = Failure::new(reason, e.kind(), &e, attempt);
-                        return self.dead_letter(msg, route, failure, stop).await;
+                        return self.dead_letter(msg, &route.dead_letter_topic, failure, stop).await;
                     };
                     ContainerStats::add(&self.stats.retries, 1);
                     tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
@@ -370,22 +357,22 @@ impl<DB: Backend> Pipeline<DB> {
     }
 }
 
-/// `kafka_dlt-exception-fqcn` of a record whose envelope cannot be read.
-pub(crate) const ENVELOPE_ERROR_PATH: &str = "reliable_kafka::EnvelopeError";
 /// `kafka_dlt-exception-fqcn` of a record whose payload cannot be decoded.
 pub(crate) const CODEC_ERROR_PATH: &str = "reliable_kafka::CodecError";
 
-/// A record the handler of its topic does not take.
+/// A record no handler of its topic takes.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UnexpectedRecord {
-    /// The envelope's event type is not the handler's.
-    #[error("event type `{found}` is not `{expected}`")]
+    /// No handler of the topic takes the record's event type.
+    #[error("no handler takes event type {}; the topic's handlers take {}",
+        found.as_deref().map_or("(none: the record has no event type and the topic has several handlers)".to_owned(), |t| format!("`{t}`")),
+        handled.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", "))]
     EventType {
-        /// The record's event type.
-        found: String,
-        /// The handler's.
-        expected: &'static str,
+        /// The record's event type, if its identity source gave one.
+        found: Option<String>,
+        /// The event types the topic's handlers take, in registration order.
+        handled: Vec<String>,
     },
     /// The envelope's schema version is newer than the handler's event type.
     #[error("schema version {found} is newer than the supported {supported}")]
@@ -411,23 +398,6 @@ fn classify_db(e: sqlx::Error, operation: &'static str) -> AttemptError {
         sqlx::Error::Database(_) => AttemptError::Handler(HandlerError::from(e)),
         other => AttemptError::Infrastructure(Error::Database { operation, source: other }),
     }
-}
-
-/// The record's coordinates and envelope.
-pub(crate) fn record_info<M: Message>(msg: &M) -> Result<RecordInfo, crate::EnvelopeError> {
-    let env = Envelope::from_headers(msg.headers())?;
-    Ok(RecordInfo {
-        topic: msg.topic().to_owned(),
-        partition: msg.partition(),
-        offset: msg.offset(),
-        timestamp_ms: msg.timestamp().to_millis(),
-        key: msg.key().map(<[u8]>::to_vec),
-        message_id: env.message_id,
-        event_type: env.event_type,
-        schema_version: env.schema_version,
-        produced_at_ms: env.produced_at_ms,
-        traceparent: env.traceparent,
-    })
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub struct ContainerStats {
     pub(crate) duplicates: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    pub(crate) skipped: AtomicU64,
     pub(crate) infrastructure_errors: AtomicU64,
     pub(crate) batches: AtomicU64,
     pub(crate) batch_fallbacks: AtomicU64,
@@ -28,6 +29,7 @@ impl Default for ContainerStats {
             duplicates: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
             infrastructure_errors: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             batch_fallbacks: AtomicU64::new(0),
@@ -56,6 +58,11 @@ impl ContainerStats {
     /// Records published to a dead-letter topic.
     pub fn dead_lettered(&self) -> u64 {
         self.dead_lettered.load(Ordering::Relaxed)
+    }
+    /// Records committed past because no handler of their topic takes their event type
+    /// (with `UnknownEventType::Skip`).
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
     }
     /// Failures of the framework's own database or Kafka calls (retried without limit,
     /// never counted as handler attempts).

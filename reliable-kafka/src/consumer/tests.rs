@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use rdkafka::message::{OwnedMessage, Timestamp};
+use rdkafka::message::{Message, OwnedMessage, Timestamp};
 use rdkafka::producer::FutureProducer;
 use sqlx::{Sqlite, SqlitePool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::dead_letter::{dead_letter_info, Failure};
-use super::pipeline::{Pipeline, Progress, Route, Stop};
+use super::handler::ErasedHandler;
+use super::pipeline::{Pipeline, Progress, Stop};
+use super::routes::{Route, TopicRoutes, UnknownEventType};
 use crate::store::{TransactionState, Transactions};
 use crate::{DeadLetterReason, Envelope, Event, EventHandler, FixedBackOff, HandlerContext, HandlerError, JsonCodec};
 
@@ -65,22 +67,40 @@ async fn memory() -> SqlitePool {
 }
 
 async fn pipeline(handler: Flaky) -> Pipeline<Sqlite> {
+    routed(vec![Box::new(handler)], UnknownEventType::DeadLetter).await
+}
+
+/// A pipeline whose topic `jobs` has these handlers.
+async fn routed(handlers: Vec<Box<dyn ErasedHandler<Sqlite>>>, unknown: UnknownEventType) -> Pipeline<Sqlite> {
     let pool = memory().await;
     crate::migrate(&pool).await.unwrap();
     let producer: FutureProducer =
         rdkafka::ClientConfig::new().set("bootstrap.servers", "127.0.0.1:1").create().unwrap();
-    let backoff = FixedBackOff::new(Duration::from_millis(1), 3).unwrap().into();
-    let route = Route {
-        handler: Box::new(handler),
-        backoff,
-        dead_letter_topic: "jobs.DLQ".into(),
-        retry_budget: Duration::from_secs(1),
-    };
+    let backoff: crate::BackOff = FixedBackOff::new(Duration::from_millis(1), 3).unwrap().into();
+    let by_type = handlers.iter().enumerate().map(|(i, h)| (h.event_type(), i)).collect();
+    let routes = handlers
+        .into_iter()
+        .map(|handler| Route {
+            handler,
+            backoff: backoff.clone(),
+            dead_letter_topic: "jobs.DLQ".into(),
+            retry_budget: Duration::from_secs(1),
+        })
+        .collect();
     Pipeline {
         group: Arc::from("g"),
         dedup_sql: Arc::new(<Sqlite as crate::store::dedup::DedupStore>::dedup_sql("rk_processed_messages")),
         pool,
-        routes: HashMap::from([("jobs".to_owned(), route)]),
+        routes: HashMap::from([(
+            "jobs".to_owned(),
+            TopicRoutes {
+                identity: crate::IdentitySource::envelope(),
+                routes,
+                by_type,
+                dead_letter_topic: "jobs.DLQ".into(),
+            },
+        )]),
+        unknown_event_types: unknown,
         producer,
         stats: Arc::default(),
         handler_timeout: Duration::from_secs(5),
@@ -110,6 +130,82 @@ async fn a_failed_batch_stops_after_its_first_failing_record_so_the_container_po
     assert_eq!(p.stats.batch_fallbacks(), 2);
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rk_processed_messages").fetch_one(&p.pool).await.unwrap();
     assert_eq!(rows, 8, "each record once");
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Bonus {
+    n: u32,
+}
+
+impl Event for Bonus {
+    const TOPIC: &'static str = "jobs";
+    const EVENT_TYPE: &'static str = "Bonus";
+    const SCHEMA_VERSION: u32 = 1;
+    type Codec = JsonCodec;
+    fn key(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Logs `(event type, n)` of each call, in call order.
+#[derive(Clone, Default)]
+struct Log(Arc<std::sync::Mutex<Vec<(&'static str, u32)>>>);
+
+impl EventHandler<Sqlite> for Log {
+    type Event = Job;
+    fn handle<'a>(&'a self, job: Job, _: &'a mut HandlerContext<Sqlite>) -> BoxFuture<'a, Result<(), HandlerError>> {
+        self.0.lock().unwrap().push(("Job", job.n));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+struct BonusLog(Log);
+
+impl EventHandler<Sqlite> for BonusLog {
+    type Event = Bonus;
+    fn handle<'a>(&'a self, b: Bonus, _: &'a mut HandlerContext<Sqlite>) -> BoxFuture<'a, Result<(), HandlerError>> {
+        self.0 .0.lock().unwrap().push(("Bonus", b.n));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn typed(offset: i64, event_type: &str, n: u32) -> OwnedMessage {
+    let headers = Envelope::new(Uuid::now_v7(), event_type, 1).to_headers();
+    let payload = serde_json::to_vec(&Job { n }).unwrap();
+    OwnedMessage::new(Some(payload), None, "jobs".into(), Timestamp::CreateTime(1), 0, offset, Some(headers))
+}
+
+#[tokio::test]
+async fn one_topic_routes_each_event_type_to_its_handler_in_partition_order_and_in_one_batch() {
+    let log = Log::default();
+    let p = routed(vec![Box::new(log.clone()), Box::new(BonusLog(log.clone()))], UnknownEventType::Skip).await;
+    let (shutdown, revoked) = (CancellationToken::new(), CancellationToken::new());
+    let stop = Stop { shutdown: &shutdown, revoked: &revoked };
+    let first = typed(0, "Job", 0);
+    let redelivered = OwnedMessage::new(
+        first.payload().map(<[u8]>::to_vec),
+        None,
+        "jobs".into(),
+        Timestamp::CreateTime(1),
+        0,
+        5,
+        first.headers().cloned(),
+    );
+    let batch =
+        vec![first, typed(1, "Bonus", 1), typed(2, "Bonus", 2), typed(3, "Job", 3), typed(4, "Job", 4), redelivered];
+    assert_eq!(p.process_batch(&batch, stop).await, Progress { done: 6, interrupted: false });
+    let order = log.0.lock().unwrap().clone();
+    assert_eq!(order, [("Job", 0), ("Bonus", 1), ("Bonus", 2), ("Job", 3), ("Job", 4)], "partition order across types");
+    assert_eq!((p.stats.batches(), p.stats.batch_fallbacks()), (1, 0), "one transaction for both types");
+    assert_eq!((p.stats.processed(), p.stats.duplicates()), (5, 1), "dedup spans the types");
+
+    // An event type no handler takes is skipped (committed past), the others processed.
+    let batch = [typed(6, "Job", 6), typed(7, "Refund", 7), typed(8, "Bonus", 8)];
+    assert_eq!(p.process_batch(&batch, stop).await, Progress { done: 3, interrupted: false });
+    assert_eq!(p.stats.skipped(), 1);
+    assert_eq!(log.0.lock().unwrap()[5..], [("Job", 6), ("Bonus", 8)]);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rk_processed_messages").fetch_one(&p.pool).await.unwrap();
+    assert_eq!(rows, 7, "a dedup row per processed record, none for the skipped one");
 }
 
 #[tokio::test]
@@ -182,7 +278,11 @@ fn exception_paths_name_public_items() {
         let name = std::any::type_name::<T>();
         format!("reliable_kafka::{}", name.rsplit("::").next().unwrap())
     }
-    assert_eq!(super::pipeline::ENVELOPE_ERROR_PATH, root_path::<crate::EnvelopeError>());
+    assert_eq!(
+        crate::IdentityError::from(crate::EnvelopeError::Missing { header: "h" }).path(),
+        root_path::<crate::EnvelopeError>()
+    );
+    assert_eq!(crate::IdentityError::StructuredMode.path(), root_path::<crate::IdentityError>());
     assert_eq!(super::pipeline::CODEC_ERROR_PATH, root_path::<crate::CodecError>());
     assert_eq!(super::pipeline::UnexpectedRecord::PATH, root_path::<crate::UnexpectedRecord>());
     let handler = root_path::<crate::HandlerError>();

@@ -21,6 +21,27 @@ pub const CONTENT_TYPE: &str = "content-type";
 /// W3C Trace Context `traceparent`, copied from the outbox row when present.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// CloudEvents `specversion` (Kafka protocol binding, binary content mode: each
+/// context attribute is a header `ce_<name>`, the data is the record value, its media
+/// type is [`CONTENT_TYPE`]). This crate writes and reads [`CE_SPEC_VERSION`].
+pub const CE_SPECVERSION: &str = "ce_specversion";
+/// The CloudEvents version written and read: `1.0`.
+pub const CE_SPEC_VERSION: &str = "1.0";
+/// CloudEvents `id`: unique within its `source`. The relay writes the outbox row id.
+pub const CE_ID: &str = "ce_id";
+/// CloudEvents `source`: a URI reference naming the producer.
+pub const CE_SOURCE: &str = "ce_source";
+/// CloudEvents `type`, e.g. `com.example.order.placed`. The relay writes the event type.
+pub const CE_TYPE: &str = "ce_type";
+/// CloudEvents `time`, RFC 3339. The relay writes the outbox insert time.
+pub const CE_TIME: &str = "ce_time";
+/// Header in which Debezium's outbox event router places the event id (its
+/// `table.field.event.id` column, `id` by default).
+pub const DEBEZIUM_ID: &str = "id";
+/// Header of the event type in Debezium's documented outbox router setup
+/// (`table.fields.additional.placement=type:header:eventType`).
+pub const DEBEZIUM_EVENT_TYPE: &str = "eventType";
+
 /// Original topic (UTF-8). Spring Kafka `KafkaHeaders.DLT_ORIGINAL_TOPIC`.
 pub const DLT_ORIGINAL_TOPIC: &str = "kafka_dlt-original-topic";
 /// Original partition: 4-byte big-endian `i32`, as Spring Kafka writes it.

@@ -6,11 +6,13 @@
 
 pub(crate) mod dead_letter;
 pub mod headers;
+mod identity;
 
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use uuid::Uuid;
 
 pub use dead_letter::{DeadLetterInfo, DeadLetterReason, TimestampType};
+pub use identity::{Identity, IdentityError, IdentityFn, IdentitySource, RecordView};
 
 /// What the envelope headers of a record say.
 ///

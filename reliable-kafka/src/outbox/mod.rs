@@ -1,6 +1,7 @@
 //! Transactional outbox: write an event in the same database transaction as the
 //! business change; the [`OutboxRelay`] publishes it after commit.
 
+mod record;
 mod relay;
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use crate::error::validate_identifier;
 use crate::store::outbox::NewOutboxRow;
 use crate::{BackendConnection, Codec, ConfigError, Error, Event};
 
+pub use record::HeaderFormat;
 pub use relay::{OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayStats};
 
 /// Writes events to the outbox table inside the caller's transaction.

@@ -4,17 +4,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
 
+use super::record::{into_record, HeaderFormat};
 use crate::error::validate_identifier;
 use crate::kafka::{send_in_order, OutRecord};
 use crate::store::outbox::{OutboxListener, OutboxRow, Published, SendFailure};
 use crate::store::sql::DELETE_BATCH;
 use crate::worker::WorkerHandle;
-use crate::{Backend, ConfigError, DefaultBackend, Envelope, Error, KafkaConfig};
+use crate::{Backend, ConfigError, DefaultBackend, Error, KafkaConfig};
 
 /// Publishes committed outbox rows to Kafka, in insertion order per key.
 ///
@@ -74,6 +74,7 @@ struct RelayConfig<DB: Backend> {
     retention: Duration,
     cleanup_interval: Duration,
     max_send_attempts: i32,
+    header_format: HeaderFormat,
     table: String,
     sql: DB::RelaySql,
 }
@@ -89,6 +90,7 @@ pub struct OutboxRelayBuilder<DB: Backend = DefaultBackend> {
     retention: Duration,
     cleanup_interval: Duration,
     max_send_attempts: u32,
+    header_format: HeaderFormat,
 }
 
 /// A running relay, see [`OutboxRelay::spawn`].
@@ -169,12 +171,20 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
         self.max_send_attempts = attempts;
         self
     }
+    /// Identity headers written on each record (default [`HeaderFormat::Envelope`], the
+    /// `rk-*` envelope): [`HeaderFormat::CloudEvents`] for consumers that read
+    /// CloudEvents (any CloudEvents SDK, `IdentitySource::cloud_events`), or both.
+    pub fn header_format(mut self, format: HeaderFormat) -> Self {
+        self.header_format = format;
+        self
+    }
 
     /// Validates the settings and creates the producer.
     ///
     /// # Errors
     /// [`Error::Config`] naming the key of an invalid setting (`outbox_table`,
-    /// `batch_size`, `poll_interval`, `cleanup_interval`, `max_send_attempts`);
+    /// `batch_size`, `poll_interval`, `cleanup_interval`, `max_send_attempts`,
+    /// `header_format`);
     /// [`Error::Kafka`] when librdkafka rejects the producer configuration.
     pub fn build(self) -> Result<OutboxRelay<DB>, Error> {
         validate_identifier("outbox_table", &self.table)?;
@@ -187,6 +197,7 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
         if self.cleanup_interval.is_zero() {
             return Err(ConfigError::invalid("cleanup_interval", "must be greater than zero").into());
         }
+        self.header_format.validate()?;
         if self.max_send_attempts == 0 || self.max_send_attempts > i32::MAX as u32 {
             return Err(ConfigError::invalid("max_send_attempts", "must be at least 1").into());
         }
@@ -201,33 +212,12 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
             retention: self.retention,
             cleanup_interval: self.cleanup_interval,
             max_send_attempts: self.max_send_attempts as i32,
+            header_format: self.header_format,
             sql: DB::relay_sql(&self.table, self.retention.is_zero()),
             table: self.table,
         };
         Ok(OutboxRelay { pool: self.pool, producer, cfg, stats: Arc::default() })
     }
-}
-
-/// The record of an outbox row: the envelope headers, then the row's extra headers.
-fn into_record(row: OutboxRow) -> OutRecord {
-    // A negative version (a row another tool wrote) is sent as u32::MAX, so that every
-    // consumer dead-letters it as unsupported instead of taking it for version 0.
-    let version = u32::try_from(row.schema_version).unwrap_or(u32::MAX);
-    let envelope = Envelope::new(row.id, row.event_type, version)
-        .with_produced_at_ms(row.created_at.timestamp_millis())
-        .with_content_type(row.content_type);
-    let extra = row.headers.as_object();
-    let mut h = envelope.append_to(OwnedHeaders::new_with_capacity(5 + extra.map_or(0, |m| m.len())));
-    // Extra headers: a JSON object of strings as written by `Outbox`; other values
-    // (from other tools writing the table) are sent as their JSON text.
-    for (k, v) in extra.into_iter().flatten() {
-        let text = match v {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        h = h.insert(Header { key: k, value: Some(&text) });
-    }
-    OutRecord { topic: row.topic, key: row.key.map(String::into_bytes), payload: Some(row.payload), headers: h }
 }
 
 impl<DB: Backend> OutboxRelay<DB> {
@@ -243,6 +233,7 @@ impl<DB: Backend> OutboxRelay<DB> {
             retention: Duration::from_secs(3600),
             cleanup_interval: Duration::from_secs(60),
             max_send_attempts: 10,
+            header_format: HeaderFormat::Envelope,
         }
     }
 
@@ -262,6 +253,7 @@ impl<DB: Backend> OutboxRelay<DB> {
 
     pub(crate) async fn relay_batch(&self, stub_send: bool) -> Result<RelayBatch, Error> {
         let producer = &self.producer;
+        let format = &self.cfg.header_format;
         let publish = |rows: Vec<OutboxRow>| async move {
             if stub_send {
                 return Published { delivered: rows.iter().map(|r| r.id).collect(), failed: Vec::new() };
@@ -270,7 +262,7 @@ impl<DB: Backend> OutboxRelay<DB> {
             if crate::fault::sabotaged(crate::fault::SABOTAGE_MARK_BEFORE_SEND) {
                 // Fire and forget: the rows count as sent before Kafka has them.
                 let producer = producer.clone();
-                let records: Vec<OutRecord> = rows.into_iter().map(into_record).collect();
+                let records: Vec<OutRecord> = rows.into_iter().map(|r| into_record(r, format)).collect();
                 tokio::spawn(async move {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     fault_point!(crate::fault::RELAY_BEFORE_SEND);
@@ -280,7 +272,7 @@ impl<DB: Backend> OutboxRelay<DB> {
                 return Published { delivered: ids, failed: Vec::new() };
             }
             fault_point!(crate::fault::RELAY_BEFORE_SEND);
-            let results = send_in_order(producer, rows.into_iter().map(into_record).collect()).await;
+            let results = send_in_order(producer, rows.into_iter().map(|r| into_record(r, format)).collect()).await;
             let mut out = Published { delivered: Vec::with_capacity(ids.len()), failed: Vec::new() };
             for (id, res) in ids.into_iter().zip(results) {
                 match res {
