@@ -36,8 +36,12 @@ async fn world(n: i64, gateway: GatewayBehaviour, request_timeout: Duration) -> 
     let gateway_server = g.start(([127, 0, 0, 1], 0).into()).await.unwrap();
     let client = GatewayClient::new(gateway_server.url(), Duration::from_millis(300), request_timeout, 3).unwrap();
     let booking = Booking::new(pool.clone().into(), store.clone(), client);
-    let api =
-        Server::start(router(ApiState { booking, outbox: Outbox::new() }), ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let api = Server::start(
+        router(ApiState { booking, outbox: Outbox::new(), probes: Vec::new() }),
+        ([127, 0, 0, 1], 0).into(),
+    )
+    .await
+    .unwrap();
     sqlx::query("INSERT INTO concert (id, title) VALUES (1, 't')").execute(&pool).await.unwrap();
     sqlx::query("INSERT INTO concert_date (id, concert_id, starts_at, total_seat_count, available_seat_count) VALUES (1, 1, now(), $1, $1)")
         .bind(n as i32)

@@ -91,6 +91,7 @@ mod embedded;
 mod envelope;
 mod error;
 mod event;
+mod health;
 mod kafka;
 mod ops;
 mod outbox;
@@ -118,10 +119,12 @@ pub use envelope::{
 };
 pub use error::{is_transient_sqlx, report, BoxError, ConfigError, Error, ErrorKind};
 pub use event::{Codec, CodecError, Event, JsonCodec};
+pub use health::{Health, HealthStatus, WorkerHealth, STATISTICS_INTERVAL};
 pub use kafka::{KafkaConfig, DEFAULT_BROKERS};
 pub use ops::Operations;
 pub use outbox::{
     EnqueueOptions, HeaderFormat, Outbox, OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayStats,
+    DEFAULT_MAX_PENDING_AGE,
 };
 #[allow(deprecated)]
 pub use redrive::REDRIVE_COUNT;
@@ -139,7 +142,9 @@ pub use store::Postgres;
 pub use store::{begin_write, AnyPool, Backend, BackendConnection, DefaultBackend};
 #[cfg(feature = "sqlite")]
 pub use store::{Sqlite, SQLITE_BUSY_TIMEOUT};
-pub use worker::{WorkerHandle, INFRASTRUCTURE_BACKOFF_MAX, INFRASTRUCTURE_BACKOFF_MIN, PRODUCER_FLUSH_TIMEOUT};
+pub use worker::{
+    HealthProbe, WorkerHandle, INFRASTRUCTURE_BACKOFF_MAX, INFRASTRUCTURE_BACKOFF_MIN, PRODUCER_FLUSH_TIMEOUT,
+};
 
 /// The `rdkafka` this crate is built on, for its types in this API (the error codes
 /// of `MockFault`, say) without a second, possibly different, version.

@@ -4,6 +4,7 @@
 //! cancelled, or is spawned with `spawn()`, which returns a [`WorkerHandle`].
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,49 @@ pub struct WorkerHandle<S> {
     shutdown: CancellationToken,
     stats: Arc<S>,
     join: tokio::task::JoinHandle<Result<(), Error>>,
+    /// Set when the task ends (returned, failed or panicked).
+    finished: Arc<AtomicBool>,
+}
+
+/// Sets its flag when dropped: when the worker's task ends, however it ends.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A worker's health, detached from its [`WorkerHandle`]: cheap to clone, `Send` and
+/// `Sync`, for an HTTP router's readiness and liveness endpoints while the
+/// application keeps the handles to shut the workers down.
+#[derive(Clone)]
+pub struct HealthProbe {
+    name: Arc<str>,
+    finished: Arc<AtomicBool>,
+    source: Arc<dyn crate::WorkerHealth + Send + Sync>,
+}
+
+impl std::fmt::Debug for HealthProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthProbe").field("worker", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl HealthProbe {
+    /// The worker's health now (see [`crate::Health`]).
+    pub fn health(&self) -> crate::Health {
+        let mut h = self.source.health(&self.name);
+        if self.finished.load(Ordering::Relaxed) {
+            h.found(crate::HealthStatus::Unhealthy, "the worker has stopped".to_owned());
+        }
+        h
+    }
+
+    /// Whether the worker's task is still running (liveness).
+    pub fn is_running(&self) -> bool {
+        !self.finished.load(Ordering::Relaxed)
+    }
 }
 
 impl<S: Send + Sync + 'static> WorkerHandle<S> {
@@ -34,8 +78,14 @@ impl<S: Send + Sync + 'static> WorkerHandle<S> {
         Fut: Future<Output = Result<(), Error>> + Send + 'static,
     {
         let shutdown = CancellationToken::new();
-        let join = tokio::spawn(run(shutdown.clone()));
-        WorkerHandle { name, shutdown, stats, join }
+        let finished = Arc::new(AtomicBool::new(false));
+        let guard = SetOnDrop(finished.clone());
+        let work = run(shutdown.clone());
+        let join = tokio::spawn(async move {
+            let _guard = guard;
+            work.await
+        });
+        WorkerHandle { name, shutdown, stats, join, finished }
     }
 
     /// The worker's counters.
@@ -58,6 +108,23 @@ impl<S: Send + Sync + 'static> WorkerHandle<S> {
     /// without waiting (to stop several workers at once, say).
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// The worker's health (see [`crate::Health`] for the rules): unhealthy once it
+    /// has stopped, else what its stats say. Cheap: reads atomics, for every probe.
+    pub fn health(&self) -> crate::Health
+    where
+        S: crate::WorkerHealth,
+    {
+        self.probe().health()
+    }
+
+    /// A detached [`HealthProbe`] of this worker.
+    pub fn probe(&self) -> HealthProbe
+    where
+        S: crate::WorkerHealth,
+    {
+        HealthProbe { name: Arc::from(self.name.as_str()), finished: self.finished.clone(), source: self.stats.clone() }
     }
 
     /// Graceful shutdown: the worker finishes what it holds (a container the record
@@ -84,7 +151,7 @@ impl<S: Send + Sync + 'static> WorkerHandle<S> {
 pub const PRODUCER_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Flushes `producer` off the async workers (flushing blocks).
-pub(crate) async fn flush(producer: &rdkafka::producer::FutureProducer) {
+pub(crate) async fn flush(producer: &crate::kafka::Producer) {
     use rdkafka::producer::Producer;
     let producer = producer.clone();
     let _ = tokio::task::spawn_blocking(move || producer.flush(PRODUCER_FLUSH_TIMEOUT)).await;

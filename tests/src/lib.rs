@@ -432,3 +432,81 @@ pub async fn produce_raw_many(kafka: &KafkaConfig, topic: &str, records: &[RawRe
         p.await.expect("delivery").map_err(|(e, _)| e).expect("produce");
     }
 }
+
+/// A tansu broker of a test's own, on a free port with its storage in a temporary
+/// directory: a broker the test may stop and start (the shared one of `KAFKA_BROKERS`
+/// must keep serving the other tests). The binary is `$TANSU`, else `tansu` on `PATH`,
+/// else `~/.cargo/bin/tansu` (where `.ci/run` installs it).
+pub struct OwnBroker {
+    dir: std::path::PathBuf,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnBroker {
+    /// Starts the broker and waits until it listens.
+    ///
+    /// # Panics
+    /// When tansu cannot be found or started.
+    pub fn start() -> OwnBroker {
+        let dir = std::env::temp_dir().join(unique("rk-own-tansu"));
+        std::fs::create_dir_all(&dir).expect("broker directory");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut b = OwnBroker { dir, port, child: None };
+        b.resume();
+        b
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker (SIGKILL); its storage stays.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and storage.
+    ///
+    /// # Panics
+    /// When it does not listen within 20 s.
+    pub fn resume(&mut self) {
+        let tansu = std::env::var_os("TANSU").map(std::path::PathBuf::from).unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_default();
+            let installed = home.join(".cargo/bin/tansu");
+            if installed.exists() {
+                installed
+            } else {
+                "tansu".into()
+            }
+        });
+        let url = format!("tcp://{}", self.address());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("tansu.log")).unwrap();
+        let child = std::process::Command::new(&tansu)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start tansu ({}): {e}; install it as .ci/run does", tansu.display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(self.address()).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {} within 20 s", self.address());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use reliable_kafka::Outbox;
+use reliable_kafka::{Health, HealthProbe, HealthStatus, Outbox};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -24,12 +24,16 @@ pub struct ApiState {
     pub booking: Booking,
     /// The outbox (coupon requests).
     pub outbox: Outbox,
+    /// The health of this process's workers (relay, consumer groups, re-driver).
+    pub probes: Vec<HealthProbe>,
 }
 
 /// The routes.
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/health", get(|| async { "ok" }))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/health", get(ready))
         .route("/api/queue/tokens", post(issue_token))
         .route("/api/reservations", post(reserve))
         .route("/api/reservations/{id}", get(reservation))
@@ -39,6 +43,35 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/coupons/{id}/requests", post(coupon))
         .route("/api/users/{id}/coupons", get(coupons))
         .with_state(state)
+}
+
+/// Liveness: `200 {"status":"up"}` while every worker's task runs, else `503` naming
+/// the stopped ones (restart the process).
+async fn live(State(s): State<ApiState>) -> Response {
+    let stopped: Vec<String> = s.probes.iter().filter(|p| !p.is_running()).map(|p| p.health().worker).collect();
+    if stopped.is_empty() {
+        Json(serde_json::json!({ "status": "up" })).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "down", "stopped": stopped })))
+            .into_response()
+    }
+}
+
+/// Readiness: `200` while no worker is unhealthy (degraded ones are listed), else
+/// `503`; the body lists each worker's status, reasons and consumer lag.
+async fn ready(State(s): State<ApiState>) -> Response {
+    let healths: Vec<Health> = s.probes.iter().map(HealthProbe::health).collect();
+    let status = Health::worst(&healths);
+    let workers: Vec<serde_json::Value> = healths
+        .iter()
+        .map(|h| {
+            serde_json::json!({
+                "worker": h.worker, "status": h.status.as_str(), "reasons": h.reasons, "consumer_lag": h.consumer_lag,
+            })
+        })
+        .collect();
+    let code = if status == HealthStatus::Unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    (code, Json(serde_json::json!({ "status": status.as_str(), "workers": workers }))).into_response()
 }
 
 /// `Json<T>` whose rejection is an [`ApiError`] with code `invalid_request`.

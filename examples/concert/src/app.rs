@@ -201,7 +201,13 @@ impl App {
             .spawn_bulkhead(cfg.recovery_interval, recovery_token.clone());
 
         let booking = Booking::new(pool, store, client);
-        let api = Server::start(router(ApiState { booking, outbox: Outbox::new() }), cfg.api_addr).await?;
+        let probes = relay
+            .iter()
+            .map(|r| r.probe())
+            .chain(containers.iter().map(|c| c.probe()))
+            .chain(redriver.iter().map(|r| r.probe()))
+            .collect();
+        let api = Server::start(router(ApiState { booking, outbox: Outbox::new(), probes }), cfg.api_addr).await?;
         tracing::info!(api = %api.url(), gateway = %gateway_url, webhook = %webhook_url, "concert app started");
         Ok(App { api, gateway, receiver, containers, relay, redriver, recovery: (recovery_token, recovery) })
     }

@@ -119,7 +119,9 @@ macro_rules! effects {
                 kind: &'a str,
                 id: String,
             ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-                Box::pin(async move { sqlx::query(INSERT).bind(run_id()).bind(kind).bind(id).execute(conn).await.map(drop) })
+                Box::pin(
+                    async move { sqlx::query(INSERT).bind(run_id()).bind(kind).bind(id).execute(conn).await.map(drop) },
+                )
             }
             fn counts(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(Vec<(String, i64)>, i64), sqlx::Error>> {
                 Box::pin(async move {
@@ -179,7 +181,8 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(run) = std::env::var("INTEROP_CHILD_RUN") {
         // The first consumer, in a process of its own so it can be killed.
         RUN.set(run).expect("once");
-        let setup = Setup { database_url: std::env::var("INTEROP_DATABASE_URL")?, brokers: std::env::var("INTEROP_BROKERS")? };
+        let setup =
+            Setup { database_url: std::env::var("INTEROP_DATABASE_URL")?, brokers: std::env::var("INTEROP_BROKERS")? };
         return match AnyPool::connect(&setup.database_url, 4).await? {
             AnyPool::Postgres(pool) => consume_until_killed(pool, &setup).await,
             AnyPool::Sqlite(pool) => consume_until_killed(pool, &setup).await,
@@ -229,7 +232,10 @@ fn topics() -> Vec<String> {
 }
 
 /// The container of both consumers: five handlers, three identity sources.
-fn container<DB: Effects>(pool: &sqlx::Pool<DB>, setup: &Setup) -> Result<ListenerContainer<DB>, reliable_kafka::Error> {
+fn container<DB: Effects>(
+    pool: &sqlx::Pool<DB>,
+    setup: &Setup,
+) -> Result<ListenerContainer<DB>, reliable_kafka::Error> {
     let kafka = KafkaConfig::from_env()
         .set("bootstrap.servers", setup.brokers.as_str())
         // A killed member is noticed after this; tansu and the mock cluster take it.

@@ -5,14 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::StreamConsumer;
-use rdkafka::producer::FutureProducer;
 use sqlx::Pool;
 
 use super::container::{ContainerContext, ListenerContainer};
 use super::handler::ErasedHandler;
 use super::pipeline::Pipeline;
 use super::routes::{Route, TopicRoutes, UnknownEventType};
+use super::stats::ContainerStats;
 use crate::error::validate_identifier;
+use crate::kafka::{HealthContext, Producer};
 use crate::{
     BackOff, Backend, ConfigError, DefaultBackend, Error, EventHandler, HandlerOptions, IdentitySource, KafkaConfig,
 };
@@ -308,16 +309,18 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             }
         }
 
-        let context = ContainerContext::new(group.clone(), self.handler_timeout);
+        let stats = Arc::new(ContainerStats::with_limits(max_poll));
+        let context = ContainerContext::new(group.clone(), self.handler_timeout, stats.clone());
+        let statistics = KafkaConfig::statistics_preset();
         let consumer: StreamConsumer<ContainerContext> = self
             .kafka
-            .consumer_config(&group, &[("isolation.level", "read_committed")])
+            .consumer_config(&group, &[("isolation.level", "read_committed"), ("statistics.interval.ms", &statistics)])
             .create_with_context(context)
             .map_err(Error::kafka("create consumer"))?;
-        let producer: FutureProducer = self
+        let producer: Producer = self
             .kafka
             .client_config(KafkaConfig::PRODUCER_PRESETS)
-            .create()
+            .create_with_context(HealthContext::new(group.clone()))
             .map_err(Error::kafka("create dead-letter producer"))?;
         let pipeline = Pipeline {
             dedup_sql: Arc::new(DB::dedup_sql(&self.processed_table)),
@@ -326,7 +329,7 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             routes,
             unknown_event_types: self.unknown_event_types,
             producer,
-            stats: Arc::default(),
+            stats,
             handler_timeout: self.handler_timeout,
             processed_retention: self.processed_retention,
         };

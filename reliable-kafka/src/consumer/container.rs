@@ -89,15 +89,18 @@ pub(crate) struct ContainerContext {
     pub(crate) partitions: Arc<Partitions>,
     /// Longest wait for a revoked partition's batches to end.
     settle_timeout: Duration,
+    /// The container's stats: assigned partitions and broker state, for health.
+    stats: Arc<ContainerStats>,
 }
 
 impl ContainerContext {
-    pub(crate) fn new(group: String, settle_timeout: Duration) -> Self {
+    pub(crate) fn new(group: String, settle_timeout: Duration, stats: Arc<ContainerStats>) -> Self {
         ContainerContext {
             log: LogContext { worker: group },
             commit_failed: Arc::default(),
             partitions: Arc::default(),
             settle_timeout,
+            stats,
         }
     }
 
@@ -128,7 +131,12 @@ impl ClientContext for ContainerContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        self.stats.brokers.on_error(&error);
         self.log.error(error, reason)
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.stats.brokers.on_statistics(&statistics);
     }
 }
 
@@ -156,9 +164,14 @@ impl ConsumerContext for ContainerContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(group = %self.log.worker, partitions = tpl.count(), "partitions assigned");
+            self.stats.ever_assigned.store(true, Ordering::Relaxed);
+        }
+        // The list is dropped here, never kept past the consumer (see KAFKA-NOTES).
+        if let Ok(assignment) = consumer.assignment() {
+            self.stats.assigned.store(assignment.count() as u64, Ordering::Relaxed);
         }
     }
 }
@@ -234,6 +247,7 @@ impl<DB: Backend> ListenerContainer<DB> {
         // a batch.
         let mut pending = VecDeque::new();
         loop {
+            self.pipeline.stats.polled();
             // The rest of a stopped batch comes first, after a poll that keeps the member
             // alive (its record joins `pending`).
             let received = match pending.pop_front() {

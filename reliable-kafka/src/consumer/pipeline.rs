@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use rdkafka::message::Message;
-use rdkafka::producer::FutureProducer;
 use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -30,7 +29,7 @@ pub(crate) struct Pipeline<DB: Backend> {
     /// The route table of each subscribed topic.
     pub routes: HashMap<String, TopicRoutes<DB>>,
     pub unknown_event_types: UnknownEventType,
-    pub producer: FutureProducer,
+    pub producer: crate::kafka::Producer,
     pub dedup_sql: Arc<DB::DedupSql>,
     pub stats: Arc<ContainerStats>,
     pub handler_timeout: Duration,

@@ -1,7 +1,11 @@
 //! [`ContainerStats`]: the counters of a listener container.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::health::{human, sealed, Health, HealthStatus, WorkerHealth};
+use crate::kafka::BrokerState;
 
 /// Counters of a container, shared with its [`crate::ContainerHandle`]. Every count is
 /// of records unless it says otherwise.
@@ -18,6 +22,12 @@ pub struct ContainerStats {
     pub(crate) batches: AtomicU64,
     pub(crate) batch_fallbacks: AtomicU64,
     last_activity_ms: AtomicU64,
+    /// When the poll loop last asked librdkafka for a record (ms since `started`).
+    last_poll_ms: AtomicU64,
+    pub(crate) assigned: AtomicU64,
+    pub(crate) ever_assigned: AtomicBool,
+    max_poll_interval: Duration,
+    pub(crate) brokers: Arc<BrokerState>,
 }
 
 impl Default for ContainerStats {
@@ -34,6 +44,11 @@ impl Default for ContainerStats {
             batches: AtomicU64::new(0),
             batch_fallbacks: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
+            last_poll_ms: AtomicU64::new(0),
+            assigned: AtomicU64::new(0),
+            ever_assigned: AtomicBool::new(false),
+            max_poll_interval: Duration::from_millis(300_000),
+            brokers: Arc::new(BrokerState::new()),
         }
     }
 }
@@ -83,10 +98,65 @@ impl ContainerStats {
         let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(last)
     }
+    /// Partitions assigned to this member now.
+    pub fn assigned_partitions(&self) -> u64 {
+        self.assigned.load(Ordering::Relaxed)
+    }
+    /// The consumer lag of the assigned partitions (records), from librdkafka's last
+    /// statistics (`statistics.interval.ms`); `None` before any or when they are off.
+    pub fn consumer_lag(&self) -> Option<i64> {
+        self.brokers.consumer_lag()
+    }
+    /// Time since the poll loop last polled the consumer (it does so at least every
+    /// 100 ms while idle; a record retried in place holds it).
+    pub fn since_last_poll(&self) -> Duration {
+        let last = Duration::from_millis(self.last_poll_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+    pub(crate) fn with_limits(max_poll_interval: Duration) -> Self {
+        ContainerStats { max_poll_interval, ..Default::default() }
+    }
+    pub(crate) fn polled(&self) {
+        self.last_poll_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
     pub(crate) fn touch(&self) {
         self.last_activity_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
     pub(crate) fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl sealed::Sealed for ContainerStats {}
+
+impl WorkerHealth for ContainerStats {
+    fn health(&self, worker: &str) -> Health {
+        let mut h = Health::new(worker);
+        h.consumer_lag = self.consumer_lag();
+        if let Some(down) = self.brokers.down_for() {
+            h.found(HealthStatus::Unhealthy, format!("all brokers down for {}", human(down)));
+        }
+        let since = self.since_last_poll();
+        if since > self.max_poll_interval {
+            h.found(
+                HealthStatus::Unhealthy,
+                format!(
+                    "not polled for {} (> max.poll.interval.ms {}): the group evicts this member",
+                    human(since),
+                    human(self.max_poll_interval)
+                ),
+            );
+        } else if since > self.max_poll_interval / 2 {
+            h.found(HealthStatus::Degraded, format!("not polled for {} (a record retried in place?)", human(since)));
+        }
+        if self.assigned_partitions() == 0 {
+            let why = if self.ever_assigned.load(Ordering::Relaxed) {
+                "no partition assigned"
+            } else {
+                "not assigned partitions yet"
+            };
+            h.found(HealthStatus::Degraded, why.to_owned());
+        }
+        h
     }
 }

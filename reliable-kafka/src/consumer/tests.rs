@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rdkafka::message::{Message, OwnedMessage, Timestamp};
-use rdkafka::producer::FutureProducer;
 use sqlx::{Sqlite, SqlitePool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -74,8 +73,10 @@ async fn pipeline(handler: Flaky) -> Pipeline<Sqlite> {
 async fn routed(handlers: Vec<Box<dyn ErasedHandler<Sqlite>>>, unknown: UnknownEventType) -> Pipeline<Sqlite> {
     let pool = memory().await;
     crate::migrate(&pool).await.unwrap();
-    let producer: FutureProducer =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", "127.0.0.1:1").create().unwrap();
+    let producer: crate::kafka::Producer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:1")
+        .create_with_context(crate::kafka::HealthContext::new("g"))
+        .unwrap();
     let backoff: crate::BackOff = FixedBackOff::new(Duration::from_millis(1), 3).unwrap().into();
     let by_type = handlers.iter().enumerate().map(|(i, h)| (h.event_type(), i)).collect();
     let routes = handlers

@@ -84,6 +84,12 @@ impl KafkaConfig {
         cc
     }
 
+    /// `statistics.interval.ms` of the container's consumer and the relay's producer
+    /// ([`crate::STATISTICS_INTERVAL`]), unless the user set it.
+    pub(crate) fn statistics_preset() -> String {
+        crate::health::STATISTICS_INTERVAL.as_millis().to_string()
+    }
+
     /// Consumer presets of the listener container and the re-driver: offsets are
     /// stored and committed by the framework after each record's outcome.
     pub(crate) const CONSUMER_PRESETS: &'static [(&'static str, &'static str)] =

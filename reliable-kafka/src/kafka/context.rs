@@ -26,3 +26,98 @@ impl ClientContext for LogContext {
         tracing::warn!(worker = %self.worker, error = %error, "kafka client error: {reason}");
     }
 }
+
+/// Whether a client reaches its brokers, as librdkafka reports it: down from an
+/// "all brokers down" error until a statistics report shows a broker connection up
+/// again. Shared between a client's context and its worker's health.
+#[derive(Debug, Default)]
+pub(crate) struct BrokerState {
+    /// Since when all brokers are down, ms since the epoch; 0 when not down.
+    down_since_ms: std::sync::atomic::AtomicU64,
+    /// The sum of the consumer lag of the assigned partitions in the last statistics
+    /// (records); -1 before any.
+    consumer_lag: std::sync::atomic::AtomicI64,
+}
+
+impl BrokerState {
+    pub(crate) fn new() -> Self {
+        BrokerState { down_since_ms: Default::default(), consumer_lag: std::sync::atomic::AtomicI64::new(-1) }
+    }
+
+    /// How long all brokers have been down, if they are.
+    pub(crate) fn down_for(&self) -> Option<std::time::Duration> {
+        match self.down_since_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            since => Some(std::time::Duration::from_millis(crate::health::now_ms().saturating_sub(since))),
+        }
+    }
+
+    /// The consumer lag of the last statistics, if any.
+    pub(crate) fn consumer_lag(&self) -> Option<i64> {
+        Some(self.consumer_lag.load(std::sync::atomic::Ordering::Relaxed)).filter(|l| *l >= 0)
+    }
+
+    /// Takes a client error into account.
+    pub(crate) fn on_error(&self, error: &KafkaError) {
+        use rdkafka::types::RDKafkaErrorCode;
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            let _ = self.down_since_ms.compare_exchange(
+                0,
+                crate::health::now_ms().max(1),
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Takes a statistics report into account: a broker connection up ends "down";
+    /// the consumer lag of the assigned partitions is summed.
+    pub(crate) fn on_statistics(&self, s: &rdkafka::Statistics) {
+        use std::sync::atomic::Ordering;
+        if s.brokers.values().any(|b| b.state == "UP" && b.source != "logical") {
+            self.down_since_ms.store(0, Ordering::Relaxed);
+        }
+        if s.client_type == "consumer" {
+            let lag: i64 = s
+                .topics
+                .values()
+                .flat_map(|t| t.partitions.values())
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| p.consumer_lag)
+                .sum();
+            self.consumer_lag.store(lag, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The context of the framework's producers: logging, and the brokers' reachability
+/// for the worker's health.
+#[derive(Debug, Clone)]
+pub(crate) struct HealthContext {
+    pub(crate) log: LogContext,
+    pub(crate) brokers: std::sync::Arc<BrokerState>,
+}
+
+impl HealthContext {
+    pub(crate) fn new(worker: impl Into<String>) -> Self {
+        HealthContext { log: LogContext { worker: worker.into() }, brokers: std::sync::Arc::new(BrokerState::new()) }
+    }
+}
+
+impl ClientContext for HealthContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.log.log(level, fac, log_message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.brokers.on_error(&error);
+        self.log.error(error, reason)
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.brokers.on_statistics(&statistics);
+    }
+}
+
+/// The producers of the relay, the dead-letter publisher and the re-driver.
+pub(crate) type Producer = rdkafka::producer::FutureProducer<HealthContext>;

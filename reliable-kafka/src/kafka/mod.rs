@@ -7,7 +7,7 @@ mod context;
 mod producer;
 
 pub use config::{KafkaConfig, DEFAULT_BROKERS};
-pub(crate) use context::LogContext;
+pub(crate) use context::{BrokerState, HealthContext, LogContext, Producer};
 pub(crate) use producer::{
     is_permanent_send_error, is_size_error, is_transient_kafka, send_in_order, send_one, OutRecord,
 };

@@ -18,7 +18,7 @@ pub(crate) struct OutRecord {
 /// later record overtake an earlier one) and then awaits all deliveries at once.
 /// Result `i` belongs to record `i`.
 pub(crate) async fn send_in_order(
-    producer: &rdkafka::producer::FutureProducer,
+    producer: &super::Producer,
     records: Vec<OutRecord>,
 ) -> Vec<Result<(), rdkafka::error::KafkaError>> {
     use rdkafka::producer::FutureRecord;
@@ -89,10 +89,7 @@ pub(crate) fn is_permanent_send_error(e: &rdkafka::error::KafkaError) -> bool {
 }
 
 /// Sends one record (see [`send_in_order`]).
-pub(crate) async fn send_one(
-    producer: &rdkafka::producer::FutureProducer,
-    record: OutRecord,
-) -> Result<(), KafkaError> {
+pub(crate) async fn send_one(producer: &super::Producer, record: OutRecord) -> Result<(), KafkaError> {
     send_in_order(producer, vec![record]).await.into_iter().next().unwrap_or(Err(KafkaError::Canceled))
 }
 

@@ -3,6 +3,7 @@
 
 mod record;
 mod relay;
+mod stats;
 
 use std::collections::BTreeMap;
 
@@ -13,7 +14,8 @@ use crate::store::outbox::NewOutboxRow;
 use crate::{BackendConnection, Codec, ConfigError, Error, Event};
 
 pub use record::HeaderFormat;
-pub use relay::{OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayStats};
+pub use relay::{OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, DEFAULT_MAX_PENDING_AGE};
+pub use stats::RelayStats;
 
 /// Writes events to the outbox table inside the caller's transaction.
 ///

@@ -1,16 +1,16 @@
 //! The outbox relay: publishes committed outbox rows to Kafka.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::FutureProducer;
 use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
 
 use super::record::{into_record, HeaderFormat};
+use super::stats::RelayStats;
 use crate::error::validate_identifier;
-use crate::kafka::{send_in_order, OutRecord};
+use crate::kafka::{send_in_order, HealthContext, OutRecord, Producer};
 use crate::store::outbox::{OutboxListener, OutboxRow, Published, SendFailure};
 use crate::store::sql::DELETE_BATCH;
 use crate::worker::WorkerHandle;
@@ -56,7 +56,7 @@ use crate::{Backend, ConfigError, DefaultBackend, Error, KafkaConfig};
 /// `poll_interval` (no notifications). Run one relay per database file.
 pub struct OutboxRelay<DB: Backend = DefaultBackend> {
     pool: Pool<DB>,
-    producer: FutureProducer,
+    producer: crate::kafka::Producer,
     cfg: RelayConfig<DB>,
     stats: Arc<RelayStats>,
 }
@@ -79,6 +79,9 @@ struct RelayConfig<DB: Backend> {
     sql: DB::RelaySql,
 }
 
+/// Default of [`OutboxRelayBuilder::max_pending_age`].
+pub const DEFAULT_MAX_PENDING_AGE: Duration = Duration::from_secs(60);
+
 /// Builder of [`OutboxRelay`].
 #[derive(Debug, Clone)]
 pub struct OutboxRelayBuilder<DB: Backend = DefaultBackend> {
@@ -91,38 +94,11 @@ pub struct OutboxRelayBuilder<DB: Backend = DefaultBackend> {
     cleanup_interval: Duration,
     max_send_attempts: u32,
     header_format: HeaderFormat,
+    max_pending_age: Duration,
 }
 
 /// A running relay, see [`OutboxRelay::spawn`].
 pub type RelayHandle = WorkerHandle<RelayStats>;
-
-/// Counters of a relay, shared with its [`RelayHandle`].
-#[derive(Debug, Default)]
-pub struct RelayStats {
-    published: AtomicU64,
-    failed: AtomicU64,
-    batches: AtomicU64,
-    deleted: AtomicU64,
-}
-
-impl RelayStats {
-    /// Rows published and marked (records).
-    pub fn published(&self) -> u64 {
-        self.published.load(Ordering::Relaxed)
-    }
-    /// Failed send attempts (records).
-    pub fn failed(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed)
-    }
-    /// Batches that published at least one row.
-    pub fn batches(&self) -> u64 {
-        self.batches.load(Ordering::Relaxed)
-    }
-    /// Delivered rows deleted by retention (records).
-    pub fn deleted(&self) -> u64 {
-        self.deleted.load(Ordering::Relaxed)
-    }
-}
 
 /// What one [`OutboxRelay::relay_once`] call did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -171,6 +147,13 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
         self.max_send_attempts = attempts;
         self
     }
+    /// Age of the oldest pending row above which [`RelayHandle::health`] reports the
+    /// relay unhealthy (half of it: degraded); default [`DEFAULT_MAX_PENDING_AGE`], 60 s.
+    /// Set it from the delay your consumers can bear.
+    pub fn max_pending_age(mut self, age: Duration) -> Self {
+        self.max_pending_age = age;
+        self
+    }
     /// Identity headers written on each record (default [`HeaderFormat::Envelope`], the
     /// `rk-*` envelope): [`HeaderFormat::CloudEvents`] for consumers that read
     /// CloudEvents (any CloudEvents SDK, `IdentitySource::cloud_events`), or both.
@@ -201,10 +184,15 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
         if self.max_send_attempts == 0 || self.max_send_attempts > i32::MAX as u32 {
             return Err(ConfigError::invalid("max_send_attempts", "must be at least 1").into());
         }
-        let producer: FutureProducer = self
+        let statistics = KafkaConfig::statistics_preset();
+        let mut presets = KafkaConfig::PRODUCER_PRESETS.to_vec();
+        presets.push(("statistics.interval.ms", &statistics));
+        let context = HealthContext::new(self.table.clone());
+        let brokers = context.brokers.clone();
+        let producer: Producer = self
             .kafka
-            .client_config(KafkaConfig::PRODUCER_PRESETS)
-            .create()
+            .client_config(&presets)
+            .create_with_context(context)
             .map_err(Error::kafka("create relay producer"))?;
         let cfg = RelayConfig {
             batch_size: self.batch_size as i64,
@@ -216,7 +204,8 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
             sql: DB::relay_sql(&self.table, self.retention.is_zero()),
             table: self.table,
         };
-        Ok(OutboxRelay { pool: self.pool, producer, cfg, stats: Arc::default() })
+        let stats = Arc::new(RelayStats::new(brokers, self.max_pending_age));
+        Ok(OutboxRelay { pool: self.pool, producer, cfg, stats })
     }
 }
 
@@ -234,6 +223,7 @@ impl<DB: Backend> OutboxRelay<DB> {
             cleanup_interval: Duration::from_secs(60),
             max_send_attempts: 10,
             header_format: HeaderFormat::Envelope,
+            max_pending_age: DEFAULT_MAX_PENDING_AGE,
         }
     }
 
@@ -255,6 +245,7 @@ impl<DB: Backend> OutboxRelay<DB> {
         let producer = &self.producer;
         let format = &self.cfg.header_format;
         let publish = |rows: Vec<OutboxRow>| async move {
+            self.stats.oldest_pending(rows.first().map(|r| r.created_at));
             if stub_send {
                 return Published { delivered: rows.iter().map(|r| r.id).collect(), failed: Vec::new() };
             }
@@ -289,14 +280,26 @@ impl<DB: Backend> OutboxRelay<DB> {
             }
             out
         };
-        let Some(published) =
-            DB::relay_batch(&self.pool, &self.cfg.sql, self.cfg.batch_size, self.cfg.max_send_attempts, publish)
-                .await?
-        else {
-            return Ok(RelayBatch { lock_busy: true, ..RelayBatch::default() });
+        let claimed =
+            DB::relay_batch(&self.pool, &self.cfg.sql, self.cfg.batch_size, self.cfg.max_send_attempts, publish).await;
+        let published = match claimed {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                self.stats.claimed(None);
+                return Ok(RelayBatch { lock_busy: true, ..RelayBatch::default() });
+            }
+            Err(e) => {
+                self.stats.claim_failed(&e);
+                return Err(e);
+            }
         };
         let batch =
             RelayBatch { published: published.delivered.len(), failed: published.failed.len(), lock_busy: false };
+        self.stats.claimed(Some(&batch));
+        if batch.failed == 0 && batch.published < self.cfg.batch_size as usize {
+            // Every pending row was in this batch and is delivered.
+            self.stats.oldest_pending(None);
+        }
         self.stats.published.fetch_add(batch.published as u64, Ordering::Relaxed);
         self.stats.failed.fetch_add(batch.failed as u64, Ordering::Relaxed);
         if batch.published > 0 {

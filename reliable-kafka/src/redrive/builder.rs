@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::StreamConsumer;
-use rdkafka::producer::FutureProducer;
 use sqlx::Pool;
 
 use super::{DeadLetterRedriver, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_RUN_TIME, DEFAULT_REDRIVE_INTERVAL};
@@ -115,10 +114,10 @@ impl<DB: Backend> DeadLetterRedriverBuilder<DB> {
         let consumer_config = self.kafka.consumer_config(&self.group, &[]);
         // Checked here so that a bad configuration fails at build, not at the first run.
         let _: StreamConsumer = consumer_config.create().map_err(Error::kafka("create re-drive consumer"))?;
-        let producer: FutureProducer = self
+        let producer: crate::kafka::Producer = self
             .kafka
             .client_config(KafkaConfig::PRODUCER_PRESETS)
-            .create()
+            .create_with_context(crate::kafka::HealthContext::new(self.group.clone()))
             .map_err(Error::kafka("create re-drive producer"))?;
         Ok(DeadLetterRedriver {
             consumer_config,

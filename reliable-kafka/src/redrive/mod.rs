@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message};
-use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
@@ -59,7 +58,7 @@ pub type RedriveHandle = WorkerHandle<RedriveStats>;
 /// the run, so the pool needs at least two. On SQLite the lock is per process.
 pub struct DeadLetterRedriver<DB: Backend = DefaultBackend> {
     pub(super) consumer_config: rdkafka::ClientConfig,
-    pub(super) producer: FutureProducer,
+    pub(super) producer: crate::kafka::Producer,
     pub(super) pool: Pool<DB>,
     pub(super) topics: Vec<String>,
     pub(super) max_redrives: u32,
@@ -89,6 +88,20 @@ pub struct RedriveStats {
     redriven: AtomicU64,
     parked: AtomicU64,
     runs: AtomicU64,
+    /// The error of the last run, if it failed.
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl crate::health::sealed::Sealed for RedriveStats {}
+
+impl crate::health::WorkerHealth for RedriveStats {
+    fn health(&self, worker: &str) -> crate::Health {
+        let mut h = crate::Health::new(worker);
+        if let Some(e) = self.last_error.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            h.found(crate::HealthStatus::Degraded, format!("the last re-drive run failed: {e}"));
+        }
+        h
+    }
 }
 
 impl RedriveStats {
@@ -305,7 +318,10 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
     /// common signature ([`WorkerHandle::shutdown`]).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         loop {
-            match self.redrive_once().await {
+            let result = self.redrive_once().await;
+            *self.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                result.as_ref().err().map(|e| crate::report(e));
+            match result {
                 Ok(r) if r.redriven + r.parked > 0 => {
                     tracing::info!(redriven = r.redriven, parked = r.parked, "re-drive run done")
                 }
