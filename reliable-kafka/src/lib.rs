@@ -121,7 +121,10 @@ pub use error::{is_transient_sqlx, report, BoxError, ConfigError, Error, ErrorKi
 pub use event::{Codec, CodecError, Event, JsonCodec};
 pub use health::{Health, HealthStatus, WorkerHealth, STATISTICS_INTERVAL};
 pub use kafka::{KafkaConfig, DEFAULT_BROKERS};
-pub use ops::Operations;
+pub use ops::{
+    decode_header, read_dead_letters, DeadLetterFilter, DeadLetterRecord, Operations, PayloadView, ReplayReport,
+    TopicBacklog,
+};
 pub use outbox::{
     EnqueueOptions, HeaderFormat, Outbox, OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayStats,
     DEFAULT_MAX_PENDING_AGE,
@@ -129,12 +132,13 @@ pub use outbox::{
 #[allow(deprecated)]
 pub use redrive::REDRIVE_COUNT;
 pub use redrive::{
-    DeadLetterRedriver, DeadLetterRedriverBuilder, RedriveHandle, RedriveReport, RedriveStats, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_RUN_TIME, DEFAULT_REDRIVE_INTERVAL,
+    DeadLetterRedriver, DeadLetterRedriverBuilder, RedriveFilter, RedriveHandle, RedriveReport, RedriveStats,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_RUN_TIME, DEFAULT_REDRIVE_INTERVAL,
 };
 pub use schema::{
     migrate, migrator, DEFAULT_OUTBOX_TABLE, DEFAULT_PARKED_TABLE, DEFAULT_PROCESSED_TABLE, NOTIFY_CHANNEL,
 };
+pub use store::ops::AuditEntry;
 pub use store::outbox::OutboxBacklog;
 pub use store::park::ParkedMessage;
 #[cfg(feature = "postgres")]

@@ -83,7 +83,7 @@ async fn routed(handlers: Vec<Box<dyn ErasedHandler<Sqlite>>>, unknown: UnknownE
         .into_iter()
         .map(|handler| Route {
             handler,
-            backoff: backoff.clone(),
+            backoff,
             dead_letter_topic: "jobs.DLQ".into(),
             retry_budget: Duration::from_secs(1),
         })

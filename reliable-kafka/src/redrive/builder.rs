@@ -11,7 +11,7 @@ use crate::error::validate_identifier;
 use crate::{Backend, ConfigError, DeadLetterReason, DefaultBackend, Error, KafkaConfig};
 
 /// Builder of [`DeadLetterRedriver`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DeadLetterRedriverBuilder<DB: Backend = DefaultBackend> {
     kafka: KafkaConfig,
     pool: Pool<DB>,
@@ -23,6 +23,23 @@ pub struct DeadLetterRedriverBuilder<DB: Backend = DefaultBackend> {
     max_run_time: Duration,
     idle_timeout: Duration,
     parked_table: String,
+    filter: Option<Arc<super::RedriveFilter>>,
+    rate_limit: Option<f64>,
+    max_records: Option<u64>,
+    dry_run: bool,
+}
+
+impl<DB: Backend> std::fmt::Debug for DeadLetterRedriverBuilder<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetterRedriverBuilder")
+            .field("topics", &self.topics)
+            .field("group", &self.group)
+            .field("max_redrives", &self.max_redrives)
+            .field("filter", &self.filter.is_some())
+            .field("rate_limit", &self.rate_limit)
+            .field("dry_run", &self.dry_run)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<DB: Backend> DeadLetterRedriver<DB> {
@@ -39,6 +56,10 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
             max_run_time: DEFAULT_MAX_RUN_TIME,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             parked_table: crate::schema::DEFAULT_PARKED_TABLE.to_owned(),
+            filter: None,
+            rate_limit: None,
+            max_records: None,
+            dry_run: false,
         }
     }
 }
@@ -84,6 +105,32 @@ impl<DB: Backend> DeadLetterRedriverBuilder<DB> {
         self.idle_timeout = timeout;
         self
     }
+    /// Only records `filter` selects are re-driven or parked; the others are passed
+    /// over (their offsets committed: this group does not look at them again). E.g.
+    /// `|r| r.key.as_deref() == Some(b"order-7")`, or a [`crate::DeadLetterFilter`]'s
+    /// `matches`.
+    pub fn filter(mut self, filter: impl Fn(&crate::DeadLetterRecord) -> bool + Send + Sync + 'static) -> Self {
+        self.filter = Some(Arc::new(filter));
+        self
+    }
+    /// Re-publishes at most this many records per second (default: unlimited), so
+    /// that re-driving a backlog does not flood the consumers of the original topic.
+    pub fn rate_limit(mut self, records_per_second: f64) -> Self {
+        self.rate_limit = Some(records_per_second);
+        self
+    }
+    /// A run stops after this many records re-driven or parked (default: no limit)
+    /// and commits them; the next run goes on from there.
+    pub fn max_records_per_run(mut self, records: u64) -> Self {
+        self.max_records = Some(records);
+        self
+    }
+    /// Decides without acting: a run publishes nothing, parks nothing and commits no
+    /// offset; its [`super::RedriveReport`] says what it would have done.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
     /// Table of parked records (default `rk_parked_messages`).
     pub fn parked_table(mut self, table: impl Into<String>) -> Self {
         self.parked_table = table.into();
@@ -94,7 +141,8 @@ impl<DB: Backend> DeadLetterRedriverBuilder<DB> {
     ///
     /// # Errors
     /// [`Error::Config`] naming the key: no `topic`, an empty `group.id`, a zero
-    /// `interval`, `max_run_time` or `idle_timeout`, an invalid `parked_table`; [`Error::Kafka`] when librdkafka rejects
+    /// `interval`, `max_run_time` or `idle_timeout`, an invalid `parked_table`, a
+    /// `rate_limit` that is not positive, a zero `max_records_per_run`; [`Error::Kafka`] when librdkafka rejects
     /// the configuration.
     pub fn build(self) -> Result<DeadLetterRedriver<DB>, Error> {
         if self.topics.is_empty() {
@@ -111,6 +159,16 @@ impl<DB: Backend> DeadLetterRedriverBuilder<DB> {
             }
         }
         validate_identifier("parked_table", &self.parked_table)?;
+        let min_gap = match self.rate_limit {
+            Some(r) if !(r.is_finite() && r > 0.0) => {
+                return Err(ConfigError::invalid("rate_limit", "must be a positive number of records per second").into())
+            }
+            Some(r) => Some(Duration::from_secs_f64(1.0 / r)),
+            None => None,
+        };
+        if self.max_records == Some(0) {
+            return Err(ConfigError::invalid("max_records_per_run", "must be at least 1").into());
+        }
         let consumer_config = self.kafka.consumer_config(&self.group, &[]);
         // Checked here so that a bad configuration fails at build, not at the first run.
         let _: StreamConsumer = consumer_config.create().map_err(Error::kafka("create re-drive consumer"))?;
@@ -133,6 +191,10 @@ impl<DB: Backend> DeadLetterRedriverBuilder<DB> {
             lock_name: format!("reliable-kafka:redrive:{}", self.group),
             group: self.group,
             stats: Arc::default(),
+            filter: self.filter,
+            min_gap,
+            max_records: self.max_records,
+            dry_run: self.dry_run,
         })
     }
 }

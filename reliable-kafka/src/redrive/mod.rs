@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message};
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,10 @@ use crate::store::park::ParkRow;
 use crate::worker::WorkerHandle;
 
 mod builder;
+mod plan;
+
+use plan::header_json;
+pub(crate) use plan::plan;
 
 use crate::{headers, Backend, DeadLetterInfo, DeadLetterReason, DefaultBackend, Error};
 pub use builder::DeadLetterRedriverBuilder;
@@ -70,7 +74,15 @@ pub struct DeadLetterRedriver<DB: Backend = DefaultBackend> {
     pub(super) group: String,
     pub(super) lock_name: String,
     pub(super) stats: Arc<RedriveStats>,
+    pub(super) filter: Option<Arc<RedriveFilter>>,
+    /// Least time between two re-publishes (from `rate_limit`).
+    pub(super) min_gap: Option<Duration>,
+    pub(super) max_records: Option<u64>,
+    pub(super) dry_run: bool,
 }
+
+/// The predicate of [`DeadLetterRedriverBuilder::filter`].
+pub type RedriveFilter = dyn Fn(&crate::DeadLetterRecord) -> bool + Send + Sync;
 
 impl<DB: Backend> std::fmt::Debug for DeadLetterRedriver<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,27 +131,32 @@ impl RedriveStats {
     }
 }
 
-/// What one [`DeadLetterRedriver::redrive_once`] did.
+/// What one [`DeadLetterRedriver::redrive_once`] did (with `dry_run`: would do).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RedriveReport {
     /// Records re-published.
     pub redriven: u64,
     /// Records parked.
     pub parked: u64,
-}
-
-/// A range of one dead-letter partition to process in a run: `[start, end)`.
-struct Span {
-    topic: String,
-    partition: i32,
-    start: i64,
-    end: i64,
+    /// Records the filter left alone (passed over; not re-driven by this group again).
+    pub skipped: u64,
 }
 
 impl<DB: Backend> DeadLetterRedriver<DB> {
     /// The counters, shared with the running re-driver.
     pub fn stats(&self) -> Arc<RedriveStats> {
         self.stats.clone()
+    }
+
+    /// The dead-letter topics it reads.
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
+    /// Whether it only reports what it would do (`dry_run`).
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
     }
 
     /// Processes what the dead-letter topics hold now (see the type's documentation).
@@ -167,7 +184,7 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
             Arc::new(self.consumer_config.create().map_err(Error::kafka("create re-drive consumer"))?);
         let planner = consumer.clone();
         let topics = self.topics.clone();
-        let spans = tokio::task::spawn_blocking(move || plan(&planner, &topics))
+        let spans = tokio::task::spawn_blocking(move || plan(&planner, &topics, true))
             .await
             .map_err(|_| Error::Kafka { operation: "plan re-drive", source: rdkafka::error::KafkaError::Canceled })??;
         let mut report = RedriveReport::default();
@@ -186,6 +203,7 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
             spans.iter().map(|s| ((s.topic.clone(), s.partition), s.end)).collect();
         let mut done: HashMap<(String, i32), i64> = HashMap::new();
         let deadline = tokio::time::Instant::now() + self.max_run_time;
+        let mut pace = Pace { next: tokio::time::Instant::now(), gap: self.min_gap };
         let result = async {
             while !remaining.is_empty() {
                 let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(self.idle_timeout);
@@ -214,21 +232,24 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
                     remaining.remove(&key);
                     continue;
                 }
-                if self.handle(&msg).await? {
-                    report.redriven += 1;
-                } else {
-                    report.parked += 1;
+                match self.handle(&msg, &mut pace).await? {
+                    Action::Redriven => report.redriven += 1,
+                    Action::Parked => report.parked += 1,
+                    Action::Skipped => report.skipped += 1,
                 }
                 done.insert(key.clone(), msg.offset() + 1);
                 if msg.offset() + 1 >= end {
                     remaining.remove(&key);
+                }
+                if self.max_records.is_some_and(|max| report.redriven + report.parked >= max) {
+                    break;
                 }
             }
             Ok::<(), Error>(())
         }
         .await;
         // Commit what was handled even if the run stopped on an error, then always clean up.
-        let committed = if done.is_empty() {
+        let committed = if done.is_empty() || self.dry_run {
             Ok(())
         } else {
             let mut commit = TopicPartitionList::new();
@@ -243,14 +264,21 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
         // Closing blocks until the consumer has left; keep it off the async workers.
         let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
         let result = result.and(committed);
-        self.stats.redriven.fetch_add(report.redriven, Ordering::Relaxed);
-        self.stats.parked.fetch_add(report.parked, Ordering::Relaxed);
+        if !self.dry_run {
+            self.stats.redriven.fetch_add(report.redriven, Ordering::Relaxed);
+            self.stats.parked.fetch_add(report.parked, Ordering::Relaxed);
+        }
         self.stats.runs.fetch_add(1, Ordering::Relaxed);
         result.map(|()| report)
     }
 
-    /// Re-drives or parks one record; `true` when re-driven.
-    async fn handle(&self, msg: &rdkafka::message::BorrowedMessage<'_>) -> Result<bool, Error> {
+    /// Re-drives, parks or skips one record.
+    async fn handle(&self, msg: &rdkafka::message::BorrowedMessage<'_>, pace: &mut Pace) -> Result<Action, Error> {
+        if let Some(filter) = &self.filter {
+            if !filter(&crate::DeadLetterRecord::from_message(msg)) {
+                return Ok(Action::Skipped);
+            }
+        }
         let hdrs = msg.headers();
         let info = hdrs.and_then(DeadLetterInfo::from_headers);
         let count = redrive_count(hdrs);
@@ -272,6 +300,10 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
             Some(_) => None,
         };
         if let (None, Some(info)) = (&park_reason, &info) {
+            if self.dry_run {
+                return Ok(Action::Redriven);
+            }
+            pace.wait().await;
             let out = redrive_headers(hdrs, count + 1);
             let record = OutRecord {
                 topic: info.original_topic.clone(),
@@ -281,7 +313,10 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
             };
             send_one(&self.producer, record).await.map_err(Error::kafka("re-publish"))?;
             tracing::info!(topic = %info.original_topic, original_offset = info.original_offset, redrive = count + 1, "re-drove dead-lettered record");
-            return Ok(true);
+            return Ok(Action::Redriven);
+        }
+        if self.dry_run {
+            return Ok(Action::Parked);
         }
         let reason = park_reason.unwrap_or_default();
         let header_list: Vec<serde_json::Value> = hdrs.map(|h| h.iter().map(header_json).collect()).unwrap_or_default();
@@ -307,7 +342,22 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
         DB::park(&self.pool, &self.park_sql, row).await.map_err(Error::db("park dead-lettered record"))?;
         tracing::error!(dead_letter_topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
             message_id = message_id.as_deref().unwrap_or("-"), %reason, "parked dead-lettered record");
-        Ok(false)
+        Ok(Action::Parked)
+    }
+
+    /// Records past the re-driver's committed offsets in its dead-letter topics: what
+    /// its next run would look at (for a progress bar).
+    ///
+    /// # Errors
+    /// [`Error::Kafka`] when metadata, offsets or watermarks cannot be read.
+    pub async fn pending(&self) -> Result<u64, Error> {
+        let consumer: StreamConsumer =
+            self.consumer_config.create().map_err(Error::kafka("create re-drive consumer"))?;
+        let topics = self.topics.clone();
+        let spans = tokio::task::spawn_blocking(move || plan(&consumer, &topics, true))
+            .await
+            .map_err(|_| Error::Kafka { operation: "plan re-drive", source: rdkafka::error::KafkaError::Canceled })??;
+        Ok(spans.iter().map(|s| (s.end - s.start).max(0) as u64).sum())
     }
 
     /// Runs [`DeadLetterRedriver::redrive_once`] every `interval` until `shutdown`.
@@ -345,49 +395,24 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
     }
 }
 
-/// A header as JSON: `{"key": .., "value": ..}` for text, `{"key": .., "hex": ..}`
-/// for binary values (such as Spring Kafka's big-endian partition and offset), since
-/// PostgreSQL's `jsonb` cannot hold NUL characters.
-fn header_json(h: Header<'_, &[u8]>) -> serde_json::Value {
-    match h.value {
-        None => serde_json::json!({ "key": h.key }),
-        Some(v) => match std::str::from_utf8(v) {
-            Ok(text) if !text.contains('\0') => serde_json::json!({ "key": h.key, "value": text }),
-            _ => {
-                let hex: String = v.iter().map(|b| format!("{b:02x}")).collect();
-                serde_json::json!({ "key": h.key, "hex": hex })
-            }
-        },
-    }
+/// What became of one record.
+enum Action {
+    Redriven,
+    Parked,
+    Skipped,
 }
 
-/// The partitions of `topics` with records past the committed offset.
-fn plan(consumer: &StreamConsumer, topics: &[String]) -> Result<Vec<Span>, Error> {
-    let timeout = Duration::from_secs(10);
-    let mut all = TopicPartitionList::new();
-    for topic in topics {
-        let md =
-            consumer.fetch_metadata(Some(topic), timeout).map_err(Error::kafka("fetch dead-letter topic metadata"))?;
-        for t in md.topics() {
-            for p in t.partitions() {
-                all.add_partition(t.name(), p.id());
-            }
+/// Spaces re-publishes `gap` apart (the rate limit).
+struct Pace {
+    next: tokio::time::Instant,
+    gap: Option<Duration>,
+}
+
+impl Pace {
+    async fn wait(&mut self) {
+        if let Some(gap) = self.gap {
+            tokio::time::sleep_until(self.next).await;
+            self.next = tokio::time::Instant::now().max(self.next) + gap;
         }
     }
-    let committed = consumer.committed_offsets(all, timeout).map_err(Error::kafka("read re-drive offsets"))?;
-    let mut spans = Vec::new();
-    for e in committed.elements() {
-        let (low, high) = consumer
-            .fetch_watermarks(e.topic(), e.partition(), timeout)
-            .map_err(Error::kafka("read dead-letter watermarks"))?;
-        let start = match e.offset() {
-            Offset::Offset(o) => o.max(low),
-            _ => low,
-        };
-        if start < high {
-            spans.push(Span { topic: e.topic().to_owned(), partition: e.partition(), start, end: high });
-        }
-    }
-    drop(committed);
-    Ok(spans)
 }

@@ -28,6 +28,7 @@ compile_error!("reliable-kafka needs a database backend: enable the `postgres` o
 mod any_pool;
 pub(crate) mod dedup;
 pub(crate) mod lock;
+pub(crate) mod ops;
 pub(crate) mod outbox;
 pub(crate) mod park;
 #[cfg(feature = "postgres")]
@@ -74,6 +75,7 @@ pub trait Backend:
     + dedup::DedupStore
     + park::ParkStore
     + lock::LockStore
+    + ops::OpsStore
 {
 }
 

@@ -61,6 +61,12 @@ pub struct ParkedMessage {
     pub key: Option<Vec<u8>>,
     /// Record payload; `None` when the dead letter carried none (too large).
     pub payload: Option<Vec<u8>>,
+    /// The dead letter's headers, in order: `[{"key": .., "value": ..}]` for text
+    /// values, `{"key": .., "hex": ..}` for binary ones, `{"key": ..}` for null.
+    #[sqlx(json)]
+    pub headers: serde_json::Value,
+    /// When it was dead-lettered (the dead-letter record's timestamp).
+    pub dead_lettered_at: Option<DateTime<Utc>>,
     /// When it was parked.
     pub parked_at: DateTime<Utc>,
 }

@@ -62,8 +62,42 @@ pub(crate) fn parked_list(table: &str) -> String {
     format!(
         "SELECT id, dead_letter_topic, dead_letter_partition, dead_letter_offset, message_id, original_topic, \
          original_partition, original_offset, consumer_group, reason, error_message, attempts, redrive_count, \
-         record_key, payload, parked_at FROM {table} ORDER BY id DESC LIMIT $1"
+         record_key, payload, headers, dead_lettered_at, parked_at FROM {table} ORDER BY id DESC LIMIT $1"
     )
+}
+
+/// The outbox backlog per topic: pending, oldest pending, parked (topics with
+/// delivered rows only are left out).
+pub(crate) fn outbox_topics(table: &str) -> String {
+    format!(
+        "SELECT topic, count(*) FILTER (WHERE delivered_at IS NULL AND parked_at IS NULL), \
+         min(created_at) FILTER (WHERE delivered_at IS NULL AND parked_at IS NULL), \
+         count(*) FILTER (WHERE parked_at IS NOT NULL) FROM {table} \
+         WHERE delivered_at IS NULL GROUP BY topic ORDER BY topic"
+    )
+}
+
+/// Parked outbox rows back to pending (attempts reset), of topic `$1` or all (`NULL`).
+pub(crate) fn outbox_retry(table: &str) -> String {
+    format!(
+        "UPDATE {table} SET parked_at = NULL, attempts = 0 \
+         WHERE parked_at IS NOT NULL AND delivered_at IS NULL AND ($1 IS NULL OR topic = $1)"
+    )
+}
+
+/// Deletes the parked record of id `$1`.
+pub(crate) fn parked_delete(table: &str) -> String {
+    format!("DELETE FROM {table} WHERE id = $1")
+}
+
+/// The audit insert.
+pub(crate) fn audit_insert() -> String {
+    "INSERT INTO rk_audit (operator, action, target, records, detail) VALUES ($1, $2, $3, $4, $5)".to_owned()
+}
+
+/// The newest audit rows, at most `$1`.
+pub(crate) fn audit_list() -> String {
+    "SELECT id, at, operator, action, target, records, detail FROM rk_audit ORDER BY id DESC LIMIT $1".to_owned()
 }
 
 /// The number of parked records.
