@@ -71,10 +71,7 @@ pub trait OpsStore: sqlx::Database + Sized {
 macro_rules! ops_store {
     ($db:ty) => {
         impl OpsStore for $db {
-            async fn outbox_topics(
-                pool: &Pool<Self>,
-                sql: &str,
-            ) -> Result<Vec<TopicRow>, sqlx::Error> {
+            async fn outbox_topics(pool: &Pool<Self>, sql: &str) -> Result<Vec<TopicRow>, sqlx::Error> {
                 sqlx::query_as(sql).fetch_all(pool).await
             }
 

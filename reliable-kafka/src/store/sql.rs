@@ -70,10 +70,10 @@ pub(crate) fn parked_list(table: &str) -> String {
 /// delivered rows only are left out).
 pub(crate) fn outbox_topics(table: &str) -> String {
     format!(
-        "SELECT topic, count(*) FILTER (WHERE delivered_at IS NULL AND parked_at IS NULL), \
+        "SELECT aggregatetype, count(*) FILTER (WHERE delivered_at IS NULL AND parked_at IS NULL), \
          min(created_at) FILTER (WHERE delivered_at IS NULL AND parked_at IS NULL), \
          count(*) FILTER (WHERE parked_at IS NOT NULL) FROM {table} \
-         WHERE delivered_at IS NULL GROUP BY topic ORDER BY topic"
+         WHERE delivered_at IS NULL GROUP BY aggregatetype ORDER BY aggregatetype"
     )
 }
 
@@ -81,7 +81,7 @@ pub(crate) fn outbox_topics(table: &str) -> String {
 pub(crate) fn outbox_retry(table: &str) -> String {
     format!(
         "UPDATE {table} SET parked_at = NULL, attempts = 0 \
-         WHERE parked_at IS NOT NULL AND delivered_at IS NULL AND ($1 IS NULL OR topic = $1)"
+         WHERE parked_at IS NOT NULL AND delivered_at IS NULL AND ($1 IS NULL OR aggregatetype = $1)"
     )
 }
 
