@@ -99,12 +99,15 @@ fn shipment_identity() -> IdentitySource {
 
 // --- The handlers: one effect row each, in the handler's transaction. ---
 
+/// Distinct ids per kind, and all rows.
+type Counts = (Vec<(String, i64)>, i64);
+
 /// The effect rows, for either backend (the SQL is the same; sqlx's types differ).
 trait Effects: Backend {
     /// Inserts one effect row in the handler's transaction.
     fn effect<'a>(conn: &'a mut Self::Connection, kind: &'a str, id: String) -> BoxFuture<'a, Result<(), sqlx::Error>>;
     /// Distinct ids per kind, and all rows, of this run.
-    fn counts(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(Vec<(String, i64)>, i64), sqlx::Error>>;
+    fn counts(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<Counts, sqlx::Error>>;
 }
 
 const INSERT: &str = "INSERT INTO interop_effect (run, kind, id) VALUES ($1, $2, $3)";
@@ -123,7 +126,7 @@ macro_rules! effects {
                     async move { sqlx::query(INSERT).bind(run_id()).bind(kind).bind(id).execute(conn).await.map(drop) },
                 )
             }
-            fn counts(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(Vec<(String, i64)>, i64), sqlx::Error>> {
+            fn counts(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<Counts, sqlx::Error>> {
                 Box::pin(async move {
                     let kinds = sqlx::query_as(DISTINCT).bind(run_id()).fetch_all(pool).await?;
                     let rows = sqlx::query_scalar(ROWS).bind(run_id()).fetch_one(pool).await?;
