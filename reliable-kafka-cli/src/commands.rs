@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use reliable_kafka::{
-    read_dead_letters, AnyPool, Backend, DeadLetterFilter, DeadLetterReason, DeadLetterRedriver, KafkaConfig,
-    Operations,
+    read_dead_letters, AnyPool, Backend, DeadLetterFilter, DeadLetterRedriver, KafkaConfig, Operations,
 };
 
 use crate::render::{self, Render};
@@ -27,6 +26,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
 
 fn operator(cli: &Cli) -> String {
     cli.operator.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The replay group of `topic` for `selection`: `rk-replay.<topic>` for all records,
+/// `rk-replay.<topic>.<8 hex digits of the filter>` for a selection, so that a filtered
+/// replay passing over the other records never hides them from a later replay.
+fn default_group(topic: &str, selection: &DeadLetterFilter) -> String {
+    if *selection == DeadLetterFilter::new() {
+        return format!("rk-replay.{topic}");
+    }
+    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, selection.describe().as_bytes());
+    format!("rk-replay.{topic}.{}", &id.simple().to_string()[..8])
 }
 
 fn filter(f: &FilterArgs) -> DeadLetterFilter {
@@ -71,19 +81,13 @@ async fn on<DB: Backend>(pool: sqlx::Pool<DB>, kafka: KafkaConfig, cli: Cli) -> 
         }
         Command::Dlq(DlqCommand::Replay { topic, filter: f, replay, group }) => {
             let selection = filter(f);
-            let group = group.clone().unwrap_or_else(|| format!("rk-replay.{topic}"));
+            let group = group.clone().unwrap_or_else(|| default_group(topic, &selection));
             let mut builder = DeadLetterRedriver::builder(kafka.clone(), pool.clone())
                 .topic(topic.clone())
                 .group_id(group.clone())
-                // An operator's replay: every reason, however often it was re-driven.
-                .reasons([
-                    DeadLetterReason::RetriesExhausted,
-                    DeadLetterReason::PermanentError,
-                    DeadLetterReason::Deserialization,
-                    DeadLetterReason::InvalidHeaders,
-                    DeadLetterReason::UnknownEventType,
-                    DeadLetterReason::UnsupportedSchemaVersion,
-                ])
+                // An operator's replay: every reason (Spring's records have none),
+                // however often it was re-driven.
+                .any_reason()
                 .max_redrives(u32::MAX)
                 .idle_timeout(Duration::from_secs(10))
                 .max_run_time(Duration::from_secs(24 * 3600))
@@ -105,7 +109,7 @@ async fn on<DB: Backend>(pool: sqlx::Pool<DB>, kafka: KafkaConfig, cli: Cli) -> 
             let report = loop {
                 tokio::select! {
                     r = &mut run => break r,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => bar.set_position(stats.redriven() + stats.parked()),
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => bar.set_position(stats.examined()),
                 }
             };
             bar.finish_and_clear();

@@ -103,7 +103,7 @@ pub struct FilterArgs {
 /// How a replay runs.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ReplayArgs {
-    /// Records replayed at most.
+    /// Records acted on at most (replayed, or parked when they cannot be).
     #[arg(long)]
     pub limit: Option<usize>,
     /// Records per second at most.
@@ -150,7 +150,9 @@ pub enum DlqCommand {
         filter: FilterArgs,
         #[command(flatten)]
         replay: ReplayArgs,
-        /// Consumer group keeping the progress (default `rk-replay.<topic>`).
+        /// Consumer group keeping the progress (default `rk-replay.<topic>`, and for a
+        /// filtered replay `rk-replay.<topic>.<hash of the filter>`, so that records a
+        /// filter passes over stay there for a replay of all).
         #[arg(long)]
         group: Option<String>,
     },

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use concert::events::PaymentCompleted;
 use concert::webhook::{DemoReceiver, ReceiverBehaviour, WebhookNotifier};
-use reliable_kafka::{DeadLetterRedriver, EnqueueOptions, ListenerContainer, Outbox, OutboxRelay};
+use reliable_kafka::{DeadLetterRedriver, EnqueueOptions, Event, ListenerContainer, Outbox, OutboxRelay};
 use reliable_kafka_tests::*;
 use serde_json::Value;
 
@@ -41,11 +41,11 @@ async fn rk_lists_replays_and_purges_what_a_reference_app_run_left_and_audits_it
     concert::migrate(&pool.clone().into()).await.unwrap();
     sqlx::raw_sql(
         "INSERT INTO concert (id, title) VALUES (1, 't');
-         INSERT INTO concert_date VALUES (1, 1, now(), 8, 0);
-         INSERT INTO seat (concert_date_id, number, price, status) SELECT 1, k, 10, 'SOLD' FROM generate_series(1, 8) k;
-         INSERT INTO app_user (name, balance) SELECT 'u' || k, 0 FROM generate_series(1, 8) k;
-         INSERT INTO reservation (user_id, seat_id, concert_date_id, status) SELECT k, k, 1, 'CONFIRMED' FROM generate_series(1, 8) k;
-         INSERT INTO payment (reservation_id, user_id, amount, status, charged) SELECT k, k, 10, 'COMPLETED', true FROM generate_series(1, 8) k;",
+         INSERT INTO concert_date VALUES (1, 1, now(), 9, 0);
+         INSERT INTO seat (concert_date_id, number, price, status) SELECT 1, k, 10, 'SOLD' FROM generate_series(1, 9) k;
+         INSERT INTO app_user (name, balance) SELECT 'u' || k, 0 FROM generate_series(1, 9) k;
+         INSERT INTO reservation (user_id, seat_id, concert_date_id, status) SELECT k, k, 1, 'CONFIRMED' FROM generate_series(1, 9) k;
+         INSERT INTO payment (reservation_id, user_id, amount, status, charged) SELECT k, k, 10, 'COMPLETED', true FROM generate_series(1, 9) k;",
     )
     .execute(&pool)
     .await
@@ -86,15 +86,32 @@ async fn rk_lists_replays_and_purges_what_a_reference_app_run_left_and_audits_it
         .build()
         .unwrap();
     assert_eq!(redriver.redrive_once().await.unwrap().parked, 2);
+    // A Spring service sharing the topic dead-lettered payment 9's event, which our
+    // relay wrote: Spring's `kafka_dlt-*` headers, no `rk-dlt-reason`.
+    let id = uuid::Uuid::now_v7().to_string();
+    let payload =
+        serde_json::to_vec(&PaymentCompleted { payment_id: 9, reservation_id: 9, user_id: 9, amount: 10 }).unwrap();
+    let (partition, offset) = (0_i32.to_be_bytes(), 123_i64.to_be_bytes());
+    let spring_headers: [(&str, &[u8]); 7] = [
+        ("rk-message-id", id.as_bytes()),
+        ("rk-event-type", PaymentCompleted::EVENT_TYPE.as_bytes()),
+        ("kafka_dlt-original-topic", topic.as_bytes()),
+        ("kafka_dlt-original-partition", &partition),
+        ("kafka_dlt-original-offset", &offset),
+        ("kafka_dlt-exception-fqcn", b"org.springframework.kafka.listener.ListenerExecutionFailedException"),
+        ("kafka_dlt-exception-message", b"Listener failed"),
+    ];
+    produce_raw(&kafka, &dlt, "9", &payload, &spring_headers).await;
 
     // What rk sees.
     let status = rk_json(&schema, &["outbox", "status"]);
     assert_eq!((status["pending"].as_u64(), status["parked_dead_letters"].as_u64()), (Some(0), Some(2)), "{status}");
     let dead = rk_json(&schema, &["dlq", "list", "--topic", &dlt]);
     let dead = dead.as_array().unwrap();
-    assert_eq!(dead.len(), 2);
+    assert_eq!(dead.len(), 3);
     let keys: Vec<&str> = dead.iter().map(|d| d["key"].as_str().unwrap()).collect();
-    assert_eq!(keys, ["4", "8"]);
+    assert_eq!(keys, ["4", "8", "9"]);
+    assert_eq!(dead[2]["reason"], Value::Null, "Spring writes no reason");
     assert_eq!(dead[0]["reason"], "retries-exhausted");
     assert_eq!(dead[0]["original_topic"].as_str(), Some(topic.as_str()));
     let partition = dead[0]["headers"].as_array().unwrap().iter().find(|h| h["key"] == "kafka_dlt-original-partition");
@@ -119,15 +136,19 @@ async fn rk_lists_replays_and_purges_what_a_reference_app_run_left_and_audits_it
     // whole dead-letter topic (payment 4 a second time: deduplicated), then purge.
     receiver.set_behaviour(ReceiverBehaviour::default());
     let dry = rk_json(&schema, &["dlq", "replay", "--topic", &dlt, "--dry-run"]);
-    assert_eq!((dry["redriven"].as_u64(), dry["dry_run"].as_bool()), (Some(2), Some(true)));
+    assert_eq!((dry["redriven"].as_u64(), dry["dry_run"].as_bool()), (Some(3), Some(true)));
     let replayed = rk_json(&schema, &["parked", "replay", "--limit", "1"]);
     assert_eq!(replayed["replayed"], 1);
     assert_eq!(rk_json(&schema, &["parked", "list"]).as_array().unwrap().len(), 1);
+    // A filtered replay: the Spring record only; it keeps its progress in a group of
+    // its own, so it hides nothing from the replay of all after it.
+    let spring = rk_json(&schema, &["dlq", "replay", "--topic", &dlt, "--key", "9"]);
+    assert_eq!((spring["redriven"].as_u64(), spring["skipped"].as_u64()), (Some(1), Some(2)), "{spring}");
     let first = rk_json(&schema, &["dlq", "replay", "--topic", &dlt, "--limit", "1", "--rate", "20"]);
     assert_eq!(first["redriven"], 1);
     // Resumable: the next replay goes on after the first one's committed progress.
     let rest = rk_json(&schema, &["dlq", "replay", "--topic", &dlt]);
-    assert_eq!((rest["redriven"].as_u64(), rest["parked"].as_u64()), (Some(1), Some(0)), "{rest}");
+    assert_eq!((rest["redriven"].as_u64(), rest["parked"].as_u64()), (Some(2), Some(0)), "{rest}");
     let refused = rk(&schema, &["parked", "purge"]);
     assert_eq!(refused.status.code(), Some(3), "a purge needs --yes");
     assert_eq!(rk_json(&schema, &["parked", "purge", "--yes"])["purged"], 1);
@@ -135,16 +156,17 @@ async fn rk_lists_replays_and_purges_what_a_reference_app_run_left_and_audits_it
 
     let notified =
         || async { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notification").fetch_one(&pool).await.unwrap() };
-    assert!(eventually(Duration::from_secs(60), || async { notified().await == 8 }).await, "all eight notified");
+    assert!(eventually(Duration::from_secs(60), || async { notified().await == 9 }).await, "all nine notified");
     tokio::time::sleep(Duration::from_secs(1)).await; // a duplicate would arrive meanwhile
     let duplicates = c.stats().duplicates();
     c.shutdown().await.unwrap();
     relay.shutdown().await.unwrap();
     server.stop().await;
-    assert_eq!(notified().await, 8, "each payment notified once");
+    assert_eq!(notified().await, 9, "each payment notified once");
     let accepted = receiver.accepted();
-    assert_eq!((accepted.get(&4), accepted.get(&8)), (Some(&1), Some(&1)), "the webhook got each replay once");
-    assert_eq!(duplicates, 1, "payment 4, replayed twice, was applied once");
+    let replayed: Vec<Option<&u32>> = [4, 8, 9].iter().map(|p| accepted.get(p)).collect();
+    assert_eq!(replayed, [Some(&1); 3], "the webhook got each replayed payment once");
+    assert_eq!(duplicates, 2, "payments 4 and 9, each replayed twice, were applied once");
 
     let audit = rk_json(&schema, &["audit"]);
     let actions: Vec<(String, i64, String)> = audit
@@ -164,6 +186,7 @@ async fn rk_lists_replays_and_purges_what_a_reference_app_run_left_and_audits_it
         actions,
         [
             ("parked.purge".to_owned(), 1, op()),
+            ("dlq.replay".to_owned(), 2, op()),
             ("dlq.replay".to_owned(), 1, op()),
             ("dlq.replay".to_owned(), 1, op()),
             ("parked.replay".to_owned(), 1, op()),

@@ -198,6 +198,7 @@ impl<DB: Backend> ListenerContainer<DB> {
     /// [`Partitions::revoked_since`]) and counts it.
     fn tag<'c>(&self, m: BorrowedMessage<'c>) -> (u64, BorrowedMessage<'c>) {
         ContainerStats::add(&self.pipeline.stats.received, 1);
+        self.pipeline.stats.brokers.reachable();
         (self.consumer.context().partitions.epoch(), m)
     }
 

@@ -190,13 +190,15 @@ impl<DB: Backend> Pipeline<DB> {
                 }
             }
         }
+        // One deadline for the whole batch, however many runs of handlers it has.
+        let deadline = tokio::time::Instant::now() + self.handler_timeout;
         for (route, work) in runs {
             ctx.record = work[0].1.clone();
             let call = AssertUnwindSafe(route.handler.call_batch(work, &mut ctx)).catch_unwind();
             tokio::select! {
                 biased;
                 _ = stop.revoked.cancelled() => return Err(BatchError::Cancelled),
-                r = tokio::time::timeout(self.handler_timeout, call) => match r {
+                r = tokio::time::timeout_at(deadline, call) => match r {
                     Ok(Ok(Ok(()))) => {}
                     Ok(Ok(Err(e))) => return Err(BatchError::Handler(e)),
                     Ok(Err(_panic)) => return Err(BatchError::Panic),

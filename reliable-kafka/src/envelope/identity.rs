@@ -246,7 +246,7 @@ impl IdentitySource {
     }
 
     /// Debezium's outbox event router: the message id from header `id` (the outbox
-    /// row's id), the event type from header `eventType`, which the router writes when
+    /// row's id; one that is not a UUID is scoped by the topic), the event type from header `eventType`, which the router writes when
     /// configured with `table.fields.additional.placement=type:header:eventType` (when
     /// absent, the topic's only handler takes the record). The key is the
     /// `aggregateid`, as the router sets it.
@@ -265,7 +265,11 @@ impl IdentitySource {
         IdentitySource(Kind::Debezium { type_header: None })
     }
 
-    /// A function over the record's key, headers and payload.
+    /// A function over the record's key, headers and payload. Sources are compared
+    /// by value when handlers of one topic are registered, and two `custom` sources
+    /// are the same only when one is a clone of the other: register one value (clone
+    /// it, or keep it in a `static`) on every handler of a topic, or set it on the
+    /// container.
     ///
     /// ```
     /// use reliable_kafka::{Identity, IdentityError, IdentitySource};
@@ -366,7 +370,8 @@ impl IdentitySource {
             }
             Kind::Debezium { type_header } => {
                 let id = required(h, headers::DEBEZIUM_ID)?;
-                let mut identity = Identity::new(Identity::message_id_from_text("debezium", id));
+                // Ids are unique per outbox table, and a table's events go to its topics.
+                let mut identity = Identity::new(Identity::message_id_from_text(msg.topic(), id));
                 if let Some(header) = type_header {
                     identity.event_type = text(h, header)?.map(|t| t.trim_matches('"').to_owned());
                 }

@@ -57,6 +57,13 @@ impl BrokerState {
         Some(self.consumer_lag.load(std::sync::atomic::Ordering::Relaxed)).filter(|l| *l >= 0)
     }
 
+    /// A request succeeded (a record fetched or acknowledged): a broker is reachable.
+    pub(crate) fn reachable(&self) {
+        if self.down_since_ms.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+            self.down_since_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Takes a client error into account.
     pub(crate) fn on_error(&self, error: &KafkaError) {
         use rdkafka::types::RDKafkaErrorCode;

@@ -64,6 +64,7 @@ pub struct Operations<DB: Backend = DefaultBackend> {
     parked_list_sql: String,
     parked_count_sql: String,
     parked_delete_sql: String,
+    parked_get_sql: String,
 }
 
 impl<DB: Backend> Operations<DB> {
@@ -79,6 +80,7 @@ impl<DB: Backend> Operations<DB> {
             parked_list_sql: sql::parked_list(parked),
             parked_count_sql: sql::parked_count(parked),
             parked_delete_sql: sql::parked_delete(parked),
+            parked_get_sql: sql::parked_get(parked),
         }
     }
 
@@ -103,6 +105,7 @@ impl<DB: Backend> Operations<DB> {
         self.parked_list_sql = sql::parked_list(table);
         self.parked_count_sql = sql::parked_count(table);
         self.parked_delete_sql = sql::parked_delete(table);
+        self.parked_get_sql = sql::parked_get(table);
         Ok(self)
     }
 

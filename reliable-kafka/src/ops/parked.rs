@@ -40,7 +40,10 @@ impl<DB: Backend> Operations<DB> {
     /// # Errors
     /// [`Error::Database`] when the query fails.
     pub async fn parked_message(&self, id: i64) -> Result<Option<ParkedMessage>, Error> {
-        Ok(self.parked(&DeadLetterFilter::new()).await?.into_iter().find(|p| p.id == id))
+        // The statement's one argument is the id (the list statement's is a limit).
+        let rows =
+            DB::parked_list(&self.pool, &self.parked_get_sql, id).await.map_err(Error::db("read parked record"))?;
+        Ok(rows.into_iter().next())
     }
 
     /// Publishes the parked records `filter` selects (at most `limit`, oldest first,
@@ -167,8 +170,12 @@ pub(crate) fn replay_headers(json: &serde_json::Value) -> OwnedHeaders {
     out
 }
 
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()).collect()
+/// The bytes of lowercase or uppercase hex; pairs that are not hex are left out.
+pub(crate) fn unhex(s: &str) -> Vec<u8> {
+    s.as_bytes()
+        .chunks_exact(2)
+        .filter_map(|pair| std::str::from_utf8(pair).ok().and_then(|p| u8::from_str_radix(p, 16).ok()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -185,12 +192,18 @@ mod tests {
             { "key": "rk-redrive-count", "value": "3" },
             { "key": "trace-bin", "hex": "00ff10" },
             { "key": "empty" },
+            { "key": "edited", "hex": "zz€41" },
         ]);
         let h = replay_headers(&json);
         let got: Vec<(&str, Option<&[u8]>)> = h.iter().map(|x| (x.key, x.value)).collect();
         assert_eq!(
             got,
-            [("rk-message-id", Some(&b"0190-abc"[..])), ("trace-bin", Some(&[0u8, 0xff, 0x10][..])), ("empty", None)]
+            [
+                ("rk-message-id", Some(&b"0190-abc"[..])),
+                ("trace-bin", Some(&[0u8, 0xff, 0x10][..])),
+                ("empty", None),
+                ("edited", Some(&b""[..]))
+            ]
         );
     }
 }

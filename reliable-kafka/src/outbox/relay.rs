@@ -285,7 +285,9 @@ impl<DB: Backend> OutboxRelay<DB> {
         let published = match claimed {
             Ok(Some(p)) => p,
             Ok(None) => {
+                // Another instance publishes: this one has nothing pending of its own.
                 self.stats.claimed(None);
+                self.stats.oldest_pending(None);
                 return Ok(RelayBatch { lock_busy: true, ..RelayBatch::default() });
             }
             Err(e) => {

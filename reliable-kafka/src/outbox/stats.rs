@@ -92,11 +92,12 @@ impl RelayStats {
     /// A claim succeeded (`None`: another instance held the lock).
     pub(crate) fn claimed(&self, batch: Option<&RelayBatch>) {
         *self.claim_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        if let Some(b) = batch {
-            self.last_failed.store(b.failed as u64, Ordering::Relaxed);
-            if b.published > 0 {
-                self.last_delivery_ms.store(now_ms(), Ordering::Relaxed);
-            }
+        let failed = batch.map_or(0, |b| b.failed as u64);
+        self.last_failed.store(failed, Ordering::Relaxed);
+        if batch.is_some_and(|b| b.published > 0) {
+            self.last_delivery_ms.store(now_ms(), Ordering::Relaxed);
+            // An acknowledged delivery: a broker is reachable.
+            self.brokers.reachable();
         }
     }
 
@@ -111,7 +112,11 @@ impl WorkerHealth for RelayStats {
     fn health(&self, worker: &str) -> Health {
         let mut h = Health::new(worker);
         if let Some(down) = self.brokers.down_for() {
-            h.found(HealthStatus::Unhealthy, format!("all brokers down for {}", human(down)));
+            // An idle producer's connections may be closed by the broker; down only
+            // matters while rows wait.
+            let status =
+                if self.oldest_pending_age().is_some() { HealthStatus::Unhealthy } else { HealthStatus::Degraded };
+            h.found(status, format!("all brokers down for {}", human(down)));
         }
         if let Some(e) = self.claim_error.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             h.found(HealthStatus::Unhealthy, format!("claiming outbox rows fails: {e}"));

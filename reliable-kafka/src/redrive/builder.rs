@@ -27,6 +27,7 @@ pub struct DeadLetterRedriverBuilder<DB: Backend = DefaultBackend> {
     rate_limit: Option<f64>,
     max_records: Option<u64>,
     dry_run: bool,
+    any_reason: bool,
 }
 
 impl<DB: Backend> std::fmt::Debug for DeadLetterRedriverBuilder<DB> {
@@ -60,6 +61,7 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
             rate_limit: None,
             max_records: None,
             dry_run: false,
+            any_reason: false,
         }
     }
 }
@@ -86,6 +88,14 @@ impl<DB: Backend> DeadLetterRedriverBuilder<DB> {
     /// pills and permanent errors are parked at once).
     pub fn reasons(mut self, reasons: impl IntoIterator<Item = DeadLetterReason>) -> Self {
         self.reasons = reasons.into_iter().collect();
+        self
+    }
+    /// Re-drives records of every reason, and records without `rk-dlt-reason` (those
+    /// Spring Kafka's `DeadLetterPublishingRecoverer` wrote): an operator's replay.
+    /// Records without their payload and records that are not dead letters are still
+    /// parked.
+    pub fn any_reason(mut self) -> Self {
+        self.any_reason = true;
         self
     }
     /// Time between runs of [`DeadLetterRedriver::run`] (default 5 min, as in seed 003).
@@ -195,6 +205,7 @@ impl<DB: Backend> DeadLetterRedriverBuilder<DB> {
             min_gap,
             max_records: self.max_records,
             dry_run: self.dry_run,
+            any_reason: self.any_reason,
         })
     }
 }

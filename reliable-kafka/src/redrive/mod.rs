@@ -79,6 +79,8 @@ pub struct DeadLetterRedriver<DB: Backend = DefaultBackend> {
     pub(super) min_gap: Option<Duration>,
     pub(super) max_records: Option<u64>,
     pub(super) dry_run: bool,
+    /// Every reason is worth re-driving, none included (records of Spring's recoverer).
+    pub(super) any_reason: bool,
 }
 
 /// The predicate of [`DeadLetterRedriverBuilder::filter`].
@@ -100,6 +102,7 @@ pub struct RedriveStats {
     redriven: AtomicU64,
     parked: AtomicU64,
     runs: AtomicU64,
+    examined: AtomicU64,
     /// The error of the last run, if it failed.
     last_error: std::sync::Mutex<Option<String>>,
 }
@@ -128,6 +131,11 @@ impl RedriveStats {
     /// Completed runs.
     pub fn runs(&self) -> u64 {
         self.runs.load(Ordering::Relaxed)
+    }
+    /// Records looked at, whatever became of them (dry runs and records the filter
+    /// passed over included): the progress of a run in course.
+    pub fn examined(&self) -> u64 {
+        self.examined.load(Ordering::Relaxed)
     }
 }
 
@@ -232,6 +240,7 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
                     remaining.remove(&key);
                     continue;
                 }
+                self.stats.examined.fetch_add(1, Ordering::Relaxed);
                 match self.handle(&msg, &mut pace).await? {
                     Action::Redriven => report.redriven += 1,
                     Action::Parked => report.parked += 1,
@@ -290,7 +299,7 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
                 omitted.as_deref().unwrap_or("?")
             )),
             None => Some("not a dead-letter record (kafka_dlt-original-* headers missing)".to_owned()),
-            Some(i) if !i.reason.is_some_and(|r| self.reasons.contains(&r)) => Some(format!(
+            Some(i) if !self.any_reason && !i.reason.is_some_and(|r| self.reasons.contains(&r)) => Some(format!(
                 "dead-lettered as `{}`, which re-driving cannot fix",
                 i.reason.map_or("unknown", |r| r.as_str())
             )),

@@ -85,6 +85,15 @@ pub(crate) fn outbox_retry(table: &str) -> String {
     )
 }
 
+/// The parked record of id `$1`.
+pub(crate) fn parked_get(table: &str) -> String {
+    format!(
+        "SELECT id, dead_letter_topic, dead_letter_partition, dead_letter_offset, message_id, original_topic, \
+         original_partition, original_offset, consumer_group, reason, error_message, attempts, redrive_count, \
+         record_key, payload, headers, dead_lettered_at, parked_at FROM {table} WHERE id = $1"
+    )
+}
+
 /// Deletes the parked record of id `$1`.
 pub(crate) fn parked_delete(table: &str) -> String {
     format!("DELETE FROM {table} WHERE id = $1")

@@ -146,6 +146,14 @@ pub async fn run(pool: Db, store: Store, kafka: KafkaConfig, cfg: &ScenarioConfi
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // The probes an orchestrator would call: every worker alive, none unhealthy.
+    for probe in ["/health/live", "/health/ready"] {
+        let r = http.get(format!("{base}{probe}")).send().await?;
+        let status = r.status();
+        if !status.is_success() {
+            report.problems.push(format!("{probe} answered {status}: {}", r.text().await.unwrap_or_default()));
+        }
+    }
     if idempotency_violations > 0 {
         report.duplicated += idempotency_violations;
         report.problems.push(format!("repeated payment requests answered differently: {idempotency_violations}"));
