@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | container | stopped; all brokers down; not polled for longer than `max.poll.interval.ms` | not polled for half of it; no partition assigned |
 //! | relay | stopped; all brokers down; its last claim failed (database); the oldest pending row older than `max_pending_age` | the last batch had failed sends; the oldest pending row older than half of `max_pending_age` |
-//! | re-driver | stopped | its last run failed |
+//! | re-driver | stopped | its last run failed; no run for three intervals |
 //!
 //! "All brokers down" is what librdkafka reports when every broker connection it
 //! holds is lost (at once, when a broker stops); it ends at the first statistics report

@@ -200,7 +200,7 @@ impl<DB: Backend> DeadLetterRedriverBuilder<DB> {
             park_sql: crate::store::sql::park_insert(&self.parked_table),
             lock_name: format!("reliable-kafka:redrive:{}", self.group),
             group: self.group,
-            stats: Arc::default(),
+            stats: Arc::new(super::RedriveStats::with_interval(self.interval)),
             filter: self.filter,
             min_gap,
             max_records: self.max_records,

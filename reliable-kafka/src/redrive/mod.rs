@@ -103,6 +103,10 @@ pub struct RedriveStats {
     parked: AtomicU64,
     runs: AtomicU64,
     examined: AtomicU64,
+    /// When the last run ended, ms since the epoch; 0 before the first.
+    last_run_ms: AtomicU64,
+    /// The interval between runs, ms (0: unknown).
+    interval_ms: AtomicU64,
     /// The error of the last run, if it failed.
     last_error: std::sync::Mutex<Option<String>>,
 }
@@ -115,11 +119,23 @@ impl crate::health::WorkerHealth for RedriveStats {
         if let Some(e) = self.last_error.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             h.found(crate::HealthStatus::Degraded, format!("the last re-drive run failed: {e}"));
         }
+        let (last, interval) = (self.last_run_ms.load(Ordering::Relaxed), self.interval_ms.load(Ordering::Relaxed));
+        let since = crate::health::now_ms().saturating_sub(last);
+        if last > 0 && interval > 0 && since > 3 * interval {
+            let since = crate::health::human(Duration::from_millis(since));
+            h.found(crate::HealthStatus::Degraded, format!("no re-drive run for {since} (3 intervals)"));
+        }
         h
     }
 }
 
 impl RedriveStats {
+    pub(crate) fn with_interval(interval: Duration) -> Self {
+        let stats = RedriveStats::default();
+        stats.interval_ms.store(interval.as_millis() as u64, Ordering::Relaxed);
+        stats
+    }
+
     /// Records re-published to their original topic.
     pub fn redriven(&self) -> u64 {
         self.redriven.load(Ordering::Relaxed)
@@ -378,6 +394,7 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         loop {
             let result = self.redrive_once().await;
+            self.stats.last_run_ms.store(crate::health::now_ms(), Ordering::Relaxed);
             *self.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
                 result.as_ref().err().map(|e| crate::report(e));
             match result {
