@@ -213,7 +213,8 @@ impl<DB: Backend> ListenerContainer<DB> {
     }
 
     /// Subscribes and processes records until `shutdown` is cancelled; then finishes
-    /// the record in hand (a retry wait is cut short and that record left uncommitted),
+    /// the record in hand (a retry wait is cut short and that record left uncommitted;
+    /// a dead-letter publish gets [`crate::PRODUCER_FLUSH_TIMEOUT`] to be acknowledged),
     /// commits stored offsets, flushes the dead-letter producer and leaves the group.
     ///
     /// # Errors

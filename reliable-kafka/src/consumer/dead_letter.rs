@@ -62,7 +62,23 @@ impl<DB: Backend> Pipeline<DB> {
                 payload: if omit_payload { None } else { msg.payload().map(<[u8]>::to_vec) },
                 headers,
             };
-            match send_one(&self.producer, record).await {
+            // A publish waits for its acknowledgement up to `message.timeout.ms` (300 s)
+            // while the broker is down: a revoke abandons it, shutdown gives it
+            // PRODUCER_FLUSH_TIMEOUT. Either way the record's offset is not stored; its
+            // next owner dead-letters it again (a dead letter may then exist twice).
+            let sent = tokio::select! {
+                r = send_one(&self.producer, record) => r,
+                _ = stop.revoked.cancelled() => return Outcome::Interrupted,
+                _ = async {
+                    stop.shutdown.cancelled().await;
+                    tokio::time::sleep(crate::PRODUCER_FLUSH_TIMEOUT).await;
+                } => {
+                    tracing::warn!(group = %self.group, %dead_letter_topic,
+                        "shutdown: the dead-letter publish was not acknowledged in time; the record is left uncommitted");
+                    return Outcome::Interrupted;
+                }
+            };
+            match sent {
                 Ok(()) => {
                     ContainerStats::add(&self.stats.dead_lettered, 1);
                     return Outcome::Done { retried: attempts > 1 };
