@@ -176,3 +176,73 @@ async fn the_relay_puts_each_key_on_the_partition_the_java_client_would() {
         }
     }
 }
+
+/// Fails every record permanently after telling the test it holds one, and counts the
+/// records it sees.
+struct Refuses {
+    topic: String,
+    entered: tokio::sync::mpsc::UnboundedSender<()>,
+    hold: Duration,
+}
+
+impl reliable_kafka::EventHandler for Refuses {
+    type Event = Work;
+    fn options(&self) -> reliable_kafka::HandlerOptions {
+        reliable_kafka::HandlerOptions::new().topic(self.topic.clone())
+    }
+    fn handle<'a>(
+        &'a self,
+        _: Work,
+        _: &'a mut reliable_kafka::HandlerContext,
+    ) -> futures::future::BoxFuture<'a, Result<(), reliable_kafka::HandlerError>> {
+        Box::pin(async move {
+            let _ = self.entered.send(());
+            tokio::time::sleep(self.hold).await;
+            Err(reliable_kafka::HandlerError::permanent("refused"))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_dead_letter_publish_to_a_broker_that_is_down() {
+    let mock = MockCluster::new(1).unwrap();
+    let topic = unique("mock-dlq-outage");
+    mock.create_topic(&topic, 1, 1).unwrap();
+    mock.create_topic(&format!("{topic}.DLQ"), 1, 1).unwrap();
+    let kafka = test_settings(KafkaConfig::new(mock.bootstrap_servers()));
+    let (pool, _schema) = isolated_pool().await;
+    create_effects_table(&pool).await;
+    produce_work(&kafka, &topic, uuid::Uuid::now_v7(), &Work { key: "k".into(), n: 1 }).await;
+    let group = unique("dlq-outage");
+    let (entered, mut held) = tokio::sync::mpsc::unbounded_channel();
+    let handler = Refuses { topic: topic.clone(), entered, hold: Duration::from_millis(500) };
+    let c = reliable_kafka::ListenerContainer::builder(kafka.clone(), pool.clone())
+        .group_id(group.clone())
+        .handler(handler)
+        .build()
+        .unwrap()
+        .spawn();
+    // The broker goes down while the handler holds the record; its dead letter then
+    // waits for an acknowledgement that librdkafka gives up on after 300 s.
+    tokio::time::timeout(Duration::from_secs(60), held.recv()).await.expect("record handled");
+    mock.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(40), c.shutdown()).await;
+    assert!(stopped.is_ok(), "shutdown waited for the dead-letter acknowledgement");
+    println!("stopped {:?} after shutdown", started.elapsed());
+    mock.broker_up(1).unwrap();
+
+    // Its offset was not committed: the group's next member gets the record again.
+    let recorder = Recorder::new(&topic, &group, Mode::Succeed, 1);
+    let next = reliable_kafka::ListenerContainer::builder(kafka.clone(), pool.clone())
+        .handler(recorder)
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(
+        eventually(Duration::from_secs(60), || async { count(&pool, "SELECT count(*) FROM effects").await == 1 }).await,
+        "the record was redelivered to the next member"
+    );
+    next.shutdown().await.unwrap();
+}
