@@ -50,6 +50,14 @@ impl<E: Event> EventHandler for Effect<E> {
     }
 }
 
+/// The effects table of [`Effect`] (no unique constraint: a second effect would show).
+async fn seat_effects(pool: &sqlx::PgPool) {
+    sqlx::query("CREATE TABLE seat_effects (kind text NOT NULL, seat text NOT NULL, message_id uuid NOT NULL)")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 fn held(topic: &str) -> Effect<SeatHeld> {
     Effect { topic: topic.to_owned(), kind: "held", seat: |e| &e.seat }
 }
@@ -60,10 +68,7 @@ fn released(topic: &str) -> Effect<SeatReleased> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloud_events_from_the_relay_route_by_type_and_unknown_types_are_dead_lettered_with_the_reason() {
     let (pool, _schema) = isolated_pool().await;
-    sqlx::query("CREATE TABLE seat_effects (kind text NOT NULL, seat text NOT NULL, message_id uuid NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    seat_effects(&pool).await;
     let kafka = kafka().set("fetch.wait.max.ms", "10");
     let topic = unique("seats");
     create_topics(&kafka, &topic, 2).await;
@@ -150,10 +155,7 @@ async fn cloud_events_from_the_relay_route_by_type_and_unknown_types_are_dead_le
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skipped_event_types_are_committed_and_counted_and_debezium_records_are_deduplicated() {
     let (pool, _schema) = isolated_pool().await;
-    sqlx::query("CREATE TABLE seat_effects (kind text NOT NULL, seat text NOT NULL, message_id uuid NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    seat_effects(&pool).await;
     let kafka = kafka().set("fetch.wait.max.ms", "10");
     let topic = unique("outbox.event.seat");
     create_topics(&kafka, &topic, 1).await;

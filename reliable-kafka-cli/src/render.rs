@@ -7,8 +7,7 @@ use chrono::{DateTime, Utc};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reliable_kafka::{
-    decode_header, AuditEntry, DeadLetterRecord, OutboxBacklog, ParkedMessage, PayloadView, RedriveReport,
-    ReplayReport, TopicBacklog,
+    AuditEntry, DeadLetterRecord, OutboxBacklog, ParkedMessage, PayloadView, RedriveReport, ReplayReport, TopicBacklog,
 };
 use serde_json::{json, Value};
 
@@ -97,26 +96,8 @@ fn parked_json(p: &ParkedMessage, full: bool) -> Value {
         "dead_lettered_at": p.dead_lettered_at.map(|t| t.to_rfc3339()), "parked_at": p.parked_at.to_rfc3339(),
     });
     if full {
-        let headers: Vec<Value> = p
-            .headers
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|h| {
-                let key = h.get("key").and_then(Value::as_str).unwrap_or_default();
-                let raw: Option<Vec<u8>> =
-                    match (h.get("value").and_then(Value::as_str), h.get("hex").and_then(Value::as_str)) {
-                        (Some(t), _) => Some(t.as_bytes().to_vec()),
-                        (None, Some(x)) => Some(
-                            (0..x.len() / 2)
-                                .filter_map(|i| u8::from_str_radix(&x[2 * i..2 * i + 2], 16).ok())
-                                .collect(),
-                        ),
-                        _ => None,
-                    };
-                json!({ "key": key, "value": decode_header(key, raw.as_deref()) })
-            })
-            .collect();
+        let headers: Vec<Value> =
+            p.decoded_headers().into_iter().map(|(k, v)| json!({ "key": k, "value": v })).collect();
         v["headers"] = Value::Array(headers);
         v["payload"] = payload_json(PayloadView::of(p.payload.as_deref()));
     }

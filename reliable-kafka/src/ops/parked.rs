@@ -150,6 +150,27 @@ impl<DB: Backend> Operations<DB> {
     }
 }
 
+impl ParkedMessage {
+    /// The headers as [`crate::DeadLetterRecord::decoded_headers`] shows them: Spring's
+    /// big-endian numbers as numbers, text as text, the rest as hex.
+    pub fn decoded_headers(&self) -> Vec<(String, String)> {
+        self.headers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| {
+                let key = h.get("key")?.as_str()?;
+                let raw = match (h.get("value").and_then(|v| v.as_str()), h.get("hex").and_then(|v| v.as_str())) {
+                    (Some(text), _) => Some(text.as_bytes().to_vec()),
+                    (None, Some(hex)) => Some(unhex(hex)),
+                    (None, None) => None,
+                };
+                Some((key.to_owned(), super::decode_header(key, raw.as_deref())))
+            })
+            .collect()
+    }
+}
+
 /// The headers of a replayed record from a parked row's JSON headers (see
 /// [`ParkedMessage::headers`]): without the dead-letter headers and the re-drive count.
 pub(crate) fn replay_headers(json: &serde_json::Value) -> OwnedHeaders {
