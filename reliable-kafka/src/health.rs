@@ -4,13 +4,14 @@
 //! | worker | unhealthy | degraded |
 //! |---|---|---|
 //! | container | stopped; all brokers down; not polled for longer than `max.poll.interval.ms` | not polled for half of it; no partition assigned |
-//! | relay | stopped; all brokers down; its last claim failed (database); the oldest pending row older than `max_pending_age` | the last batch had failed sends; the oldest pending row older than half of `max_pending_age` |
+//! | relay | stopped; all brokers down while rows are pending; its last claim failed (database); the oldest pending row older than `max_pending_age` | all brokers down while idle; the last batch had failed sends; the oldest pending row older than half of `max_pending_age` |
 //! | re-driver | stopped | its last run failed; no run for three intervals |
 //!
 //! "All brokers down" is what librdkafka reports when every broker connection it
 //! holds is lost (at once, when a broker stops); it ends at the first statistics report
 //! that shows a connection up again (`statistics.interval.ms`, preset to
-//! [`STATISTICS_INTERVAL`]).
+//! [`STATISTICS_INTERVAL`]), or when a record is fetched (container) or acknowledged
+//! (relay). With statistics turned off, only the latter ends it.
 
 use std::time::Duration;
 
