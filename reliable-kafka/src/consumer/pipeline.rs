@@ -163,12 +163,25 @@ impl<DB: Backend> Pipeline<DB> {
     async fn try_batch<M: Message + Sync>(&self, batch: &[M], stop: Stop<'_>) -> Result<(), BatchError> {
         let topic = self.routes.get(batch[0].topic()).ok_or(BatchError::NoRoute)?;
         let mut items = Vec::with_capacity(batch.len());
+        let mut skipped = 0;
         for msg in batch {
-            let Resolution::Route(route, info) = topic.resolve(msg, self.unknown_event_types) else {
-                return Err(BatchError::NotForHandler(msg.offset()));
-            };
-            let event = route.handler.decode(msg.payload().unwrap_or_default()).map_err(BatchError::Decode)?;
-            items.push((route, info, event));
+            match topic.resolve(msg, self.unknown_event_types) {
+                Resolution::Route(route, info) => {
+                    let payload = msg.payload().unwrap_or_default();
+                    let event = route.handler.decode(payload).map_err(BatchError::Decode)?;
+                    items.push((route, info, event));
+                }
+                Resolution::Skip { .. } => skipped += 1,
+                Resolution::Reject { .. } => return Err(BatchError::NotForHandler(msg.offset())),
+            }
+        }
+        if skipped > 0 {
+            tracing::info!(group = %self.group, topic = batch[0].topic(), partition = batch[0].partition(), skipped,
+                "records of event types no handler takes; skipped");
+        }
+        if items.is_empty() {
+            ContainerStats::add(&self.stats.skipped, skipped);
+            return Ok(());
         }
         let ids: Vec<Uuid> = items.iter().map(|(_, info, _)| info.message_id).collect();
         let mut tx = DB::begin_write(&self.pool).await.map_err(BatchError::Database)?;
@@ -219,7 +232,8 @@ impl<DB: Backend> Pipeline<DB> {
             fault_point!(crate::fault::CONSUMER_AFTER_COMMIT);
         }
         ContainerStats::add(&self.stats.processed, handled.len());
-        ContainerStats::add(&self.stats.duplicates, batch.len() - handled.len());
+        ContainerStats::add(&self.stats.duplicates, batch.len() - skipped - handled.len());
+        ContainerStats::add(&self.stats.skipped, skipped);
         ContainerStats::add(&self.stats.batches, 1);
         Ok(())
     }

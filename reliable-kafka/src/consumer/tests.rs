@@ -204,6 +204,7 @@ async fn one_topic_routes_each_event_type_to_its_handler_in_partition_order_and_
     let batch = [typed(6, "Job", 6), typed(7, "Refund", 7), typed(8, "Bonus", 8)];
     assert_eq!(p.process_batch(&batch, stop).await, Progress { done: 3, interrupted: false });
     assert_eq!(p.stats.skipped(), 1);
+    assert_eq!((p.stats.batches(), p.stats.batch_fallbacks()), (2, 0), "a skipped type does not break the batch");
     assert_eq!(log.0.lock().unwrap()[5..], [("Job", 6), ("Bonus", 8)]);
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rk_processed_messages").fetch_one(&p.pool).await.unwrap();
     assert_eq!(rows, 7, "a dedup row per processed record, none for the skipped one");
