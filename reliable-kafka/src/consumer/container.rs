@@ -135,8 +135,8 @@ impl ClientContext for ContainerContext {
         self.log.error(error, reason)
     }
 
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        self.stats.brokers.on_statistics(&statistics);
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.stats.brokers.on_statistics(statistics);
     }
 }
 

@@ -77,10 +77,13 @@ impl BrokerState {
         }
     }
 
-    /// Takes a statistics report into account: a broker connection up ends "down";
-    /// the consumer lag of the assigned partitions is summed.
-    pub(crate) fn on_statistics(&self, s: &rdkafka::Statistics) {
+    /// Takes a statistics report (librdkafka's JSON) into account: a broker connection
+    /// up ends "down"; the consumer lag of the assigned partitions is summed. Only
+    /// those fields are decoded: the full report (every window and histogram) costs
+    /// milliseconds on the client's poll thread, which delays deliveries.
+    pub(crate) fn on_statistics(&self, json: &[u8]) {
         use std::sync::atomic::Ordering;
+        let Ok(s) = serde_json::from_slice::<stats::Report>(json) else { return };
         if s.brokers.values().any(|b| b.state == "UP" && b.source != "logical") {
             self.down_since_ms.store(0, Ordering::Relaxed);
         }
@@ -121,10 +124,74 @@ impl ClientContext for HealthContext {
         self.log.error(error, reason)
     }
 
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        self.brokers.on_statistics(&statistics);
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.brokers.on_statistics(statistics);
+    }
+}
+
+/// The fields of librdkafka's statistics report that health reads
+/// (`STATISTICS.md` of librdkafka); the others are skipped unparsed.
+mod stats {
+    use std::collections::HashMap;
+
+    #[derive(serde::Deserialize)]
+    pub(super) struct Report {
+        #[serde(rename = "type")]
+        pub client_type: String,
+        #[serde(default)]
+        pub brokers: HashMap<String, Broker>,
+        #[serde(default)]
+        pub topics: HashMap<String, Topic>,
+    }
+
+    #[derive(serde::Deserialize)]
+    pub(super) struct Broker {
+        pub state: String,
+        #[serde(default)]
+        pub source: String,
+    }
+
+    #[derive(serde::Deserialize)]
+    pub(super) struct Topic {
+        #[serde(default)]
+        pub partitions: HashMap<String, Partition>,
+    }
+
+    #[derive(serde::Deserialize)]
+    pub(super) struct Partition {
+        pub partition: i32,
+        #[serde(default = "unknown")]
+        pub consumer_lag: i64,
+    }
+
+    fn unknown() -> i64 {
+        -1
     }
 }
 
 /// The producers of the relay, the dead-letter publisher and the re-driver.
 pub(crate) type Producer = rdkafka::producer::FutureProducer<HealthContext>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    #[test]
+    fn statistics_end_an_outage_and_give_the_consumer_lag() {
+        let b = BrokerState::new();
+        b.on_error(&KafkaError::Global(RDKafkaErrorCode::AllBrokersDown));
+        assert!(b.down_for().is_some());
+        let down = br#"{"type":"consumer","ts":1,"brokers":{"127.0.0.1:9092/1":{"state":"TRY_CONNECT","source":"learned","rtt":{"min":0}},
+            "GroupCoordinator":{"state":"UP","source":"logical"}},"topics":{}}"#;
+        b.on_statistics(down);
+        assert!(b.down_for().is_some(), "a logical broker is no connection");
+        let up = br#"{"type":"consumer","brokers":{"127.0.0.1:9092/1":{"state":"UP","source":"learned"}},
+            "topics":{"t":{"partitions":{"0":{"partition":0,"consumer_lag":7},"1":{"partition":1,"consumer_lag":-1},"-1":{"partition":-1,"consumer_lag":99}}}}}"#;
+        b.on_statistics(up);
+        assert_eq!((b.down_for(), b.consumer_lag()), (None, Some(7)));
+        b.on_statistics(b"not json");
+        assert_eq!(b.consumer_lag(), Some(7), "a report that does not parse changes nothing");
+    }
+}
