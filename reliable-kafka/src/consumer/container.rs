@@ -148,6 +148,11 @@ impl ConsumerContext for ContainerContext {
         // settle their batches of the revoked partitions first. Then what is stored is
         // committed.
         if let Rebalance::Revoke(tpl) = rebalance {
+            let revoked = tpl.count() as u64;
+            let _ = self
+                .stats
+                .assigned
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(revoked)));
             tracing::info!(group = %self.log.worker, partitions = tpl.count(), "partitions revoked; committing");
             self.settle(tpl);
             commit(consumer, CommitMode::Sync, &self.log.worker);
@@ -164,14 +169,16 @@ impl ConsumerContext for ContainerContext {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Counted from the rebalance's own lists, never with `consumer.assignment()`:
+        // called from here while the consumer closes, that waits forever on
+        // librdkafka's main thread. An eager rebalance revokes everything before it
+        // assigns the new set; a cooperative one revokes and assigns increments: adding
+        // and subtracting serves both.
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(group = %self.log.worker, partitions = tpl.count(), "partitions assigned");
             self.stats.ever_assigned.store(true, Ordering::Relaxed);
-        }
-        // The list is dropped here, never kept past the consumer (see KAFKA-NOTES).
-        if let Ok(assignment) = consumer.assignment() {
-            self.stats.assigned.store(assignment.count() as u64, Ordering::Relaxed);
+            self.stats.assigned.fetch_add(tpl.count() as u64, Ordering::Relaxed);
         }
     }
 }
