@@ -37,7 +37,7 @@ async fn world(n: i64, gateway: GatewayBehaviour, request_timeout: Duration) -> 
     let client = GatewayClient::new(gateway_server.url(), Duration::from_millis(300), request_timeout, 3).unwrap();
     let booking = Booking::new(pool.clone().into(), store.clone(), client);
     let api = Server::start(
-        router(ApiState { booking, outbox: Outbox::new(), probes: Vec::new() }),
+        router(ApiState { booking, outbox: Outbox::new(), probes: Vec::new(), metrics: None }),
         ([127, 0, 0, 1], 0).into(),
     )
     .await

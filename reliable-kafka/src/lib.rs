@@ -98,6 +98,7 @@ mod outbox;
 mod redrive;
 mod schema;
 mod store;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod worker;

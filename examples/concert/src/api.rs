@@ -26,6 +26,8 @@ pub struct ApiState {
     pub outbox: Outbox,
     /// The health of this process's workers (relay, consumer groups, re-driver).
     pub probes: Vec<HealthProbe>,
+    /// The Prometheus recorder, when one is installed (`/metrics`).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// The routes.
@@ -42,7 +44,45 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/payments/{id}", get(payment))
         .route("/api/coupons/{id}/requests", post(coupon))
         .route("/api/users/{id}/coupons", get(coupons))
+        .route("/metrics", get(prometheus))
+        .route_layer(axum::middleware::from_fn(trace_request))
         .with_state(state)
+}
+
+/// A server span per request (OpenTelemetry's HTTP conventions), continuing the
+/// caller's `traceparent` when it sends one: the outbox rows the request enqueues carry
+/// its trace.
+async fn trace_request(req: Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let span = tracing::info_span!(
+        "request",
+        "otel.name" = %format_args!("{} {route}", req.method()),
+        "otel.kind" = "server",
+        "http.request.method" = %req.method(),
+        "http.route" = %route,
+        "url.path" = %req.uri().path(),
+        "http.response.status_code" = tracing::field::Empty,
+    );
+    {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        reliable_kafka::telemetry::set_parent_from_headers(&span, header("traceparent"), header("tracestate"));
+    }
+    let response = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
+/// The Prometheus exposition (text format 0.0.4) of the library's and the app's
+/// metrics; `404` when no recorder is installed.
+async fn prometheus(State(s): State<ApiState>) -> Response {
+    match &s.metrics {
+        Some(h) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => (StatusCode::NOT_FOUND, "no metrics recorder installed").into_response(),
+    }
 }
 
 /// Liveness: `200 {"status":"up"}` while every worker's task runs, else `503` naming

@@ -84,6 +84,8 @@ pub struct AppConfig {
     pub pipeline: bool,
     /// Records of one partition processed in one transaction ([`ListenerContainerBuilder::max_batch`], default 1).
     pub max_batch: usize,
+    /// The Prometheus recorder's handle, served at `/metrics` (none: `404`).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl Default for AppConfig {
@@ -109,6 +111,7 @@ impl Default for AppConfig {
             relay_poll_interval: Duration::from_millis(500),
             pipeline: true,
             max_batch: 1,
+            metrics: None,
         }
     }
 }
@@ -207,7 +210,11 @@ impl App {
             .chain(containers.iter().map(|c| c.probe()))
             .chain(redriver.iter().map(|r| r.probe()))
             .collect();
-        let api = Server::start(router(ApiState { booking, outbox: Outbox::new(), probes }), cfg.api_addr).await?;
+        let api = Server::start(
+            router(ApiState { booking, outbox: Outbox::new(), probes, metrics: cfg.metrics.clone() }),
+            cfg.api_addr,
+        )
+        .await?;
         tracing::info!(api = %api.url(), gateway = %gateway_url, webhook = %webhook_url, "concert app started");
         Ok(App { api, gateway, receiver, containers, relay, redriver, recovery: (recovery_token, recovery) })
     }

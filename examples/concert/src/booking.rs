@@ -348,14 +348,14 @@ impl Booking {
                 .execute()
         )? == 1;
         let insert_payment = format!(
-            "INSERT INTO payment (reservation_id, user_id, amount, status, charged, idempotency_key, updated_at) \
-             VALUES ($1, $2, $3, 'IN_PROGRESS', $4, $5, {NOW_LITE}) RETURNING id"
+            "INSERT INTO payment (reservation_id, user_id, amount, status, charged, idempotency_key, updated_at, traceparent) \
+             VALUES ($1, $2, $3, 'IN_PROGRESS', $4, $5, {NOW_LITE}, $6) RETURNING id"
         );
         let payment_id: i64 = sql!(
             &mut tx,
             query_scalar((
-                "INSERT INTO payment (reservation_id, user_id, amount, status, charged, idempotency_key, updated_at) \
-                 VALUES ($1, $2, $3, 'IN_PROGRESS', $4, $5, clock_timestamp()) RETURNING id",
+                "INSERT INTO payment (reservation_id, user_id, amount, status, charged, idempotency_key, updated_at, traceparent) \
+                 VALUES ($1, $2, $3, 'IN_PROGRESS', $4, $5, clock_timestamp(), $6) RETURNING id",
                 insert_payment.as_str()
             ))
             .bind(req.reservation_id)
@@ -363,6 +363,7 @@ impl Booking {
             .bind(amount)
             .bind(charged)
             .bind(key)
+            .bind(request_traceparent())
             .fetch_one()
         )?;
         history(tx.ex(), payment_id, "IN_PROGRESS", None).await?;
@@ -568,4 +569,12 @@ pub async fn finalize(
             Ok(Some(Some(AfterCommit { seat_id, user_id, token })))
         }
     }
+}
+
+/// The current request's W3C `traceparent` (none without an OpenTelemetry layer).
+fn request_traceparent() -> Option<String> {
+    reliable_kafka::telemetry::current_trace_headers()
+        .into_iter()
+        .find(|(k, _)| *k == reliable_kafka::headers::TRACEPARENT)
+        .map(|(_, v)| v)
 }

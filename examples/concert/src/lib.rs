@@ -34,6 +34,7 @@ pub mod recovery;
 pub mod scenario;
 pub mod services;
 pub mod store;
+pub mod telemetry;
 pub mod webhook;
 
 use sqlx::migrate::Migrator;

@@ -8,6 +8,7 @@
 //! The fault-injection harness is its own crate: `cargo run --release -p concert-chaos`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,14 @@ enum Command {
         /// Run without gateway and webhook faults.
         #[arg(long)]
         no_faults: bool,
+        /// Write the final Prometheus exposition of the run to FILE, and check that it
+        /// holds every documented metric.
+        #[arg(long, value_name = "FILE")]
+        metrics_out: Option<PathBuf>,
+        /// Write every finished span to FILE as JSON lines, and check that the handler
+        /// spans continue the traces of the HTTP requests that caused them.
+        #[arg(long, value_name = "FILE")]
+        trace_out: Option<PathBuf>,
     },
     /// Serves the HTTP API with every consumer and scheduler, until Ctrl-C.
     Serve {
@@ -78,13 +87,12 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,concert=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let (metrics_out, trace_out) = match &cli.command {
+        Some(Command::Scenario { metrics_out, trace_out, .. }) => (metrics_out.clone(), trace_out.clone()),
+        _ => (None, None),
+    };
+    let telemetry = concert::telemetry::install(trace_out.as_deref())?;
     let services = Services::start(&Env::from_env()).await?;
     let (db, store, kafka) = (services.db.clone(), services.store.clone(), services.kafka.clone());
     // The embedded mock cluster has no admin API: its topics are created with it.
@@ -97,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
                 webhook_url,
                 redrive_interval: Duration::from_secs(redrive_interval_secs),
                 create_topics,
+                metrics: Some(telemetry.metrics.clone()),
                 ..AppConfig::default()
             };
             let app = App::start(db, store, kafka, &cfg).await?;
@@ -104,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::signal::ctrl_c().await?;
             app.stop().await?;
             services.stop().await;
+            telemetry.shutdown();
             Ok(())
         }
         command => {
@@ -116,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
                     settle_timeout_secs,
                     flows,
                     no_faults,
+                    ..
                 }) => ScenarioConfig {
                     users,
                     failure_rate,
@@ -126,8 +137,11 @@ async fn main() -> anyhow::Result<()> {
                     inject_faults: !no_faults,
                     progress: true,
                     create_topics,
+                    metrics: Some(telemetry.metrics.clone()),
                 },
-                _ => ScenarioConfig { create_topics, ..ScenarioConfig::demo() },
+                _ => {
+                    ScenarioConfig { create_topics, metrics: Some(telemetry.metrics.clone()), ..ScenarioConfig::demo() }
+                }
             };
             let report = scenario::run(db, store, kafka, &cfg).await?;
             eprintln!(
@@ -136,9 +150,29 @@ async fn main() -> anyhow::Result<()> {
                 report.wall.as_secs_f64(),
                 cfg.users as f64 / report.wall.as_secs_f64()
             );
-            println!("{}", report.line(cfg.flows));
             services.stop().await;
-            if !report.is_ok() {
+            telemetry.shutdown();
+            let mut telemetry_ok = true;
+            if let Some(path) = &metrics_out {
+                telemetry.write_metrics(path)?;
+                let text = std::fs::read_to_string(path)?;
+                let problems = concert::telemetry::check_exposition(&text);
+                eprintln!(
+                    "metrics: {} documented metrics checked in {}: {}",
+                    reliable_kafka::telemetry::METRICS.len(),
+                    path.display(),
+                    if problems.is_empty() { "ok".to_owned() } else { problems.join("; ") }
+                );
+                telemetry_ok &= problems.is_empty();
+            }
+            if let Some(path) = &trace_out {
+                let (handlers, inside) = concert::telemetry::handler_spans_in_request_traces(path)?;
+                let share = if handlers == 0 { 0.0 } else { inside as f64 / handlers as f64 };
+                eprintln!("traces: handler_spans={handlers} in_request_trace={inside} ({:.2} %)", share * 100.0);
+                telemetry_ok &= share >= 0.99;
+            }
+            println!("{}", report.line(cfg.flows));
+            if !report.is_ok() || !telemetry_ok {
                 std::process::exit(1);
             }
             Ok(())

@@ -76,15 +76,18 @@ impl PaymentRecovery {
                 Db::Sqlite(_) => None,
             };
             const PG_CLAIM: &str =
-                "SELECT id FROM payment WHERE status = 'IN_PROGRESS' AND updated_at < $1::timestamptz \
+                "SELECT id, traceparent FROM payment WHERE status = 'IN_PROGRESS' AND updated_at < $1::timestamptz \
                                     ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED";
             const LITE_CLAIM: &str =
-                "SELECT id FROM payment WHERE status = 'IN_PROGRESS' AND updated_at < $1 ORDER BY updated_at LIMIT 1";
-            let stuck: Option<i64> = match claim.as_mut() {
-                Some(tx) => sql!(tx, query_scalar(PG_CLAIM).bind(&cutoff).fetch_optional())?,
-                None => sql!(&self.pool, query_scalar(LITE_CLAIM).bind(&cutoff).fetch_optional())?,
+                "SELECT id, traceparent FROM payment WHERE status = 'IN_PROGRESS' AND updated_at < $1 ORDER BY updated_at LIMIT 1";
+            let stuck: Option<(i64, Option<String>)> = match claim.as_mut() {
+                Some(tx) => sql!(tx, query_as(PG_CLAIM).bind(&cutoff).fetch_optional())?,
+                None => sql!(&self.pool, query_as(LITE_CLAIM).bind(&cutoff).fetch_optional())?,
             };
-            let Some(payment_id) = stuck else { break };
+            let Some((payment_id, traceparent)) = stuck else { break };
+            // The settlement continues the trace of the request that created the payment.
+            let span = tracing::info_span!("recover_payment", "otel.name" = "recover payment", payment_id);
+            reliable_kafka::telemetry::set_parent_from_headers(&span, traceparent.as_deref(), None);
             let outcome = match self.gateway.status(payment_id).await {
                 Ok(Some(ChargeStatus::Approved)) => Outcome::Approved,
                 Ok(Some(ChargeStatus::Declined)) | Ok(None) => Outcome::Declined,
@@ -112,7 +115,8 @@ impl PaymentRecovery {
                 Some(tx) => tx,
                 None => self.pool.begin().await?,
             };
-            let Some(after) = finalize(tx.ex(), &self.outbox, payment_id, outcome, "recovered").await? else {
+            let settle = finalize(tx.ex(), &self.outbox, payment_id, outcome, "recovered");
+            let Some(after) = tracing::Instrument::instrument(settle, span).await? else {
                 tx.commit().await?;
                 continue;
             };

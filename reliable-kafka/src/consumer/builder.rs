@@ -330,6 +330,7 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             unknown_event_types: self.unknown_event_types,
             producer,
             stats,
+            metrics: crate::telemetry::record::ConsumerMetrics::new(Arc::from(group.as_str())),
             handler_timeout: self.handler_timeout,
             processed_retention: self.processed_retention,
         };

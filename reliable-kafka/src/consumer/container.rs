@@ -136,7 +136,7 @@ impl ClientContext for ContainerContext {
     }
 
     fn stats_raw(&self, statistics: &[u8]) {
-        self.stats.brokers.on_statistics(statistics);
+        self.stats.brokers.on_statistics(statistics, &self.log.worker);
     }
 }
 
@@ -232,6 +232,8 @@ impl<DB: Backend> ListenerContainer<DB> {
         let topics: Vec<&str> = self.pipeline.routes.keys().map(String::as_str).collect();
         self.consumer.subscribe(&topics).map_err(Error::kafka("subscribe"))?;
         tracing::info!(%group, ?topics, "listener container started");
+        // Records wait for their back-off in place, between polls: nothing is paused.
+        self.pipeline.metrics.paused_partitions(0);
         let pruner = tokio::spawn(prune_processed(
             self.pipeline.pool.clone(),
             self.pipeline.dedup_sql.clone(),

@@ -1,7 +1,7 @@
 //! Publishing a record to its dead-letter topic, with Spring Kafka's `kafka_dlt-*`
 //! headers ([`crate::DeadLetterInfo`]).
 
-use rdkafka::message::{Header, Message};
+use rdkafka::message::{Header, Headers, Message};
 
 use super::pipeline::{Outcome, Pipeline, Stop};
 use super::stats::ContainerStats;
@@ -44,6 +44,15 @@ impl<DB: Backend> Pipeline<DB> {
         let reason = failure.reason;
         let attempts = failure.attempts;
         let info = dead_letter_info(msg, &self.group, failure);
+        let traceparent = msg.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == headers::TRACEPARENT)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+        });
+        let span = crate::telemetry::spans::dead_letter(&info, dead_letter_topic, traceparent);
+        use tracing::Instrument;
+        async move {
         tracing::error!(group = %self.group, topic = %info.original_topic, partition = info.original_partition,
             offset = info.original_offset, %reason, attempts,
             error = %info.error_message, %dead_letter_topic, "dead-lettering record");
@@ -81,6 +90,8 @@ impl<DB: Backend> Pipeline<DB> {
             match sent {
                 Ok(()) => {
                     ContainerStats::add(&self.stats.dead_lettered, 1);
+                    self.metrics.topic(msg.topic()).dead_lettered.increment(1);
+                    crate::telemetry::record::dead_lettered(&self.group, msg.topic(), reason.as_str());
                     return Outcome::Done { retried: attempts > 1 };
                 }
                 Err(e) if !omit_payload && is_size_error(&e) => {
@@ -98,6 +109,9 @@ impl<DB: Backend> Pipeline<DB> {
                 return Outcome::Interrupted;
             }
         }
+        }
+        .instrument(span)
+        .await
     }
 }
 

@@ -250,8 +250,10 @@ pub trait EventHandler<DB: Backend = DefaultBackend>: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             for (event, record) in events {
+                use tracing::Instrument;
+                let span = crate::telemetry::spans::process(&record, ctx.group(), ctx.attempt());
                 ctx.record = record;
-                self.handle(event, ctx).await?;
+                self.handle(event, ctx).instrument(span).await?;
             }
             Ok(())
         })

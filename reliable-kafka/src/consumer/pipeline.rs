@@ -13,12 +13,16 @@ use futures::FutureExt;
 use rdkafka::message::Message;
 use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::dead_letter::Failure;
 use super::routes::{Resolution, Route, TopicRoutes, UnknownEventType};
 use super::stats::ContainerStats;
+use crate::health::now_ms;
 use crate::store::TransactionState;
+use crate::telemetry::record::ConsumerMetrics;
+use crate::telemetry::spans;
 use crate::worker::InfraBackoff;
 use crate::{Backend, DeadLetterReason, Error, HandlerContext, HandlerError, HandlerFault, RecordInfo};
 
@@ -32,6 +36,7 @@ pub(crate) struct Pipeline<DB: Backend> {
     pub producer: crate::kafka::Producer,
     pub dedup_sql: Arc<DB::DedupSql>,
     pub stats: Arc<ContainerStats>,
+    pub metrics: ConsumerMetrics,
     pub handler_timeout: Duration,
     pub processed_retention: Duration,
 }
@@ -134,6 +139,7 @@ impl<DB: Backend> Pipeline<DB> {
     /// up to and including the first that needed a retry, and the caller polls before
     /// the rest.
     pub(crate) async fn process_batch<M: Message + Sync>(&self, batch: &[M], stop: Stop<'_>) -> Progress {
+        self.metrics.batch_size(batch.len());
         if batch.len() > 1 {
             match self.try_batch(batch, stop).await {
                 Ok(()) => return Progress { done: batch.len(), interrupted: false },
@@ -184,6 +190,14 @@ impl<DB: Backend> Pipeline<DB> {
             return Ok(());
         }
         let ids: Vec<Uuid> = items.iter().map(|(_, info, _)| info.message_id).collect();
+        let (first, metrics) = (&items[0].1, self.metrics.topic(batch[0].topic()));
+        let span = spans::process_batch(
+            &first.topic,
+            first.partition,
+            &self.group,
+            items.len(),
+            items.iter().map(|(_, info, _)| info.traceparent.as_deref()),
+        );
         let mut tx = DB::begin_write(&self.pool).await.map_err(BatchError::Database)?;
         let new: HashSet<Uuid> = if crate::fault::sabotaged(crate::fault::SABOTAGE_NO_DEDUP) {
             ids.iter().copied().collect()
@@ -192,11 +206,13 @@ impl<DB: Backend> Pipeline<DB> {
         };
         let mut ctx = HandlerContext { tx, record: items[0].1.clone(), attempt: 1, group: self.group.clone() };
         let mut handled = HashSet::with_capacity(new.len());
+        let mut produced_at = Vec::with_capacity(new.len());
         // Runs of consecutive new records of one route.
         let mut runs: Vec<(&Route<DB>, Vec<_>)> = Vec::new();
         for (route, info, event) in items {
             // Already processed, or a second copy within the batch.
             if new.contains(&info.message_id) && handled.insert(info.message_id) {
+                produced_at.push(info.produced_at_ms);
                 match runs.last_mut() {
                     Some((r, work)) if std::ptr::eq(*r, route) => work.push((event, info)),
                     _ => runs.push((route, vec![(event, info)])),
@@ -207,16 +223,24 @@ impl<DB: Backend> Pipeline<DB> {
         let deadline = tokio::time::Instant::now() + self.handler_timeout;
         for (route, work) in runs {
             ctx.record = work[0].1.clone();
-            let call = AssertUnwindSafe(route.handler.call_batch(work, &mut ctx)).catch_unwind();
-            tokio::select! {
+            let call =
+                AssertUnwindSafe(route.handler.call_batch(work, &mut ctx)).catch_unwind().instrument(span.clone());
+            let started = std::time::Instant::now();
+            let r = tokio::select! {
                 biased;
                 _ = stop.revoked.cancelled() => return Err(BatchError::Cancelled),
-                r = tokio::time::timeout_at(deadline, call) => match r {
-                    Ok(Ok(Ok(()))) => {}
-                    Ok(Ok(Err(e))) => return Err(BatchError::Handler(e)),
-                    Ok(Err(_panic)) => return Err(BatchError::Panic),
-                    Err(_) => return Err(BatchError::Handler(HandlerError::transient(HandlerFault::Timeout(self.handler_timeout)))),
-                },
+                r = tokio::time::timeout_at(deadline, call) => r,
+            };
+            metrics.handler.record(started.elapsed().as_secs_f64());
+            match r {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => return Err(BatchError::Handler(e)),
+                Ok(Err(_panic)) => return Err(BatchError::Panic),
+                Err(_) => {
+                    return Err(BatchError::Handler(HandlerError::transient(HandlerFault::Timeout(
+                        self.handler_timeout,
+                    ))))
+                }
             }
         }
         match DB::check_transaction(&mut ctx.tx).await.map_err(BatchError::Database)? {
@@ -234,6 +258,9 @@ impl<DB: Backend> Pipeline<DB> {
         ContainerStats::add(&self.stats.processed, handled.len());
         ContainerStats::add(&self.stats.duplicates, batch.len() - skipped - handled.len());
         ContainerStats::add(&self.stats.skipped, skipped);
+        metrics.counted(handled.len(), batch.len() - skipped - handled.len(), skipped);
+        let now = now_ms();
+        produced_at.iter().for_each(|at| metrics.handled(*at, now));
         ContainerStats::add(&self.stats.batches, 1);
         Ok(())
     }
@@ -252,6 +279,7 @@ impl<DB: Backend> Pipeline<DB> {
             }
             Resolution::Skip { event_type } => {
                 ContainerStats::add(&self.stats.skipped, 1);
+                self.metrics.topic(msg.topic()).skipped.increment(1);
                 tracing::info!(group = %self.group, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
                     event_type = event_type.as_deref().unwrap_or("-"), "no handler takes the event type; skipped");
                 return Outcome::Done { retried: false };
@@ -267,6 +295,13 @@ impl<DB: Backend> Pipeline<DB> {
                 Ok(duplicate) => {
                     let counter = if duplicate { &self.stats.duplicates } else { &self.stats.processed };
                     ContainerStats::add(counter, 1);
+                    let metrics = self.metrics.topic(&info.topic);
+                    if duplicate {
+                        metrics.duplicate.increment(1);
+                    } else {
+                        metrics.processed.increment(1);
+                        metrics.handled(info.produced_at_ms, now_ms());
+                    }
                     return Outcome::Done { retried: attempt > 1 };
                 }
                 Err(AttemptError::Cancelled) => return Outcome::Interrupted,
@@ -300,6 +335,7 @@ impl<DB: Backend> Pipeline<DB> {
                         return self.dead_letter(msg, &route.dead_letter_topic, failure, stop).await;
                     };
                     ContainerStats::add(&self.stats.retries, 1);
+                    self.metrics.topic(&info.topic).retried.increment(1);
                     tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
                         attempt, ?delay, error = %crate::report(&e), "handler failed; retrying");
                     if stop.sleep(delay).await {
@@ -334,12 +370,15 @@ impl<DB: Backend> Pipeline<DB> {
         let mut ctx = HandlerContext { tx, record: info.clone(), attempt, group: self.group.clone() };
         // A panic is a permanent failure of this record, not of the container; a hung
         // handler is a transient one (the transaction is rolled back on drop).
-        let call = AssertUnwindSafe(route.handler.call(event, &mut ctx)).catch_unwind();
+        let span = spans::process(info, &self.group, attempt);
+        let call = AssertUnwindSafe(route.handler.call(event, &mut ctx)).catch_unwind().instrument(span);
+        let started = std::time::Instant::now();
         let result = tokio::select! {
             biased;
             _ = stop.revoked.cancelled() => return Err(AttemptError::Cancelled),
             r = tokio::time::timeout(self.handler_timeout, call) => r,
         };
+        self.metrics.topic(&info.topic).handler.record(started.elapsed().as_secs_f64());
         match result {
             Err(_) => {
                 return Err(AttemptError::Handler(HandlerError::transient(HandlerFault::Timeout(self.handler_timeout))))

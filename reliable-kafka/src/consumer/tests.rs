@@ -102,6 +102,7 @@ async fn routed(handlers: Vec<Box<dyn ErasedHandler<Sqlite>>>, unknown: UnknownE
             },
         )]),
         unknown_event_types: unknown,
+        metrics: crate::telemetry::record::ConsumerMetrics::new(Arc::from("g")),
         producer,
         stats: Arc::default(),
         handler_timeout: Duration::from_secs(5),

@@ -20,6 +20,8 @@ pub const PRODUCED_AT: &str = "rk-produced-at";
 pub const CONTENT_TYPE: &str = "content-type";
 /// W3C Trace Context `traceparent`, copied from the outbox row when present.
 pub const TRACEPARENT: &str = "traceparent";
+/// W3C Trace Context `tracestate`, copied from the outbox row when present.
+pub const TRACESTATE: &str = "tracestate";
 
 /// CloudEvents `specversion` (Kafka protocol binding, binary content mode: each
 /// context attribute is a header `ce_<name>`, the data is the record value, its media

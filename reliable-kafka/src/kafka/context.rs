@@ -81,20 +81,22 @@ impl BrokerState {
     /// up ends "down"; the consumer lag of the assigned partitions is summed. Only
     /// those fields are decoded: the full report (every window and histogram) costs
     /// milliseconds on the client's poll thread, which delays deliveries.
-    pub(crate) fn on_statistics(&self, json: &[u8]) {
+    /// Reads the statistics report `json` of the client of consumer group (or worker) `group`.
+    pub(crate) fn on_statistics(&self, json: &[u8], group: &str) {
         use std::sync::atomic::Ordering;
         let Ok(s) = serde_json::from_slice::<stats::Report>(json) else { return };
         if s.brokers.values().any(|b| b.state == "UP" && b.source != "logical") {
             self.down_since_ms.store(0, Ordering::Relaxed);
         }
         if s.client_type == "consumer" {
-            let lag: i64 = s
-                .topics
-                .values()
-                .flat_map(|t| t.partitions.values())
-                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-                .map(|p| p.consumer_lag)
-                .sum();
+            let gauge = crate::telemetry::record::consumer_lag(group);
+            let mut lag = 0;
+            for (topic, t) in &s.topics {
+                for p in t.partitions.values().filter(|p| p.partition >= 0 && p.consumer_lag >= 0) {
+                    lag += p.consumer_lag;
+                    gauge(topic, p.partition, p.consumer_lag);
+                }
+            }
             self.consumer_lag.store(lag, Ordering::Relaxed);
         }
     }
@@ -125,7 +127,7 @@ impl ClientContext for HealthContext {
     }
 
     fn stats_raw(&self, statistics: &[u8]) {
-        self.brokers.on_statistics(statistics);
+        self.brokers.on_statistics(statistics, &self.log.worker);
     }
 }
 
@@ -185,13 +187,13 @@ mod tests {
         assert!(b.down_for().is_some());
         let down = br#"{"type":"consumer","ts":1,"brokers":{"127.0.0.1:9092/1":{"state":"TRY_CONNECT","source":"learned","rtt":{"min":0}},
             "GroupCoordinator":{"state":"UP","source":"logical"}},"topics":{}}"#;
-        b.on_statistics(down);
+        b.on_statistics(down, "g");
         assert!(b.down_for().is_some(), "a logical broker is no connection");
         let up = br#"{"type":"consumer","brokers":{"127.0.0.1:9092/1":{"state":"UP","source":"learned"}},
             "topics":{"t":{"partitions":{"0":{"partition":0,"consumer_lag":7},"1":{"partition":1,"consumer_lag":-1},"-1":{"partition":-1,"consumer_lag":99}}}}}"#;
-        b.on_statistics(up);
+        b.on_statistics(up, "g");
         assert_eq!((b.down_for(), b.consumer_lag()), (None, Some(7)));
-        b.on_statistics(b"not json");
+        b.on_statistics(b"not json", "g");
         assert_eq!(b.consumer_lag(), Some(7), "a report that does not parse changes nothing");
     }
 }

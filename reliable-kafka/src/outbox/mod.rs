@@ -56,7 +56,9 @@ pub struct EnqueueOptions {
     /// Message id; a new UUIDv7 when `None`. Set it to make a retried business
     /// operation enqueue the same message (the insert then fails on the primary key).
     pub message_id: Option<Uuid>,
-    /// W3C `traceparent` to propagate to consumers.
+    /// W3C `traceparent` to propagate to consumers. When `None` (and `headers` has no
+    /// `traceparent`), the `opentelemetry` feature writes the current span's context
+    /// (`traceparent`, `tracestate`).
     pub traceparent: Option<String>,
     /// Additional record headers (UTF-8 values).
     pub headers: BTreeMap<String, String>,
@@ -109,8 +111,15 @@ impl Outbox {
         let payload = E::Codec::encode(event).map_err(Error::Codec)?;
         let EnqueueOptions { topic, message_id, traceparent, mut headers } = options;
         let id = message_id.unwrap_or_else(Uuid::now_v7);
-        if let Some(tp) = traceparent {
-            headers.insert(crate::headers::TRACEPARENT.to_owned(), tp);
+        match traceparent {
+            Some(tp) => {
+                headers.insert(crate::headers::TRACEPARENT.to_owned(), tp);
+            }
+            // The current span's context, unless the caller set the header itself.
+            None if !headers.contains_key(crate::headers::TRACEPARENT) => {
+                headers.extend(crate::telemetry::current_trace_headers().into_iter().map(|(k, v)| (k.to_owned(), v)));
+            }
+            None => {}
         }
         let row = NewOutboxRow {
             id,
@@ -125,6 +134,7 @@ impl Outbox {
         <C::Backend as crate::store::outbox::OutboxStore>::insert_outbox(tx.connection(), &self.insert_sql, row)
             .await
             .map_err(Error::db("insert outbox row"))?;
+        crate::telemetry::record::enqueued(topic.as_deref().unwrap_or(E::TOPIC));
         Ok(id)
     }
 }

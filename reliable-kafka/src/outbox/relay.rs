@@ -13,6 +13,7 @@ use crate::error::validate_identifier;
 use crate::kafka::{send_in_order, HealthContext, OutRecord, Producer};
 use crate::store::outbox::{OutboxListener, OutboxRow, Published, SendFailure};
 use crate::store::sql::DELETE_BATCH;
+use crate::telemetry::record::RelayMetrics;
 use crate::worker::WorkerHandle;
 use crate::{Backend, ConfigError, DefaultBackend, Error, KafkaConfig};
 
@@ -59,6 +60,7 @@ pub struct OutboxRelay<DB: Backend = DefaultBackend> {
     producer: crate::kafka::Producer,
     cfg: RelayConfig<DB>,
     stats: Arc<RelayStats>,
+    metrics: RelayMetrics,
 }
 
 impl<DB: Backend> std::fmt::Debug for OutboxRelay<DB> {
@@ -77,6 +79,7 @@ struct RelayConfig<DB: Backend> {
     header_format: HeaderFormat,
     table: String,
     sql: DB::RelaySql,
+    backlog_sql: String,
 }
 
 /// Default of [`OutboxRelayBuilder::max_pending_age`].
@@ -202,10 +205,11 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
             max_send_attempts: self.max_send_attempts as i32,
             header_format: self.header_format,
             sql: DB::relay_sql(&self.table, self.retention.is_zero()),
+            backlog_sql: crate::store::sql::outbox_backlog(&self.table),
             table: self.table,
         };
         let stats = Arc::new(RelayStats::new(brokers, self.max_pending_age));
-        Ok(OutboxRelay { pool: self.pool, producer, cfg, stats })
+        Ok(OutboxRelay { pool: self.pool, producer, cfg, stats, metrics: RelayMetrics::default() })
     }
 }
 
@@ -242,6 +246,12 @@ impl<DB: Backend> OutboxRelay<DB> {
     }
 
     pub(crate) async fn relay_batch(&self, stub_send: bool) -> Result<RelayBatch, Error> {
+        use tracing::Instrument;
+        let span = crate::telemetry::spans::relay_batch(&self.cfg.table);
+        self.relay_batch_inner(stub_send, &span).instrument(span.clone()).await
+    }
+
+    async fn relay_batch_inner(&self, stub_send: bool, span: &tracing::Span) -> Result<RelayBatch, Error> {
         let producer = &self.producer;
         let format = &self.cfg.header_format;
         let publish = |rows: Vec<OutboxRow>| async move {
@@ -263,13 +273,25 @@ impl<DB: Backend> OutboxRelay<DB> {
                 return Published { delivered: ids, failed: Vec::new() };
             }
             fault_point!(crate::fault::RELAY_BEFORE_SEND);
+            span.record("messaging.batch.message_count", rows.len());
+            if !span.is_disabled() {
+                rows.iter().for_each(|r| {
+                    let tp = r.headers.get(crate::headers::TRACEPARENT).and_then(|v| v.as_str());
+                    crate::telemetry::propagation::add_link(span, tp)
+                });
+            }
+            let meta: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+                rows.iter().map(|r| (r.topic.clone(), r.created_at)).collect();
             let results = send_in_order(producer, rows.into_iter().map(|r| into_record(r, format)).collect()).await;
             let mut out = Published { delivered: Vec::with_capacity(ids.len()), failed: Vec::new() };
+            let acked = results.iter().zip(&meta).filter(|(r, _)| r.is_ok()).map(|(_, (t, at))| (t.as_str(), *at));
+            self.metrics.batch(meta.len(), acked);
             for (id, res) in ids.into_iter().zip(results) {
                 match res {
                     Ok(()) => out.delivered.push(id),
                     Err(e) => {
                         let permanent = crate::kafka::is_permanent_send_error(&e);
+                        self.metrics.send_error(permanent);
                         tracing::warn!(message_id = %id, error = %e, permanent, "outbox row not delivered; will retry");
                         out.failed.push(SendFailure { id, error: e, permanent });
                     }
@@ -338,7 +360,15 @@ impl<DB: Backend> OutboxRelay<DB> {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let mut listener = DB::outbox_listener(&self.pool).await;
         let mut last_cleanup = Instant::now();
+        let mut last_backlog: Option<Instant> = None;
         while !shutdown.is_cancelled() {
+            if last_backlog.is_none_or(|t| t.elapsed() >= crate::telemetry::METRICS_INTERVAL) {
+                last_backlog = Some(Instant::now());
+                match DB::outbox_backlog(&self.pool, &self.cfg.backlog_sql).await {
+                    Ok(b) => self.metrics.backlog(&b),
+                    Err(e) => tracing::debug!(error = %e, "outbox counts for the metrics not read"),
+                }
+            }
             let more = match self.relay_once().await {
                 Ok(b) => !b.lock_busy && b.published + b.failed == self.cfg.batch_size as usize && b.failed == 0,
                 Err(e) => {

@@ -196,7 +196,8 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
             tracing::debug!(group = %self.lock_name, "another re-driver instance is running; skipped");
             return Ok(RedriveReport::default());
         };
-        let result = self.redrive_locked().await;
+        let span = crate::telemetry::spans::redrive(&self.topics.join(","), &self.lock_name);
+        let result = tracing::Instrument::instrument(self.redrive_locked(), span).await;
         DB::release(lock).await;
         result
     }
@@ -257,10 +258,15 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
                     continue;
                 }
                 self.stats.examined.fetch_add(1, Ordering::Relaxed);
-                match self.handle(&msg, &mut pace).await? {
+                let action = self.handle(&msg, &mut pace).await?;
+                match action {
                     Action::Redriven => report.redriven += 1,
                     Action::Parked => report.parked += 1,
                     Action::Skipped => report.skipped += 1,
+                }
+                if !self.dry_run {
+                    let (redriven, parked) = (action == Action::Redriven, action == Action::Parked);
+                    crate::telemetry::record::redrive_run(msg.topic(), redriven as u64, parked as u64);
                 }
                 done.insert(key.clone(), msg.offset() + 1);
                 if msg.offset() + 1 >= end {
@@ -422,6 +428,7 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
 }
 
 /// What became of one record.
+#[derive(PartialEq, Eq)]
 enum Action {
     Redriven,
     Parked,

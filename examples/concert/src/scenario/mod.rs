@@ -51,6 +51,8 @@ pub struct ScenarioConfig {
     /// Create the topics with the admin API (false on the embedded mock cluster, whose
     /// topics are created with it).
     pub create_topics: bool,
+    /// The Prometheus recorder's handle, given to the app (`/metrics`).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl Default for ScenarioConfig {
@@ -65,6 +67,7 @@ impl Default for ScenarioConfig {
             inject_faults: true,
             progress: true,
             create_topics: true,
+            metrics: None,
         }
     }
 }
@@ -108,6 +111,7 @@ impl ScenarioConfig {
             flows: self.flows,
             create_topics: self.create_topics,
             relay_poll_interval: Duration::from_millis(50),
+            metrics: self.metrics.clone(),
             ..AppConfig::default()
         }
     }
