@@ -93,6 +93,12 @@ impl<S: Send + Sync + 'static> WorkerHandle<S> {
         &self.stats
     }
 
+    /// The worker's counters, shared: for a status page or sampler that outlives a
+    /// borrow of the handle.
+    pub fn shared_stats(&self) -> Arc<S> {
+        self.stats.clone()
+    }
+
     /// The worker's name: the consumer group of a container, the outbox table of a
     /// relay, the consumer group of a re-driver.
     pub fn name(&self) -> &str {

@@ -132,6 +132,8 @@ pub struct App {
     /// The re-drive scheduler of `payment-notification.DLQ`.
     pub redriver: Option<RedriveHandle>,
     recovery: (CancellationToken, std::thread::JoinHandle<()>),
+    /// The `/ops` page's sampler.
+    sampler: tokio::task::JoinHandle<()>,
 }
 
 impl App {
@@ -203,20 +205,31 @@ impl App {
         let recovery = PaymentRecovery::new(recovery_pool, store.clone(), client.clone(), "app", cfg.stuck_after)
             .spawn_bulkhead(cfg.recovery_interval, recovery_token.clone());
 
+        let ops = crate::ops_page::OpsState::new(
+            pool.clone(),
+            kafka.clone(),
+            Vec::new(),
+            containers.iter().map(|c| (c.name().to_owned(), c.shared_stats())).collect(),
+            relay.as_ref().map(|r| r.shared_stats()),
+            TOPICS.iter().map(|t| format!("{t}{DEFAULT_DEAD_LETTER_SUFFIX}")).collect(),
+        );
         let booking = Booking::new(pool, store, client);
-        let probes = relay
+        let probes: Vec<_> = relay
             .iter()
             .map(|r| r.probe())
             .chain(containers.iter().map(|c| c.probe()))
             .chain(redriver.iter().map(|r| r.probe()))
             .collect();
+        let ops = ops.with_probes(probes.clone());
+        let sampler = ops.spawn_sampler();
         let api = Server::start(
-            router(ApiState { booking, outbox: Outbox::new(), probes, metrics: cfg.metrics.clone() }),
+            router(ApiState { booking, outbox: Outbox::new(), probes, metrics: cfg.metrics.clone() })
+                .merge(crate::ops_page::router(ops)),
             cfg.api_addr,
         )
         .await?;
         tracing::info!(api = %api.url(), gateway = %gateway_url, webhook = %webhook_url, "concert app started");
-        Ok(App { api, gateway, receiver, containers, relay, redriver, recovery: (recovery_token, recovery) })
+        Ok(App { api, gateway, receiver, containers, relay, redriver, recovery: (recovery_token, recovery), sampler })
     }
 
     /// Whether every consumer group has been idle for `d`.
@@ -231,6 +244,7 @@ impl App {
     /// The first error of a worker (re-driver, container, relay).
     pub async fn stop(self) -> anyhow::Result<()> {
         self.api.stop().await;
+        self.sampler.abort();
         self.recovery.0.cancel();
         let _ = tokio::task::spawn_blocking(move || self.recovery.1.join()).await;
         // Every worker is stopped, whatever the one before returned.

@@ -30,6 +30,7 @@ pub mod events;
 pub mod gateway;
 pub mod handlers;
 pub mod http;
+pub mod ops_page;
 pub mod recovery;
 pub mod scenario;
 pub mod services;

@@ -161,6 +161,9 @@ pub struct DeadLetterFilter {
     pub key: Option<Vec<u8>>,
     /// Original topic (`kafka_dlt-original-topic`).
     pub original_topic: Option<String>,
+    /// Parked records only: the one with this id (`rk_parked_messages.id`); a filter
+    /// with it selects no dead letter on a topic.
+    pub parked_id: Option<i64>,
 }
 
 impl DeadLetterFilter {
@@ -188,6 +191,11 @@ impl DeadLetterFilter {
         self.key = Some(key.into());
         self
     }
+    /// Only the parked record `id` (see [`DeadLetterFilter::parked_id`]).
+    pub fn parked_id(mut self, id: i64) -> Self {
+        self.parked_id = Some(id);
+        self
+    }
     /// Only records first consumed from `topic`.
     pub fn original_topic(mut self, topic: impl Into<String>) -> Self {
         self.original_topic = Some(topic.into());
@@ -207,6 +215,7 @@ impl DeadLetterFilter {
             && self.time_ok(r.dead_lettered_at())
             && self.key.as_deref().is_none_or(|k| r.key.as_deref() == Some(k))
             && self.original_topic.as_deref().is_none_or(|t| r.info.as_ref().is_some_and(|i| i.original_topic == t))
+            && self.parked_id.is_none()
     }
 
     /// Whether the parked record `p` is selected (its time is `parked_at`).
@@ -223,11 +232,15 @@ impl DeadLetterFilter {
             && self.time_ok(Some(p.parked_at))
             && self.key.as_deref().is_none_or(|k| p.key.as_deref() == Some(k))
             && self.original_topic.as_deref().is_none_or(|t| p.original_topic.as_deref() == Some(t))
+            && self.parked_id.is_none_or(|id| p.id == id)
     }
 
     /// The conditions as text, for the audit row: `reason=… since=…`, or `all`.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
+        if let Some(id) = self.parked_id {
+            parts.push(format!("id={id}"));
+        }
         if let Some(r) = &self.reason {
             parts.push(format!("reason={r}"));
         }
