@@ -1,6 +1,8 @@
 //! What the benchmarks share: the handler of the consumer benchmarks (the ratios
 //! command's R1–R3 and R6, and `benches/consumer.rs`).
 
+pub mod instrumented;
+
 use futures::future::BoxFuture;
 use reliable_kafka::{EventHandler, HandlerContext, HandlerError, HandlerOptions};
 use reliable_kafka_tests::{insert_effects, Work};

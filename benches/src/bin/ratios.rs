@@ -359,6 +359,10 @@ async fn main() {
         .unwrap();
     let cluster = EmbeddedKafka::start(1).expect("mock cluster");
     let mock = cluster.config().set("fetch.wait.max.ms", "5");
+    if std::env::args().any(|a| a == "--r7-only") {
+        println!("{}", r7(&cluster, &mock, &schema, 200_000 / scale).await.0);
+        return;
+    }
     let mut lines = Vec::new();
     let mut report = serde_json::Map::new();
     let mut record = |name: &str, line: String, value: serde_json::Value| {
@@ -495,9 +499,61 @@ async fn main() {
         json!({ "noop_rps": p1, "idempotent_rps": p2, "cpu_noop": cpu(&p1_cpu), "cpu_idempotent": cpu(&p2_cpu) }),
     );
 
+    let (line, value) = r7(&cluster, &mock, &schema, 4 * n2).await;
+    record("R7", line, value);
+
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     report.insert("machine".into(), json!({ "cores": cores, "quick": quick }));
     std::fs::write(&json_path, serde_json::to_string_pretty(&serde_json::Value::Object(report)).unwrap()).unwrap();
     eprintln!("wrote {json_path}");
     drop(lines);
+}
+
+/// R7: the R2 consumer with the library's metrics and spans recorded in memory ÷ the
+/// same without; each in a fresh two-worker runtime and pool, alternating, 5 rounds:
+/// the median of the rounds' ratios (a round's two runs are seconds apart, so they
+/// share the machine's state).
+async fn r7(cluster: &EmbeddedKafka, mock: &KafkaConfig, schema: &str, n: usize) -> (String, serde_json::Value) {
+    let instrumentation = Arc::new(reliable_kafka_benches::instrumented::Instrumentation::new());
+    let (mut plain, mut instrumented) = (Vec::new(), Vec::new());
+    for _round in 0..5 {
+        for on in [false, true] {
+            let topic = unique("r7");
+            cluster.create_topics(&[(&topic, PARTITIONS)]).unwrap();
+            let (b, t) = (cluster.bootstrap_servers().to_owned(), topic.clone());
+            tokio::task::spawn_blocking(move || produce(&b, &t, n)).await.unwrap();
+            let (inst, kafka, schema) = (instrumentation.clone(), mock.clone(), schema.to_owned());
+            let rate = std::thread::spawn(move || {
+                inst.runtime(on).block_on(async {
+                    let base: sqlx::postgres::PgConnectOptions = reliable_kafka_tests::database_url().parse().unwrap();
+                    let pool = sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(10)
+                        .connect_with(base.options([("search_path", schema.as_str())]))
+                        .await
+                        .unwrap();
+                    container_rate(&pool, &kafka, &topic, n, Setup::new(100, true)).await.0
+                })
+            })
+            .join()
+            .unwrap();
+            if on {
+                instrumented.push(rate)
+            } else {
+                plain.push(rate)
+            }
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ratio = median(plain.iter().zip(&instrumented).map(|(p, i)| i / p).collect());
+    let (p, i) = (median(plain.clone()), median(instrumented.clone()));
+    let (spans, exposition) = instrumentation.recorded();
+    (
+        format!(
+            "R7 instrumented/plain = {ratio:.2} (R2 consumer with metrics and spans recorded in memory {i:.0} rec/s, without {p:.0} rec/s; medians of 5 alternating rounds of {n} records; {spans} spans exported, exposition {exposition} bytes)"
+        ),
+        json!({ "ratio": ratio, "instrumented_rps": i, "plain_rps": p, "runs_plain": plain, "runs_instrumented": instrumented, "spans": spans, "exposition_bytes": exposition }),
+    )
 }

@@ -72,7 +72,14 @@ pub fn install(trace_out: Option<&Path>) -> anyhow::Result<Telemetry> {
             .with_target("reliable_kafka::telemetry", LevelFilter::INFO)
             .with_target("concert::api", LevelFilter::INFO)
             .with_target("concert::recovery", LevelFilter::INFO);
-        tracing_opentelemetry::layer().with_tracer(p.tracer("concert")).with_filter(targets)
+        // No code location, thread or busy/idle attributes: each costs work per span or
+        // per poll (R7 of BENCHMARKS.md is measured with this layer).
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("concert"))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_filter(targets)
     });
     tracing_subscriber::registry().with(logs).with(spans).try_init()?;
     Ok(Telemetry { metrics, tracer: provider })
