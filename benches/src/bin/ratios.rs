@@ -509,21 +509,28 @@ async fn main() {
     drop(lines);
 }
 
+/// R7's rounds (each one plain and one instrumented run).
+const ROUNDS: usize = 8;
+
 /// R7: the R2 consumer with the library's metrics and spans recorded in memory ÷ the
-/// same without; each in a fresh two-worker runtime and pool, alternating, 5 rounds:
-/// the median of the rounds' ratios (a round's two runs are seconds apart, so they
-/// share the machine's state).
+/// same without; each in a fresh two-worker runtime and pool, on emptied tables after a
+/// checkpoint, alternating in ABBA order for `ROUNDS` rounds; the ratio of the two
+/// arms' throughputs over all their runs.
 async fn r7(cluster: &EmbeddedKafka, mock: &KafkaConfig, schema: &str, n: usize) -> (String, serde_json::Value) {
     let instrumentation = Arc::new(reliable_kafka_benches::instrumented::Instrumentation::new());
-    let (mut plain, mut instrumented) = (Vec::new(), Vec::new());
-    for _round in 0..5 {
-        for on in [false, true] {
+    // Per arm: (records/s, client CPU s) of each run.
+    let mut plain: Vec<(f64, f64)> = Vec::new();
+    let mut instrumented: Vec<(f64, f64)> = Vec::new();
+    for round in 0..ROUNDS {
+        // ABBA: which goes first alternates, so a drift within a round cancels out.
+        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+        for on in order {
             let topic = unique("r7");
             cluster.create_topics(&[(&topic, PARTITIONS)]).unwrap();
             let (b, t) = (cluster.bootstrap_servers().to_owned(), topic.clone());
             tokio::task::spawn_blocking(move || produce(&b, &t, n)).await.unwrap();
             let (inst, kafka, schema) = (instrumentation.clone(), mock.clone(), schema.to_owned());
-            let rate = std::thread::spawn(move || {
+            let run = std::thread::spawn(move || {
                 inst.runtime(on).block_on(async {
                     let base: sqlx::postgres::PgConnectOptions = reliable_kafka_tests::database_url().parse().unwrap();
                     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -531,29 +538,42 @@ async fn r7(cluster: &EmbeddedKafka, mock: &KafkaConfig, schema: &str, n: usize)
                         .connect_with(base.options([("search_path", schema.as_str())]))
                         .await
                         .unwrap();
-                    container_rate(&pool, &kafka, &topic, n, Setup::new(100, true)).await.0
+                    // Every run starts from the same tables and a clean checkpoint (the
+                    // dedup index grows by n rows a run otherwise).
+                    for stmt in ["TRUNCATE rk_processed_messages, effects", "CHECKPOINT"] {
+                        sqlx::query(stmt).execute(&pool).await.unwrap();
+                    }
+                    let (rate, cpu) = container_rate(&pool, &kafka, &topic, n, Setup::new(100, true)).await;
+                    (rate, cpu.client)
                 })
             })
             .join()
             .unwrap();
             if on {
-                instrumented.push(rate)
+                instrumented.push(run)
             } else {
-                plain.push(rate)
+                plain.push(run)
             }
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let ratio = median(plain.iter().zip(&instrumented).map(|(p, i)| i / p).collect());
-    let (p, i) = (median(plain.clone()), median(instrumented.clone()));
+    // Throughput over all runs of an arm (records over time: each run has n records),
+    // and client CPU per record (µs), which the machine's noise moves less.
+    let rate = |runs: &[(f64, f64)]| runs.len() as f64 / runs.iter().map(|(r, _)| 1.0 / r).sum::<f64>();
+    let cpu_us = |runs: &[(f64, f64)]| runs.iter().map(|(_, c)| c).sum::<f64>() / (runs.len() * n) as f64 * 1e6;
+    let (p, i) = (rate(&plain), rate(&instrumented));
+    let (pc, ic) = (cpu_us(&plain), cpu_us(&instrumented));
+    let ratios: Vec<String> = plain.iter().zip(&instrumented).map(|(p, i)| format!("{:.2}", i.0 / p.0)).collect();
     let (spans, exposition) = instrumentation.recorded();
     (
         format!(
-            "R7 instrumented/plain = {ratio:.2} (R2 consumer with metrics and spans recorded in memory {i:.0} rec/s, without {p:.0} rec/s; medians of 5 alternating rounds of {n} records; {spans} spans exported, exposition {exposition} bytes)"
+            "R7 instrumented/plain = {:.2} (R2 consumer with metrics and spans recorded in memory {i:.0} rec/s, without {p:.0} rec/s, \
+             over {ROUNDS} ABBA rounds of {n} records (the rounds' ratios {}); client CPU {ic:.1} vs {pc:.1} µs/record; \
+             {spans} spans exported, exposition {exposition} bytes)",
+            i / p,
+            ratios.join(" ")
         ),
-        json!({ "ratio": ratio, "instrumented_rps": i, "plain_rps": p, "runs_plain": plain, "runs_instrumented": instrumented, "spans": spans, "exposition_bytes": exposition }),
+        json!({ "ratio": i / p, "instrumented_rps": i, "plain_rps": p, "client_cpu_us_per_record_instrumented": ic,
+                "client_cpu_us_per_record_plain": pc, "runs_plain": plain, "runs_instrumented": instrumented,
+                "spans": spans, "exposition_bytes": exposition }),
     )
 }

@@ -205,7 +205,7 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
             max_send_attempts: self.max_send_attempts as i32,
             header_format: self.header_format,
             sql: DB::relay_sql(&self.table, self.retention.is_zero()),
-            backlog_sql: crate::store::sql::outbox_backlog(&self.table),
+            backlog_sql: crate::store::sql::relay_gauges(&self.table),
             table: self.table,
         };
         let stats = Arc::new(RelayStats::new(brokers, self.max_pending_age));
@@ -280,11 +280,22 @@ impl<DB: Backend> OutboxRelay<DB> {
                     crate::telemetry::propagation::add_link(span, tp)
                 });
             }
-            let meta: Vec<(String, chrono::DateTime<chrono::Utc>)> =
-                rows.iter().map(|r| (r.topic.clone(), r.created_at)).collect();
+            // (topic index, commit time) per row: a batch has few distinct topics.
+            let mut topics: Vec<String> = Vec::new();
+            let meta: Vec<(usize, chrono::DateTime<chrono::Utc>)> = rows
+                .iter()
+                .map(|r| match topics.iter().position(|t| *t == r.topic) {
+                    Some(i) => (i, r.created_at),
+                    None => {
+                        topics.push(r.topic.clone());
+                        (topics.len() - 1, r.created_at)
+                    }
+                })
+                .collect();
             let results = send_in_order(producer, rows.into_iter().map(|r| into_record(r, format)).collect()).await;
             let mut out = Published { delivered: Vec::with_capacity(ids.len()), failed: Vec::new() };
-            let acked = results.iter().zip(&meta).filter(|(r, _)| r.is_ok()).map(|(_, (t, at))| (t.as_str(), *at));
+            let acked =
+                results.iter().zip(&meta).filter(|(r, _)| r.is_ok()).map(|(_, (t, at))| (topics[*t].as_str(), *at));
             self.metrics.batch(meta.len(), acked);
             for (id, res) in ids.into_iter().zip(results) {
                 match res {

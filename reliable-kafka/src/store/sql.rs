@@ -45,6 +45,17 @@ pub(crate) fn outbox_backlog(table: &str) -> String {
     )
 }
 
+/// The relay's gauges, in the columns of [`outbox_backlog`] (delivered rows not
+/// counted: 0): pending and parked rows through their partial indexes, never a scan of
+/// the delivered rows kept by retention.
+pub(crate) fn relay_gauges(table: &str) -> String {
+    let pending = "delivered_at IS NULL AND parked_at IS NULL";
+    format!(
+        "SELECT (SELECT count(*) FROM {table} WHERE {pending}), (SELECT min(created_at) FROM {table} WHERE {pending}), \
+         (SELECT count(*) FROM {table} WHERE parked_at IS NOT NULL), (SELECT count(*) FROM {table} WHERE 1 = 0)"
+    )
+}
+
 /// The insert of a parked record. Parking twice (after a crash) changes nothing: the
 /// record's coordinates and time are unique.
 pub(crate) fn park_insert(table: &str) -> String {
