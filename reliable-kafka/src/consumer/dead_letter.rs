@@ -53,62 +53,62 @@ impl<DB: Backend> Pipeline<DB> {
         let span = crate::telemetry::spans::dead_letter(&info, dead_letter_topic, traceparent);
         use tracing::Instrument;
         async move {
-        tracing::error!(group = %self.group, topic = %info.original_topic, partition = info.original_partition,
-            offset = info.original_offset, %reason, attempts,
-            error = %info.error_message, %dead_letter_topic, "dead-lettering record");
-        let base = msg.headers().map(|h| crate::envelope::copy_headers(h, 12)).unwrap_or_default();
-        let size = msg.payload().map_or(0, <[u8]>::len);
-        let mut backoff = InfraBackoff::new();
-        let mut omit_payload = false;
-        loop {
-            let mut headers = info.append_to(base.clone());
-            if omit_payload {
-                headers = headers.insert(Header { key: headers::DLT_PAYLOAD_OMITTED, value: Some(&size.to_string()) });
-            }
-            let record = OutRecord {
-                topic: dead_letter_topic.to_owned(),
-                key: msg.key().map(<[u8]>::to_vec),
-                payload: if omit_payload { None } else { msg.payload().map(<[u8]>::to_vec) },
-                headers,
-            };
-            // A publish waits for its acknowledgement up to `message.timeout.ms` (300 s)
-            // while the broker is down: a revoke abandons it, shutdown gives it
-            // PRODUCER_FLUSH_TIMEOUT. Either way the record's offset is not stored; its
-            // next owner dead-letters it again (a dead letter may then exist twice).
-            let sent = tokio::select! {
-                r = send_one(&self.producer, record) => r,
-                _ = stop.revoked.cancelled() => return Outcome::Interrupted,
-                _ = async {
-                    stop.shutdown.cancelled().await;
-                    tokio::time::sleep(crate::PRODUCER_FLUSH_TIMEOUT).await;
-                } => {
-                    tracing::warn!(group = %self.group, %dead_letter_topic,
-                        "shutdown: the dead-letter publish was not acknowledged in time; the record is left uncommitted");
+            tracing::error!(group = %self.group, topic = %info.original_topic, partition = info.original_partition,
+                offset = info.original_offset, %reason, attempts,
+                error = %info.error_message, %dead_letter_topic, "dead-lettering record");
+            let base = msg.headers().map(|h| crate::envelope::copy_headers(h, 12)).unwrap_or_default();
+            let size = msg.payload().map_or(0, <[u8]>::len);
+            let mut backoff = InfraBackoff::new();
+            let mut omit_payload = false;
+            loop {
+                let mut headers = info.append_to(base.clone());
+                if omit_payload {
+                    headers = headers.insert(Header { key: headers::DLT_PAYLOAD_OMITTED, value: Some(&size.to_string()) });
+                }
+                let record = OutRecord {
+                    topic: dead_letter_topic.to_owned(),
+                    key: msg.key().map(<[u8]>::to_vec),
+                    payload: if omit_payload { None } else { msg.payload().map(<[u8]>::to_vec) },
+                    headers,
+                };
+                // A publish waits for its acknowledgement up to `message.timeout.ms` (300 s)
+                // while the broker is down: a revoke abandons it, shutdown gives it
+                // PRODUCER_FLUSH_TIMEOUT. Either way the record's offset is not stored; its
+                // next owner dead-letters it again (a dead letter may then exist twice).
+                let sent = tokio::select! {
+                    r = send_one(&self.producer, record) => r,
+                    _ = stop.revoked.cancelled() => return Outcome::Interrupted,
+                    _ = async {
+                        stop.shutdown.cancelled().await;
+                        tokio::time::sleep(crate::PRODUCER_FLUSH_TIMEOUT).await;
+                    } => {
+                        tracing::warn!(group = %self.group, %dead_letter_topic,
+                            "shutdown: the dead-letter publish was not acknowledged in time; the record is left uncommitted");
+                        return Outcome::Interrupted;
+                    }
+                };
+                match sent {
+                    Ok(()) => {
+                        ContainerStats::add(&self.stats.dead_lettered, 1);
+                        self.metrics.topic(msg.topic()).dead_lettered.increment(1);
+                        crate::telemetry::record::dead_lettered(&self.group, msg.topic(), reason.as_str());
+                        return Outcome::Done { retried: attempts > 1 };
+                    }
+                    Err(e) if !omit_payload && is_size_error(&e) => {
+                        tracing::warn!(group = %self.group, error = %e, payload_bytes = size,
+                            "dead-letter record rejected; sending it without its payload");
+                        omit_payload = true;
+                        continue;
+                    }
+                    Err(e) => {
+                        ContainerStats::add(&self.stats.infrastructure_errors, 1);
+                        tracing::warn!(group = %self.group, error = %e, "dead-letter publish failed; retrying");
+                    }
+                }
+                if stop.sleep(backoff.next_delay()).await {
                     return Outcome::Interrupted;
                 }
-            };
-            match sent {
-                Ok(()) => {
-                    ContainerStats::add(&self.stats.dead_lettered, 1);
-                    self.metrics.topic(msg.topic()).dead_lettered.increment(1);
-                    crate::telemetry::record::dead_lettered(&self.group, msg.topic(), reason.as_str());
-                    return Outcome::Done { retried: attempts > 1 };
-                }
-                Err(e) if !omit_payload && is_size_error(&e) => {
-                    tracing::warn!(group = %self.group, error = %e, payload_bytes = size,
-                        "dead-letter record rejected; sending it without its payload");
-                    omit_payload = true;
-                    continue;
-                }
-                Err(e) => {
-                    ContainerStats::add(&self.stats.infrastructure_errors, 1);
-                    tracing::warn!(group = %self.group, error = %e, "dead-letter publish failed; retrying");
-                }
             }
-            if stop.sleep(backoff.next_delay()).await {
-                return Outcome::Interrupted;
-            }
-        }
         }
         .instrument(span)
         .await
