@@ -205,22 +205,21 @@ impl App {
         let recovery = PaymentRecovery::new(recovery_pool, store.clone(), client.clone(), "app", cfg.stuck_after)
             .spawn_bulkhead(cfg.recovery_interval, recovery_token.clone());
 
-        let ops = crate::ops_page::OpsState::new(
-            pool.clone(),
-            kafka.clone(),
-            Vec::new(),
-            containers.iter().map(|c| (c.name().to_owned(), c.shared_stats())).collect(),
-            relay.as_ref().map(|r| r.shared_stats()),
-            TOPICS.iter().map(|t| format!("{t}{DEFAULT_DEAD_LETTER_SUFFIX}")).collect(),
-        );
-        let booking = Booking::new(pool, store, client);
         let probes: Vec<_> = relay
             .iter()
             .map(|r| r.probe())
             .chain(containers.iter().map(|c| c.probe()))
             .chain(redriver.iter().map(|r| r.probe()))
             .collect();
-        let ops = ops.with_probes(probes.clone());
+        let ops = crate::ops_page::OpsState::new(
+            pool.clone(),
+            kafka.clone(),
+            probes.clone(),
+            containers.iter().map(|c| (c.name().to_owned(), c.shared_stats())).collect(),
+            relay.as_ref().map(|r| r.shared_stats()),
+            TOPICS.iter().map(|t| format!("{t}{DEFAULT_DEAD_LETTER_SUFFIX}")).collect(),
+        );
+        let booking = Booking::new(pool, store, client);
         let sampler = ops.spawn_sampler();
         let api = Server::start(
             router(ApiState { booking, outbox: Outbox::new(), probes, metrics: cfg.metrics.clone() })

@@ -77,12 +77,6 @@ impl OpsState {
         OpsState { db, kafka, probes, groups, relay, dead_letter_topics, history: Arc::default() }
     }
 
-    /// The workers whose health the page shows.
-    pub fn with_probes(mut self, probes: Vec<HealthProbe>) -> Self {
-        self.probes = probes;
-        self
-    }
-
     /// Records one sample (the sampler calls it every [`SAMPLE_INTERVAL`]).
     pub fn sample(&self) {
         let handled =
