@@ -246,9 +246,21 @@ async fn bad_container_configuration_fails_at_build_naming_the_key() {
     assert!(msg(with("session.timeout.ms", "0")).contains("session.timeout.ms"));
     let relay = reliable_kafka::OutboxRelay::builder(kafka().set("linger.ms", "-1"), pool.clone()).build();
     assert!(format!("{:?}", relay.expect_err("must be rejected")).contains("linger.ms"));
+    // Long back-offs are fine (the partition waits paused, polling goes on); a handler
+    // call longer than max.poll.interval.ms is not.
     let mut slow = r("t", "g");
     slow.backoff = reliable_kafka::FixedBackOff::new(Duration::from_secs(100), 4).unwrap().into();
-    assert!(msg(base().handler(slow)).contains("max.poll.interval.ms"));
+    assert!(base().handler(slow).build().is_ok());
+    assert!(msg(base().handler(r("t", "g")).handler_timeout(Duration::from_secs(400))).contains("max.poll.interval.ms"));
+    // Retry topics and a back-off of the handler's own conflict; a breaker must open
+    // before the last attempt.
+    let retrying = reliable_kafka::HandlerOptions::new()
+        .retry_topics(reliable_kafka::RetryTopics::new([Duration::from_secs(1)]))
+        .backoff(reliable_kafka::FixedBackOff::new(Duration::from_secs(1), 2).unwrap());
+    assert!(msg(base().handler_with(r("t", "g"), retrying)).contains("retry_topics"));
+    let breaker = reliable_kafka::HandlerOptions::new()
+        .circuit_breaker(reliable_kafka::CircuitBreaker::new(5, Duration::from_secs(1), Duration::from_secs(1)));
+    assert!(msg(base().handler_with(r("t", "g"), breaker)).contains("circuit_breaker"));
 }
 
 /// Runs one record through a `mode` handler and returns the dead-letter info.

@@ -10,7 +10,8 @@ use sqlx::Pool;
 use super::container::{ContainerContext, ListenerContainer};
 use super::handler::ErasedHandler;
 use super::pipeline::Pipeline;
-use super::routes::{Route, TopicRoutes, UnknownEventType};
+use super::breaker::Breaker;
+use super::routes::{RetryPlan, Route, TopicRoutes, UnknownEventType};
 use super::stats::ContainerStats;
 use crate::error::validate_identifier;
 use crate::kafka::{HealthContext, Producer};
@@ -39,7 +40,7 @@ pub struct ListenerContainerBuilder<DB: Backend = DefaultBackend> {
     kafka: KafkaConfig,
     pool: Pool<DB>,
     group: Option<String>,
-    handlers: Vec<(Box<dyn ErasedHandler<DB>>, HandlerOptions, &'static str)>,
+    handlers: Vec<(Arc<dyn ErasedHandler<DB>>, HandlerOptions, &'static str)>,
     default_backoff: BackOff,
     dead_letter_suffix: String,
     commit_interval: Duration,
@@ -104,23 +105,17 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
     /// of one topic must take different event types.
     pub fn handler<H: EventHandler<DB>>(mut self, handler: H) -> Self {
         let options = handler.options();
-        self.handlers.push((Box::new(handler), options, <H::Event as crate::Event>::TOPIC));
+        self.handlers.push((Arc::new(handler), options, <H::Event as crate::Event>::TOPIC));
         self
     }
 
     /// Registers a handler with some of its [`EventHandler::options`] replaced: each
-    /// setting given in `overrides` (topic, group, back-off, dead-letter topic) wins,
+    /// setting given in `overrides` (topic, group, back-off, dead-letter topic,
+    /// identity, circuit breaker, retry topics) wins,
     /// the others stay the handler's. Reuses one handler on another topic or group.
     pub fn handler_with<H: EventHandler<DB>>(mut self, handler: H, overrides: HandlerOptions) -> Self {
-        let own = handler.options();
-        let options = HandlerOptions {
-            topic: overrides.topic.or(own.topic),
-            group: overrides.group.or(own.group),
-            backoff: overrides.backoff.or(own.backoff),
-            dead_letter_topic: overrides.dead_letter_topic.or(own.dead_letter_topic),
-            identity: overrides.identity.or(own.identity),
-        };
-        self.handlers.push((Box::new(handler), options, <H::Event as crate::Event>::TOPIC));
+        let options = handler.options().overridden_by(overrides);
+        self.handlers.push((Arc::new(handler), options, <H::Event as crate::Event>::TOPIC));
         self
     }
 
@@ -173,13 +168,14 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
     /// for each new record in order, one commit. Only records already fetched are
     /// batched (the container never waits to fill a batch). When any record of a batch
     /// fails (decoding, handler error, panic, timeout, commit), the batch is rolled back
-    /// and its records are processed again one by one up to and including the first
-    /// record that needed a retry; the container then polls and takes the rest as a
-    /// new batch, so the retries of several failing records never add up between two
-    /// polls. Effects outside the transaction (HTTP calls) of the records before the
-    /// failing one happen twice. The whole batch call must finish within
-    /// `handler_timeout`; `build()` checks that a failed batch attempt plus one
-    /// record's retries fit in `max.poll.interval.ms`.
+    /// and its records are processed again one by one up to the first record that must
+    /// wait for a retry; that record's partition is paused and rewound to it, and the
+    /// records after it come again after its retry. Effects outside the transaction
+    /// (HTTP calls) of the records before the failing one happen twice. The whole batch
+    /// call must finish within `handler_timeout`; `build()` checks that a failed batch
+    /// attempt plus one record's attempt fit in `max.poll.interval.ms`. Records of a
+    /// retry topic, and of a handler whose circuit breaker is not closed, are not
+    /// batched.
     pub fn max_batch(mut self, records: usize) -> Self {
         self.max_batch = records;
         self
@@ -220,8 +216,11 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
     /// (`group.id`), handlers of different groups, two handlers of one topic and event
     /// type, handlers of one topic with different identity sources, several handlers on
     /// a topic whose identity source has no event types, an invalid back-off,
-    /// a dead-letter topic equal to its source, a back-off whose total wait exceeds
-    /// `max.poll.interval.ms`, an invalid `processed_table`, a zero `commit_interval`.
+    /// a dead-letter topic equal to its source, a `handler_timeout` (two with batches)
+    /// not shorter than `max.poll.interval.ms`, an invalid or conflicting
+    /// `circuit_breaker` or `retry_topics` (a handler with retry topics and its own
+    /// back-off, equal delays named by value, a breaker that opens after the last
+    /// attempt), an invalid `processed_table`, a zero `commit_interval`.
     /// [`Error::Kafka`] when librdkafka rejects the configuration.
     pub fn build(self) -> Result<ListenerContainer<DB>, Error> {
         validate_identifier("processed_table", &self.processed_table)?;
@@ -249,6 +248,21 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             return Err(ConfigError::invalid("group.id", "must not be empty").into());
         }
         let max_poll = self.kafka.max_poll_interval()?;
+        // A handler call keeps the poll loop from polling (waits between attempts do
+        // not): a failed batch attempt and one record's attempt must fit.
+        let calls = if self.max_batch > 1 { 2 } else { 1 };
+        if self.handler_timeout * calls >= max_poll {
+            return Err(ConfigError::invalid(
+                "max.poll.interval.ms",
+                format!(
+                    "{calls} handler call(s) of up to handler_timeout {:?} can come between two polls, longer than max.poll.interval.ms ({} ms); raise it or lower handler_timeout",
+                    self.handler_timeout,
+                    max_poll.as_millis()
+                ),
+            )
+            .into());
+        }
+        let stats = Arc::new(ContainerStats::with_limits(max_poll));
 
         let mut routes: HashMap<String, TopicRoutes<DB>> = HashMap::new();
         for (handler, options, event_topic) in self.handlers {
@@ -263,8 +277,15 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
                     .into());
                 }
             }
+            let retry_topics = options.retry_topics.transpose()?;
+            if retry_topics.is_some() && options.backoff.is_some() {
+                return Err(ConfigError::invalid(
+                    "retry_topics",
+                    format!("`{topic}`: a handler with retry topics gets one attempt per topic; remove its back-off"),
+                )
+                .into());
+            }
             let backoff = options.backoff.unwrap_or(Ok(self.default_backoff))?;
-            let retry_budget = retry_budget(&topic, &backoff, self.handler_timeout, self.max_batch, max_poll)?;
             let dead_letter_topic = options
                 .dead_letter_topic
                 .map(|t| t.into_owned())
@@ -272,12 +293,28 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             if dead_letter_topic == topic {
                 return Err(ConfigError::DeadLetterTopicIsSource { topic }.into());
             }
+            let attempts = retry_topics.as_ref().map_or(backoff.max_attempts(), |r| 1 + r.delays().len() as u32);
+            let breaker = match options.circuit_breaker {
+                Some(b) => {
+                    b.validate(&topic, attempts)?;
+                    Some(Arc::new(Breaker::new(b, handler.event_type(), &group, self.handler_timeout, stats.clone())))
+                }
+                None => None,
+            };
+            let retry_plan = match retry_topics {
+                Some(r) => {
+                    r.validate(&topic)?;
+                    Some(Arc::new(RetryPlan { topics: r.topics(&topic), delays: r.delays().to_vec() }))
+                }
+                None => None,
+            };
             let identity = options.identity.unwrap_or_else(|| self.identity.clone());
             let table = routes.entry(topic.clone()).or_insert_with(|| TopicRoutes {
                 identity: identity.clone(),
                 routes: Vec::new(),
                 by_type: HashMap::new(),
                 dead_letter_topic: dead_letter_topic.clone(),
+                retry_stage: None,
             });
             if !table.identity.same_as(&identity) {
                 return Err(ConfigError::invalid(
@@ -296,7 +333,8 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             if table.dead_letter_topic != dead_letter_topic {
                 table.dead_letter_topic = format!("{topic}{}", self.dead_letter_suffix);
             }
-            table.routes.push(Route { handler, backoff, dead_letter_topic, retry_budget });
+            let route = Route { handler, backoff, dead_letter_topic, breaker, retry_topics: retry_plan.clone() };
+            table.routes.push(route.clone());
             if table.routes.len() > 1 && !table.identity.has_event_types() {
                 return Err(ConfigError::invalid(
                     "identity",
@@ -307,9 +345,23 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
                 )
                 .into());
             }
+            // The retry topics' tables: the same route, one attempt each.
+            for (stage, retry_topic) in retry_plan.iter().flat_map(|p| p.topics.iter().enumerate()) {
+                let retry = routes.entry(retry_topic.clone()).or_insert_with(|| TopicRoutes {
+                    identity: identity.clone(),
+                    routes: Vec::new(),
+                    by_type: HashMap::new(),
+                    dead_letter_topic: route.dead_letter_topic.clone(),
+                    retry_stage: Some(stage),
+                });
+                if retry.by_type.insert(event_type, retry.routes.len()).is_some() {
+                    return Err(ConfigError::DuplicateRoute { topic: retry_topic.clone(), event_type: event_type.to_owned() }
+                        .into());
+                }
+                retry.routes.push(route.clone());
+            }
         }
 
-        let stats = Arc::new(ContainerStats::with_limits(max_poll));
         let context = ContainerContext::new(group.clone(), self.handler_timeout, stats.clone());
         let statistics = KafkaConfig::statistics_preset();
         let consumer: StreamConsumer<ContainerContext> = self
@@ -333,6 +385,7 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             metrics: crate::telemetry::record::ConsumerMetrics::new(Arc::from(group.as_str())),
             handler_timeout: self.handler_timeout,
             processed_retention: self.processed_retention,
+            retries: Default::default(),
         };
         Ok(ListenerContainer::new(
             Arc::new(consumer),
@@ -342,36 +395,4 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             self.partition_concurrency,
         ))
     }
-}
-
-/// The total wait a record's retries may take: a record retried in place keeps the
-/// consumer from polling, so all its attempts and waits must fit in
-/// `max.poll.interval.ms`, or the group evicts the member. With batches, a failed
-/// batch attempt (up to one `handler_timeout`) comes first. The back-off's own delays
-/// must fit; `RetryAfter` waits are cut to what is left (see `RetryBudget`).
-pub(crate) fn retry_budget(
-    topic: &str,
-    backoff: &BackOff,
-    handler_timeout: Duration,
-    max_batch: usize,
-    max_poll: Duration,
-) -> Result<Duration, ConfigError> {
-    let batch_attempt = if max_batch > 1 { handler_timeout } else { Duration::ZERO };
-    let attempts = batch_attempt + handler_timeout * backoff.max_attempts();
-    let worst = attempts + backoff.max_total_delay();
-    if worst >= max_poll {
-        return Err(ConfigError::invalid(
-            "max.poll.interval.ms",
-            format!(
-                "`{topic}` can take {worst:?} on one record ({}{} attempts of up to handler_timeout {:?} plus {:?} of back-off), longer than max.poll.interval.ms ({} ms); raise it, or lower the attempts, the back-off or handler_timeout",
-                if max_batch > 1 { "a failed batch attempt, then " } else { "" },
-                backoff.max_attempts(),
-                handler_timeout,
-                backoff.max_total_delay(),
-                max_poll.as_millis(),
-            ),
-        ));
-    }
-    // A tenth of the room is left for polling and committing.
-    Ok(backoff.max_total_delay().max((max_poll - attempts).mul_f64(0.9)))
 }

@@ -11,6 +11,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
+use super::paused::Paused;
 use super::pipeline::{Pipeline, Stop};
 use super::prune::prune_processed;
 use super::scheduler::{Partitions, Scheduler};
@@ -39,18 +40,22 @@ pub type ContainerHandle = WorkerHandle<ContainerStats>;
 /// 3. the handler runs with that transaction; on success it commits (dedup row and
 ///    effects together);
 /// 4. on a transient failure the transaction is rolled back and the handler's
-///    [`crate::BackOff`] decides the wait before the next attempt (blocking retry: the
-///    partition waits); after the last attempt, or on a permanent failure, the record is
-///    published to the dead-letter topic with the `kafka_dlt-*` headers;
+///    [`crate::BackOff`] (or the `RetryAfter` the handler asks for) decides the wait
+///    before the next attempt. The partition waits, paused and rewound to the record,
+///    while polling goes on (see the retry modes in the crate documentation); after the
+///    last attempt, or on a permanent failure, the record is published to the
+///    dead-letter topic with the `kafka_dlt-*` headers. A handler with retry topics
+///    ([`crate::RetryTopics`]) publishes the record to its next retry topic instead, and
+///    its partition moves on; one with a circuit breaker ([`crate::CircuitBreaker`])
+///    stops calling its handler while the downstream is unavailable;
 /// 5. only then is its offset stored; stored offsets are committed every
 ///    `commit_interval`, before partitions are revoked, and at shutdown.
 ///
 /// A handler attempt is bounded by `handler_timeout` (a transient failure when
 /// exceeded); a panicking handler fails its record permanently; a handler that returns
 /// `Ok` while its transaction cannot commit (a swallowed failed statement on
-/// PostgreSQL, a rollback by SQLite) fails it permanently too. All waits of one record,
-/// `RetryAfter` included, fit in `max.poll.interval.ms` together with its attempts
-/// (`build()` checks the back-off; `RetryAfter` waits are cut to what is left).
+/// PostgreSQL, a rollback by SQLite) fails it permanently too. Waits between attempts
+/// have no bound: the member keeps polling through them.
 ///
 /// Failures of the framework's own calls (opening the transaction, the dedup insert,
 /// a lost connection at commit, publishing to the dead-letter topic) do not use up the
@@ -69,6 +74,8 @@ pub struct ListenerContainer<DB: Backend = DefaultBackend> {
     commit_interval: Duration,
     max_batch: usize,
     partition_concurrency: usize,
+    /// Partitions paused while their record waits for its next attempt.
+    paused: Arc<Paused>,
 }
 
 impl<DB: Backend> std::fmt::Debug for ListenerContainer<DB> {
@@ -198,7 +205,14 @@ impl<DB: Backend> ListenerContainer<DB> {
         max_batch: usize,
         partition_concurrency: usize,
     ) -> Self {
-        ListenerContainer { consumer, pipeline, commit_interval, max_batch, partition_concurrency }
+        ListenerContainer {
+            consumer,
+            pipeline,
+            commit_interval,
+            max_batch,
+            partition_concurrency,
+            paused: Arc::default(),
+        }
     }
 
     /// Tags a record just received with the revocation epoch (see
@@ -232,7 +246,6 @@ impl<DB: Backend> ListenerContainer<DB> {
         let topics: Vec<&str> = self.pipeline.routes.keys().map(String::as_str).collect();
         self.consumer.subscribe(&topics).map_err(Error::kafka("subscribe"))?;
         tracing::info!(%group, ?topics, "listener container started");
-        // Records wait for their back-off in place, between polls: nothing is paused.
         self.pipeline.metrics.paused_partitions(0);
         let pruner = tokio::spawn(prune_processed(
             self.pipeline.pool.clone(),
@@ -243,7 +256,15 @@ impl<DB: Backend> ListenerContainer<DB> {
         ));
         let commit_failed = self.consumer.context().commit_failed.clone();
         let mut scheduler = (self.partition_concurrency > 1)
-            .then(|| Scheduler::new(self.pipeline.clone(), self.consumer.clone(), self.partition_concurrency));
+            .then(|| {
+                Scheduler::new(
+                    self.pipeline.clone(),
+                    self.consumer.clone(),
+                    self.partition_concurrency,
+                    self.paused.clone(),
+                )
+            });
+        let mut paused_now = 0;
         let mut last_commit = Instant::now();
         let mut last_error_log: Option<Instant> = None;
         let mut dirty = false;
@@ -258,6 +279,18 @@ impl<DB: Backend> ListenerContainer<DB> {
         // a batch.
         let mut pending = VecDeque::new();
         loop {
+            // Partitions whose waiting record is due, or that were revoked, resume.
+            let (still_paused, next_due) = self.paused.resume_due(&self.consumer, Instant::now(), |key, epoch| {
+                partitions.rebalanced_since(key, epoch)
+            });
+            if still_paused != paused_now {
+                paused_now = still_paused;
+                self.pipeline.metrics.paused_partitions(paused_now);
+                self.pipeline.stats.paused.store(paused_now as u64, Ordering::Relaxed);
+            }
+            let poll_wait = next_due.map_or(POLL_WAIT, |due| {
+                due.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(1), POLL_WAIT)
+            });
             self.pipeline.stats.polled();
             // The rest of a stopped batch comes first, after a poll that keeps the member
             // alive (its record joins `pending`).
@@ -271,7 +304,7 @@ impl<DB: Backend> ListenerContainer<DB> {
                 None => tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => break,
-                    r = tokio::time::timeout(POLL_WAIT, self.consumer.recv()) => r.map(|r| r.map(|m| self.tag(m))),
+                    r = tokio::time::timeout(poll_wait, self.consumer.recv()) => r.map(|r| r.map(|m| self.tag(m))),
                 },
             };
             match received {
@@ -324,11 +357,12 @@ impl<DB: Backend> ListenerContainer<DB> {
                         continue;
                     }
                     self.pipeline.stats.touch();
+                    let epoch = batch[0].0;
                     let batch: Vec<BorrowedMessage<'_>> = batch.into_iter().map(|(_, m)| m).collect();
                     if let Some(scheduler) = scheduler.as_mut() {
                         let owned = batch.iter().map(|m| m.detach()).collect();
                         drop(batch);
-                        if !scheduler.dispatch(owned, &shutdown).await {
+                        if !scheduler.dispatch(owned, epoch, &shutdown).await {
                             break;
                         }
                     } else {
@@ -350,13 +384,15 @@ impl<DB: Backend> ListenerContainer<DB> {
                         if progress.interrupted {
                             break; // shutdown came first
                         }
-                        // The rest goes before anything fetched later, after a poll; its
-                        // epoch is the current one (no revoke can have happened since the
-                        // batch was checked).
-                        let epoch = partitions.epoch();
-                        let mut rest = batch;
-                        for m in rest.drain(progress.done..).rev() {
-                            pending.push_front((epoch, m));
+                        if let Some(until) = progress.wait {
+                            // The record at `done` waits with its partition paused and
+                            // rewound to it; the rest of the batch, and the partition's
+                            // records in `pending`, are stale now and come again.
+                            let waiting = &batch[progress.done];
+                            let key = (waiting.topic().to_owned(), waiting.partition());
+                            let epoch = partitions.rewind(&key);
+                            let (topic, partition, offset) = (waiting.topic(), waiting.partition(), waiting.offset());
+                            self.paused.hold(&self.consumer, topic, partition, offset, until, epoch);
                         }
                     }
                 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::{BackOff, BoxError, Codec, CodecError, ConfigError, Event, IdentitySource, IntoBackOff};
+use crate::{BackOff, BoxError, CircuitBreaker, Codec, CodecError, ConfigError, Event, IdentitySource, IntoBackOff};
+use crate::RetryTopics;
 use crate::{Backend, DefaultBackend, HandlerContext, RecordInfo};
 
 /// How a handler failed; the container decides what happens next.
@@ -15,6 +16,9 @@ use crate::{Backend, DefaultBackend, HandlerContext, RecordInfo};
 ///   with reason `retries-exhausted`.
 /// - [`HandlerError::RetryAfter`]: as transient, but the next attempt waits `after`.
 /// - [`HandlerError::Permanent`]: dead-lettered at once (reason `permanent-error`).
+/// - [`HandlerError::Unavailable`]: the downstream is down. With a
+///   [`crate::CircuitBreaker`] it opens the breaker at once and uses up no attempt;
+///   without one it is a transient failure.
 ///
 /// In every case the handler's transaction is rolled back first.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +39,10 @@ pub enum HandlerError {
         #[source]
         source: BoxError,
     },
+    /// The downstream the handler calls is unavailable (an HTTP 503, a refused
+    /// connection): see [`crate::CircuitBreaker`].
+    #[error("downstream unavailable")]
+    Unavailable(#[source] BoxError),
 }
 
 impl HandlerError {
@@ -53,12 +61,19 @@ impl HandlerError {
         HandlerError::RetryAfter { after, source: source.into() }
     }
 
+    /// The downstream is unavailable: opens the handler's circuit breaker at once
+    /// (transient without one).
+    pub fn unavailable(source: impl Into<BoxError>) -> Self {
+        HandlerError::Unavailable(source.into())
+    }
+
     /// The variant's Rust path, written to the `kafka_dlt-exception-fqcn` header.
     pub fn kind(&self) -> &'static str {
         match self {
             HandlerError::Transient(_) => "reliable_kafka::HandlerError::Transient",
             HandlerError::Permanent(_) => "reliable_kafka::HandlerError::Permanent",
             HandlerError::RetryAfter { .. } => "reliable_kafka::HandlerError::RetryAfter",
+            HandlerError::Unavailable(_) => "reliable_kafka::HandlerError::Unavailable",
         }
     }
 
@@ -138,6 +153,8 @@ pub struct HandlerOptions {
     pub(crate) backoff: Option<Result<BackOff, ConfigError>>,
     pub(crate) dead_letter_topic: Option<Cow<'static, str>>,
     pub(crate) identity: Option<IdentitySource>,
+    pub(crate) circuit_breaker: Option<CircuitBreaker>,
+    pub(crate) retry_topics: Option<Result<RetryTopics, ConfigError>>,
 }
 
 impl HandlerOptions {
@@ -173,6 +190,47 @@ impl HandlerOptions {
     pub fn identity(mut self, identity: IdentitySource) -> Self {
         self.identity = Some(identity);
         self
+    }
+    /// A circuit breaker in front of the handler's downstream (default: none).
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.circuit_breaker = Some(breaker);
+        self
+    }
+    /// Non-blocking retries through retry topics (default: none; the back-off retries
+    /// with the partition paused). An invalid setting is reported by `build()`.
+    pub fn retry_topics(mut self, topics: impl Into<RetryTopicsArg>) -> Self {
+        self.retry_topics = Some(topics.into().0);
+        self
+    }
+
+    /// Each setting given in `overrides` wins over this one's.
+    pub(crate) fn overridden_by(self, overrides: HandlerOptions) -> HandlerOptions {
+        HandlerOptions {
+            topic: overrides.topic.or(self.topic),
+            group: overrides.group.or(self.group),
+            backoff: overrides.backoff.or(self.backoff),
+            dead_letter_topic: overrides.dead_letter_topic.or(self.dead_letter_topic),
+            identity: overrides.identity.or(self.identity),
+            circuit_breaker: overrides.circuit_breaker.or(self.circuit_breaker),
+            retry_topics: overrides.retry_topics.or(self.retry_topics),
+        }
+    }
+}
+
+/// What [`HandlerOptions::retry_topics`] takes: a [`RetryTopics`], or the result of
+/// [`RetryTopics::parse`] (what `#[event_handler(retry_topics = "…")]` passes).
+#[derive(Debug)]
+pub struct RetryTopicsArg(Result<RetryTopics, ConfigError>);
+
+impl From<RetryTopics> for RetryTopicsArg {
+    fn from(t: RetryTopics) -> Self {
+        RetryTopicsArg(Ok(t))
+    }
+}
+
+impl From<Result<RetryTopics, ConfigError>> for RetryTopicsArg {
+    fn from(t: Result<RetryTopics, ConfigError>) -> Self {
+        RetryTopicsArg(t)
     }
 }
 

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use rdkafka::message::Message;
@@ -17,6 +17,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::dead_letter::Failure;
+use super::paused::Retries;
+use super::retry_topics;
 use super::routes::{Resolution, Route, TopicRoutes, UnknownEventType};
 use super::stats::ContainerStats;
 use crate::health::now_ms;
@@ -39,10 +41,13 @@ pub(crate) struct Pipeline<DB: Backend> {
     pub metrics: ConsumerMetrics,
     pub handler_timeout: Duration,
     pub processed_retention: Duration,
+    /// Each partition's failing record between attempts.
+    pub retries: Retries,
 }
 
-/// What may stop a record's processing. Shutdown cuts retry waits short (the attempt
-/// in hand finishes and commits; a record whose wait was cut stays uncommitted); a
+/// What may stop a record's processing. Shutdown cuts infrastructure waits short (the
+/// attempt in hand finishes and commits; a record whose wait was cut stays
+/// uncommitted); a
 /// revoke of the record's partition also abandons the attempt in hand (its
 /// transaction rolled back, nothing committed), so that the partition's new owner
 /// never runs a record this member still works on.
@@ -65,9 +70,12 @@ impl Stop<'_> {
 
 /// What became of one record.
 pub(crate) enum Outcome {
-    /// Processed, skipped as duplicate, or dead-lettered: its offset may be committed.
-    /// `retried` when it took more than one attempt.
-    Done { retried: bool },
+    /// Processed, skipped as duplicate, dead-lettered or sent to its retry topic: its
+    /// offset may be committed.
+    Done,
+    /// It waits for its next attempt until `until`: its partition is to be paused and
+    /// rewound to it (see `paused.rs`).
+    Wait { until: Instant },
     /// Shutdown or a revoke came first: its offset must not be committed.
     Interrupted,
 }
@@ -77,9 +85,16 @@ pub(crate) enum Outcome {
 pub(crate) struct Progress {
     /// Records done, from the first.
     pub done: usize,
-    /// Shutdown or a revoke stopped it; otherwise the records after `done` are to be
-    /// processed after a poll.
+    /// Shutdown or a revoke stopped it.
     pub interrupted: bool,
+    /// The record at `done` waits until then, with its partition paused.
+    pub wait: Option<Instant>,
+}
+
+impl Progress {
+    fn all(done: usize) -> Self {
+        Progress { done, interrupted: false, wait: None }
+    }
 }
 
 /// Why a batch was not committed as a whole.
@@ -110,40 +125,23 @@ pub(crate) enum AttemptError {
     Cancelled,
 }
 
-/// The `RetryAfter` waits of one record, bounded by what its route's `retry_budget`
-/// leaves beside the back-off's own delays (which always fit, checked by `build()`
-/// and never cut): a wait longer than what is left is cut to it, so a record never
-/// keeps the consumer from polling for longer than `max.poll.interval.ms`, however
-/// long the waits its handler asks for.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RetryBudget {
-    left: Duration,
-}
-
-impl RetryBudget {
-    pub(crate) fn new(budget: Duration) -> Self {
-        RetryBudget { left: budget }
-    }
-
-    /// The wait to use when `wanted` is asked for; counted against the budget.
-    pub(crate) fn take(&mut self, wanted: Duration) -> Duration {
-        let d = wanted.min(self.left);
-        self.left -= d;
-        d
-    }
-}
-
 impl<DB: Backend> Pipeline<DB> {
     /// Processes a batch of records of one partition. A batch of several records is
-    /// tried in one transaction; when that fails its records are processed one by one
-    /// up to and including the first that needed a retry, and the caller polls before
-    /// the rest.
+    /// tried in one transaction; when that fails its records are processed one by one,
+    /// up to the first that must wait for its next attempt.
     pub(crate) async fn process_batch<M: Message + Sync>(&self, batch: &[M], stop: Stop<'_>) -> Progress {
         self.metrics.batch_size(batch.len());
-        if batch.len() > 1 {
+        // A batch that starts with a record between attempts goes record by record, so
+        // that its attempts are counted.
+        let first = &batch[0];
+        let retrying = self.retries.get(first.topic(), first.partition(), first.offset()).is_some();
+        let batchable = self.routes.get(first.topic()).is_some_and(|t| {
+            t.retry_stage.is_none() && t.routes.iter().all(|r| r.breaker.as_ref().is_none_or(|b| b.is_closed()))
+        });
+        if batch.len() > 1 && !retrying && batchable {
             match self.try_batch(batch, stop).await {
-                Ok(()) => return Progress { done: batch.len(), interrupted: false },
-                Err(BatchError::Cancelled) => return Progress { done: 0, interrupted: true },
+                Ok(()) => return Progress::all(batch.len()),
+                Err(BatchError::Cancelled) => return Progress { done: 0, interrupted: true, wait: None },
                 Err(why) => {
                     ContainerStats::add(&self.stats.batch_fallbacks, 1);
                     tracing::debug!(group = %self.group, records = batch.len(), why = %crate::report(&why),
@@ -153,14 +151,12 @@ impl<DB: Backend> Pipeline<DB> {
         }
         for (i, msg) in batch.iter().enumerate() {
             match self.process(msg, stop).await {
-                Outcome::Interrupted => return Progress { done: i, interrupted: true },
-                Outcome::Done { retried: true } if i + 1 < batch.len() => {
-                    return Progress { done: i + 1, interrupted: false };
-                }
-                Outcome::Done { .. } => {}
+                Outcome::Interrupted => return Progress { done: i, interrupted: true, wait: None },
+                Outcome::Wait { until } => return Progress { done: i, interrupted: false, wait: Some(until) },
+                Outcome::Done => {}
             }
         }
-        Progress { done: batch.len(), interrupted: false }
+        Progress::all(batch.len())
     }
 
     /// All records of `batch` in one transaction, or nothing.
@@ -265,12 +261,12 @@ impl<DB: Backend> Pipeline<DB> {
         Ok(())
     }
 
-    /// One record: its checks, then attempts until success, a permanent failure or the
-    /// end of its back-off; then the dead-letter topic.
+    /// One record: its checks, then an attempt (infrastructure failures retried in
+    /// place); after a failure, what `retry.rs` decides.
     pub(crate) async fn process<M: Message + Sync>(&self, msg: &M, stop: Stop<'_>) -> Outcome {
         let Some(topic) = self.routes.get(msg.topic()) else {
             // Only subscribed topics are delivered; nothing to do.
-            return Outcome::Done { retried: false };
+            return Outcome::Done;
         };
         let (route, info) = match topic.resolve(msg, self.unknown_event_types) {
             Resolution::Route(route, info) => (route, info),
@@ -282,14 +278,27 @@ impl<DB: Backend> Pipeline<DB> {
                 self.metrics.topic(msg.topic()).skipped.increment(1);
                 tracing::info!(group = %self.group, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
                     event_type = event_type.as_deref().unwrap_or("-"), "no handler takes the event type; skipped");
-                return Outcome::Done { retried: false };
+                return Outcome::Done;
             }
         };
-        let mut attempt = 1;
+        let now = Instant::now();
+        let tracked = self.retries.get(msg.topic(), msg.partition(), msg.offset());
+        let due = match topic.retry_stage {
+            Some(_) => retry_topics::due(msg, now, now_ms() as i64),
+            None => None,
+        };
+        if let Some(until) = due.or(tracked.map(|t| t.due)).filter(|&until| until > now) {
+            return Outcome::Wait { until };
+        }
+        if let Some(until) = route.breaker.as_ref().and_then(|b| b.admit(now)) {
+            return Outcome::Wait { until };
+        }
+        let attempt = match (tracked, topic.retry_stage) {
+            (Some(t), _) => t.next_attempt,
+            (None, Some(stage)) => retry_topics::attempt(msg, stage),
+            (None, None) => 1,
+        };
         let mut infra = InfraBackoff::new();
-        // The back-off's own delays always fit (checked by `build()`); `RetryAfter` waits
-        // share what is left of the budget.
-        let mut budget = RetryBudget::new(route.retry_budget.saturating_sub(route.backoff.max_total_delay()));
         loop {
             match self.attempt(msg, route, &info, attempt, stop).await {
                 Ok(duplicate) => {
@@ -301,8 +310,12 @@ impl<DB: Backend> Pipeline<DB> {
                     } else {
                         metrics.processed.increment(1);
                         metrics.handled(info.produced_at_ms, now_ms());
+                        if let Some(breaker) = &route.breaker {
+                            breaker.on_success();
+                        }
                     }
-                    return Outcome::Done { retried: attempt > 1 };
+                    self.retries.clear(msg.topic(), msg.partition(), msg.offset());
+                    return Outcome::Done;
                 }
                 Err(AttemptError::Cancelled) => return Outcome::Interrupted,
                 Err(AttemptError::Infrastructure(e)) => {
@@ -315,34 +328,9 @@ impl<DB: Backend> Pipeline<DB> {
                 }
                 Err(AttemptError::Decode(e)) => {
                     let failure = Failure::new(DeadLetterReason::Deserialization, CODEC_ERROR_PATH, &e, attempt);
-                    return self.dead_letter(msg, &route.dead_letter_topic, failure, stop).await;
+                    return self.give_up(msg, &route.dead_letter_topic, failure, stop).await;
                 }
-                Err(AttemptError::Handler(e)) => {
-                    let delay = match &e {
-                        HandlerError::Permanent(_) => None,
-                        HandlerError::RetryAfter { after, .. } => {
-                            route.backoff.delay_after(attempt).map(|_| budget.take(*after))
-                        }
-                        _ => route.backoff.delay_after(attempt),
-                    };
-                    let Some(delay) = delay else {
-                        let reason = if e.is_transient() {
-                            DeadLetterReason::RetriesExhausted
-                        } else {
-                            DeadLetterReason::PermanentError
-                        };
-                        let failure = Failure::new(reason, e.kind(), &e, attempt);
-                        return self.dead_letter(msg, &route.dead_letter_topic, failure, stop).await;
-                    };
-                    ContainerStats::add(&self.stats.retries, 1);
-                    self.metrics.topic(&info.topic).retried.increment(1);
-                    tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
-                        attempt, ?delay, error = %crate::report(&e), "handler failed; retrying");
-                    if stop.sleep(delay).await {
-                        return Outcome::Interrupted;
-                    }
-                    attempt += 1;
-                }
+                Err(AttemptError::Handler(e)) => return self.failed(msg, topic, route, &info, attempt, e, stop).await,
             }
         }
     }
@@ -451,43 +439,5 @@ fn classify_db(e: sqlx::Error, operation: &'static str) -> AttemptError {
     match e {
         sqlx::Error::Database(_) => AttemptError::Handler(HandlerError::from(e)),
         other => AttemptError::Infrastructure(Error::Database { operation, source: other }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn retry_after_waits_are_counted_against_the_budget() {
-        // Defaults: max.poll.interval.ms 300 s, 10 attempts of handler_timeout 15 s,
-        // so 150 s of attempts; 0.9 × 150 s = 135 s for all waits, of which the
-        // default back-off (9 × 100 ms) keeps 0.9 s. Nine `RetryAfter` of 75 s each
-        // (the cap of 0.1: a quarter of max.poll.interval.ms) would wait 675 s and get
-        // the member evicted.
-        let backoff = crate::BackOff::default();
-        let budget =
-            super::super::builder::retry_budget("t", &backoff, Duration::from_secs(15), 1, Duration::from_secs(300))
-                .unwrap();
-        assert_eq!(budget, Duration::from_secs(135));
-        let mut retry_after = RetryBudget::new(budget - backoff.max_total_delay());
-        let waited: Duration = (0..9).map(|_| retry_after.take(Duration::from_secs(75))).sum();
-        assert_eq!(waited, Duration::from_millis(134_100));
-        assert!(Duration::from_secs(150) + waited + backoff.max_total_delay() < Duration::from_secs(300));
-    }
-
-    proptest! {
-        #[test]
-        fn waits_never_exceed_the_budget(budget_ms in 0u64..1_000_000, asks in proptest::collection::vec(0u64..1_000_000, 0..20)) {
-            let mut budget = RetryBudget::new(Duration::from_millis(budget_ms));
-            let total: Duration = asks.iter().map(|&ms| budget.take(Duration::from_millis(ms))).sum();
-            prop_assert!(total <= Duration::from_millis(budget_ms));
-            // Waits within the budget are not cut.
-            let mut fresh = RetryBudget::new(Duration::from_millis(budget_ms));
-            if let Some(&first) = asks.first() {
-                prop_assert_eq!(fresh.take(Duration::from_millis(first)), Duration::from_millis(first.min(budget_ms)));
-            }
-        }
     }
 }

@@ -2,10 +2,12 @@
 //! they share, and what becomes of a record that no handler takes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::Message;
 
+use super::breaker::Breaker;
 use super::dead_letter::Failure;
 use super::handler::ErasedHandler;
 use super::pipeline::UnexpectedRecord;
@@ -25,13 +27,34 @@ pub enum UnknownEventType {
     Skip,
 }
 
-/// One handler and its policies.
+/// One handler and its policies; a handler with retry topics has a route in the
+/// table of its source topic and one in each retry topic's.
 pub(crate) struct Route<DB: Backend> {
-    pub handler: Box<dyn ErasedHandler<DB>>,
+    pub handler: Arc<dyn ErasedHandler<DB>>,
     pub backoff: BackOff,
     pub dead_letter_topic: String,
-    /// The total a record of this route may wait between attempts.
-    pub retry_budget: Duration,
+    pub breaker: Option<Arc<Breaker>>,
+    /// The handler's retry topics, in order.
+    pub retry_topics: Option<Arc<RetryPlan>>,
+}
+
+impl<DB: Backend> Clone for Route<DB> {
+    fn clone(&self) -> Self {
+        Route {
+            handler: self.handler.clone(),
+            backoff: self.backoff,
+            dead_letter_topic: self.dead_letter_topic.clone(),
+            breaker: self.breaker.clone(),
+            retry_topics: self.retry_topics.clone(),
+        }
+    }
+}
+
+/// A handler's retry topics and their delays.
+#[derive(Debug)]
+pub(crate) struct RetryPlan {
+    pub topics: Vec<String>,
+    pub delays: Vec<Duration>,
 }
 
 /// All handlers of one topic.
@@ -43,6 +66,8 @@ pub(crate) struct TopicRoutes<DB: Backend> {
     /// Where records that no handler takes go: the handlers' dead-letter topic when
     /// they all name the same one, else `<topic>` + the container's suffix.
     pub dead_letter_topic: String,
+    /// `Some(i)` for the handlers' `i`-th retry topic.
+    pub retry_stage: Option<usize>,
 }
 
 /// Where one record goes.

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::container::ContainerContext;
+use super::paused::Paused;
 use super::pipeline::{Pipeline, Stop};
 use crate::Backend;
 
@@ -40,6 +41,8 @@ struct State {
     assigned: HashMap<Key, Entry>,
     /// The epoch of each partition's last revocation.
     revoked_at: HashMap<Key, u64>,
+    /// The epoch of each partition's last rewind (a record waiting for its retry).
+    rewound_at: HashMap<Key, u64>,
     next_generation: u64,
 }
 
@@ -91,11 +94,35 @@ impl Partitions {
     /// Whether `key` was revoked after records tagged `epoch` were received: such
     /// records belong to a past assignment and must not be processed (the partition's
     /// owner, this member again or another, fetches them from the committed offset).
+    /// A rewind of the partition (see [`Partitions::rewind`]) makes them stale too.
     pub(crate) fn revoked_since(&self, key: &Key, epoch: u64) -> bool {
         if epoch == self.epoch() {
             return false; // no revoke since: the common case, without the lock
         }
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).revoked_at.get(key).is_some_and(|&at| at > epoch)
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let after = |at: Option<&u64>| at.is_some_and(|&at| at > epoch);
+        after(state.revoked_at.get(key)) || after(state.rewound_at.get(key))
+    }
+
+    /// Whether a rebalance revoked `key` after `epoch` (rewinds not counted).
+    pub(crate) fn rebalanced_since(&self, key: &Key, epoch: u64) -> bool {
+        epoch != self.epoch()
+            && self.state.lock().unwrap_or_else(|p| p.into_inner()).revoked_at.get(key).is_some_and(|&at| at > epoch)
+    }
+
+    /// A local revoke of `key`, for a record that waits for its retry with the
+    /// partition paused and rewound to it: the records after it that were received
+    /// already are stale, its queued batches are abandoned, and its next batch (after
+    /// the resume) starts a new generation. Called by the batch that stopped at the
+    /// record, which is done with it. Returns the epoch of the rewind.
+    pub(crate) fn rewind(&self, key: &Key) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        state.rewound_at.insert(key.clone(), epoch);
+        if let Some(entry) = state.assigned.remove(key) {
+            entry.revoked.cancel();
+        }
+        epoch
     }
 
     /// Records the revocation of `revoked`, cancels their batches and waits until they
@@ -136,6 +163,7 @@ pub(crate) struct Scheduler<DB: Backend> {
     backlog: Arc<Semaphore>,
     /// Set by a task that stored an offset, so the loop commits.
     stored: Arc<AtomicBool>,
+    paused: Arc<Paused>,
 }
 
 impl<DB: Backend> Scheduler<DB> {
@@ -143,8 +171,10 @@ impl<DB: Backend> Scheduler<DB> {
         pipeline: Arc<Pipeline<DB>>,
         consumer: Arc<StreamConsumer<ContainerContext>>,
         concurrency: usize,
+        paused: Arc<Paused>,
     ) -> Self {
         Scheduler {
+            paused,
             pipeline,
             consumer,
             inflight: HashMap::new(),
@@ -161,7 +191,9 @@ impl<DB: Backend> Scheduler<DB> {
 
     /// Queues `batch` (records of one partition) behind the partition's previous batch.
     /// Returns `false` when shutdown came while waiting for room in the backlog.
-    pub(crate) async fn dispatch(&mut self, batch: Vec<OwnedMessage>, shutdown: &CancellationToken) -> bool {
+    /// `epoch` is the revocation epoch of the batch's first record: a batch made stale
+    /// by a rewind of its partition meanwhile is dropped.
+    pub(crate) async fn dispatch(&mut self, batch: Vec<OwnedMessage>, epoch: u64, shutdown: &CancellationToken) -> bool {
         let key: Key = (batch[0].topic().to_owned(), batch[0].partition());
         self.inflight.retain(|_, (_, t)| !t.is_finished());
         let queued = tokio::select! {
@@ -169,15 +201,22 @@ impl<DB: Backend> Scheduler<DB> {
             _ = shutdown.cancelled() => return false,
             q = self.backlog.clone().acquire_owned() => q.expect("semaphore never closed"),
         };
-        let (pipeline, consumer, stored, permits) =
-            (self.pipeline.clone(), self.consumer.clone(), self.stored.clone(), self.permits.clone());
+        let (pipeline, consumer, stored, permits, paused) = (
+            self.pipeline.clone(),
+            self.consumer.clone(),
+            self.stored.clone(),
+            self.permits.clone(),
+            self.paused.clone(),
+        );
         let partitions = consumer.context().partitions.clone();
         let (revoked, generation, running) = partitions.enter(key.clone());
         // A batch of a past assignment was abandoned by the revoke: the new assignment
         // starts from the committed offset and does not wait for it.
         let previous = self.inflight.remove(&key).filter(|(g, _)| *g == generation).map(|(_, t)| t);
         let shutdown = shutdown.clone();
+        let task_key = key.clone();
         let task = tokio::spawn(async move {
+            let key = task_key;
             let _queued = queued;
             let _running = running;
             // The partition's order: start after its previous batch, and only if that one
@@ -194,6 +233,11 @@ impl<DB: Backend> Scheduler<DB> {
                 _ = revoked.cancelled() => return false,
                 p = permits.acquire_owned() => p.expect("semaphore never closed"),
             };
+            // A rewind of the partition after the batch was received and before it
+            // entered: its records come again from the waiting one.
+            if partitions.revoked_since(&key, epoch) {
+                return false;
+            }
             let mut done = 0;
             while done < batch.len() {
                 if revoked.is_cancelled() {
@@ -214,6 +258,14 @@ impl<DB: Backend> Scheduler<DB> {
                     }
                 }
                 if progress.interrupted {
+                    return false;
+                }
+                if let Some(until) = progress.wait {
+                    // The record at `done` waits with its partition paused; everything
+                    // after it comes again after the resume.
+                    let waiting = &batch[done];
+                    let epoch = partitions.rewind(&key);
+                    paused.hold(&consumer, waiting.topic(), waiting.partition(), waiting.offset(), until, epoch);
                     return false;
                 }
             }

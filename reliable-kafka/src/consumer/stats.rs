@@ -1,11 +1,13 @@
 //! [`ContainerStats`]: the counters of a listener container.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::health::{human, sealed, Health, HealthStatus, WorkerHealth};
 use crate::kafka::BrokerState;
+use crate::CircuitState;
 
 /// Counters of a container, shared with its [`crate::ContainerHandle`]. Every count is
 /// of records unless it says otherwise.
@@ -26,6 +28,9 @@ pub struct ContainerStats {
     last_poll_ms: AtomicU64,
     pub(crate) assigned: AtomicU64,
     pub(crate) ever_assigned: AtomicBool,
+    pub(crate) paused: AtomicU64,
+    /// The circuit breakers' states, by handler (event type).
+    circuits: Mutex<BTreeMap<String, CircuitState>>,
     max_poll_interval: Duration,
     pub(crate) brokers: Arc<BrokerState>,
 }
@@ -47,6 +52,8 @@ impl Default for ContainerStats {
             last_poll_ms: AtomicU64::new(0),
             assigned: AtomicU64::new(0),
             ever_assigned: AtomicBool::new(false),
+            paused: AtomicU64::new(0),
+            circuits: Mutex::default(),
             max_poll_interval: Duration::from_millis(300_000),
             brokers: Arc::new(BrokerState::new()),
         }
@@ -102,13 +109,30 @@ impl ContainerStats {
     pub fn assigned_partitions(&self) -> u64 {
         self.assigned.load(Ordering::Relaxed)
     }
+    /// Partitions paused now: each holds a record waiting for its next attempt, for its
+    /// retry topic's due time, or for an open circuit breaker (partitions).
+    pub fn paused_partitions(&self) -> u64 {
+        self.paused.load(Ordering::Relaxed)
+    }
+    /// The state of the circuit breaker of the handler of `event_type`; `None` when it
+    /// has none.
+    pub fn circuit(&self, event_type: &str) -> Option<CircuitState> {
+        self.circuits.lock().unwrap_or_else(|p| p.into_inner()).get(event_type).copied()
+    }
+    /// Every circuit breaker's state, by handler (event type).
+    pub fn circuits(&self) -> Vec<(String, CircuitState)> {
+        self.circuits.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+    pub(crate) fn set_circuit(&self, event_type: &str, state: CircuitState) {
+        self.circuits.lock().unwrap_or_else(|p| p.into_inner()).insert(event_type.to_owned(), state);
+    }
     /// The consumer lag of the assigned partitions (records), from librdkafka's last
     /// statistics (`statistics.interval.ms`); `None` before any or when they are off.
     pub fn consumer_lag(&self) -> Option<i64> {
         self.brokers.consumer_lag()
     }
     /// Time since the poll loop last polled the consumer (it does so at least every
-    /// 100 ms while idle; a record retried in place holds it).
+    /// 100 ms while idle; a handler call in hand holds it).
     pub fn since_last_poll(&self) -> Duration {
         let last = Duration::from_millis(self.last_poll_ms.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(last)
@@ -147,7 +171,22 @@ impl WorkerHealth for ContainerStats {
                 ),
             );
         } else if since > self.max_poll_interval / 2 {
-            h.found(HealthStatus::Degraded, format!("not polled for {} (a record retried in place?)", human(since)));
+            h.found(HealthStatus::Degraded, format!("not polled for {} (a slow handler?)", human(since)));
+        }
+        let (paused, assigned) = (self.paused_partitions(), self.assigned_partitions());
+        if paused > 0 && paused >= assigned {
+            h.found(
+                HealthStatus::Degraded,
+                format!("all {assigned} assigned partitions paused: their records wait for a retry or a closed circuit"),
+            );
+        }
+        for (handler, state) in self.circuits() {
+            if state != CircuitState::Closed {
+                h.found(
+                    HealthStatus::Degraded,
+                    format!("circuit {} for handler {handler}: its downstream is unavailable", state.as_str()),
+                );
+            }
         }
         if self.assigned_partitions() == 0 {
             let why = if self.ever_assigned.load(Ordering::Relaxed) {

@@ -66,11 +66,11 @@ async fn memory() -> SqlitePool {
 }
 
 async fn pipeline(handler: Flaky) -> Pipeline<Sqlite> {
-    routed(vec![Box::new(handler)], UnknownEventType::DeadLetter).await
+    routed(vec![Arc::new(handler)], UnknownEventType::DeadLetter).await
 }
 
 /// A pipeline whose topic `jobs` has these handlers.
-async fn routed(handlers: Vec<Box<dyn ErasedHandler<Sqlite>>>, unknown: UnknownEventType) -> Pipeline<Sqlite> {
+async fn routed(handlers: Vec<Arc<dyn ErasedHandler<Sqlite>>>, unknown: UnknownEventType) -> Pipeline<Sqlite> {
     let pool = memory().await;
     crate::migrate(&pool).await.unwrap();
     let producer: crate::kafka::Producer = rdkafka::ClientConfig::new()
@@ -81,12 +81,7 @@ async fn routed(handlers: Vec<Box<dyn ErasedHandler<Sqlite>>>, unknown: UnknownE
     let by_type = handlers.iter().enumerate().map(|(i, h)| (h.event_type(), i)).collect();
     let routes = handlers
         .into_iter()
-        .map(|handler| Route {
-            handler,
-            backoff,
-            dead_letter_topic: "jobs.DLQ".into(),
-            retry_budget: Duration::from_secs(1),
-        })
+        .map(|handler| Route { handler, backoff, dead_letter_topic: "jobs.DLQ".into(), breaker: None, retry_topics: None })
         .collect();
     Pipeline {
         group: Arc::from("g"),
@@ -99,6 +94,7 @@ async fn routed(handlers: Vec<Box<dyn ErasedHandler<Sqlite>>>, unknown: UnknownE
                 routes,
                 by_type,
                 dead_letter_topic: "jobs.DLQ".into(),
+                retry_stage: None,
             },
         )]),
         unknown_event_types: unknown,
@@ -107,6 +103,7 @@ async fn routed(handlers: Vec<Box<dyn ErasedHandler<Sqlite>>>, unknown: UnknownE
         stats: Arc::default(),
         handler_timeout: Duration::from_secs(5),
         processed_retention: Duration::from_secs(3600),
+        retries: Default::default(),
     }
 }
 
@@ -117,19 +114,35 @@ fn record(offset: i64, n: u32, timestamp: Timestamp) -> OwnedMessage {
 }
 
 #[tokio::test]
-async fn a_failed_batch_stops_after_its_first_failing_record_so_the_container_polls() {
+async fn a_failed_batch_stops_at_its_first_failing_record_which_waits_for_its_retry() {
     let calls = Arc::new(AtomicU32::new(0));
     let p = pipeline(Flaky { flaky: vec![2, 5], calls: calls.clone() }).await;
     let batch: Vec<_> = (0..8).map(|n| record(i64::from(n), n, Timestamp::CreateTime(1))).collect();
     let (shutdown, revoked) = (CancellationToken::new(), CancellationToken::new());
     let cancel = Stop { shutdown: &shutdown, revoked: &revoked };
-    // The batch fails (job 2); records 0, 1 and 2 (retried) are done, then it stops.
-    assert_eq!(p.process_batch(&batch, cancel).await, Progress { done: 3, interrupted: false });
-    // The rest, after the container's poll: again up to the next failing record (5).
-    assert_eq!(p.process_batch(&batch[3..], cancel).await, Progress { done: 3, interrupted: false });
-    assert_eq!(p.process_batch(&batch[6..], cancel).await, Progress { done: 2, interrupted: false });
+    // The batch fails (job 2); records 0 and 1 are done, job 2 waits for attempt 2.
+    let first = p.process_batch(&batch, cancel).await;
+    assert_eq!((first.done, first.interrupted), (2, false));
+    let until = first.wait.expect("job 2 waits");
+    assert_eq!(p.retries.get("jobs", 0, 2).map(|t| t.next_attempt), Some(2));
+    // Delivered again before it is due (a rebalance gave it back), it waits on,
+    // without an attempt.
+    let before = calls.load(Ordering::Relaxed);
+    if until > std::time::Instant::now() {
+        assert_eq!(p.process_batch(&batch[2..], cancel).await.wait, Some(until));
+        assert_eq!(calls.load(Ordering::Relaxed), before);
+    }
+    tokio::time::sleep_until(until.into()).await;
+    // Due: job 2 succeeds at attempt 2, record by record up to job 5, which waits.
+    let second = p.process_batch(&batch[2..], cancel).await;
+    assert_eq!((second.done, second.interrupted), (3, false));
+    assert!(second.wait.is_some());
+    assert_eq!(p.retries.get("jobs", 0, 2), None, "done records are forgotten");
+    tokio::time::sleep_until(second.wait.unwrap().into()).await;
+    assert_eq!(p.process_batch(&batch[5..], cancel).await, Progress { done: 3, interrupted: false, wait: None });
     assert_eq!(p.stats.processed(), 8);
-    assert_eq!(p.stats.batch_fallbacks(), 2);
+    assert_eq!(p.stats.retries(), 2);
+    assert_eq!(p.stats.batch_fallbacks(), 1, "a batch that starts with a waiting record goes record by record");
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM rk_processed_messages").fetch_one(&p.pool).await.unwrap();
     assert_eq!(rows, 8, "each record once");
 }
@@ -180,7 +193,7 @@ fn typed(offset: i64, event_type: &str, n: u32) -> OwnedMessage {
 #[tokio::test]
 async fn one_topic_routes_each_event_type_to_its_handler_in_partition_order_and_in_one_batch() {
     let log = Log::default();
-    let p = routed(vec![Box::new(log.clone()), Box::new(BonusLog(log.clone()))], UnknownEventType::Skip).await;
+    let p = routed(vec![Arc::new(log.clone()), Arc::new(BonusLog(log.clone()))], UnknownEventType::Skip).await;
     let (shutdown, revoked) = (CancellationToken::new(), CancellationToken::new());
     let stop = Stop { shutdown: &shutdown, revoked: &revoked };
     let first = typed(0, "Job", 0);
@@ -195,7 +208,7 @@ async fn one_topic_routes_each_event_type_to_its_handler_in_partition_order_and_
     );
     let batch =
         vec![first, typed(1, "Bonus", 1), typed(2, "Bonus", 2), typed(3, "Job", 3), typed(4, "Job", 4), redelivered];
-    assert_eq!(p.process_batch(&batch, stop).await, Progress { done: 6, interrupted: false });
+    assert_eq!(p.process_batch(&batch, stop).await, Progress { done: 6, interrupted: false, wait: None });
     let order = log.0.lock().unwrap().clone();
     assert_eq!(order, [("Job", 0), ("Bonus", 1), ("Bonus", 2), ("Job", 3), ("Job", 4)], "partition order across types");
     assert_eq!((p.stats.batches(), p.stats.batch_fallbacks()), (1, 0), "one transaction for both types");
@@ -203,7 +216,7 @@ async fn one_topic_routes_each_event_type_to_its_handler_in_partition_order_and_
 
     // An event type no handler takes is skipped (committed past), the others processed.
     let batch = [typed(6, "Job", 6), typed(7, "Refund", 7), typed(8, "Bonus", 8)];
-    assert_eq!(p.process_batch(&batch, stop).await, Progress { done: 3, interrupted: false });
+    assert_eq!(p.process_batch(&batch, stop).await, Progress { done: 3, interrupted: false, wait: None });
     assert_eq!(p.stats.skipped(), 1);
     assert_eq!((p.stats.batches(), p.stats.batch_fallbacks()), (2, 0), "a skipped type does not break the batch");
     assert_eq!(log.0.lock().unwrap()[5..], [("Job", 6), ("Bonus", 8)]);
@@ -222,12 +235,12 @@ async fn a_revoke_abandons_the_attempt_in_hand_and_shutdown_finishes_it() {
     revoked.cancel();
     let batch = [record(0, 0, Timestamp::CreateTime(1))];
     let stop = Stop { shutdown: &shutdown, revoked: &revoked };
-    assert_eq!(p.process_batch(&batch, stop).await, Progress { done: 0, interrupted: true });
+    assert_eq!(p.process_batch(&batch, stop).await, Progress { done: 0, interrupted: true, wait: None });
     assert_eq!(rows().await, 0, "nothing committed for a revoked partition");
     let (shutdown, revoked) = (CancellationToken::new(), CancellationToken::new());
     shutdown.cancel();
     let stop = Stop { shutdown: &shutdown, revoked: &revoked };
-    assert_eq!(p.process_batch(&batch, stop).await, Progress { done: 1, interrupted: false });
+    assert_eq!(p.process_batch(&batch, stop).await, Progress { done: 1, interrupted: false, wait: None });
     assert_eq!(rows().await, 1, "shutdown lets the record in hand finish");
 }
 
@@ -293,6 +306,7 @@ fn exception_paths_name_public_items() {
         (HandlerError::transient("x").kind(), "Transient"),
         (HandlerError::permanent("x").kind(), "Permanent"),
         (HandlerError::retry_after(Duration::ZERO, "x").kind(), "RetryAfter"),
+        (HandlerError::unavailable("x").kind(), "Unavailable"),
     ];
     for (kind, variant) in kinds {
         assert_eq!(kind, format!("{handler}::{variant}"));

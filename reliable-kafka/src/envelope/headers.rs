@@ -80,6 +80,17 @@ pub const DLT_PAYLOAD_OMITTED: &str = "rk-dlt-payload-omitted";
 /// (`max_redrives`) holds across cycles.
 pub const REDRIVE_COUNT: &str = "rk-redrive-count";
 
-/// Prefixes of the headers a dead-lettering adds ([`DLT_ORIGINAL_TOPIC`] and the rest):
-/// the re-driver removes them before it re-publishes a record.
-pub const DEAD_LETTER_PREFIXES: [&str; 2] = ["kafka_dlt-", "rk-dlt-"];
+/// Retry topics (Spring Kafka's name): the attempt a record in a retry topic is for,
+/// a 4-byte big-endian integer (2 in the first retry topic).
+pub const RETRY_TOPIC_ATTEMPTS: &str = "retry_topic-attempts";
+/// Retry topics (Spring Kafka's name): when the record is due, ms since the epoch, an
+/// 8-byte big-endian integer.
+pub const RETRY_TOPIC_BACKOFF_TIMESTAMP: &str = "retry_topic-backoff-timestamp";
+/// Retry topics (Spring Kafka's name): the source record's timestamp, ms since the
+/// epoch, an 8-byte big-endian integer.
+pub const RETRY_TOPIC_ORIGINAL_TIMESTAMP: &str = "retry_topic-original-timestamp";
+
+/// Prefixes of the headers a dead-lettering or a retry topic adds
+/// ([`DLT_ORIGINAL_TOPIC`], [`RETRY_TOPIC_ATTEMPTS`] and the rest): the re-driver
+/// removes them before it re-publishes a record.
+pub const DEAD_LETTER_PREFIXES: [&str; 3] = ["kafka_dlt-", "rk-dlt-", "retry_topic-"];

@@ -21,7 +21,7 @@ pub struct MetricSpec {
     pub kind: MetricKind,
     /// Label names, e.g. `["topic"]`.
     pub labels: &'static [&'static str],
-    /// Unit: `records`, `seconds` or `partitions`.
+    /// Unit: `records`, `seconds`, `partitions` or `state` (an enumeration's code).
     pub unit: &'static str,
     /// What it measures.
     pub help: &'static str,
@@ -65,7 +65,9 @@ metric_set! {
     CONSUMER_LAG = "rk_consumer_lag", Gauge, ["group", "topic", "partition"], "records",
         "Consumer lag per assigned partition, from librdkafka's statistics (every second).";
     CONSUMER_PAUSED_PARTITIONS = "rk_consumer_paused_partitions", Gauge, ["group"], "partitions",
-        "Partitions the container holds paused (0 until back-off pauses partitions).";
+        "Partitions the container holds paused: a record waiting for its next attempt, for its retry topic's due time, or for an open circuit breaker.";
+    CONSUMER_CIRCUIT_STATE = "rk_consumer_circuit_state", Gauge, ["group", "handler"], "state",
+        "A handler's circuit breaker: 0 closed, 1 half-open, 2 open (handler: its event type).";
     DEAD_LETTERS = "rk_dead_letters_total", Counter, ["group", "topic", "reason"], "records",
         "Records published to a dead-letter topic, by original topic and reason (`rk-dlt-reason`).";
     REDRIVEN = "rk_redriven_total", Counter, ["topic"], "records",

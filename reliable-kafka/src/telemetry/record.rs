@@ -177,6 +177,11 @@ impl ConsumerTopic {
     }
 }
 
+/// `rk_consumer_circuit_state{group, handler}`.
+pub(crate) fn circuit_state(group: &str, handler: &str) -> metrics::Gauge {
+    metrics::gauge!(CONSUMER_CIRCUIT_STATE, "group" => group.to_owned(), "handler" => handler.to_owned())
+}
+
 /// `rk_dead_letters_total{group, topic, reason}`.
 pub(crate) fn dead_lettered(group: &str, topic: &str, reason: &str) {
     metrics::counter!(DEAD_LETTERS, "group" => group.to_owned(), "topic" => topic.to_owned(), "reason" => reason.to_owned())

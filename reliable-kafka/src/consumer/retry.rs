@@ -1,0 +1,96 @@
+//! After a failed attempt: the circuit breaker, the retry topics or the back-off
+//! decide whether the record waits (its partition paused, see `paused.rs`), goes to
+//! its next retry topic, or is given up on (the dead-letter topic).
+
+use std::time::{Duration, Instant};
+
+use rdkafka::message::Message;
+
+use super::dead_letter::Failure;
+use super::paused::Tracked;
+use super::pipeline::{Outcome, Pipeline, Stop};
+use super::routes::{Route, TopicRoutes};
+use super::stats::ContainerStats;
+use crate::health::now_ms;
+use crate::{Backend, DeadLetterReason, HandlerError, RecordInfo};
+
+impl<DB: Backend> Pipeline<DB> {
+    /// What follows attempt `attempt` of `msg`, which failed with `e`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn failed<M: Message + Sync>(
+        &self,
+        msg: &M,
+        topic: &TopicRoutes<DB>,
+        route: &Route<DB>,
+        info: &RecordInfo,
+        attempt: u32,
+        e: HandlerError,
+        stop: Stop<'_>,
+    ) -> Outcome {
+        let now = Instant::now();
+        if let Some(breaker) = &route.breaker {
+            if !e.is_transient() {
+                breaker.on_success(); // the downstream answered
+            } else if let Some(until) = breaker.on_failure(&e, now) {
+                // The downstream is down: the record waits for the breaker, and this
+                // attempt does not count.
+                let tracked = Tracked { offset: msg.offset(), next_attempt: attempt, due: until };
+                self.retries.set(msg.topic(), msg.partition(), tracked);
+                tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
+                    attempt, error = %crate::report(&e), "circuit open; the record waits for it");
+                return Outcome::Wait { until };
+            }
+        }
+        let give_up = |reason| Failure::new(reason, e.kind(), &e, attempt);
+        if !e.is_transient() {
+            return self.give_up(msg, &route.dead_letter_topic, give_up(DeadLetterReason::PermanentError), stop).await;
+        }
+        if let Some(plan) = &route.retry_topics {
+            let next = topic.retry_stage.map_or(0, |stage| stage + 1);
+            let Some(retry_topic) = plan.topics.get(next) else {
+                let failure = give_up(DeadLetterReason::RetriesExhausted);
+                return self.give_up(msg, &route.dead_letter_topic, failure, stop).await;
+            };
+            let wait = match &e {
+                HandlerError::RetryAfter { after, .. } => (*after).max(plan.delays[next]),
+                _ => plan.delays[next],
+            };
+            let due_ms = now_ms() as i64 + wait.as_millis() as i64;
+            let failure = give_up(DeadLetterReason::RetriesExhausted);
+            let outcome = self.retry_copy(msg, retry_topic, failure, due_ms, stop).await;
+            if matches!(outcome, Outcome::Done) {
+                self.retries.clear(msg.topic(), msg.partition(), msg.offset());
+            }
+            return outcome;
+        }
+        let delay = match &e {
+            HandlerError::RetryAfter { after, .. } => route.backoff.delay_after(attempt).map(|_| *after),
+            _ => route.backoff.delay_after(attempt),
+        };
+        let Some(delay) = delay else {
+            return self.give_up(msg, &route.dead_letter_topic, give_up(DeadLetterReason::RetriesExhausted), stop).await;
+        };
+        ContainerStats::add(&self.stats.retries, 1);
+        self.metrics.topic(&info.topic).retried.increment(1);
+        tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
+            attempt, ?delay, error = %crate::report(&e), "handler failed; retrying after the back-off");
+        let until = now + delay.max(Duration::from_millis(1));
+        self.retries.set(msg.topic(), msg.partition(), Tracked { offset: msg.offset(), next_attempt: attempt + 1, due: until });
+        Outcome::Wait { until }
+    }
+
+    /// Dead-letters `msg` and forgets its attempts.
+    pub(crate) async fn give_up<M: Message + Sync>(
+        &self,
+        msg: &M,
+        dead_letter_topic: &str,
+        failure: Failure,
+        stop: Stop<'_>,
+    ) -> Outcome {
+        let outcome = self.dead_letter(msg, dead_letter_topic, failure, stop).await;
+        if matches!(outcome, Outcome::Done) {
+            self.retries.clear(msg.topic(), msg.partition(), msg.offset());
+        }
+        outcome
+    }
+}
