@@ -258,8 +258,11 @@ async fn bad_container_configuration_fails_at_build_naming_the_key() {
         .retry_topics(reliable_kafka::RetryTopics::new([Duration::from_secs(1)]))
         .backoff(reliable_kafka::FixedBackOff::new(Duration::from_secs(1), 2).unwrap());
     assert!(msg(base().handler_with(r("t", "g"), retrying)).contains("retry_topics"));
-    let breaker = reliable_kafka::HandlerOptions::new()
-        .circuit_breaker(reliable_kafka::CircuitBreaker::new(5, Duration::from_secs(1), Duration::from_secs(1)));
+    let breaker = reliable_kafka::HandlerOptions::new().circuit_breaker(reliable_kafka::CircuitBreaker::new(
+        5,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    ));
     assert!(msg(base().handler_with(r("t", "g"), breaker)).contains("circuit_breaker"));
 }
 

@@ -107,10 +107,10 @@ pub use backoff::{
     BackOff, ExponentialBackOff, ExponentialBackOffBuilder, FixedBackOff, IntoBackOff, MAX_ATTEMPTS, MAX_DELAY,
 };
 pub use consumer::{
-    CircuitBreaker, CircuitState, ContainerHandle, ContainerStats, EventHandler, HandlerContext, HandlerError, HandlerFault, HandlerOptions,
-    ListenerContainer, ListenerContainerBuilder, RecordInfo, UnexpectedRecord, UnknownEventType,
-    DEFAULT_COMMIT_INTERVAL, DEFAULT_DEAD_LETTER_SUFFIX, DEFAULT_HANDLER_TIMEOUT, DEFAULT_PROCESSED_RETENTION,
-    MAX_BATCH, MAX_PARTITION_CONCURRENCY, MAX_RETRY_TOPICS, PRUNE_INTERVAL, RetryTopics, RetryTopicsArg,
+    CircuitBreaker, CircuitState, ContainerHandle, ContainerStats, EventHandler, HandlerContext, HandlerError,
+    HandlerFault, HandlerOptions, ListenerContainer, ListenerContainerBuilder, RecordInfo, RetryTopics, RetryTopicsArg,
+    UnexpectedRecord, UnknownEventType, DEFAULT_COMMIT_INTERVAL, DEFAULT_DEAD_LETTER_SUFFIX, DEFAULT_HANDLER_TIMEOUT,
+    DEFAULT_PROCESSED_RETENTION, MAX_BATCH, MAX_PARTITION_CONCURRENCY, MAX_RETRY_TOPICS, PRUNE_INTERVAL,
 };
 #[cfg(feature = "embedded")]
 pub use embedded::{EmbeddedKafka, MockFault};

@@ -191,6 +191,9 @@ pub enum Mode {
     Sleep(Duration),
     /// Fails permanently for the record whose `n` is this, succeeds for the others.
     PermanentFor(u32),
+    /// Answers `RetryAfter` with this wait for the record whose `n` is this, succeeds
+    /// for the others.
+    RetryAfterFor(u32, Duration),
 }
 
 /// A handler that inserts a row into `effects` (no unique constraint, so a second
@@ -206,6 +209,25 @@ pub struct Recorder {
     pub mode: Mode,
     /// Handler invocations.
     pub calls: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// Retry topics instead of the back-off, when set.
+    pub retry_topics: Option<reliable_kafka::RetryTopics>,
+    /// Every call: message id, attempt, key, topic, when.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<Call>>>,
+}
+
+/// One call of a [`Recorder`].
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The record's message id.
+    pub message_id: uuid::Uuid,
+    /// `ctx.attempt()`.
+    pub attempt: u32,
+    /// The record's key.
+    pub key: String,
+    /// The topic it was consumed from.
+    pub topic: String,
+    /// When the handler was called.
+    pub at: Instant,
 }
 
 impl Recorder {
@@ -217,8 +239,18 @@ impl Recorder {
             backoff: reliable_kafka::FixedBackOff::new(Duration::from_millis(20), attempts).unwrap().into(),
             mode,
             calls: Default::default(),
+            retry_topics: None,
+            log: Default::default(),
         }
     }
+}
+
+/// A [`Recorder`] that fails its first two attempts of each record and retries
+/// through the retry topics `{topic}-retry-1000` and `{topic}-retry-2000`.
+pub fn retrying_recorder(topic: &str, group: &str) -> Recorder {
+    let mut r = Recorder::new(topic, group, Mode::FailFirst(2), 1);
+    r.retry_topics = Some(reliable_kafka::RetryTopics::new([Duration::from_secs(1), Duration::from_secs(2)]));
+    r
 }
 
 /// A fresh SQLite database file in the temporary directory, with the crate's tables.
@@ -279,10 +311,11 @@ macro_rules! impl_recorder {
             type Event = Work;
 
             fn options(&self) -> reliable_kafka::HandlerOptions {
-                reliable_kafka::HandlerOptions::new()
-                    .topic(self.topic.clone())
-                    .group(self.group.clone())
-                    .backoff(self.backoff)
+                let o = reliable_kafka::HandlerOptions::new().topic(self.topic.clone()).group(self.group.clone());
+                match &self.retry_topics {
+                    Some(r) => o.retry_topics(r.clone()),
+                    None => o.backoff(self.backoff),
+                }
             }
 
             fn handle<'a>(
@@ -293,6 +326,13 @@ macro_rules! impl_recorder {
                 Box::pin(async move {
                     let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                     let id = ctx.message_id();
+                    self.log.lock().unwrap().push(Call {
+                        message_id: id,
+                        attempt: ctx.attempt(),
+                        key: event.key.clone(),
+                        topic: ctx.record().topic.clone(),
+                        at: Instant::now(),
+                    });
                     sqlx::query("INSERT INTO effects (message_id, key, n) VALUES ($1, $2, $3)")
                         .bind(id)
                         .bind(&event.key)
@@ -307,6 +347,14 @@ macro_rules! impl_recorder {
                         Mode::Sleep(d) => tokio::time::sleep(d).await,
                         _ => {}
                     }
+                    if let Mode::RetryAfterFor(n, after) = self.mode {
+                        if event.n == n {
+                            return Err(reliable_kafka::HandlerError::retry_after(
+                                after,
+                                std::io::Error::other("rate limited"),
+                            ));
+                        }
+                    }
                     let fail = match self.mode {
                         Mode::Succeed => None,
                         Mode::FailFirst(k) if ctx.attempt() <= k => Some(true),
@@ -316,7 +364,7 @@ macro_rules! impl_recorder {
                         Mode::AlwaysTransient => Some(true),
                         Mode::Permanent => Some(false),
                         Mode::PermanentFor(n) => (event.n == n).then_some(false),
-                        Mode::Panic | Mode::SwallowDbError | Mode::Sleep(_) => None,
+                        Mode::Panic | Mode::SwallowDbError | Mode::Sleep(_) | Mode::RetryAfterFor(..) => None,
                     };
                     match fail {
                         None => Ok(()),
@@ -350,6 +398,32 @@ pub async fn produce_raw(kafka: &KafkaConfig, topic: &str, key: &str, payload: &
         .await
         .map_err(|(e, _)| e)
         .expect("produce");
+}
+
+/// Produces `work` with a valid envelope and message id `id` to `partition`.
+pub async fn produce_work_to(kafka: &KafkaConfig, topic: &str, partition: i32, id: uuid::Uuid, work: &Work) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use reliable_kafka::headers as h;
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", kafka.brokers()).create().unwrap();
+    let (id, payload) = (id.to_string(), serde_json::to_vec(work).unwrap());
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: h::MESSAGE_ID, value: Some(&id) })
+        .insert(Header { key: h::EVENT_TYPE, value: Some("Work") })
+        .insert(Header { key: h::SCHEMA_VERSION, value: Some("1") });
+    let record = FutureRecord::to(topic).partition(partition).key(&work.key).payload(&payload).headers(headers);
+    producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("produce");
+}
+
+/// The sum of the high watermarks of `topic`'s partitions: records written to it.
+pub fn records_in(kafka: &KafkaConfig, topic: &str) -> i64 {
+    let c: rdkafka::consumer::BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", kafka.brokers()).create().unwrap();
+    let t = Duration::from_secs(10);
+    let Ok(md) = c.fetch_metadata(Some(topic), t) else { return 0 };
+    let partitions: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    drop(md);
+    partitions.into_iter().filter_map(|p| c.fetch_watermarks(topic, p, t).ok()).map(|(_, hi)| hi).sum()
 }
 
 /// Produces `work` with a valid envelope and message id `id`.

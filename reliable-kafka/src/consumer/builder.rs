@@ -7,10 +7,10 @@ use std::time::Duration;
 use rdkafka::consumer::StreamConsumer;
 use sqlx::Pool;
 
+use super::breaker::Breaker;
 use super::container::{ContainerContext, ListenerContainer};
 use super::handler::ErasedHandler;
 use super::pipeline::Pipeline;
-use super::breaker::Breaker;
 use super::routes::{RetryPlan, Route, TopicRoutes, UnknownEventType};
 use super::stats::ContainerStats;
 use crate::error::validate_identifier;
@@ -355,8 +355,11 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
                     retry_stage: Some(stage),
                 });
                 if retry.by_type.insert(event_type, retry.routes.len()).is_some() {
-                    return Err(ConfigError::DuplicateRoute { topic: retry_topic.clone(), event_type: event_type.to_owned() }
-                        .into());
+                    return Err(ConfigError::DuplicateRoute {
+                        topic: retry_topic.clone(),
+                        event_type: event_type.to_owned(),
+                    }
+                    .into());
                 }
                 retry.routes.push(route.clone());
             }

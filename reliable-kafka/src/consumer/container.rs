@@ -255,15 +255,14 @@ impl<DB: Backend> ListenerContainer<DB> {
             shutdown.clone(),
         ));
         let commit_failed = self.consumer.context().commit_failed.clone();
-        let mut scheduler = (self.partition_concurrency > 1)
-            .then(|| {
-                Scheduler::new(
-                    self.pipeline.clone(),
-                    self.consumer.clone(),
-                    self.partition_concurrency,
-                    self.paused.clone(),
-                )
-            });
+        let mut scheduler = (self.partition_concurrency > 1).then(|| {
+            Scheduler::new(
+                self.pipeline.clone(),
+                self.consumer.clone(),
+                self.partition_concurrency,
+                self.paused.clone(),
+            )
+        });
         let mut paused_now = 0;
         let mut last_commit = Instant::now();
         let mut last_error_log: Option<Instant> = None;
@@ -280,9 +279,9 @@ impl<DB: Backend> ListenerContainer<DB> {
         let mut pending = VecDeque::new();
         loop {
             // Partitions whose waiting record is due, or that were revoked, resume.
-            let (still_paused, next_due) = self.paused.resume_due(&self.consumer, Instant::now(), |key, epoch| {
-                partitions.rebalanced_since(key, epoch)
-            });
+            let (still_paused, next_due) = self
+                .paused
+                .resume_due(&self.consumer, Instant::now(), |key, epoch| partitions.rebalanced_since(key, epoch));
             if still_paused != paused_now {
                 paused_now = still_paused;
                 self.pipeline.metrics.paused_partitions(paused_now);

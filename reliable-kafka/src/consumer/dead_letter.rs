@@ -91,7 +91,9 @@ impl<DB: Backend> Pipeline<DB> {
         tracing::info!(group = %self.group, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
             attempt, %retry_topic, error = %info.error_message, "handler failed; record sent to its retry topic");
         let base = copy_base(msg);
-        let headers = |_omit: bool| retry_topics::append_retry_headers(info.append_to(base.clone()), attempt, due_ms, original_ts);
+        let headers = |_omit: bool| {
+            retry_topics::append_retry_headers(info.append_to(base.clone()), attempt, due_ms, original_ts)
+        };
         if !self.send_copy(msg, retry_topic, headers, stop).await {
             return Outcome::Interrupted;
         }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::{BackOff, BoxError, CircuitBreaker, Codec, CodecError, ConfigError, Event, IdentitySource, IntoBackOff};
 use crate::RetryTopics;
+use crate::{BackOff, BoxError, CircuitBreaker, Codec, CodecError, ConfigError, Event, IdentitySource, IntoBackOff};
 use crate::{Backend, DefaultBackend, HandlerContext, RecordInfo};
 
 /// How a handler failed; the container decides what happens next.

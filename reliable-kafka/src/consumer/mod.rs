@@ -41,9 +41,9 @@ pub use builder::{
 pub use container::{ContainerHandle, ListenerContainer};
 pub use context::{HandlerContext, RecordInfo};
 pub use handler::{EventHandler, HandlerError, HandlerFault, HandlerOptions, RetryTopicsArg};
-pub use retry_topics::{RetryTopics, MAX_RETRY_TOPICS};
 pub use pipeline::UnexpectedRecord;
 pub use prune::PRUNE_INTERVAL;
+pub use retry_topics::{RetryTopics, MAX_RETRY_TOPICS};
 pub use routes::UnknownEventType;
 pub use stats::ContainerStats;
 

@@ -68,14 +68,20 @@ impl<DB: Backend> Pipeline<DB> {
             _ => route.backoff.delay_after(attempt),
         };
         let Some(delay) = delay else {
-            return self.give_up(msg, &route.dead_letter_topic, give_up(DeadLetterReason::RetriesExhausted), stop).await;
+            return self
+                .give_up(msg, &route.dead_letter_topic, give_up(DeadLetterReason::RetriesExhausted), stop)
+                .await;
         };
         ContainerStats::add(&self.stats.retries, 1);
         self.metrics.topic(&info.topic).retried.increment(1);
         tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
             attempt, ?delay, error = %crate::report(&e), "handler failed; retrying after the back-off");
         let until = now + delay.max(Duration::from_millis(1));
-        self.retries.set(msg.topic(), msg.partition(), Tracked { offset: msg.offset(), next_attempt: attempt + 1, due: until });
+        self.retries.set(
+            msg.topic(),
+            msg.partition(),
+            Tracked { offset: msg.offset(), next_attempt: attempt + 1, due: until },
+        );
         Outcome::Wait { until }
     }
 

@@ -78,7 +78,10 @@ impl RetryTopics {
             .split(',')
             .map(|d| {
                 parse(d).ok_or_else(|| {
-                    ConfigError::invalid("retry_topics", format!("`{}` is not a delay like 500ms, 10s, 1m or 1h", d.trim()))
+                    ConfigError::invalid(
+                        "retry_topics",
+                        format!("`{}` is not a delay like 500ms, 10s, 1m or 1h", d.trim()),
+                    )
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -101,7 +104,15 @@ impl RetryTopics {
         self.delays
             .iter()
             .enumerate()
-            .map(|(i, d)| if self.by_index { format!("{topic}-retry-{i}") } else { format!("{topic}-retry-{}", d.as_millis()) })
+            .map(
+                |(i, d)| {
+                    if self.by_index {
+                        format!("{topic}-retry-{i}")
+                    } else {
+                        format!("{topic}-retry-{}", d.as_millis())
+                    }
+                },
+            )
             .collect()
     }
 
@@ -142,7 +153,12 @@ pub(crate) fn is_retry_copy<H: Headers>(h: Option<&H>) -> bool {
 }
 
 /// The retry headers of the copy for `attempt`, due at `due_ms`.
-pub(crate) fn append_retry_headers(h: OwnedHeaders, attempt: u32, due_ms: i64, original_ts: Option<i64>) -> OwnedHeaders {
+pub(crate) fn append_retry_headers(
+    h: OwnedHeaders,
+    attempt: u32,
+    due_ms: i64,
+    original_ts: Option<i64>,
+) -> OwnedHeaders {
     let attempts = attempt.to_be_bytes();
     let due = due_ms.to_be_bytes();
     let mut h = h
@@ -185,12 +201,7 @@ mod tests {
         let parsed = RetryTopics::parse("500ms, 10s,1m , 2h").unwrap();
         assert_eq!(
             parsed.delays(),
-            [
-                Duration::from_millis(500),
-                Duration::from_secs(10),
-                Duration::from_secs(60),
-                Duration::from_secs(7200)
-            ]
+            [Duration::from_millis(500), Duration::from_secs(10), Duration::from_secs(60), Duration::from_secs(7200)]
         );
         assert!(RetryTopics::parse("10 parsecs").unwrap_err().to_string().contains("10 parsecs"));
     }

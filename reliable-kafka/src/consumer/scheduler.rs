@@ -193,7 +193,12 @@ impl<DB: Backend> Scheduler<DB> {
     /// Returns `false` when shutdown came while waiting for room in the backlog.
     /// `epoch` is the revocation epoch of the batch's first record: a batch made stale
     /// by a rewind of its partition meanwhile is dropped.
-    pub(crate) async fn dispatch(&mut self, batch: Vec<OwnedMessage>, epoch: u64, shutdown: &CancellationToken) -> bool {
+    pub(crate) async fn dispatch(
+        &mut self,
+        batch: Vec<OwnedMessage>,
+        epoch: u64,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let key: Key = (batch[0].topic().to_owned(), batch[0].partition());
         self.inflight.retain(|_, (_, t)| !t.is_finished());
         let queued = tokio::select! {

@@ -177,7 +177,9 @@ impl WorkerHealth for ContainerStats {
         if paused > 0 && paused >= assigned {
             h.found(
                 HealthStatus::Degraded,
-                format!("all {assigned} assigned partitions paused: their records wait for a retry or a closed circuit"),
+                format!(
+                    "all {assigned} assigned partitions paused: their records wait for a retry or a closed circuit"
+                ),
             );
         }
         for (handler, state) in self.circuits() {

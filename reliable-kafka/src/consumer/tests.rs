@@ -81,7 +81,13 @@ async fn routed(handlers: Vec<Arc<dyn ErasedHandler<Sqlite>>>, unknown: UnknownE
     let by_type = handlers.iter().enumerate().map(|(i, h)| (h.event_type(), i)).collect();
     let routes = handlers
         .into_iter()
-        .map(|handler| Route { handler, backoff, dead_letter_topic: "jobs.DLQ".into(), breaker: None, retry_topics: None })
+        .map(|handler| Route {
+            handler,
+            backoff,
+            dead_letter_topic: "jobs.DLQ".into(),
+            breaker: None,
+            retry_topics: None,
+        })
         .collect();
     Pipeline {
         group: Arc::from("g"),
