@@ -292,3 +292,51 @@ async fn the_circuit_opens_on_an_outage_probes_half_open_and_closes_without_dead
     // 3 failures to open, then one probe per 2 s cool-down: not 6 records × 5 attempts.
     assert!(down_calls <= 3 + 4, "calls while down: {down_calls}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_blocking_holds_a_failing_keys_later_records_and_lets_other_keys_flow() {
+    let (pool, _schema) = isolated_pool().await;
+    create_effects_table(&pool).await;
+    let kafka = kafka();
+    let (topic, group) = (unique("key-blocking"), unique("group"));
+    create_topics(&kafka, &topic, 1).await;
+    // One partition: seat-7's first record fails twice; seat-7's later records must wait
+    // for it, the other seats must not.
+    let mut items = Vec::new();
+    for n in 0..12u32 {
+        let key = if n % 3 == 0 { "seat-7".to_owned() } else { format!("row-{n}") };
+        items.push((Uuid::now_v7(), Work { key, n }));
+    }
+    produce_works(&kafka, &topic, &items).await;
+    let mut recorder = Recorder::new(&topic, &group, Mode::TransientFor(0, 2), 4);
+    recorder.backoff = FixedBackOff::new(Duration::from_millis(1500), 4).unwrap().into();
+    let log = recorder.log.clone();
+    let c = ListenerContainer::builder(kafka.clone(), pool.clone())
+        .handler_with(recorder, HandlerOptions::new().key_blocking(true))
+        .build()
+        .unwrap()
+        .spawn();
+    let done =
+        eventually(Duration::from_secs(60), || async { count(&pool, "SELECT count(*) FROM effects").await == 12 })
+            .await;
+    let stats = c.shared_stats();
+    let left = count(&pool, "SELECT count(*) FROM rk_blocked_records").await;
+    c.shutdown().await.unwrap();
+    assert!(done, "every record processed");
+    assert_eq!(left, 0, "every key released");
+    assert_eq!(count(&pool, "SELECT count(DISTINCT message_id) FROM effects").await, 12, "each once");
+    // seat-7 in offset order: 0, 3, 6, 9.
+    let seat7: Vec<i32> =
+        sqlx::query_scalar("SELECT n FROM effects WHERE key = 'seat-7' ORDER BY id").fetch_all(&pool).await.unwrap();
+    assert_eq!(seat7, [0, 3, 6, 9], "per-key order kept");
+    // The other seats did not wait for seat-7's back-off (1.5 s, twice).
+    let calls = log.lock().unwrap().clone();
+    let first = calls[0].at;
+    let others_done = calls.iter().filter(|c| c.key != "seat-7").map(|c| c.at).max().unwrap();
+    let seat7_done = calls.iter().filter(|c| c.key == "seat-7").map(|c| c.at).max().unwrap();
+    let seat7_retry = calls.iter().filter(|c| c.key == "seat-7" && c.attempt == 2).map(|c| c.at).min().unwrap();
+    assert!(others_done < seat7_retry, "the other keys did not wait for seat-7's back-off");
+    assert!(seat7_done.duration_since(first) >= Duration::from_millis(3000), "seat-7 waited out its back-off");
+    assert_eq!(stats.deferred(), 4, "seat-7's failing head and the three behind it");
+    assert_eq!((stats.retries(), stats.dead_lettered(), stats.paused_partitions()), (2, 0, 0));
+}

@@ -194,6 +194,9 @@ pub enum Mode {
     /// Answers `RetryAfter` with this wait for the record whose `n` is this, succeeds
     /// for the others.
     RetryAfterFor(u32, Duration),
+    /// Fails transiently on the first `k` attempts of the record whose `n` is the
+    /// first value, succeeds for the others: `TransientFor(n, k)`.
+    TransientFor(u32, u32),
 }
 
 /// A handler that inserts a row into `effects` (no unique constraint, so a second
@@ -364,6 +367,7 @@ macro_rules! impl_recorder {
                         Mode::AlwaysTransient => Some(true),
                         Mode::Permanent => Some(false),
                         Mode::PermanentFor(n) => (event.n == n).then_some(false),
+                        Mode::TransientFor(n, k) => (event.n == n && ctx.attempt() <= k).then_some(true),
                         Mode::Panic | Mode::SwallowDbError | Mode::Sleep(_) | Mode::RetryAfterFor(..) => None,
                     };
                     match fail {

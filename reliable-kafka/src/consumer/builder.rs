@@ -285,6 +285,14 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
                 )
                 .into());
             }
+            let key_blocking = options.key_blocking.unwrap_or(false);
+            if retry_topics.is_some() && key_blocking {
+                return Err(ConfigError::invalid(
+                    "retry_topics",
+                    format!("`{topic}`: retry topics and key-blocking retry exclude each other; choose one"),
+                )
+                .into());
+            }
             let backoff = options.backoff.unwrap_or(Ok(self.default_backoff))?;
             let dead_letter_topic = options
                 .dead_letter_topic
@@ -333,7 +341,8 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             if table.dead_letter_topic != dead_letter_topic {
                 table.dead_letter_topic = format!("{topic}{}", self.dead_letter_suffix);
             }
-            let route = Route { handler, backoff, dead_letter_topic, breaker, retry_topics: retry_plan.clone() };
+            let route =
+                Route { handler, backoff, dead_letter_topic, breaker, retry_topics: retry_plan.clone(), key_blocking };
             table.routes.push(route.clone());
             if table.routes.len() > 1 && !table.identity.has_event_types() {
                 return Err(ConfigError::invalid(

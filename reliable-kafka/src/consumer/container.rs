@@ -1,8 +1,8 @@
 //! [`ListenerContainer`]: the poll loop of one consumer group, offsets and rebalances.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -98,6 +98,8 @@ pub(crate) struct ContainerContext {
     settle_timeout: Duration,
     /// The container's stats: assigned partitions and broker state, for health.
     stats: Arc<ContainerStats>,
+    /// The partitions assigned now (the key-blocking retrier works on their records).
+    pub(crate) owned: Arc<Mutex<HashSet<(String, i32)>>>,
 }
 
 impl ContainerContext {
@@ -108,6 +110,7 @@ impl ContainerContext {
             partitions: Arc::default(),
             settle_timeout,
             stats,
+            owned: Arc::default(),
         }
     }
 
@@ -161,6 +164,11 @@ impl ConsumerContext for ContainerContext {
                 .assigned
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(revoked)));
             tracing::info!(group = %self.log.worker, partitions = tpl.count(), "partitions revoked; committing");
+            let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+            for e in tpl.elements() {
+                owned.remove(&(e.topic().to_owned(), e.partition()));
+            }
+            drop(owned);
             self.settle(tpl);
             commit(consumer, CommitMode::Sync, &self.log.worker);
         }
@@ -186,6 +194,8 @@ impl ConsumerContext for ContainerContext {
             tracing::info!(group = %self.log.worker, partitions = tpl.count(), "partitions assigned");
             self.stats.ever_assigned.store(true, Ordering::Relaxed);
             self.stats.assigned.fetch_add(tpl.count() as u64, Ordering::Relaxed);
+            let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+            owned.extend(tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())));
         }
     }
 }
@@ -254,6 +264,10 @@ impl<DB: Backend> ListenerContainer<DB> {
             self.pipeline.processed_retention,
             shutdown.clone(),
         ));
+        let retrier = self.pipeline.routes.values().any(|t| t.routes.iter().any(|r| r.key_blocking)).then(|| {
+            let owned = self.consumer.context().owned.clone();
+            tokio::spawn(self.pipeline.clone().run_blocked(owned, shutdown.clone()))
+        });
         let commit_failed = self.consumer.context().commit_failed.clone();
         let mut scheduler = (self.partition_concurrency > 1).then(|| {
             Scheduler::new(
@@ -411,6 +425,9 @@ impl<DB: Backend> ListenerContainer<DB> {
         }
         commit(&*self.consumer, CommitMode::Sync, &group);
         pruner.abort();
+        if let Some(retrier) = retrier {
+            let _ = retrier.await; // it ends at shutdown, after the record in hand
+        }
         crate::worker::flush(&self.pipeline.producer).await;
         self.consumer.unsubscribe();
         tracing::info!(%group, "listener container stopped");

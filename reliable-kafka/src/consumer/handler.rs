@@ -155,6 +155,7 @@ pub struct HandlerOptions {
     pub(crate) identity: Option<IdentitySource>,
     pub(crate) circuit_breaker: Option<CircuitBreaker>,
     pub(crate) retry_topics: Option<Result<RetryTopics, ConfigError>>,
+    pub(crate) key_blocking: Option<bool>,
 }
 
 impl HandlerOptions {
@@ -203,6 +204,18 @@ impl HandlerOptions {
         self
     }
 
+    /// Key-blocking retry (default off): while a record fails, the later records of
+    /// its key on its partition wait behind it in the database table
+    /// `rk_blocked_records`, and records of other keys flow. The failing record and
+    /// those behind it are retried from the table by the back-off, in offset order per
+    /// key; the key is released when its head succeeds or is dead-lettered. Costs one
+    /// indexed read per record of the handler (is its key blocked?) and no batching.
+    /// Records without a key wait with their partition paused, as without this option.
+    pub fn key_blocking(mut self, on: bool) -> Self {
+        self.key_blocking = Some(on);
+        self
+    }
+
     /// Each setting given in `overrides` wins over this one's.
     pub(crate) fn overridden_by(self, overrides: HandlerOptions) -> HandlerOptions {
         HandlerOptions {
@@ -213,6 +226,7 @@ impl HandlerOptions {
             identity: overrides.identity.or(self.identity),
             circuit_breaker: overrides.circuit_breaker.or(self.circuit_breaker),
             retry_topics: overrides.retry_topics.or(self.retry_topics),
+            key_blocking: overrides.key_blocking.or(self.key_blocking),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | `pipeline.rs` | one batch, one record, one attempt |
 //! | `retry.rs` | after a failed attempt: wait, retry topic or dead-letter topic |
 //! | `paused.rs` | failing records between attempts; partitions paused meanwhile |
+//! | `key_blocking.rs` | key-blocking retry: deferring behind a key, the retrier |
 //! | `breaker.rs` | [`CircuitBreaker`] |
 //! | `retry_topics.rs` | [`RetryTopics`]: names and headers |
 //! | `dead_letter.rs` | publishing to the dead-letter topic and the retry topics |
@@ -24,6 +25,7 @@ mod container;
 mod context;
 mod dead_letter;
 pub(crate) mod handler;
+mod key_blocking;
 mod paused;
 mod pipeline;
 mod prune;

@@ -136,7 +136,8 @@ impl<DB: Backend> Pipeline<DB> {
         let first = &batch[0];
         let retrying = self.retries.get(first.topic(), first.partition(), first.offset()).is_some();
         let batchable = self.routes.get(first.topic()).is_some_and(|t| {
-            t.retry_stage.is_none() && t.routes.iter().all(|r| r.breaker.as_ref().is_none_or(|b| b.is_closed()))
+            t.retry_stage.is_none()
+                && t.routes.iter().all(|r| !r.key_blocking && r.breaker.as_ref().is_none_or(|b| b.is_closed()))
         });
         if batch.len() > 1 && !retrying && batchable {
             match self.try_batch(batch, stop).await {
@@ -281,6 +282,11 @@ impl<DB: Backend> Pipeline<DB> {
                 return Outcome::Done;
             }
         };
+        if route.key_blocking {
+            if let Some(outcome) = self.defer_if_blocked(msg, stop).await {
+                return outcome;
+            }
+        }
         let now = Instant::now();
         let tracked = self.retries.get(msg.topic(), msg.partition(), msg.offset());
         let due = match topic.retry_stage {
@@ -336,7 +342,7 @@ impl<DB: Backend> Pipeline<DB> {
     }
 
     /// One attempt; `Ok(true)` when the message id was already processed.
-    async fn attempt<M: Message + Sync>(
+    pub(crate) async fn attempt<M: Message + Sync>(
         &self,
         msg: &M,
         route: &Route<DB>,

@@ -74,6 +74,15 @@ impl<DB: Backend> Pipeline<DB> {
         };
         ContainerStats::add(&self.stats.retries, 1);
         self.metrics.topic(&info.topic).retried.increment(1);
+        if route.key_blocking && msg.key().is_some() {
+            // The record waits in the table, its key blocked; the partition moves on.
+            let due_ms = now_ms() as i64 + delay.as_millis() as i64;
+            let outcome = self.defer(msg, attempt + 1, due_ms, Some(&e), stop).await;
+            if matches!(outcome, Outcome::Done) {
+                self.retries.clear(msg.topic(), msg.partition(), msg.offset());
+            }
+            return outcome;
+        }
         tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
             attempt, ?delay, error = %crate::report(&e), "handler failed; retrying after the back-off");
         let until = now + delay.max(Duration::from_millis(1));

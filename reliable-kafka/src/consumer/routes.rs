@@ -36,6 +36,8 @@ pub(crate) struct Route<DB: Backend> {
     pub breaker: Option<Arc<Breaker>>,
     /// The handler's retry topics, in order.
     pub retry_topics: Option<Arc<RetryPlan>>,
+    /// Key-blocking retry (`rk_blocked_records`).
+    pub key_blocking: bool,
 }
 
 impl<DB: Backend> Clone for Route<DB> {
@@ -46,6 +48,7 @@ impl<DB: Backend> Clone for Route<DB> {
             dead_letter_topic: self.dead_letter_topic.clone(),
             breaker: self.breaker.clone(),
             retry_topics: self.retry_topics.clone(),
+            key_blocking: self.key_blocking,
         }
     }
 }

@@ -29,6 +29,7 @@ pub struct ContainerStats {
     pub(crate) assigned: AtomicU64,
     pub(crate) ever_assigned: AtomicBool,
     pub(crate) paused: AtomicU64,
+    pub(crate) deferred: AtomicU64,
     /// The circuit breakers' states, by handler (event type).
     circuits: Mutex<BTreeMap<String, CircuitState>>,
     max_poll_interval: Duration,
@@ -53,6 +54,7 @@ impl Default for ContainerStats {
             assigned: AtomicU64::new(0),
             ever_assigned: AtomicBool::new(false),
             paused: AtomicU64::new(0),
+            deferred: AtomicU64::new(0),
             circuits: Mutex::default(),
             max_poll_interval: Duration::from_millis(300_000),
             brokers: Arc::new(BrokerState::new()),
@@ -108,6 +110,11 @@ impl ContainerStats {
     /// Partitions assigned to this member now.
     pub fn assigned_partitions(&self) -> u64 {
         self.assigned.load(Ordering::Relaxed)
+    }
+    /// Records written to the key-blocking table (`rk_blocked_records`): a failing
+    /// record of a key-blocking handler, or one whose key was blocked by an earlier one.
+    pub fn deferred(&self) -> u64 {
+        self.deferred.load(Ordering::Relaxed)
     }
     /// Partitions paused now: each holds a record waiting for its next attempt, for its
     /// retry topic's due time, or for an open circuit breaker (partitions).

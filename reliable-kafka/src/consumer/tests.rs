@@ -87,6 +87,7 @@ async fn routed(handlers: Vec<Arc<dyn ErasedHandler<Sqlite>>>, unknown: UnknownE
             dead_letter_topic: "jobs.DLQ".into(),
             breaker: None,
             retry_topics: None,
+            key_blocking: false,
         })
         .collect();
     Pipeline {
@@ -317,4 +318,40 @@ fn exception_paths_name_public_items() {
     for (kind, variant) in kinds {
         assert_eq!(kind, format!("{handler}::{variant}"));
     }
+}
+
+#[tokio::test]
+async fn the_blocked_table_gives_each_keys_lowest_offset_as_its_head() {
+    use crate::store::blocked::{BlockedRow, BlockedStore, Defer};
+    let pool = memory().await;
+    crate::migrate(&pool).await.unwrap();
+    let row = |offset: i64, key: &str, due: i64| BlockedRow {
+        topic: "jobs".into(),
+        kafka_partition: 0,
+        kafka_offset: offset,
+        record_key: key.as_bytes().to_vec(),
+        payload: None,
+        headers: "[]".into(),
+        timestamp_ms: None,
+        attempt: 1,
+        due_at_ms: due,
+    };
+    for r in [row(5, "a", 100), row(7, "a", 0), row(6, "b", 50), row(9, "b", 0)] {
+        Sqlite::defer(&pool, Defer { group: "g", row: &r, error: None, now_ms: 1 }).await.unwrap();
+    }
+    // Deferring twice (a redelivery after a crash) keeps one row.
+    Sqlite::defer(&pool, Defer { group: "g", row: &row(9, "b", 0), error: None, now_ms: 1 }).await.unwrap();
+    assert_eq!(Sqlite::blocked_count(&pool, "g").await.unwrap(), 4);
+    assert!(Sqlite::is_blocked(&pool, "g", "jobs", 0, b"a").await.unwrap());
+    assert!(!Sqlite::is_blocked(&pool, "g", "jobs", 0, b"c").await.unwrap());
+    assert!(!Sqlite::is_blocked(&pool, "other", "jobs", 0, b"a").await.unwrap());
+    let offsets = |rows: Vec<BlockedRow>| rows.into_iter().map(|r| r.kafka_offset).collect::<Vec<_>>();
+    assert_eq!(
+        offsets(Sqlite::heads(&pool, "g", 60, 10).await.unwrap()),
+        [6],
+        "a's head (5) is not due yet; 7 waits behind it"
+    );
+    assert_eq!(offsets(Sqlite::heads(&pool, "g", 100, 10).await.unwrap()), [6, 5], "earliest due first");
+    Sqlite::release_blocked(&pool, "g", &row(5, "a", 0)).await.unwrap();
+    assert_eq!(offsets(Sqlite::heads(&pool, "g", 60, 10).await.unwrap()), [7, 6], "releasing a head frees the next");
 }

@@ -11,7 +11,7 @@
 //! | `dead_letters.rs` | [`DeadLetterRecord`], [`DeadLetterFilter`], [`read_dead_letters`] |
 
 mod dead_letters;
-mod parked;
+pub(crate) mod parked;
 
 use std::time::Duration;
 

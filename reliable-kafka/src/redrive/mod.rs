@@ -19,7 +19,7 @@ use crate::store::park::ParkRow;
 use crate::worker::WorkerHandle;
 
 mod builder;
-mod plan;
+pub(crate) mod plan;
 
 use plan::header_json;
 pub(crate) use plan::plan;

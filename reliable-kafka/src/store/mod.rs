@@ -7,7 +7,8 @@
 //! backend at run time from the URL with [`AnyPool::connect`].
 //!
 //! What a backend does is split by concern, one trait each: the outbox and its relay
-//! (`outbox.rs`), the deduplication table (`dedup.rs`), parked records (`park.rs`) and
+//! (`outbox.rs`), the deduplication table (`dedup.rs`), parked records (`park.rs`), the
+//! key-blocking table (`blocked.rs`) and
 //! named locks (`lock.rs`); SQL both dialects share is in `sql.rs`.
 //!
 //! What differs between the two:
@@ -26,6 +27,7 @@
 compile_error!("reliable-kafka needs a database backend: enable the `postgres` or the `sqlite` feature");
 
 mod any_pool;
+pub(crate) mod blocked;
 pub(crate) mod dedup;
 pub(crate) mod lock;
 pub(crate) mod ops;
@@ -74,6 +76,7 @@ pub trait Backend:
     + outbox::OutboxStore
     + dedup::DedupStore
     + park::ParkStore
+    + blocked::BlockedStore
     + lock::LockStore
     + ops::OpsStore
 {

@@ -55,7 +55,7 @@ metric_set! {
     RELAY_SEND_ERRORS = "rk_relay_send_errors_total", Counter, ["class"], "records",
         "Rows the broker did not acknowledge, by class: `transient` (retried) or `permanent`.";
     CONSUMER_RECORDS = "rk_consumer_records_total", Counter, ["group", "topic", "outcome"], "records",
-        "Records by outcome: `processed`, `duplicate`, `retried` (one per retry), `dead_lettered`, `skipped`.";
+        "Records by outcome: `processed`, `duplicate`, `retried` (one per retry), `dead_lettered`, `skipped`, `deferred` (into the key-blocking table).";
     HANDLER_DURATION = "rk_handler_duration_seconds", Histogram, ["group", "topic"], "seconds",
         "One handler call: one record's attempt, or one run of a batch.";
     CONSUMER_BATCH_SIZE = "rk_consumer_batch_size", Histogram, ["group"], "records",

@@ -115,6 +115,7 @@ pub(crate) struct ConsumerTopic {
     pub retried: Counter,
     pub dead_lettered: Counter,
     pub skipped: Counter,
+    pub deferred: Counter,
     pub handler: Histogram,
     pub e2e: Histogram,
 }
@@ -144,6 +145,7 @@ impl ConsumerMetrics {
                 retried: outcome("retried"),
                 dead_lettered: outcome("dead_lettered"),
                 skipped: outcome("skipped"),
+                deferred: outcome("deferred"),
                 handler: metrics::histogram!(HANDLER_DURATION, "group" => group.to_string(), "topic" => topic.to_owned()),
                 e2e: metrics::histogram!(CONSUMER_E2E_LATENCY, "group" => group.to_string(), "topic" => topic.to_owned()),
             }
