@@ -19,7 +19,17 @@ use crate::args::{call_site, crate_path, lit_str, respan, unknown, Arg, Args, Er
 
 /// Valid keys, in the order the unknown-key error lists them. `dlq`, the deprecated name
 /// of `dead_letter_topic`, is still accepted but not offered.
-const KEYS: &[&str] = &["topic", "group", "backoff", "dead_letter_topic", "identity", "crate"];
+const KEYS: &[&str] = &[
+    "topic",
+    "group",
+    "backoff",
+    "dead_letter_topic",
+    "identity",
+    "retry_topics",
+    "circuit_breaker",
+    "key_blocking",
+    "crate",
+];
 
 pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     // On an error, still emit the function so the rest of the crate type-checks and the
@@ -56,7 +66,36 @@ struct HandlerArgs {
     identity: Once<Expr>,
     /// Given as `dead_letter_topic` or as the deprecated `dlq` (then `key` is `dlq`).
     dead_letter_topic: Once<Named>,
+    /// Delays in ms, parsed from the literal.
+    retry_topics: Once<(LitStr, Vec<u64>)>,
+    circuit_breaker: Once<Expr>,
+    key_blocking: Once<Expr>,
     krate: Once<LitStr>,
+}
+
+/// `"1s, 10s, 1m"` as ms; the same grammar as `RetryTopics::parse`.
+fn retry_delays(lit: &LitStr) -> syn::Result<Vec<u64>> {
+    let text = lit.value();
+    text.split(',')
+        .map(|d| {
+            let d = d.trim();
+            let split = d.find(|c: char| !c.is_ascii_digit()).unwrap_or(d.len());
+            let n: Option<u64> = d[..split].parse().ok();
+            let unit = match d[split..].trim() {
+                "ms" => Some(1),
+                "s" => Some(1_000),
+                "m" => Some(60_000),
+                "h" => Some(3_600_000),
+                _ => None,
+            };
+            n.zip(unit).and_then(|(n, u)| n.checked_mul(u)).ok_or_else(|| {
+                syn::Error::new(
+                    lit.span(),
+                    format!("`{d}` is not a delay like 500ms, 10s, 1m or 1h (delays are comma-separated)"),
+                )
+            })
+        })
+        .collect()
 }
 
 fn parse_args(args: TokenStream, errors: &mut Errors) -> syn::Result<HandlerArgs> {
@@ -86,6 +125,13 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> syn::Result<HandlerArgs
                 "crate" => out.krate.set(&key, lit_str(&arg.value)?, errors),
                 "backoff" => out.backoff.set(&key, arg.value.clone(), errors),
                 "identity" => out.identity.set(&key, arg.value.clone(), errors),
+                "retry_topics" => {
+                    let lit = lit_str(&arg.value)?;
+                    let delays = retry_delays(&lit)?;
+                    out.retry_topics.set(&key, (lit, delays), errors)
+                }
+                "circuit_breaker" => out.circuit_breaker.set(&key, arg.value.clone(), errors),
+                "key_blocking" => out.key_blocking.set(&key, arg.value.clone(), errors),
                 _ => return Err(unknown(&key, KEYS)),
             }
             Ok(())
@@ -193,6 +239,11 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
     let dead_letter_topic = args.dead_letter_topic.0.map(|d| option("dead_letter_topic", d));
     let backoff = args.backoff.0.map(|b| quote_spanned!(b.span()=> .backoff(#b)));
     let identity = args.identity.0.map(|i| quote_spanned!(i.span()=> .identity(#i)));
+    let retry_topics = args.retry_topics.0.map(|(lit, delays)| {
+        quote_spanned!(lit.span()=> .retry_topics(#krate::RetryTopics::new([#(::core::time::Duration::from_millis(#delays)),*])))
+    });
+    let circuit_breaker = args.circuit_breaker.0.map(|b| quote_spanned!(b.span()=> .circuit_breaker(#b)));
+    let key_blocking = args.key_blocking.0.map(|k| quote_spanned!(k.span()=> .key_blocking(#k)));
 
     // The first and last token of the return type: the call below spans from one to
     // the other, so a wrong return type is underlined whole.
@@ -238,7 +289,8 @@ fn expand_fn(args: TokenStream, func: &ItemFn) -> syn::Result<TokenStream> {
             type Event = #event_ty;
 
             fn options(&self) -> #krate::HandlerOptions {
-                #krate::HandlerOptions::new() #group #topic #dead_letter_topic #backoff #identity
+                #krate::HandlerOptions::new() #group #topic #dead_letter_topic #backoff #identity #retry_topics
+                    #circuit_breaker #key_blocking
             }
 
             #allow_deprecated

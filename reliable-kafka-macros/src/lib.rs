@@ -52,6 +52,9 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 /// | `topic` | no (the event's topic) | topic to consume |
 /// | `backoff` | no (container default) | expression of a `BackOff`, `FixedBackOff`, `ExponentialBackOff`, or a `Result` of one |
 /// | `dead_letter_topic` | no (`<topic>.DLQ`) | dead-letter topic |
+/// | `retry_topics` | no (pause-and-poll back-off) | string literal of comma-separated delays, `"1s, 10s, 1m"` (units `ms`, `s`, `m`, `h`; checked at compile time): one retry topic each, `RetryTopics` |
+/// | `circuit_breaker` | no | expression of a `CircuitBreaker` |
+/// | `key_blocking` | no (`false`) | `true` for key-blocking retry |
 /// | `identity` | no (container default, the `rk-*` envelope) | expression of an `IdentitySource`, e.g. `IdentitySource::cloud_events()` |
 /// | `dlq` | | deprecated name of `dead_letter_topic` (a warning at the key); not both |
 /// | `crate` | no | path of the `reliable_kafka` crate, as a string |

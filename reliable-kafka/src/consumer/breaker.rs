@@ -18,11 +18,15 @@ use crate::{ConfigError, HandlerError};
 ///   up to a second more each time they ask. The probe's success closes the breaker; a
 ///   transient failure opens it for another `cool_down`.
 ///
-/// The failure that opens the breaker, and a failed probe, are not counted as attempts
-/// of their record, so an outage of the downstream dead-letters nothing: records wait
-/// for it, and the back-off counts only failures while the downstream answers. A
+/// A [`HandlerError::Unavailable`] is never counted as an attempt of its record (it
+/// waits for the breaker instead), so an outage the handler reports as such
+/// dead-letters nothing: records wait for the downstream. A plain transient failure
+/// counts as usual, also while the breaker opens or probes (the downstream answered
+/// something), so a poison record that fails every time is still dead-lettered after
+/// its last attempt rather than keeping the breaker half-open for ever; the back-off
+/// of such a record waits at least until the breaker lets a probe through. A
 /// permanent failure says the downstream answered: it counts as a success for the
-/// breaker. The state is per container (each member learns on its own), as with
+/// /// breaker. The state is per container (each member learns on its own), as with
 /// Resilience4j breakers in Spring services; it shows in
 /// [`ContainerStats::circuit`], in the health report (degraded while open), and in the
 /// metric `rk_consumer_circuit_state`.

@@ -16,9 +16,10 @@ use crate::{Backend, DefaultBackend, HandlerContext, RecordInfo};
 ///   with reason `retries-exhausted`.
 /// - [`HandlerError::RetryAfter`]: as transient, but the next attempt waits `after`.
 /// - [`HandlerError::Permanent`]: dead-lettered at once (reason `permanent-error`).
-/// - [`HandlerError::Unavailable`]: the downstream is down. With a
-///   [`crate::CircuitBreaker`] it opens the breaker at once and uses up no attempt;
-///   without one it is a transient failure.
+/// - [`HandlerError::Unavailable`]: the downstream is down (connection refused, HTTP
+///   503). With a [`crate::CircuitBreaker`] it opens the breaker at once and uses up
+///   no attempt: the record waits for the downstream; without one it is a transient
+///   failure.
 ///
 /// In every case the handler's transaction is rolled back first.
 #[derive(Debug, thiserror::Error)]

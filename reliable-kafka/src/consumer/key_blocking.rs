@@ -180,12 +180,17 @@ impl<DB: Backend> Pipeline<DB> {
         stop: Stop<'_>,
     ) {
         let now = Instant::now();
+        let mut open_for = Duration::ZERO;
         if let Some(breaker) = &route.breaker {
             if !e.is_transient() {
                 breaker.on_success();
             } else if let Some(until) = breaker.on_failure(&e, now) {
-                row.due_at_ms = now_ms() as i64 + until.saturating_duration_since(now).as_millis() as i64;
-                return self.reschedule(&row, &crate::report(&e)).await;
+                open_for = until.saturating_duration_since(now);
+                if matches!(e, HandlerError::Unavailable(_)) {
+                    // Not counted: the head waits for the breaker.
+                    row.due_at_ms = now_ms() as i64 + open_for.as_millis() as i64;
+                    return self.reschedule(&row, &crate::report(&e)).await;
+                }
             }
         }
         let delay = match &e {
@@ -204,7 +209,7 @@ impl<DB: Backend> Pipeline<DB> {
         ContainerStats::add(&self.stats.retries, 1);
         self.metrics.topic(&row.topic).retried.increment(1);
         row.attempt = attempt as i32 + 1;
-        row.due_at_ms = now_ms() as i64 + delay.as_millis() as i64;
+        row.due_at_ms = now_ms() as i64 + delay.max(open_for).as_millis() as i64;
         self.reschedule(&row, &crate::report(&e)).await
     }
 

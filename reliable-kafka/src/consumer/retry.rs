@@ -28,17 +28,23 @@ impl<DB: Backend> Pipeline<DB> {
         stop: Stop<'_>,
     ) -> Outcome {
         let now = Instant::now();
+        // Until when an open breaker holds the record, at least.
+        let mut open_until = None;
         if let Some(breaker) = &route.breaker {
             if !e.is_transient() {
                 breaker.on_success(); // the downstream answered
-            } else if let Some(until) = breaker.on_failure(&e, now) {
-                // The downstream is down: the record waits for the breaker, and this
-                // attempt does not count.
-                let tracked = Tracked { offset: msg.offset(), next_attempt: attempt, due: until };
-                self.retries.set(msg.topic(), msg.partition(), tracked);
-                tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
-                    attempt, error = %crate::report(&e), "circuit open; the record waits for it");
-                return Outcome::Wait { until };
+            } else {
+                open_until = breaker.on_failure(&e, now);
+                if let (HandlerError::Unavailable(_), Some(until)) = (&e, open_until) {
+                    // The downstream is down: the record waits for the breaker, and this
+                    // attempt does not count.
+                    let tracked = Tracked { offset: msg.offset(), next_attempt: attempt, due: until };
+                    self.retries.set(msg.topic(), msg.partition(), tracked);
+                    tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition,
+                        offset = info.offset, attempt, error = %crate::report(&e),
+                        "downstream unavailable; the record waits for the circuit");
+                    return Outcome::Wait { until };
+                }
             }
         }
         let give_up = |reason| Failure::new(reason, e.kind(), &e, attempt);
@@ -85,7 +91,7 @@ impl<DB: Backend> Pipeline<DB> {
         }
         tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
             attempt, ?delay, error = %crate::report(&e), "handler failed; retrying after the back-off");
-        let until = now + delay.max(Duration::from_millis(1));
+        let until = (now + delay.max(Duration::from_millis(1))).max(open_until.unwrap_or(now));
         self.retries.set(
             msg.topic(),
             msg.partition(),
