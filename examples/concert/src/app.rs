@@ -72,6 +72,8 @@ pub struct AppConfig {
     pub webhook_timeout: Duration,
     /// Wait between the 3 attempts of a notification.
     pub webhook_backoff: Duration,
+    /// How long the webhook's circuit breaker stays open before it probes.
+    pub webhook_cool_down: Duration,
     /// Create the topics with the admin API at start (default true; the embedded mock
     /// cluster has no admin API, its topics are created with the cluster).
     pub create_topics: bool,
@@ -107,6 +109,7 @@ impl Default for AppConfig {
             consumers_per_group: 1,
             webhook_timeout: Duration::from_secs(2),
             webhook_backoff: Duration::from_millis(200),
+            webhook_cool_down: Duration::from_secs(5),
             create_topics: true,
             relay_poll_interval: Duration::from_millis(500),
             pipeline: true,
@@ -385,7 +388,8 @@ fn start_pipeline<DB: AppBackend>(
     let mut redriver = None;
     if cfg.flows == Flows::All {
         let notifier = WebhookNotifier::new(webhook_url, cfg.connect_timeout, cfg.webhook_timeout)?
-            .backoff(reliable_kafka::FixedBackOff::new(cfg.webhook_backoff, 3)?);
+            .backoff(reliable_kafka::FixedBackOff::new(cfg.webhook_backoff, 3)?)
+            .circuit_breaker(reliable_kafka::CircuitBreaker::new(3, Duration::from_secs(10), cfg.webhook_cool_down));
         group(&|| build().handler(notifier.clone()))?;
         group(&|| build().handler(store_order_info))?;
         group(&|| build().handler(send_order_alert))?;

@@ -71,6 +71,9 @@ struct GatewayState {
     calls: u64,
     errors: u64,
     hangs: u64,
+    /// Down: every call answered `503` (an outage), and the calls answered so.
+    down: bool,
+    outage_calls: u64,
 }
 
 /// The demo gateway server.
@@ -112,6 +115,17 @@ impl DemoGateway {
         self.state.lock().unwrap().calls
     }
 
+    /// Takes the gateway down (every call answered `503 Service Unavailable`, nothing
+    /// charged) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().unwrap().down = down;
+    }
+
+    /// Calls answered `503` because the gateway was down.
+    pub fn outage_calls(&self) -> u64 {
+        self.state.lock().unwrap().outage_calls
+    }
+
     /// Faults injected so far: `(503 answers, answers held back by the hang)`.
     pub fn faults(&self) -> (u64, u64) {
         let s = self.state.lock().unwrap();
@@ -143,6 +157,10 @@ async fn charge(
     let (status, hang) = {
         let mut s = g.state.lock().unwrap();
         s.calls += 1;
+        if s.down {
+            s.outage_calls += 1;
+            return Err(StatusCode::SERVICE_UNAVAILABLE);
+        }
         if fastrand::f64() < b.error_rate {
             s.errors += 1;
             return Err(StatusCode::SERVICE_UNAVAILABLE);
@@ -168,6 +186,10 @@ async fn status(State(g): State<DemoGateway>, Path(payment_id): Path<i64>) -> Re
     let b = *g.behaviour.lock().unwrap();
     let mut s = g.state.lock().unwrap();
     s.calls += 1;
+    if s.down {
+        s.outage_calls += 1;
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
+    }
     if fastrand::f64() < b.error_rate {
         s.errors += 1;
         return Err(StatusCode::SERVICE_UNAVAILABLE);

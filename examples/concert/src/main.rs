@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use concert::app::{App, AppConfig, Flows};
 use concert::config::Env;
 use concert::scenario::{self, ScenarioConfig};
@@ -47,9 +47,19 @@ enum Command {
         /// Flows to drive.
         #[arg(long, value_enum, default_value_t = Flows::All)]
         flows: Flows,
-        /// Run without gateway and webhook faults.
-        #[arg(long)]
+        /// Gateway and webhook faults: `all` (503s, hangs, stalls, always-failing
+        /// notifications) or `none`.
+        #[arg(long, value_enum, default_value_t = Faults::All)]
+        faults: Faults,
+        /// The same as `--faults none`.
+        #[arg(long, hide = true)]
         no_faults: bool,
+        /// Take the webhook receiver down for N seconds, 3 s into the run: the
+        /// notifications wait behind the circuit breaker and none is dead-lettered
+        /// because of it (the line before the consistency line says
+        /// `outage_dead_lettered=…`).
+        #[arg(long, value_name = "N")]
+        webhook_outage_secs: Option<u64>,
         /// Write the final Prometheus exposition of the run to FILE, and check that it
         /// holds every documented metric.
         #[arg(long, value_name = "FILE")]
@@ -74,6 +84,15 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         redrive_interval_secs: u64,
     },
+}
+
+/// The faults `scenario --faults` injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Faults {
+    /// Gateway 503s and hangs, webhook 500s and stalls, always-failing notifications.
+    All,
+    /// None.
+    None,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -125,7 +144,9 @@ async fn main() -> anyhow::Result<()> {
                     seed,
                     settle_timeout_secs,
                     flows,
+                    faults,
                     no_faults,
+                    webhook_outage_secs,
                     ..
                 }) => ScenarioConfig {
                     users,
@@ -134,7 +155,8 @@ async fn main() -> anyhow::Result<()> {
                     seed,
                     settle_timeout: Duration::from_secs(settle_timeout_secs),
                     flows,
-                    inject_faults: !no_faults,
+                    inject_faults: faults == Faults::All && !no_faults,
+                    webhook_outage: webhook_outage_secs.map(Duration::from_secs),
                     progress: true,
                     create_topics,
                     metrics: Some(telemetry.metrics.clone()),
@@ -170,6 +192,9 @@ async fn main() -> anyhow::Result<()> {
                 let share = if handlers == 0 { 0.0 } else { inside as f64 / handlers as f64 };
                 eprintln!("traces: handler_spans={handlers} in_request_trace={inside} ({:.2} %)", share * 100.0);
                 telemetry_ok &= share >= 0.99;
+            }
+            if let Some(outage) = &report.outage {
+                println!("{}", outage.line());
             }
             println!("{}", report.line(cfg.flows));
             if !report.is_ok() || !telemetry_ok {

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use futures::future::BoxFuture;
-use reliable_kafka::{EventHandler, FixedBackOff, HandlerContext, HandlerError, HandlerOptions};
+use reliable_kafka::{CircuitBreaker, EventHandler, FixedBackOff, HandlerContext, HandlerError, HandlerOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::events::PaymentCompleted;
@@ -33,8 +33,11 @@ pub struct Notification {
 
 /// Sends a notification for each completed payment: `POST` to the webhook with connect
 /// and request timeouts. 2xx records the notification (in the handler's transaction,
-/// so once per payment); 5xx, 429, timeouts and refused connections are transient
-/// (retried, then `payment-notification.DLQ`, then re-driven); other 4xx permanent.
+/// so once per payment); `503 Service Unavailable` and refused connections mean the
+/// receiver is down (`HandlerError::unavailable`: the handler's circuit breaker opens
+/// at once and the record waits without using up its attempts); other 5xx, 429 and
+/// timeouts are transient (retried, then `payment-notification.DLQ`, then re-driven);
+/// other 4xx permanent.
 ///
 /// The HTTP call itself is at-least-once: a receiver may see a redelivered
 /// notification when the database commit after a successful call failed.
@@ -43,6 +46,7 @@ pub struct WebhookNotifier {
     http: reqwest::Client,
     url: String,
     backoff: FixedBackOff,
+    breaker: CircuitBreaker,
     topic: String,
     group: String,
 }
@@ -59,6 +63,7 @@ impl WebhookNotifier {
             http,
             url: url.into(),
             backoff,
+            breaker: CircuitBreaker::new(3, Duration::from_secs(10), Duration::from_secs(5)),
             topic: crate::events::PAYMENT_NOTIFICATION_TOPIC.to_owned(),
             group: NOTIFICATION_GROUP.to_owned(),
         })
@@ -67,6 +72,13 @@ impl WebhookNotifier {
     /// Retry policy (default: 3 attempts, 200 ms apart).
     pub fn backoff(mut self, backoff: FixedBackOff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// The circuit breaker in front of the receiver (default: 3 failures in a row within
+    /// 10 s open it for 5 s).
+    pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = breaker;
         self
     }
 
@@ -83,7 +95,11 @@ impl<DB: crate::db::AppBackend> EventHandler<DB> for WebhookNotifier {
     type Event = PaymentCompleted;
 
     fn options(&self) -> HandlerOptions {
-        HandlerOptions::new().topic(self.topic.clone()).group(self.group.clone()).backoff(self.backoff)
+        HandlerOptions::new()
+            .topic(self.topic.clone())
+            .group(self.group.clone())
+            .backoff(self.backoff)
+            .circuit_breaker(self.breaker)
     }
 
     fn handle<'a>(
@@ -97,13 +113,19 @@ impl<DB: crate::db::AppBackend> EventHandler<DB> for WebhookNotifier {
                 user_id: event.user_id,
                 text: format!("Payment {} of {} points completed.", event.payment_id, event.amount),
             };
-            let resp = self.http.post(&self.url).json(&body).send().await.map_err(HandlerError::transient)?;
+            let resp = self.http.post(&self.url).json(&body).send().await.map_err(|e| {
+                if e.is_connect() {
+                    HandlerError::unavailable(e)
+                } else {
+                    HandlerError::transient(e)
+                }
+            })?;
             let status = resp.status();
             if let Err(e) = resp.error_for_status() {
-                return Err(if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                    HandlerError::transient(e)
-                } else {
-                    HandlerError::permanent(e)
+                return Err(match status {
+                    StatusCode::SERVICE_UNAVAILABLE => HandlerError::unavailable(e),
+                    s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => HandlerError::transient(e),
+                    _ => HandlerError::permanent(e),
                 });
             }
             crate::sql!(
@@ -121,13 +143,13 @@ impl<DB: crate::db::AppBackend> EventHandler<DB> for WebhookNotifier {
 /// How the demo receiver misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct ReceiverBehaviour {
-    /// Share of calls answered `503`.
+    /// Share of calls answered `500` (a fault of the call, not an outage).
     pub fail_rate: f64,
     /// Share of calls answered after `delay` (past the sender's timeout, typically).
     pub delay_rate: f64,
     /// The delay.
     pub delay: Duration,
-    /// Payments whose id is a multiple of this always get `503` (0: none), so that
+    /// Payments whose id is a multiple of this always get `500` (0: none), so that
     /// some notifications end dead-lettered and parked.
     pub always_fail_every: i64,
 }
@@ -138,6 +160,8 @@ pub struct DemoReceiver {
     behaviour: Arc<Mutex<ReceiverBehaviour>>,
     accepted: Arc<Mutex<HashMap<i64, u32>>>,
     faults: Arc<Mutex<(u64, u64)>>,
+    /// Down (every call answered `503`), and the calls answered so.
+    outage: Arc<Mutex<(bool, u64)>>,
 }
 
 impl std::fmt::Debug for DemoReceiver {
@@ -149,7 +173,12 @@ impl std::fmt::Debug for DemoReceiver {
 impl DemoReceiver {
     /// A receiver behaving as `behaviour`.
     pub fn new(behaviour: ReceiverBehaviour) -> Self {
-        DemoReceiver { behaviour: Arc::new(Mutex::new(behaviour)), accepted: Arc::default(), faults: Arc::default() }
+        DemoReceiver {
+            behaviour: Arc::new(Mutex::new(behaviour)),
+            accepted: Arc::default(),
+            faults: Arc::default(),
+            outage: Arc::default(),
+        }
     }
 
     /// Changes the behaviour of later calls.
@@ -162,7 +191,18 @@ impl DemoReceiver {
         self.accepted.lock().unwrap().clone()
     }
 
-    /// Faults injected so far: `(503 answers, answers delayed)`.
+    /// Takes the receiver down (every call answered `503 Service Unavailable`) or
+    /// brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.outage.lock().unwrap().0 = down;
+    }
+
+    /// Calls answered `503` because the receiver was down.
+    pub fn outage_calls(&self) -> u64 {
+        self.outage.lock().unwrap().1
+    }
+
+    /// Faults injected so far: `(500 answers, answers delayed)`.
     pub fn faults(&self) -> (u64, u64) {
         *self.faults.lock().unwrap()
     }
@@ -177,10 +217,17 @@ impl DemoReceiver {
 }
 
 async fn receive(State(r): State<DemoReceiver>, Json(n): Json<Notification>) -> StatusCode {
+    {
+        let mut outage = r.outage.lock().unwrap();
+        if outage.0 {
+            outage.1 += 1;
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
+    }
     let b = *r.behaviour.lock().unwrap();
     if (b.always_fail_every > 0 && n.payment_id % b.always_fail_every == 0) || fastrand::f64() < b.fail_rate {
         r.faults.lock().unwrap().0 += 1;
-        return StatusCode::SERVICE_UNAVAILABLE;
+        return StatusCode::INTERNAL_SERVER_ERROR;
     }
     if fastrand::f64() < b.delay_rate {
         r.faults.lock().unwrap().1 += 1;

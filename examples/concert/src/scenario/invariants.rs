@@ -43,12 +43,38 @@ pub struct Report {
     pub problems: Vec<String>,
     /// Wall time of the run.
     pub wall: Duration,
+    /// The webhook outage of the run, when one was injected.
+    pub outage: Option<Outage>,
+}
+
+/// What a webhook outage (`scenario --webhook-outage-secs`) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outage {
+    /// How long the receiver was down.
+    pub down: Duration,
+    /// Calls it answered `503` meanwhile.
+    pub calls: u64,
+    /// Notifications dead-lettered because of it (their error says `503`): 0 when the
+    /// circuit breaker made them wait.
+    pub dead_lettered: u64,
+}
+
+impl Outage {
+    /// `outage: webhook_down_secs=… outage_calls=… outage_dead_lettered=…`
+    pub fn line(&self) -> String {
+        format!(
+            "outage: webhook_down_secs={} outage_calls={} outage_dead_lettered={}",
+            self.down.as_secs(),
+            self.calls,
+            self.dead_lettered
+        )
+    }
 }
 
 impl Report {
     /// Whether every invariant holds.
     pub fn is_ok(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.errors == 0
+        self.lost == 0 && self.duplicated == 0 && self.errors == 0 && self.outage.is_none_or(|o| o.dead_lettered == 0)
     }
 
     /// The last line of the report for `flows`.

@@ -53,6 +53,10 @@ pub struct ScenarioConfig {
     pub create_topics: bool,
     /// The Prometheus recorder's handle, given to the app (`/metrics`).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Take the demo webhook receiver down for this long, 3 s into the run (every call
+    /// answered `503`): the notification group's circuit breaker makes the records
+    /// wait, none is dead-lettered because of it.
+    pub webhook_outage: Option<Duration>,
 }
 
 impl Default for ScenarioConfig {
@@ -68,6 +72,7 @@ impl Default for ScenarioConfig {
             progress: true,
             create_topics: true,
             metrics: None,
+            webhook_outage: None,
         }
     }
 }
@@ -105,6 +110,7 @@ impl ScenarioConfig {
             request_timeout: Duration::from_secs(1),
             webhook_timeout: Duration::from_millis(300),
             webhook_backoff: Duration::from_millis(100),
+            webhook_cool_down: Duration::from_secs(1),
             redrive_interval: Duration::from_secs(1),
             recovery_interval: Duration::from_millis(500),
             stuck_after: Duration::from_secs(6),
@@ -117,6 +123,17 @@ impl ScenarioConfig {
     }
 }
 
+/// Takes the receiver down for `down`, 3 s from now; returns `down` when it is up again.
+async fn webhook_outage(receiver: crate::webhook::DemoReceiver, down: Duration) -> Duration {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tracing::warn!(?down, "webhook outage: the receiver answers 503 to every call");
+    receiver.set_down(true);
+    tokio::time::sleep(down).await;
+    receiver.set_down(false);
+    tracing::warn!("webhook outage over");
+    down
+}
+
 /// Runs the scenario against PostgreSQL, Redis and Kafka, with the application
 /// started in this process on a free port.
 ///
@@ -124,7 +141,12 @@ impl ScenarioConfig {
 /// When the services cannot be reached or set up.
 pub async fn run(pool: Db, store: Store, kafka: KafkaConfig, cfg: &ScenarioConfig) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let app = App::start(pool.clone(), store.clone(), kafka, &cfg.app_config()).await?;
+    let app = App::start(pool.clone(), store.clone(), kafka.clone(), &cfg.app_config()).await?;
+    let started_at = chrono::Utc::now();
+    let outage = match (cfg.webhook_outage, app.receiver.as_ref()) {
+        (Some(down), Some((receiver, _))) => Some(tokio::spawn(webhook_outage(receiver.clone(), down))),
+        _ => None,
+    };
     let base = app.api.url();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let bar = if cfg.progress { ProgressBar::new(cfg.users as u64) } else { ProgressBar::hidden() };
@@ -139,6 +161,10 @@ pub async fn run(pool: Db, store: Store, kafka: KafkaConfig, cfg: &ScenarioConfi
     tracing::info!(elapsed = ?started.elapsed(), errors, "users done; waiting for the consumers");
 
     let deadline = Instant::now() + cfg.settle_timeout;
+    let outage = match outage {
+        Some(task) => Some(task.await?),
+        None => None,
+    };
     let mut report;
     loop {
         report = check(&pool, &store, run_id, coupon_id, cfg.flows).await?;
@@ -156,6 +182,19 @@ pub async fn run(pool: Db, store: Store, kafka: KafkaConfig, cfg: &ScenarioConfi
         let status = r.status();
         if !status.is_success() {
             report.problems.push(format!("{probe} answered {status}: {}", r.text().await.unwrap_or_default()));
+        }
+    }
+    if let (Some(outage), Some((receiver, _))) = (outage, app.receiver.as_ref()) {
+        let topic = format!("{}{}", crate::events::PAYMENT_NOTIFICATION_TOPIC, reliable_kafka::DEFAULT_DEAD_LETTER_SUFFIX);
+        let filter = reliable_kafka::DeadLetterFilter::new().since(started_at);
+        let dead = reliable_kafka::read_dead_letters(&kafka, &topic, &filter, 100_000).await?;
+        let by_outage = dead
+            .iter()
+            .filter(|d| d.info.as_ref().is_some_and(|i| i.error_message.contains("503")))
+            .count() as u64;
+        report.outage = Some(invariants::Outage { down: outage, calls: receiver.outage_calls(), dead_lettered: by_outage });
+        if by_outage > 0 {
+            report.problems.push(format!("notifications dead-lettered because of the webhook outage: {by_outage}"));
         }
     }
     if idempotency_violations > 0 {
