@@ -22,7 +22,7 @@ pub struct ChaosReport {
     pub messages: i64,
     /// Faults that landed, by kind (sub-kinds named `kind/detail`).
     pub faults: BTreeMap<String, u64>,
-    /// Fault kinds of the eight exercised at least `faults_per_kind` times.
+    /// Fault kinds of the nine exercised enough (`faults_per_kind` times; `downstream-outage` a fifth of that).
     pub kinds: usize,
     /// Effects missing.
     pub lost: i64,
@@ -81,7 +81,7 @@ pub(crate) fn count_demo_faults(app: &App, report: &mut ChaosReport) {
     }
     if let Some((r, _)) = &app.receiver {
         let (errors, delays) = r.faults();
-        report.count("gateway-webhook/webhook-503", errors);
+        report.count("gateway-webhook/webhook-500", errors);
         report.count("gateway-webhook/webhook-stall", delays);
     }
 }
@@ -123,12 +123,13 @@ pub(crate) fn add_wave(report: &mut ChaosReport, wave: &Wave, r: &Report) {
     }
 }
 
-/// The eight fault kinds, each with the sub-counts it needs (those of the phases run);
+/// The nine fault kinds, each with the sub-counts it needs (those of the phases run);
 /// records a problem for each kind short of `n`.
 pub(crate) fn kinds_done(report: &mut ChaosReport, n: u32, phases: Phases) -> usize {
     let n = u64::from(n);
     let get = |k: &str| report.faults.get(k).copied().unwrap_or(0);
-    let needs: [(&str, Vec<&str>); 8] = [
+    let outages = u64::from(crate::faults::outages_needed(n as u32));
+    let needs: [(&str, Vec<&str>); 9] = [
         ("consumer-kill", vec!["consumer-kill/rk-consumer-after-commit"]),
         ("relay-kill", vec!["relay-kill/rk-relay-after-send"]),
         ("broker", vec!["broker/tansu-restart", "broker/mock-faults"]),
@@ -140,11 +141,12 @@ pub(crate) fn kinds_done(report: &mut ChaosReport, n: u32, phases: Phases) -> us
             vec![
                 "gateway-webhook/gateway-503",
                 "gateway-webhook/gateway-hang",
-                "gateway-webhook/webhook-503",
+                "gateway-webhook/webhook-500",
                 "gateway-webhook/webhook-stall",
             ],
         ),
         ("sigterm", vec!["sigterm"]),
+        ("downstream-outage", vec!["downstream-outage"]),
     ];
     let mut done = 0;
     let mut short = Vec::new();
@@ -160,6 +162,7 @@ pub(crate) fn kinds_done(report: &mut ChaosReport, n: u32, phases: Phases) -> us
         if subs.is_empty() {
             continue;
         }
+        let n = if kind == "downstream-outage" { outages } else { n };
         match subs.iter().map(|s| (s, get(s))).find(|(_, c)| *c < n) {
             None => done += 1,
             Some((sub, c)) => short.push(format!("fault kind {kind}: {sub} landed {c} times, fewer than {n}")),
@@ -167,6 +170,24 @@ pub(crate) fn kinds_done(report: &mut ChaosReport, n: u32, phases: Phases) -> us
     }
     report.problems.extend(short);
     done
+}
+
+/// Notifications dead-lettered because of a `downstream-outage` since `since`: their
+/// error says `503` (the receiver's other faults answer 500). The circuit breaker must
+/// have made them wait instead.
+pub(crate) async fn outage_dead_letters(
+    kafka: &reliable_kafka::KafkaConfig,
+    since: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<Vec<String>> {
+    let topic = format!("{PAYMENT_NOTIFICATION_TOPIC}{DEFAULT_DEAD_LETTER_SUFFIX}");
+    let filter = reliable_kafka::DeadLetterFilter::new().since(since);
+    let dead = reliable_kafka::read_dead_letters(kafka, &topic, &filter, 100_000).await?;
+    let n = dead.iter().filter(|d| d.info.as_ref().is_some_and(|i| i.error_message.contains("503"))).count();
+    Ok(if n > 0 {
+        vec![format!("false dead letters: {n} notifications dead-lettered by the downstream outage")]
+    } else {
+        vec![]
+    })
 }
 
 /// Records on the dead-letter topics of groups whose handlers never fail for good

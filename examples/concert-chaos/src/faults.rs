@@ -36,10 +36,11 @@ pub(crate) enum Kind {
     RedisOutage,
     Rebalance,
     Sigterm,
+    DownstreamOutage,
 }
 
 /// The order the kinds of phase 1 take turns in.
-pub(crate) const SCHEDULE: [Kind; 9] = [
+pub(crate) const SCHEDULE: [Kind; 10] = [
     Kind::ConsumerKill { after_commit: true },
     Kind::RelayKill { after_send: true },
     Kind::DbDrop,
@@ -49,7 +50,14 @@ pub(crate) const SCHEDULE: [Kind; 9] = [
     Kind::RelayKill { after_send: false },
     Kind::Sigterm,
     Kind::Rebalance,
+    Kind::DownstreamOutage,
 ];
+
+/// Landings `downstream-outage` needs: one per five of the other kinds' (an outage
+/// lasts 10 to 60 s), at least one.
+pub(crate) fn outages_needed(faults_per_kind: u32) -> u32 {
+    (faults_per_kind / 5).max(1)
+}
 
 /// Injects the kinds of [`SCHEDULE`] in turn, `fault_interval` apart, until each landed
 /// `faults_per_kind` times (a kind that keeps missing is given up on, with a problem),
@@ -61,21 +69,23 @@ pub(crate) async fn inject_until_done(run: &mut Supervisor) -> anyhow::Result<()
     let mut turn = 0u64;
     let mut landed: BTreeMap<String, u64> = BTreeMap::new();
     let mut tried: BTreeMap<String, u64> = BTreeMap::new();
-    while SCHEDULE.iter().any(|k| landed.get(&format!("{k:?}")).copied().unwrap_or(0) < n) {
+    let needed =
+        |k: &Kind| if *k == Kind::DownstreamOutage { u64::from(outages_needed(cfg.faults_per_kind)) } else { n };
+    while SCHEDULE.iter().any(|k| landed.get(&format!("{k:?}")).copied().unwrap_or(0) < needed(k)) {
         if started.elapsed() > cfg.max_duration {
             run.report.problems.push(format!("fault phase exceeded {:?}", cfg.max_duration));
             break;
         }
         let kind = SCHEDULE[(turn % SCHEDULE.len() as u64) as usize];
         turn += 1;
-        if landed.get(&format!("{kind:?}")).copied().unwrap_or(0) >= n {
+        if landed.get(&format!("{kind:?}")).copied().unwrap_or(0) >= needed(&kind) {
             continue;
         }
         let tries = tried.entry(format!("{kind:?}")).or_default();
         *tries += 1;
         if *tries > 2 * n + 5 {
             // A kind that does not land is reported short by `kinds_done`.
-            landed.insert(format!("{kind:?}"), n);
+            landed.insert(format!("{kind:?}"), needed(&kind));
             run.report.problems.push(format!("{kind:?} did not land in {} tries", *tries - 1));
             continue;
         }
@@ -157,6 +167,28 @@ impl Supervisor {
                 let w = self.take_worker(WorkerRole::Consumers);
                 self.expect_clean_exit(w).await?;
                 self.report.count("rebalance", 1);
+            }
+            Kind::DownstreamOutage => {
+                // 10 s the first time, 10 s more each time after, up to 60 s.
+                let done = self.report.faults.get("downstream-outage").copied().unwrap_or(0);
+                let down = Duration::from_secs(10 * (1 + done % 6));
+                let (Some(receiver), Some(gateway)) = (self.receiver.clone(), self.gateway.clone()) else {
+                    anyhow::bail!("downstream-outage needs the demo receiver and gateway");
+                };
+                let before = (receiver.outage_calls(), gateway.outage_calls());
+                tracing::warn!(?down, "downstream outage: webhook and gateway answer 503");
+                receiver.set_down(true);
+                gateway.set_down(true);
+                tokio::time::sleep(down).await;
+                receiver.set_down(false);
+                gateway.set_down(false);
+                let calls = (receiver.outage_calls() - before.0, gateway.outage_calls() - before.1);
+                if calls.0 > 0 {
+                    self.report.count("downstream-outage", 1);
+                    self.report.count("downstream-outage/webhook-503", calls.0);
+                    self.report.count("downstream-outage/gateway-503", calls.1);
+                    self.report.count("downstream-outage/seconds", down.as_secs());
+                }
             }
             Kind::Sigterm => {
                 let done = self.report.faults.get("sigterm").copied().unwrap_or(0);

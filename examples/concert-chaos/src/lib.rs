@@ -17,7 +17,8 @@
 //! | `db-drop` | every PostgreSQL connection of the workers is terminated (`pg_terminate_backend`), handler transactions included |
 //! | `redis-outage` | Redis drops its clients and pauses for 1.5 s (`CLIENT KILL`, `CLIENT PAUSE`) |
 //! | `rebalance` | a third consumer process joins every group, then the oldest leaves (SIGTERM) |
-//! | `gateway-webhook` | the demo gateway answers 503 or hangs past the client timeout; the webhook answers 503 or stalls |
+//! | `gateway-webhook` | the demo gateway answers 503 or hangs past the client timeout; the webhook answers 500 or stalls |
+//! | `downstream-outage` | the webhook receiver and the gateway answer 503 to every call for 10 s, then 20 s, … up to 60 s (one landing per five of the other kinds'): no notification may be dead-lettered because of it (the notification group's circuit breaker holds them) |
 //! | `sigterm` | a consumer or relay process gets SIGTERM and must exit 0 (drained, committed, flushed) |
 //!
 //! Phase 2 runs the whole application in this process on a 3-broker mock cluster while
@@ -190,7 +191,7 @@ async fn run_in(cfg: &ChaosConfig, dir: &Path, admin: sqlx::PgPool, database: &s
     for kind in [
         "gateway-webhook/gateway-503",
         "gateway-webhook/gateway-hang",
-        "gateway-webhook/webhook-503",
+        "gateway-webhook/webhook-500",
         "gateway-webhook/webhook-stall",
     ] {
         let n = report.faults.get(kind).copied().unwrap_or(0);

@@ -17,7 +17,7 @@ use reliable_kafka::{EmbeddedKafka, KafkaConfig};
 use tokio::sync::watch;
 
 use crate::broker::{watch_broker, Broker};
-use crate::checks::{check_wave, count_demo_faults, false_dead_letters, ChaosReport};
+use crate::checks::{check_wave, count_demo_faults, false_dead_letters, outage_dead_letters, ChaosReport};
 use crate::faults::{inject_until_done, mock_fault};
 use crate::supervisor::Supervisor;
 use crate::ChaosConfig;
@@ -62,6 +62,7 @@ pub(crate) async fn tansu_phase(
     let app_cfg = AppConfig { pipeline: false, max_batch: 20, ..scenario.app_config() };
     let app = App::start(pool.clone(), store.clone(), kafka.clone(), &app_cfg).await?;
     let webhook_url = app.receiver.as_ref().map(|(_, s)| format!("{}/notify", s.url())).expect("demo receiver");
+    let phase_started = chrono::Utc::now();
     let mut run = Supervisor {
         cfg: cfg.clone(),
         dir: dir.to_owned(),
@@ -72,6 +73,8 @@ pub(crate) async fn tansu_phase(
         broker: broker.clone(),
         brokers: brokers.clone(),
         webhook_url,
+        receiver: app.receiver.as_ref().map(|(r, _)| r.clone()),
+        gateway: app.gateway.as_ref().map(|(g, _)| g.clone()),
         workers: Vec::new(),
         spawned: 0,
         report: std::mem::take(report),
@@ -100,6 +103,7 @@ pub(crate) async fn tansu_phase(
         run.expect_clean_exit(w).await?;
     }
     run.report.problems.extend(false_dead_letters(&brokers, AppConfig::default().partitions).await?);
+    run.report.problems.extend(outage_dead_letters(&kafka, phase_started).await?);
     count_demo_faults(&app, &mut run.report);
     app.stop().await?;
     watchdog.abort();

@@ -82,6 +82,9 @@ pub(crate) struct Supervisor {
     pub(crate) broker: Arc<tokio::sync::Mutex<Broker>>,
     pub(crate) brokers: String,
     pub(crate) webhook_url: String,
+    /// The demo receiver and gateway, for `downstream-outage`.
+    pub(crate) receiver: Option<concert::webhook::DemoReceiver>,
+    pub(crate) gateway: Option<concert::gateway::DemoGateway>,
     pub(crate) workers: Vec<Worker>,
     pub(crate) spawned: usize,
     pub(crate) report: ChaosReport,

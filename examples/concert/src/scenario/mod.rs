@@ -185,14 +185,14 @@ pub async fn run(pool: Db, store: Store, kafka: KafkaConfig, cfg: &ScenarioConfi
         }
     }
     if let (Some(outage), Some((receiver, _))) = (outage, app.receiver.as_ref()) {
-        let topic = format!("{}{}", crate::events::PAYMENT_NOTIFICATION_TOPIC, reliable_kafka::DEFAULT_DEAD_LETTER_SUFFIX);
+        let topic =
+            format!("{}{}", crate::events::PAYMENT_NOTIFICATION_TOPIC, reliable_kafka::DEFAULT_DEAD_LETTER_SUFFIX);
         let filter = reliable_kafka::DeadLetterFilter::new().since(started_at);
         let dead = reliable_kafka::read_dead_letters(&kafka, &topic, &filter, 100_000).await?;
-        let by_outage = dead
-            .iter()
-            .filter(|d| d.info.as_ref().is_some_and(|i| i.error_message.contains("503")))
-            .count() as u64;
-        report.outage = Some(invariants::Outage { down: outage, calls: receiver.outage_calls(), dead_lettered: by_outage });
+        let by_outage =
+            dead.iter().filter(|d| d.info.as_ref().is_some_and(|i| i.error_message.contains("503"))).count() as u64;
+        report.outage =
+            Some(invariants::Outage { down: outage, calls: receiver.outage_calls(), dead_lettered: by_outage });
         if by_outage > 0 {
             report.problems.push(format!("notifications dead-lettered because of the webhook outage: {by_outage}"));
         }
