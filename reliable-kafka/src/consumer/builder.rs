@@ -397,7 +397,7 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             metrics: crate::telemetry::record::ConsumerMetrics::new(Arc::from(group.as_str())),
             handler_timeout: self.handler_timeout,
             processed_retention: self.processed_retention,
-            retries: Default::default(),
+            retries: rdkafka::consumer::Consumer::context(&consumer).retries.clone(),
         };
         Ok(ListenerContainer::new(
             Arc::new(consumer),

@@ -11,7 +11,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
 
-use super::paused::Paused;
+use super::paused::{Paused, Retries};
 use super::pipeline::{Pipeline, Stop};
 use super::prune::prune_processed;
 use super::scheduler::{Partitions, Scheduler};
@@ -100,6 +100,8 @@ pub(crate) struct ContainerContext {
     stats: Arc<ContainerStats>,
     /// The partitions assigned now (the key-blocking retrier works on their records).
     pub(crate) owned: Arc<Mutex<HashSet<(String, i32)>>>,
+    /// The failing records between attempts, forgotten when their partition is revoked.
+    pub(crate) retries: Arc<Retries>,
 }
 
 impl ContainerContext {
@@ -111,6 +113,7 @@ impl ContainerContext {
             settle_timeout,
             stats,
             owned: Arc::default(),
+            retries: Arc::default(),
         }
     }
 
@@ -168,6 +171,7 @@ impl ConsumerContext for ContainerContext {
             for e in tpl.elements() {
                 owned.remove(&(e.topic().to_owned(), e.partition()));
             }
+            self.retries.forget(tpl.elements().iter().map(|e| (e.topic(), e.partition())));
             drop(owned);
             self.settle(tpl);
             commit(consumer, CommitMode::Sync, &self.log.worker);
@@ -405,7 +409,7 @@ impl<DB: Backend> ListenerContainer<DB> {
                             let key = (waiting.topic().to_owned(), waiting.partition());
                             let epoch = partitions.rewind(&key);
                             let (topic, partition, offset) = (waiting.topic(), waiting.partition(), waiting.offset());
-                            self.paused.hold(&self.consumer, topic, partition, offset, until, epoch);
+                            self.paused.hold(&self.consumer, &self.pipeline.retries, topic, partition, offset, until, epoch);
                         }
                     }
                 }

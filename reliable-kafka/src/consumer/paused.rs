@@ -21,6 +21,9 @@ use super::container::ContainerContext;
 
 type Key = (String, i32);
 
+/// Longest wait for librdkafka to take a seek.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The failing record of one partition: its offset, the attempt to make next, and
 /// when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,10 +33,10 @@ pub(crate) struct Tracked {
     pub due: Instant,
 }
 
-/// The failing record of each partition, in memory. Kept across a revoke, so that a
-/// partition assigned back goes on where it was; a partition that moved to another
-/// member starts there at attempt 1 (attempts are counted per member, as in Spring
-/// Kafka). At most one entry per partition: a newer record replaces it.
+/// The failing record of each partition, in memory, for the current assignment: a
+/// revoke forgets it, and the partition's next owner starts the record at attempt 1
+/// (attempts are counted per assignment, as in Spring Kafka). At most one entry per
+/// partition: while it is there, the partition's next record to run is that one.
 #[derive(Debug, Default)]
 pub(crate) struct Retries {
     by_topic: Mutex<HashMap<String, HashMap<i32, Tracked>>>,
@@ -50,6 +53,23 @@ impl Retries {
     pub(crate) fn set(&self, topic: &str, partition: i32, tracked: Tracked) {
         let mut map = self.by_topic.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(topic.to_owned()).or_default().insert(partition, tracked);
+    }
+
+    /// The partition's failing record, if one waits.
+    pub(crate) fn of_partition(&self, topic: &str, partition: i32) -> Option<Tracked> {
+        let map = self.by_topic.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(topic)?.get(&partition).copied()
+    }
+
+    /// Forgets the failing records of revoked partitions: their next owner, this member
+    /// or another, starts from the committed offset.
+    pub(crate) fn forget<'a>(&self, revoked: impl IntoIterator<Item = (&'a str, i32)>) {
+        let mut map = self.by_topic.lock().unwrap_or_else(|p| p.into_inner());
+        for (topic, partition) in revoked {
+            if let Some(partitions) = map.get_mut(topic) {
+                partitions.remove(&partition);
+            }
+        }
     }
 
     /// Forgets the record at `offset` (done: processed or dead-lettered).
@@ -71,26 +91,33 @@ pub(crate) struct Paused {
 }
 
 impl Paused {
-    /// Pauses `topic`/`partition`, rewinds it to `offset` and keeps it paused until
-    /// `until`. The seek is asynchronous (librdkafka drops what it fetched beyond the
-    /// record, and fetches from `offset` on resume); pausing first makes sure nothing
-    /// more of the partition is delivered meanwhile.
+    /// Pauses `topic`/`partition`, rewinds it to `offset` (or to the partition's
+    /// failing record in `retries`, when that one is earlier) and keeps it paused
+    /// until `until`. Pausing first makes sure nothing more of the partition is
+    /// delivered meanwhile; librdkafka drops what it fetched beyond the record and
+    /// fetches from it on resume.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn hold(
         &self,
         consumer: &StreamConsumer<ContainerContext>,
+        retries: &Retries,
         topic: &str,
         partition: i32,
         offset: i64,
         until: Instant,
         epoch: u64,
     ) {
+        let offset = retries.of_partition(topic, partition).map_or(offset, |t| t.offset.min(offset));
         let mut tpl = TopicPartitionList::with_capacity(1);
         tpl.add_partition(topic, partition);
         if let Err(e) = consumer.pause(&tpl) {
             tracing::debug!(topic, partition, error = %e, "pause failed (partition revoked?)");
         }
-        if let Err(e) = consumer.seek(topic, partition, Offset::Offset(offset), Duration::ZERO) {
-            tracing::debug!(topic, partition, error = %e, "seek failed (partition revoked?)");
+        // The seek waits for librdkafka's answer (local, no broker round trip). Should it
+        // fail while the partition is assigned, the record's next delivery is caught by
+        // `Pipeline::process` (a later offset while a record waits) and rewound again.
+        if let Err(e) = consumer.seek(topic, partition, Offset::Offset(offset), SEEK_TIMEOUT) {
+            tracing::warn!(topic, partition, offset, error = %e, "seek back to the waiting record failed (partition revoked?)");
         }
         drop(tpl);
         let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
@@ -146,6 +173,10 @@ mod tests {
         assert_eq!(r.get("t", 0, 5), None, "replaced");
         r.clear("t", 0, 5);
         assert!(r.get("t", 0, 9).is_some(), "clearing another offset keeps it");
+        assert_eq!(r.of_partition("t", 0).map(|t| t.offset), Some(9));
+        r.forget([("t", 0)]);
+        assert_eq!(r.of_partition("t", 0), None, "a revoke forgets it");
+        r.set("t", 0, Tracked { offset: 9, next_attempt: 3, due });
         r.clear("t", 0, 9);
         assert_eq!(r.get("t", 0, 9), None);
     }

@@ -41,8 +41,9 @@ pub(crate) struct Pipeline<DB: Backend> {
     pub metrics: ConsumerMetrics,
     pub handler_timeout: Duration,
     pub processed_retention: Duration,
-    /// Each partition's failing record between attempts.
-    pub retries: Retries,
+    /// Each partition's failing record between attempts (shared with the rebalance
+    /// callback, which forgets those of revoked partitions).
+    pub retries: Arc<Retries>,
 }
 
 /// What may stop a record's processing. Shutdown cuts infrastructure waits short (the
@@ -288,7 +289,14 @@ impl<DB: Backend> Pipeline<DB> {
             }
         }
         let now = Instant::now();
-        let tracked = self.retries.get(msg.topic(), msg.partition(), msg.offset());
+        let waiting = self.retries.of_partition(msg.topic(), msg.partition());
+        let tracked = waiting.filter(|t| t.offset == msg.offset());
+        if let Some(waiting) = waiting.filter(|t| t.offset < msg.offset()) {
+            // Past the partition's waiting record: the rewind to it did not take.
+            tracing::warn!(group = %self.group, topic = msg.topic(), partition = msg.partition(),
+                offset = msg.offset(), waiting = waiting.offset, "a record past the waiting one was delivered; rewinding");
+            return Outcome::Wait { until: now };
+        }
         let due = match topic.retry_stage {
             Some(_) => retry_topics::due(msg, now, now_ms() as i64),
             None => None,
