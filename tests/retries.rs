@@ -341,3 +341,43 @@ async fn key_blocking_holds_a_failing_keys_later_records_and_lets_other_keys_flo
     assert_eq!(stats.deferred(), 4, "seat-7's failing head and the three behind it");
     assert_eq!((stats.retries(), stats.dead_lettered(), stats.paused_partitions()), (2, 0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_resumes_paused_partitions_from_their_committed_offset() {
+    let (pool, _schema) = isolated_pool().await;
+    create_effects_table(&pool).await;
+    let kafka = kafka();
+    let (topic, group) = (unique("paused-rebalance"), unique("group"));
+    create_topics(&kafka, &topic, 2).await;
+    // Each partition: a record whose first call fails (then a 60 s back-off), and one
+    // behind it.
+    for (partition, n) in [(0, 0), (0, 1), (1, 2), (1, 3)] {
+        produce_work_to(&kafka, &topic, partition, Uuid::now_v7(), &Work { key: format!("k{n}"), n }).await;
+    }
+    let member = |calls: &Arc<AtomicU32>| {
+        let mut r = Recorder::new(&topic, &group, Mode::FailCalls(2), 3);
+        r.backoff = FixedBackOff::new(Duration::from_secs(60), 3).unwrap().into();
+        r.calls = calls.clone(); // the two members share the count: two failures in all
+        ListenerContainer::builder(kafka.clone(), pool.clone()).handler(r).build().unwrap().spawn()
+    };
+    let calls = Arc::new(AtomicU32::new(0));
+    let a = member(&calls);
+    assert!(eventually(Duration::from_secs(30), || async { a.stats().paused_partitions() == 2 }).await);
+    // A second member joins: each gets one partition. The one A keeps is resumed and
+    // runs from its committed offset, not 60 s later; the one B takes starts there.
+    let joined = Instant::now();
+    let b = member(&calls);
+    let done =
+        eventually(Duration::from_secs(25), || async { count(&pool, "SELECT count(*) FROM effects").await == 4 }).await;
+    let took = joined.elapsed();
+    let (a_paused, b_paused) = (a.stats().paused_partitions(), b.stats().paused_partitions());
+    let dead = a.stats().dead_lettered() + b.stats().dead_lettered();
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    assert!(done, "every record processed after the rebalance, not after the back-off ({took:?})");
+    assert_eq!(count(&pool, "SELECT count(DISTINCT message_id) FROM effects").await, 4, "each once");
+    let order: Vec<i32> = sqlx::query_scalar("SELECT n FROM effects ORDER BY id").fetch_all(&pool).await.unwrap();
+    let pos = |n: i32| order.iter().position(|&x| x == n).unwrap();
+    assert!(pos(0) < pos(1) && pos(2) < pos(3), "partition order kept: {order:?}");
+    assert_eq!((a_paused, b_paused, dead), (0, 0, 0));
+}

@@ -409,7 +409,15 @@ impl<DB: Backend> ListenerContainer<DB> {
                             let key = (waiting.topic().to_owned(), waiting.partition());
                             let epoch = partitions.rewind(&key);
                             let (topic, partition, offset) = (waiting.topic(), waiting.partition(), waiting.offset());
-                            self.paused.hold(&self.consumer, &self.pipeline.retries, topic, partition, offset, until, epoch);
+                            self.paused.hold(
+                                &self.consumer,
+                                &self.pipeline.retries,
+                                topic,
+                                partition,
+                                offset,
+                                until,
+                                epoch,
+                            );
                         }
                     }
                 }

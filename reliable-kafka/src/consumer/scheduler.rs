@@ -270,7 +270,15 @@ impl<DB: Backend> Scheduler<DB> {
                     // after it comes again after the resume.
                     let waiting = &batch[done];
                     let epoch = partitions.rewind(&key);
-                    paused.hold(&consumer, &pipeline.retries, waiting.topic(), waiting.partition(), waiting.offset(), until, epoch);
+                    paused.hold(
+                        &consumer,
+                        &pipeline.retries,
+                        waiting.topic(),
+                        waiting.partition(),
+                        waiting.offset(),
+                        until,
+                        epoch,
+                    );
                     return false;
                 }
             }
