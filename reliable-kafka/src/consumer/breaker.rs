@@ -215,11 +215,17 @@ impl Breaker {
         if !open {
             return None;
         }
+        let probing = matches!(*state, State::HalfOpen { .. });
         let until = now + self.settings.cool_down;
         *state = State::Open { until };
         drop(state);
-        tracing::warn!(handler = %self.handler, cool_down = ?self.settings.cool_down, error = %crate::report(e),
-            "circuit open: the downstream is unavailable; the handler's partitions wait");
+        if probing {
+            tracing::info!(handler = %self.handler, cool_down = ?self.settings.cool_down, error = %crate::report(e),
+                "circuit open again: the probe failed");
+        } else {
+            tracing::warn!(handler = %self.handler, cool_down = ?self.settings.cool_down, error = %crate::report(e),
+                "circuit open: the downstream is unavailable; the handler's partitions wait");
+        }
         self.publish(CircuitState::Open);
         Some(until)
     }
