@@ -22,4 +22,9 @@ async fn repeated_key(_e: PaymentFailed, _ctx: &mut HandlerContext) -> Result<()
     Ok(())
 }
 
+#[event_handler(group = "g", retry_topics = "1s, 10 parsecs")]
+async fn bad_delay(_e: PaymentFailed, _ctx: &mut HandlerContext) -> Result<(), HandlerError> {
+    Ok(())
+}
+
 fn main() {}

@@ -1,5 +1,6 @@
 //! `topic`, `group` and `dead_letter_topic` take any `&'static str` expression: a
-//! literal, a `const`, an associated const, `concat!(..)`.
+//! literal, a `const`, an associated const, `concat!(..)`; `retry_topics` a literal
+//! of delays, `circuit_breaker` and `key_blocking` expressions.
 use reliable_kafka::{event_handler, Event, EventHandler, HandlerContext, HandlerError};
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +35,20 @@ async fn from_literals(_e: PaymentFailed, _ctx: &mut HandlerContext) -> Result<(
     Ok(())
 }
 
+#[event_handler(
+    group = "notification-group",
+    retry_topics = "1s, 10s",
+    circuit_breaker = reliable_kafka::CircuitBreaker::new(3, std::time::Duration::from_secs(10), std::time::Duration::from_secs(5)),
+)]
+async fn with_retries(_e: PaymentFailed, _ctx: &mut HandlerContext) -> Result<(), HandlerError> {
+    Ok(())
+}
+
+#[event_handler(group = "seat-group", key_blocking = true)]
+async fn key_blocked(_e: PaymentFailed, _ctx: &mut HandlerContext) -> Result<(), HandlerError> {
+    Ok(())
+}
+
 fn options<H: EventHandler>(handler: H) -> String {
     format!("{:?}", handler.options())
 }
@@ -47,6 +62,11 @@ fn main() {
     for name in ["\"payment-audit-group\"", "\"payment.failed\"", "\"payment.failed.audit.DLQ\""] {
         assert!(o.contains(name), "{name} missing in {o}");
     }
+    let o = options(with_retries);
+    for part in ["delays: [1s, 10s]", "consecutive_failures: 3"] {
+        assert!(o.contains(part), "{part} missing in {o}");
+    }
+    assert!(options(key_blocked).contains("key_blocking: Some(true)"));
     let o = options(from_literals);
     for name in ["\"literal-group\"", "\"payment.failed\"", "\"payment.failed.DLQ\""] {
         assert!(o.contains(name), "{name} missing in {o}");
