@@ -16,6 +16,18 @@
 //!   [`FixedBackOff`] and [`ExponentialBackOff`] decide the retries; then the record
 //!   goes to a dead-letter topic with Spring Kafka-compatible `kafka_dlt-*` headers.
 //!   A record that cannot be decoded goes there at once.
+//! - **Retries that never stall a partition**: while a record waits for its next
+//!   attempt its partition is paused and polling goes on (waits of any length);
+//!   non-blocking [`RetryTopics`] with Spring Kafka's names and headers; key-blocking
+//!   retry (`HandlerOptions::key_blocking`: only the failing key waits, in a table);
+//!   a [`CircuitBreaker`] per handler that holds records while the downstream is down.
+//!
+//!   | mode | what waits | order |
+//!   |---|---|---|
+//!   | back-off (default) | the record's partition, paused | kept |
+//!   | retry topics | nothing: the record moves to a retry topic | not kept for retried records |
+//!   | key-blocking | the record's key on its partition | kept per key |
+//!   | circuit breaker | the handler's partitions while open | kept |
 //! - **Re-drive** ([`DeadLetterRedriver`]): re-publishes dead-lettered records to their
 //!   topic on an interval, a bounded number of times, then parks them in a table.
 //!
@@ -24,7 +36,8 @@
 //! 1. No committed business change loses its event (outbox + at-least-once relay).
 //! 2. Database effects of a handler happen once per message id and consumer group.
 //! 3. A partition's offset moves past a record only after the record succeeded, was a
-//!    duplicate, or was dead-lettered.
+//!    duplicate, was dead-lettered, went to its next retry topic, or was written to
+//!    the key-blocking table.
 //!
 //! Not guaranteed: effects outside the handler's transaction (HTTP calls, Redis)
 //! happen at least once; per-key order after a record exhausted the relay's send

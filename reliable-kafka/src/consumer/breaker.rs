@@ -185,6 +185,15 @@ impl Breaker {
         }
     }
 
+    /// The probe never reached the downstream (a duplicate, an undecodable payload):
+    /// the next record probes at once.
+    pub(crate) fn release_probe(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(*state, State::HalfOpen { .. }) {
+            *state = State::Open { until: Instant::now() };
+        }
+    }
+
     /// The handler succeeded (or failed permanently: the downstream answered).
     pub(crate) fn on_success(&self) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

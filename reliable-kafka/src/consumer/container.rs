@@ -42,7 +42,8 @@ pub type ContainerHandle = WorkerHandle<ContainerStats>;
 /// 4. on a transient failure the transaction is rolled back and the handler's
 ///    [`crate::BackOff`] (or the `RetryAfter` the handler asks for) decides the wait
 ///    before the next attempt. The partition waits, paused and rewound to the record,
-///    while polling goes on (see the retry modes in the crate documentation); after the
+///    while polling goes on (see the retry modes in the crate documentation); with
+///    `HandlerOptions::key_blocking` only its key waits, in `rk_blocked_records`; after the
 ///    last attempt, or on a permanent failure, the record is published to the
 ///    dead-letter topic with the `kafka_dlt-*` headers. A handler with retry topics
 ///    ([`crate::RetryTopics`]) publishes the record to its next retry topic instead, and
@@ -171,9 +172,11 @@ impl ConsumerContext for ContainerContext {
             for e in tpl.elements() {
                 owned.remove(&(e.topic().to_owned(), e.partition()));
             }
-            self.retries.forget(tpl.elements().iter().map(|e| (e.topic(), e.partition())));
+
             drop(owned);
             self.settle(tpl);
+            // After the settle: a batch still ending could track a record again.
+            self.retries.forget(tpl.elements().iter().map(|e| (e.topic(), e.partition())));
             commit(consumer, CommitMode::Sync, &self.log.worker);
         }
     }
@@ -406,18 +409,9 @@ impl<DB: Backend> ListenerContainer<DB> {
                             // rewound to it; the rest of the batch, and the partition's
                             // records in `pending`, are stale now and come again.
                             let waiting = &batch[progress.done];
-                            let key = (waiting.topic().to_owned(), waiting.partition());
-                            let epoch = partitions.rewind(&key);
                             let (topic, partition, offset) = (waiting.topic(), waiting.partition(), waiting.offset());
-                            self.paused.hold(
-                                &self.consumer,
-                                &self.pipeline.retries,
-                                topic,
-                                partition,
-                                offset,
-                                until,
-                                epoch,
-                            );
+                            let retries = &self.pipeline.retries;
+                            self.paused.hold(&self.consumer, retries, &partitions, topic, partition, offset, until);
                         }
                     }
                 }

@@ -96,28 +96,51 @@ impl<DB: Backend> Pipeline<DB> {
     }
 
     /// The retrier: runs the due heads of the partitions this member owns, until
-    /// shutdown.
+    /// shutdown. A head whose partition is revoked meanwhile is abandoned (rolled
+    /// back), as a batch of a revoked partition is: its new owner runs it.
     pub(crate) async fn run_blocked(
         self: Arc<Self>,
         owned: Arc<Mutex<HashSet<(String, i32)>>>,
         shutdown: CancellationToken,
     ) {
         let never = CancellationToken::new();
-        let stop = Stop { shutdown: &shutdown, revoked: &never };
-        while !stop.sleep(RETRIER_INTERVAL).await {
-            let heads = match DB::heads(&self.pool, &self.group, now_ms() as i64, HEADS_PER_ROUND).await {
-                Ok(h) => h,
+        let idle = Stop { shutdown: &shutdown, revoked: &never };
+        let is_mine = |key: &(String, i32)| owned.lock().unwrap_or_else(|p| p.into_inner()).contains(key);
+        while !idle.sleep(RETRIER_INTERVAL).await {
+            let partitions = match DB::due_partitions(&self.pool, &self.group, now_ms() as i64).await {
+                Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(group = %self.group, error = %e, "reading blocked records failed; retrying");
                     continue;
                 }
             };
-            for row in heads {
-                let mine =
-                    owned.lock().unwrap_or_else(|p| p.into_inner()).contains(&(row.topic.clone(), row.kafka_partition));
-                if mine && !shutdown.is_cancelled() {
+            for key in partitions.into_iter().filter(|k| is_mine(k)) {
+                let heads = DB::heads(&self.pool, &self.group, (&key.0, key.1), now_ms() as i64, HEADS_PER_ROUND).await;
+                let heads = match heads {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::warn!(group = %self.group, error = %e, "reading blocked records failed; retrying");
+                        continue;
+                    }
+                };
+                let revoked = CancellationToken::new();
+                let watch = {
+                    let (owned, key, revoked) = (owned.clone(), key.clone(), revoked.clone());
+                    tokio::spawn(async move {
+                        while owned.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        revoked.cancel();
+                    })
+                };
+                let stop = Stop { shutdown: &shutdown, revoked: &revoked };
+                for row in heads {
+                    if shutdown.is_cancelled() || revoked.is_cancelled() {
+                        break;
+                    }
                     self.run_head(row, stop).await;
                 }
+                watch.abort();
             }
         }
     }

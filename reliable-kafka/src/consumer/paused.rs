@@ -18,6 +18,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::container::ContainerContext;
+use super::scheduler::Partitions;
 
 type Key = (String, i32);
 
@@ -31,6 +32,8 @@ pub(crate) struct Tracked {
     pub offset: i64,
     pub next_attempt: u32,
     pub due: Instant,
+    /// Rewinds to it because a later record was delivered (a seek that did not take).
+    pub rewinds: u8,
 }
 
 /// The failing record of each partition, in memory, for the current assignment: a
@@ -45,6 +48,7 @@ pub(crate) struct Retries {
 impl Retries {
     /// The tracked state of the record at `offset`, if it is the partition's failing
     /// record.
+    #[cfg(test)]
     pub(crate) fn get(&self, topic: &str, partition: i32, offset: i64) -> Option<Tracked> {
         let map = self.by_topic.lock().unwrap_or_else(|p| p.into_inner());
         map.get(topic)?.get(&partition).copied().filter(|t| t.offset == offset)
@@ -96,32 +100,38 @@ impl Paused {
     /// until `until`. Pausing first makes sure nothing more of the partition is
     /// delivered meanwhile; librdkafka drops what it fetched beyond the record and
     /// fetches from it on resume.
+    ///
+    /// The order closes the races with the poll loop: the entry first (a revoke from
+    /// now on resumes the partition), then the pause (librdkafka delivers nothing more
+    /// of it), then the rewind of `partitions` (what was received of it is stale), then
+    /// the seek.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn hold(
         &self,
         consumer: &StreamConsumer<ContainerContext>,
         retries: &Retries,
+        partitions: &Partitions,
         topic: &str,
         partition: i32,
         offset: i64,
         until: Instant,
-        epoch: u64,
     ) {
+        let key = (topic.to_owned(), partition);
         let offset = retries.of_partition(topic, partition).map_or(offset, |t| t.offset.min(offset));
+        self.until.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), (until, partitions.epoch()));
         let mut tpl = TopicPartitionList::with_capacity(1);
         tpl.add_partition(topic, partition);
         if let Err(e) = consumer.pause(&tpl) {
             tracing::debug!(topic, partition, error = %e, "pause failed (partition revoked?)");
         }
+        drop(tpl);
+        partitions.rewind(&key);
         // The seek waits for librdkafka's answer (local, no broker round trip). Should it
-        // fail while the partition is assigned, the record's next delivery is caught by
-        // `Pipeline::process` (a later offset while a record waits) and rewound again.
+        // fail while the partition is assigned, a record delivered past the waiting one
+        // is caught by `Pipeline::process` and the partition rewound again.
         if let Err(e) = consumer.seek(topic, partition, Offset::Offset(offset), SEEK_TIMEOUT) {
             tracing::warn!(topic, partition, offset, error = %e, "seek back to the waiting record failed (partition revoked?)");
         }
-        drop(tpl);
-        let mut map = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert((topic.to_owned(), partition), (until, epoch));
     }
 
     /// Resumes the partitions that are due, and those revoked since they were paused
@@ -165,18 +175,18 @@ mod tests {
     fn a_partition_tracks_only_its_latest_failing_record() {
         let r = Retries::default();
         let due = Instant::now();
-        r.set("t", 0, Tracked { offset: 5, next_attempt: 2, due });
+        r.set("t", 0, Tracked { offset: 5, next_attempt: 2, due, rewinds: 0 });
         assert_eq!(r.get("t", 0, 5).map(|t| t.next_attempt), Some(2));
         assert_eq!(r.get("t", 0, 6), None, "another offset of the partition is not tracked");
         assert_eq!(r.get("t", 1, 5), None);
-        r.set("t", 0, Tracked { offset: 9, next_attempt: 3, due });
+        r.set("t", 0, Tracked { offset: 9, next_attempt: 3, due, rewinds: 0 });
         assert_eq!(r.get("t", 0, 5), None, "replaced");
         r.clear("t", 0, 5);
         assert!(r.get("t", 0, 9).is_some(), "clearing another offset keeps it");
         assert_eq!(r.of_partition("t", 0).map(|t| t.offset), Some(9));
         r.forget([("t", 0)]);
         assert_eq!(r.of_partition("t", 0), None, "a revoke forgets it");
-        r.set("t", 0, Tracked { offset: 9, next_attempt: 3, due });
+        r.set("t", 0, Tracked { offset: 9, next_attempt: 3, due, rewinds: 0 });
         r.clear("t", 0, 9);
         assert_eq!(r.get("t", 0, 9), None);
     }

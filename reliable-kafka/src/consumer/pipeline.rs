@@ -17,7 +17,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::dead_letter::Failure;
-use super::paused::Retries;
+use super::paused::{Retries, Tracked};
 use super::retry_topics;
 use super::routes::{Resolution, Route, TopicRoutes, UnknownEventType};
 use super::stats::ContainerStats;
@@ -135,7 +135,8 @@ impl<DB: Backend> Pipeline<DB> {
         // A batch that starts with a record between attempts goes record by record, so
         // that its attempts are counted.
         let first = &batch[0];
-        let retrying = self.retries.get(first.topic(), first.partition(), first.offset()).is_some();
+        // (or any record of the partition: `process` catches one delivered past it)
+        let retrying = self.retries.of_partition(first.topic(), first.partition()).is_some();
         let batchable = self.routes.get(first.topic()).is_some_and(|t| {
             t.retry_stage.is_none()
                 && t.routes.iter().all(|r| !r.key_blocking && r.breaker.as_ref().is_none_or(|b| b.is_closed()))
@@ -270,6 +271,12 @@ impl<DB: Backend> Pipeline<DB> {
             // Only subscribed topics are delivered; nothing to do.
             return Outcome::Done;
         };
+        // Nothing passes a waiting record, a poison pill neither.
+        let now = Instant::now();
+        let waiting = self.retries.of_partition(msg.topic(), msg.partition());
+        if let Some(outcome) = self.past_waiting(msg, waiting, now) {
+            return outcome;
+        }
         let (route, info) = match topic.resolve(msg, self.unknown_event_types) {
             Resolution::Route(route, info) => (route, info),
             Resolution::Reject { failure, dead_letter_topic } => {
@@ -288,30 +295,27 @@ impl<DB: Backend> Pipeline<DB> {
                 return outcome;
             }
         }
-        let now = Instant::now();
-        let waiting = self.retries.of_partition(msg.topic(), msg.partition());
         let tracked = waiting.filter(|t| t.offset == msg.offset());
-        if let Some(waiting) = waiting.filter(|t| t.offset < msg.offset()) {
-            // Past the partition's waiting record: the rewind to it did not take.
-            tracing::warn!(group = %self.group, topic = msg.topic(), partition = msg.partition(),
-                offset = msg.offset(), waiting = waiting.offset, "a record past the waiting one was delivered; rewinding");
-            return Outcome::Wait { until: now };
-        }
-        let due = match topic.retry_stage {
-            Some(_) => retry_topics::due(msg, now, now_ms() as i64),
-            None => None,
-        };
-        if let Some(until) = due.or(tracked.map(|t| t.due)).filter(|&until| until > now) {
-            return Outcome::Wait { until };
-        }
-        if let Some(until) = route.breaker.as_ref().and_then(|b| b.admit(now)) {
-            return Outcome::Wait { until };
-        }
         let attempt = match (tracked, topic.retry_stage) {
             (Some(t), _) => t.next_attempt,
             (None, Some(stage)) => retry_topics::attempt(msg, stage),
             (None, None) => 1,
         };
+        let due = match topic.retry_stage {
+            Some(_) => retry_topics::due(msg, now, now_ms() as i64),
+            None => None,
+        };
+        let wait = due.or(tracked.map(|t| t.due)).filter(|&until| until > now);
+        if let Some(until) = wait.or_else(|| route.breaker.as_ref().and_then(|b| b.admit(now))) {
+            // Every wait is tracked, so that a record past this one is caught.
+            let rewinds = tracked.map_or(0, |t| t.rewinds);
+            self.retries.set(
+                msg.topic(),
+                msg.partition(),
+                Tracked { offset: msg.offset(), next_attempt: attempt, due: until, rewinds },
+            );
+            return Outcome::Wait { until };
+        }
         let mut infra = InfraBackoff::new();
         loop {
             match self.attempt(msg, route, &info, attempt, stop).await {
@@ -321,6 +325,9 @@ impl<DB: Backend> Pipeline<DB> {
                     let metrics = self.metrics.topic(&info.topic);
                     if duplicate {
                         metrics.duplicate.increment(1);
+                        if let Some(breaker) = &route.breaker {
+                            breaker.release_probe(); // it never reached the downstream
+                        }
                     } else {
                         metrics.processed.increment(1);
                         metrics.handled(info.produced_at_ms, now_ms());
@@ -341,6 +348,9 @@ impl<DB: Backend> Pipeline<DB> {
                     }
                 }
                 Err(AttemptError::Decode(e)) => {
+                    if let Some(breaker) = &route.breaker {
+                        breaker.release_probe();
+                    }
                     let failure = Failure::new(DeadLetterReason::Deserialization, CODEC_ERROR_PATH, &e, attempt);
                     return self.give_up(msg, &route.dead_letter_topic, failure, stop).await;
                 }

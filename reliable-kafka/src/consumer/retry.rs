@@ -8,6 +8,9 @@ use rdkafka::message::Message;
 
 use super::dead_letter::Failure;
 use super::paused::Tracked;
+
+/// Rewinds to a waiting record that does not come back, before it is given up.
+const MAX_REWINDS: u8 = 3;
 use super::pipeline::{Outcome, Pipeline, Stop};
 use super::routes::{Route, TopicRoutes};
 use super::stats::ContainerStats;
@@ -38,7 +41,7 @@ impl<DB: Backend> Pipeline<DB> {
                 if let (HandlerError::Unavailable(_), Some(until)) = (&e, open_until) {
                     // The downstream is down: the record waits for the breaker, and this
                     // attempt does not count.
-                    let tracked = Tracked { offset: msg.offset(), next_attempt: attempt, due: until };
+                    let tracked = Tracked { offset: msg.offset(), next_attempt: attempt, due: until, rewinds: 0 };
                     self.retries.set(msg.topic(), msg.partition(), tracked);
                     tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition,
                         offset = info.offset, attempt, error = %crate::report(&e),
@@ -92,12 +95,29 @@ impl<DB: Backend> Pipeline<DB> {
         tracing::info!(group = %self.group, topic = %info.topic, partition = info.partition, offset = info.offset,
             attempt, ?delay, error = %crate::report(&e), "handler failed; retrying after the back-off");
         let until = (now + delay.max(Duration::from_millis(1))).max(open_until.unwrap_or(now));
-        self.retries.set(
-            msg.topic(),
-            msg.partition(),
-            Tracked { offset: msg.offset(), next_attempt: attempt + 1, due: until },
-        );
+        let tracked = Tracked { offset: msg.offset(), next_attempt: attempt + 1, due: until, rewinds: 0 };
+        self.retries.set(msg.topic(), msg.partition(), tracked);
         Outcome::Wait { until }
+    }
+
+    /// `Some(Wait)` when `msg` comes after the partition's waiting record: the rewind
+    /// to it did not take (a failed seek), so the partition is rewound again. A waiting
+    /// record that never comes back (deleted by retention meanwhile) is given up after
+    /// [`MAX_REWINDS`] rewinds, with an error log, and the partition goes on.
+    pub(crate) fn past_waiting<M: Message>(&self, msg: &M, waiting: Option<Tracked>, now: Instant) -> Option<Outcome> {
+        let mut waiting = waiting.filter(|t| t.offset < msg.offset())?;
+        if waiting.rewinds >= MAX_REWINDS {
+            tracing::error!(group = %self.group, topic = msg.topic(), partition = msg.partition(), waiting = waiting.offset,
+                offset = msg.offset(), "the waiting record did not come back after {MAX_REWINDS} rewinds (deleted by retention?); going on without it");
+            self.retries.clear(msg.topic(), msg.partition(), waiting.offset);
+            return None;
+        }
+        tracing::warn!(group = %self.group, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
+            waiting = waiting.offset, "a record past the waiting one was delivered; rewinding");
+        waiting.rewinds += 1;
+        waiting.due = waiting.due.max(now);
+        self.retries.set(msg.topic(), msg.partition(), waiting);
+        Some(Outcome::Wait { until: now })
     }
 
     /// Dead-letters `msg` and forgets its attempts.

@@ -269,16 +269,8 @@ impl<DB: Backend> Scheduler<DB> {
                     // The record at `done` waits with its partition paused; everything
                     // after it comes again after the resume.
                     let waiting = &batch[done];
-                    let epoch = partitions.rewind(&key);
-                    paused.hold(
-                        &consumer,
-                        &pipeline.retries,
-                        waiting.topic(),
-                        waiting.partition(),
-                        waiting.offset(),
-                        until,
-                        epoch,
-                    );
+                    let (topic, partition, offset) = (waiting.topic(), waiting.partition(), waiting.offset());
+                    paused.hold(&consumer, &pipeline.retries, &partitions, topic, partition, offset, until);
                     return false;
                 }
             }

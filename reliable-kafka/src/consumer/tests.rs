@@ -346,12 +346,34 @@ async fn the_blocked_table_gives_each_keys_lowest_offset_as_its_head() {
     assert!(!Sqlite::is_blocked(&pool, "g", "jobs", 0, b"c").await.unwrap());
     assert!(!Sqlite::is_blocked(&pool, "other", "jobs", 0, b"a").await.unwrap());
     let offsets = |rows: Vec<BlockedRow>| rows.into_iter().map(|r| r.kafka_offset).collect::<Vec<_>>();
-    assert_eq!(
-        offsets(Sqlite::heads(&pool, "g", 60, 10).await.unwrap()),
-        [6],
-        "a's head (5) is not due yet; 7 waits behind it"
-    );
-    assert_eq!(offsets(Sqlite::heads(&pool, "g", 100, 10).await.unwrap()), [6, 5], "earliest due first");
+    let heads = |now| Sqlite::heads(&pool, "g", ("jobs", 0), now, 10);
+    assert_eq!(offsets(heads(60).await.unwrap()), [6], "a's head (5) is not due yet; 7 waits behind it");
+    assert_eq!(offsets(heads(100).await.unwrap()), [6, 5], "earliest due first");
+    assert_eq!(Sqlite::due_partitions(&pool, "g", 60).await.unwrap(), [("jobs".to_owned(), 0)]);
+    assert!(Sqlite::heads(&pool, "g", ("jobs", 1), 100, 10).await.unwrap().is_empty(), "another partition's");
     Sqlite::release_blocked(&pool, "g", &row(5, "a", 0)).await.unwrap();
-    assert_eq!(offsets(Sqlite::heads(&pool, "g", 60, 10).await.unwrap()), [7, 6], "releasing a head frees the next");
+    assert_eq!(offsets(heads(60).await.unwrap()), [7, 6], "releasing a head frees the next");
+}
+
+#[tokio::test]
+async fn a_record_past_the_waiting_one_is_not_run_and_a_waiting_record_that_never_returns_is_given_up() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let p = pipeline(Flaky { flaky: vec![2], calls: calls.clone() }).await;
+    let batch: Vec<_> = (0..5).map(|n| record(i64::from(n), n, Timestamp::CreateTime(1))).collect();
+    let (shutdown, revoked) = (CancellationToken::new(), CancellationToken::new());
+    let stop = Stop { shutdown: &shutdown, revoked: &revoked };
+    assert_eq!(p.process_batch(&batch, stop).await.done, 2, "job 2 waits");
+    let before = calls.load(Ordering::Relaxed);
+    // The rewind did not take: records 3 and 4 come instead of 2. They are not run,
+    // not in a batch either; the partition is rewound again, three times at most.
+    for _ in 0..3 {
+        let p3 = p.process_batch(&batch[3..], stop).await;
+        assert_eq!((p3.done, p3.interrupted), (0, false));
+        assert!(p3.wait.is_some());
+    }
+    assert_eq!(calls.load(Ordering::Relaxed), before, "nothing past the waiting record ran");
+    assert_eq!(p.stats.batches(), 0);
+    // Then record 2 is taken as gone (retention), and the partition goes on.
+    assert_eq!(p.process_batch(&batch[3..], stop).await, Progress { done: 2, interrupted: false, wait: None });
+    assert_eq!(p.retries.of_partition("jobs", 0), None);
 }

@@ -34,11 +34,16 @@ pub(crate) const DEFER: &str = "INSERT INTO rk_blocked_records (consumer_group, 
      kafka_offset, record_key, payload, headers, timestamp_ms, attempt, due_at_ms, last_error, blocked_at_ms) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING";
 
-/// The heads of the keys (each key's lowest offset) due at `$2` ms, of group `$1`,
-/// earliest first, at most `$3`.
+/// The partitions of group `$1` with a record due at `$2` ms.
+pub(crate) const DUE_PARTITIONS: &str =
+    "SELECT DISTINCT topic, kafka_partition FROM rk_blocked_records WHERE consumer_group = $1 AND due_at_ms <= $2";
+
+/// The heads of the keys (each key's lowest offset) of group `$1`, topic `$4`,
+/// partition `$5`, due at `$2` ms, earliest first, at most `$3`.
 pub(crate) fn heads() -> String {
     format!(
         "SELECT {COLUMNS} FROM rk_blocked_records r WHERE consumer_group = $1 AND due_at_ms <= $2 \
+         AND topic = $4 AND kafka_partition = $5 \
          AND kafka_offset = (SELECT min(h.kafka_offset) FROM rk_blocked_records h WHERE h.consumer_group = r.consumer_group \
          AND h.topic = r.topic AND h.kafka_partition = r.kafka_partition AND h.record_key = r.record_key) \
          ORDER BY due_at_ms, kafka_offset LIMIT $3"
@@ -79,10 +84,18 @@ pub trait BlockedStore: sqlx::Database + Sized {
     /// Inserts a record (nothing when it is there already).
     fn defer<'a>(pool: &'a Pool<Self>, d: Defer<'a>) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
 
-    /// The heads due at `now_ms`, earliest first.
+    /// The partitions with a record due at `now_ms`.
+    fn due_partitions<'a>(
+        pool: &'a Pool<Self>,
+        group: &'a str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Vec<(String, i32)>, sqlx::Error>> + Send + 'a;
+
+    /// The heads of `topic`/`partition` due at `now_ms`, earliest first.
     fn heads<'a>(
         pool: &'a Pool<Self>,
         group: &'a str,
+        partition: (&'a str, i32),
         now_ms: i64,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<BlockedRow>, sqlx::Error>> + Send + 'a;
@@ -151,13 +164,29 @@ macro_rules! impl_blocked_store {
                     .map(|_| ())
             }
 
-            async fn heads(
+            async fn due_partitions(
                 pool: &Pool<Self>,
                 group: &str,
                 now_ms: i64,
+            ) -> Result<Vec<(String, i32)>, sqlx::Error> {
+                sqlx::query_as(DUE_PARTITIONS).bind(group).bind(now_ms).fetch_all(pool).await
+            }
+
+            async fn heads(
+                pool: &Pool<Self>,
+                group: &str,
+                partition: (&str, i32),
+                now_ms: i64,
                 limit: i64,
             ) -> Result<Vec<BlockedRow>, sqlx::Error> {
-                sqlx::query_as(&heads()).bind(group).bind(now_ms).bind(limit).fetch_all(pool).await
+                sqlx::query_as(&heads())
+                    .bind(group)
+                    .bind(now_ms)
+                    .bind(limit)
+                    .bind(partition.0)
+                    .bind(partition.1)
+                    .fetch_all(pool)
+                    .await
             }
 
             async fn reschedule(
