@@ -57,7 +57,7 @@ impl CircuitBreaker {
     }
 
     /// # Errors
-    /// [`ConfigError::Invalid`] naming `circuit_breaker` when a count or duration is
+    /// [`ConfigError::InvalidValue`] naming `circuit_breaker` when a count or duration is
     /// zero, or when the breaker would open only after the back-off's last attempt
     /// (`max_attempts`), so that records would be dead-lettered before it opens.
     pub(crate) fn validate(&self, topic: &str, max_attempts: u32) -> Result<(), ConfigError> {

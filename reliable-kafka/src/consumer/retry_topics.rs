@@ -59,7 +59,7 @@ impl RetryTopics {
     /// `ms`, `s`, `m` or `h` (the `#[event_handler]` argument).
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming `retry_topics` for an unreadable delay.
+    /// [`ConfigError::InvalidValue`] naming `retry_topics` for an unreadable delay.
     pub fn parse(delays: &str) -> Result<Self, ConfigError> {
         let parse = |d: &str| -> Option<Duration> {
             let d = d.trim();
