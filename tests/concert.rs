@@ -11,7 +11,9 @@ use concert::http::Server;
 use concert::recovery::PaymentRecovery;
 use concert::store::Store;
 use concert::webhook::{DemoReceiver, ReceiverBehaviour, WebhookNotifier};
-use reliable_kafka::{DeadLetterRedriver, EnqueueOptions, ListenerContainer, Outbox, OutboxRelay};
+use reliable_kafka::{
+    CircuitBreaker, DeadLetterRedriver, EnqueueOptions, FixedBackOff, ListenerContainer, Outbox, OutboxRelay,
+};
 use reliable_kafka_tests::*;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -273,7 +275,7 @@ async fn failing_notifications_are_retried_dead_lettered_redriven_three_times_th
     .execute(&pool)
     .await
     .unwrap();
-    // Payment 4 always gets 503; the others stall past the timeout on 30 % of calls.
+    // Payment 4 always gets 500; the others stall past the timeout on 30 % of calls.
     let receiver = DemoReceiver::new(ReceiverBehaviour {
         always_fail_every: 4,
         delay_rate: 0.3,
@@ -301,6 +303,11 @@ async fn failing_notifications_are_retried_dead_lettered_redriven_three_times_th
         Duration::from_millis(300),
     )
     .unwrap()
+    // 5 attempts: a stall on every one of them (0.3^5) would dead-letter a payment that
+    // is not the failing one. The breaker opens after 3 failures in a row (payment 4's,
+    // or stalls); its short cool-down keeps the test quick.
+    .backoff(FixedBackOff::new(Duration::from_millis(100), 5).unwrap())
+    .circuit_breaker(CircuitBreaker::new(3, Duration::from_secs(10), Duration::from_millis(500)))
     .on(&topic, unique("telegram-notification"));
     let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).build().unwrap().spawn();
     let c = ListenerContainer::builder(kafka.clone(), pool.clone()).handler(notifier).build().unwrap().spawn();
