@@ -165,16 +165,7 @@ impl<DB: Backend> Pipeline<DB> {
         let attempt = row.attempt.max(1) as u32;
         let e = match self.attempt(&msg, route, &info, attempt, stop).await {
             Ok(duplicate) => {
-                let counter = if duplicate { &self.stats.duplicates } else { &self.stats.processed };
-                ContainerStats::add(counter, 1);
-                if !duplicate {
-                    let metrics = self.metrics.topic(&info.topic);
-                    metrics.processed.increment(1);
-                    metrics.handled(info.produced_at_ms, now_ms());
-                    if let Some(b) = &route.breaker {
-                        b.on_success();
-                    }
-                }
+                self.succeeded(route, &info, duplicate);
                 return self.release_after(Outcome::Done, &row).await;
             }
             Err(AttemptError::Cancelled) => return,
@@ -218,8 +209,7 @@ impl<DB: Backend> Pipeline<DB> {
         }
         let delay = match &e {
             HandlerError::Permanent(_) => None,
-            HandlerError::RetryAfter { after, .. } => route.backoff.delay_after(attempt).map(|_| *after),
-            _ => route.backoff.delay_after(attempt),
+            _ => route.delay_after(attempt, &e),
         };
         let Some(delay) = delay else {
             let reason =

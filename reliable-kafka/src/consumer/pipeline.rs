@@ -320,21 +320,7 @@ impl<DB: Backend> Pipeline<DB> {
         loop {
             match self.attempt(msg, route, &info, attempt, stop).await {
                 Ok(duplicate) => {
-                    let counter = if duplicate { &self.stats.duplicates } else { &self.stats.processed };
-                    ContainerStats::add(counter, 1);
-                    let metrics = self.metrics.topic(&info.topic);
-                    if duplicate {
-                        metrics.duplicate.increment(1);
-                        if let Some(breaker) = &route.breaker {
-                            breaker.release_probe(); // it never reached the downstream
-                        }
-                    } else {
-                        metrics.processed.increment(1);
-                        metrics.handled(info.produced_at_ms, now_ms());
-                        if let Some(breaker) = &route.breaker {
-                            breaker.on_success();
-                        }
-                    }
+                    self.succeeded(route, &info, duplicate);
                     self.retries.clear(msg.topic(), msg.partition(), msg.offset());
                     return Outcome::Done;
                 }

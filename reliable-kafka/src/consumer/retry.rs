@@ -72,10 +72,7 @@ impl<DB: Backend> Pipeline<DB> {
             }
             return outcome;
         }
-        let delay = match &e {
-            HandlerError::RetryAfter { after, .. } => route.backoff.delay_after(attempt).map(|_| *after),
-            _ => route.backoff.delay_after(attempt),
-        };
+        let delay = route.delay_after(attempt, &e);
         let Some(delay) = delay else {
             return self
                 .give_up(msg, &route.dead_letter_topic, give_up(DeadLetterReason::RetriesExhausted), stop)
@@ -118,6 +115,26 @@ impl<DB: Backend> Pipeline<DB> {
         waiting.due = waiting.due.max(now);
         self.retries.set(msg.topic(), msg.partition(), waiting);
         Some(Outcome::Wait { until: now })
+    }
+
+    /// Counts a record whose attempt succeeded (`duplicate`: its message id was
+    /// processed before), and tells the breaker.
+    pub(crate) fn succeeded(&self, route: &Route<DB>, info: &RecordInfo, duplicate: bool) {
+        let metrics = self.metrics.topic(&info.topic);
+        if duplicate {
+            ContainerStats::add(&self.stats.duplicates, 1);
+            metrics.duplicate.increment(1);
+            if let Some(breaker) = &route.breaker {
+                breaker.release_probe(); // it never reached the downstream
+            }
+        } else {
+            ContainerStats::add(&self.stats.processed, 1);
+            metrics.processed.increment(1);
+            metrics.handled(info.produced_at_ms, now_ms());
+            if let Some(breaker) = &route.breaker {
+                breaker.on_success();
+            }
+        }
     }
 
     /// Dead-letters `msg` and forgets its attempts.

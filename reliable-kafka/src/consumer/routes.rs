@@ -40,6 +40,18 @@ pub(crate) struct Route<DB: Backend> {
     pub key_blocking: bool,
 }
 
+impl<DB: Backend> Route<DB> {
+    /// The wait after failed attempt `attempt` with the transient error `e` (its
+    /// `RetryAfter`, else the back-off's delay); `None` after the last attempt.
+    pub(crate) fn delay_after(&self, attempt: u32, e: &crate::HandlerError) -> Option<Duration> {
+        let delay = self.backoff.delay_after(attempt)?;
+        Some(match e {
+            crate::HandlerError::RetryAfter { after, .. } => *after,
+            _ => delay,
+        })
+    }
+}
+
 impl<DB: Backend> Clone for Route<DB> {
     fn clone(&self) -> Self {
         Route {
