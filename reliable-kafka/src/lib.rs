@@ -141,7 +141,7 @@ pub use ops::{
 };
 pub use outbox::{
     EnqueueOptions, HeaderFormat, Outbox, OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, RelayStats,
-    DEFAULT_MAX_PENDING_AGE,
+    DEFAULT_MAX_PENDING_AGE, MAX_SHARDS,
 };
 #[allow(deprecated)]
 pub use redrive::REDRIVE_COUNT;

@@ -7,8 +7,9 @@
 //!   without it: [`SABOTAGE_NO_DEDUP`], [`SABOTAGE_OFFSETS_BEFORE_COMMIT`],
 //!   [`SABOTAGE_MARK_BEFORE_SEND`]; switch one on with `fail::cfg(name, "return")`.
 //! - The **fuzzing entry point** [`fuzz_decode_record`].
-//! - [`relay_once_stubbed`]: the relay with its Kafka send stubbed out, for benchmarks
-//!   of the relay's own cost. It marks rows delivered without sending them.
+//! - [`relay_once_stubbed`] and [`drain_stubbed`]: the relay with its Kafka send stubbed
+//!   out, for benchmarks of the relay's own cost. They mark rows delivered without
+//!   sending them.
 
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
 
@@ -33,7 +34,15 @@ pub const KILL_POINTS: [&str; 4] = [CONSUMER_AFTER_COMMIT, CONSUMER_BEFORE_COMMI
 /// # Errors
 /// As [`OutboxRelay::relay_once`].
 pub async fn relay_once_stubbed<DB: Backend>(relay: &OutboxRelay<DB>) -> Result<RelayBatch, Error> {
-    relay.relay_batch(true).await
+    relay.leased(true, crate::outbox::Until { batches: Some(1), ..Default::default() }).await
+}
+
+/// [`OutboxRelay::drain`] with the Kafka send stubbed out, as [`relay_once_stubbed`].
+///
+/// # Errors
+/// As [`OutboxRelay::relay_once`].
+pub async fn drain_stubbed<DB: Backend>(relay: &OutboxRelay<DB>) -> Result<RelayBatch, Error> {
+    relay.leased(true, crate::outbox::Until::default()).await
 }
 
 /// Fuzzing entry point (the `fuzz/` crate): decodes `data` as a record and runs it

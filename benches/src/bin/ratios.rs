@@ -344,12 +344,21 @@ async fn latencies(pool: &sqlx::PgPool, kafka: &KafkaConfig, n: usize) -> ((f64,
     (percentiles(framework), percentiles(raw))
 }
 
+/// `ratios.json` in the build directory this binary runs from (`<target>/<profile>/ratios`
+/// → `<target>/ratios.json`), wherever `CARGO_TARGET_DIR` put it.
+fn default_json_path() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("path of the running binary");
+    let target = exe.parent().and_then(|profile| profile.parent()).map(std::path::Path::to_path_buf);
+    target.unwrap_or_else(|| std::path::PathBuf::from(".")).join("ratios.json")
+}
+
 #[tokio::main]
 async fn main() {
     let json_path = std::env::args()
         .skip_while(|a| a != "--json")
         .nth(1)
-        .unwrap_or_else(|| format!("{}/../target/ratios.json", env!("CARGO_MANIFEST_DIR")));
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(default_json_path);
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 10 } else { 1 };
     let (pool, schema) = isolated_pool().await;
@@ -504,8 +513,12 @@ async fn main() {
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     report.insert("machine".into(), json!({ "cores": cores, "quick": quick }));
-    std::fs::write(&json_path, serde_json::to_string_pretty(&serde_json::Value::Object(report)).unwrap()).unwrap();
-    eprintln!("wrote {json_path}");
+    if let Some(dir) = json_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    }
+    std::fs::write(&json_path, serde_json::to_string_pretty(&serde_json::Value::Object(report)).unwrap())
+        .unwrap_or_else(|e| panic!("write {}: {e}", json_path.display()));
+    eprintln!("wrote {}", json_path.display());
     drop(lines);
 }
 

@@ -9,5 +9,6 @@ mod producer;
 pub use config::{KafkaConfig, DEFAULT_BROKERS};
 pub(crate) use context::{BrokerState, HealthContext, LogContext, Producer};
 pub(crate) use producer::{
-    is_permanent_send_error, is_size_error, is_transient_kafka, send_in_order, send_one, OutRecord,
+    await_deliveries, enqueue_in_order, is_permanent_send_error, is_size_error, is_transient_kafka, send_in_order,
+    send_one, OutRecord, Pending,
 };

@@ -14,6 +14,9 @@ pub(crate) struct OutRecord {
     pub headers: rdkafka::message::OwnedHeaders,
 }
 
+/// A record handed to librdkafka, not yet acknowledged.
+pub(crate) type Pending = Result<rdkafka::producer::DeliveryFuture, KafkaError>;
+
 /// Enqueues `records` in order (waiting while the local queue is full, never letting a
 /// later record overtake an earlier one) and then awaits all deliveries at once.
 /// Result `i` belongs to record `i`.
@@ -21,6 +24,13 @@ pub(crate) async fn send_in_order(
     producer: &super::Producer,
     records: Vec<OutRecord>,
 ) -> Vec<Result<(), rdkafka::error::KafkaError>> {
+    await_deliveries(enqueue_in_order(producer, records).await).await
+}
+
+/// The first half of [`send_in_order`]: hands `records` to librdkafka in order and
+/// returns their delivery futures. Records enqueued by a later call come after these
+/// in their partitions (the idempotent producer keeps that order).
+pub(crate) async fn enqueue_in_order(producer: &super::Producer, records: Vec<OutRecord>) -> Vec<Pending> {
     use rdkafka::producer::FutureRecord;
 
     let mut pending = Vec::with_capacity(records.len());
@@ -50,6 +60,11 @@ pub(crate) async fn send_in_order(
             }
         }
     }
+    pending
+}
+
+/// The second half of [`send_in_order`]: the delivery report of each enqueued record.
+pub(crate) async fn await_deliveries(pending: Vec<Pending>) -> Vec<Result<(), KafkaError>> {
     let futures = pending.into_iter().map(|p| async move {
         match p {
             Ok(f) => match f.await {

@@ -1,6 +1,7 @@
 //! Transactional outbox: write an event in the same database transaction as the
 //! business change; the [`OutboxRelay`] publishes it after commit.
 
+mod pipeline;
 mod record;
 mod relay;
 mod stats;
@@ -13,8 +14,10 @@ use crate::error::validate_identifier;
 use crate::store::outbox::NewOutboxRow;
 use crate::{BackendConnection, Codec, ConfigError, Error, Event};
 
+#[cfg(feature = "testing")]
+pub(crate) use pipeline::Until;
 pub use record::HeaderFormat;
-pub use relay::{OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, DEFAULT_MAX_PENDING_AGE};
+pub use relay::{OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, DEFAULT_MAX_PENDING_AGE, MAX_SHARDS};
 pub use stats::RelayStats;
 
 /// Writes events to the outbox table inside the caller's transaction.
@@ -121,10 +124,12 @@ impl Outbox {
             }
             None => {}
         }
+        let key = event.key();
         let row = NewOutboxRow {
             id,
             topic: topic.as_deref().unwrap_or(E::TOPIC),
-            key: event.key(),
+            key_hash: key.as_deref().map(|k| crate::store::outbox::key_hash(k.as_bytes())),
+            key,
             event_type: E::EVENT_TYPE,
             schema_version: E::SCHEMA_VERSION as i32,
             payload,

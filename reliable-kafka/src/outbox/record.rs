@@ -109,6 +109,7 @@ mod tests {
 
     fn row(version: i32) -> OutboxRow {
         OutboxRow {
+            seq: 1,
             id: uuid::Uuid::now_v7(),
             topic: "orders".into(),
             key: Some("o-1".into()),

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
 
-use super::record::{into_record, HeaderFormat};
+use super::pipeline::Until;
+use super::record::HeaderFormat;
 use super::stats::RelayStats;
 use crate::error::validate_identifier;
-use crate::kafka::{send_in_order, HealthContext, OutRecord, Producer};
-use crate::store::outbox::{OutboxListener, OutboxRow, Published, SendFailure};
+use crate::kafka::{HealthContext, Producer};
+use crate::store::outbox::OutboxListener;
 use crate::store::sql::DELETE_BATCH;
 use crate::telemetry::record::RelayMetrics;
 use crate::worker::WorkerHandle;
@@ -19,34 +20,40 @@ use crate::{Backend, ConfigError, DefaultBackend, Error, KafkaConfig};
 
 /// Publishes committed outbox rows to Kafka, in insertion order per key.
 ///
-/// How it works, per batch, in one database transaction:
-/// 1. take `pg_try_advisory_xact_lock` on a key derived from the table's OID, so that of several relay
-///    instances exactly one publishes at a time (the others wait for the next wake-up):
-///    no row is published twice by two instances and per-key order holds;
-/// 2. read up to `batch_size` undelivered rows in `seq` order. Rows are selected by
+/// How it works:
+/// 1. **Lease.** The relay takes a session-level advisory lock on the table (key derived
+///    from the table's OID) on a connection of its own, and keeps it while it runs: of
+///    several instances exactly one publishes, the others retry at each wake-up. With
+///    [`OutboxRelayBuilder::shards`] > 1 the rows are split into shards by key and
+///    every instance holds the locks of its share of them, so several instances publish
+///    at once (see there).
+/// 2. **Claim.** Up to `batch_size` undelivered rows in `seq` order. Rows are selected by
 ///    their state, not by a high-water mark, so a row whose transaction commits late
-///    (after rows with a higher `seq`) is never skipped;
-/// 3. produce them all with the idempotent producer (`acks=all`), awaiting the whole
-///    batch once;
-/// 4. mark the delivered rows in one statement (or delete them when retention is zero),
-///    count a failed attempt on the others, commit.
+///    (after rows with a higher `seq`) is never skipped.
+/// 3. **Send.** The rows go to the idempotent producer (`acks=all`) in order.
+/// 4. **Pipeline.** While a batch waits for its acknowledgements, the next one is claimed
+///    (leaving out the rows in flight) and handed to the producer; so the database and
+///    the broker work at the same time.
+/// 5. **Settle.** After its own acknowledgements, a batch's delivered rows are marked in
+///    one statement (or deleted when retention is zero) and a failed attempt is counted
+///    on the others. A row is never marked before the broker has it.
 ///
-/// A crash between 3 and 4 republishes the batch: delivery is at-least-once, and the
-/// idempotent consumer removes the duplicates.
+/// A crash between 3 and 5 republishes the rows in flight (at most two batches):
+/// delivery is at-least-once, and the idempotent consumer removes the duplicates.
 ///
 /// Per-key order holds while sends succeed (librdkafka keeps order per partition with
-/// the idempotent producer, and a batch is confirmed before the next is claimed). A row
+/// the idempotent producer, and batches are enqueued in claim order). A row
 /// whose send fails after librdkafka's own retries (`message.timeout.ms`) is retried in
-/// a later batch, *after* later rows of its key that were sent in the same batch. Rows
+/// a later batch, *after* later rows of its key that were sent in the same batch or the
+/// one after it. Rows
 /// the broker rejects as such (too large, invalid) `max_send_attempts` times are parked
 /// (`parked_at` and `last_error` set) and no longer tried; outages never park a row
 /// (see [`RelayStats::failed`]). Order is the insertion order
 /// (`seq`) of rows visible at claim time; transactions that touch the same aggregate
 /// should lock it (as an `UPDATE` does) so that insertion order is commit order.
 ///
-/// The claim transaction stays open while the batch is acknowledged (up to
-/// `message.timeout.ms`); keep PostgreSQL's `idle_in_transaction_session_timeout`
-/// above it, or the batch is published again after the session is killed.
+/// No transaction stays open while the broker acknowledges (0.1's relay held one), so
+/// `idle_in_transaction_session_timeout` does not concern the relay.
 ///
 /// The relay wakes on `NOTIFY rk_outbox` (sent by the table's trigger at commit) and
 /// polls every `poll_interval` in case a notification was missed.
@@ -56,11 +63,11 @@ use crate::{Backend, ConfigError, DefaultBackend, Error, KafkaConfig};
 /// marks them in a short `BEGIN IMMEDIATE` transaction, and it wakes every
 /// `poll_interval` (no notifications). Run one relay per database file.
 pub struct OutboxRelay<DB: Backend = DefaultBackend> {
-    pool: Pool<DB>,
-    producer: crate::kafka::Producer,
-    cfg: RelayConfig<DB>,
-    stats: Arc<RelayStats>,
-    metrics: RelayMetrics,
+    pub(super) pool: Pool<DB>,
+    pub(super) producer: crate::kafka::Producer,
+    pub(super) cfg: RelayConfig<DB>,
+    pub(super) stats: Arc<RelayStats>,
+    pub(super) metrics: RelayMetrics,
 }
 
 impl<DB: Backend> std::fmt::Debug for OutboxRelay<DB> {
@@ -70,15 +77,17 @@ impl<DB: Backend> std::fmt::Debug for OutboxRelay<DB> {
 }
 
 #[derive(Debug)]
-struct RelayConfig<DB: Backend> {
-    batch_size: i64,
+pub(super) struct RelayConfig<DB: Backend> {
+    pub(super) batch_size: i64,
     poll_interval: Duration,
     retention: Duration,
     cleanup_interval: Duration,
-    max_send_attempts: i32,
-    header_format: HeaderFormat,
-    table: String,
-    sql: DB::RelaySql,
+    pub(super) max_send_attempts: i32,
+    pub(super) header_format: HeaderFormat,
+    pub(super) table: String,
+    shards: u32,
+    rebalance_interval: Duration,
+    pub(super) sql: DB::RelaySql,
     backlog_sql: String,
 }
 
@@ -98,7 +107,12 @@ pub struct OutboxRelayBuilder<DB: Backend = DefaultBackend> {
     max_send_attempts: u32,
     header_format: HeaderFormat,
     max_pending_age: Duration,
+    shards: u32,
+    rebalance_interval: Duration,
 }
+
+/// Most shards of one outbox table.
+pub const MAX_SHARDS: u32 = 1024;
 
 /// A running relay, see [`OutboxRelay::spawn`].
 pub type RelayHandle = WorkerHandle<RelayStats>;
@@ -165,12 +179,39 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
         self
     }
 
+    /// Splits the table's rows into `shards` shards (default 1, at most [`MAX_SHARDS`];
+    /// PostgreSQL only), so that up to `shards` relay instances publish at once.
+    ///
+    /// A row's shard is `key_hash % shards`, where `key_hash` is Kafka's murmur2 hash of
+    /// its key, the one the producer's partitioner (`murmur2_random`, Java's default)
+    /// maps to a partition: with a shard count that divides the topics' partition
+    /// counts (the partition count itself, or 4 of 32) every partition has exactly one
+    /// publisher, and per-key order holds as with one relay. Rows without a key are
+    /// spread by `seq`.
+    ///
+    /// Each instance takes a member slot and the shards whose number modulo the count of
+    /// live members is its rank; every [`OutboxRelayBuilder::rebalance_interval`] it looks
+    /// again and hands over or takes shards. A shard is handed over only with nothing of
+    /// it in flight, and taken only once free, so no two instances publish one shard at
+    /// once. An instance that dies loses its locks with its database session; its rows
+    /// in flight are published again by the next owner (at-least-once).
+    pub fn shards(mut self, shards: u32) -> Self {
+        self.shards = shards;
+        self
+    }
+    /// How often a sharded relay checks which instances are alive and rebalances the
+    /// shards (default 1 s, > 0): also the longest a dead instance's shards wait.
+    pub fn rebalance_interval(mut self, interval: Duration) -> Self {
+        self.rebalance_interval = interval;
+        self
+    }
+
     /// Validates the settings and creates the producer.
     ///
     /// # Errors
     /// [`Error::Config`] naming the key of an invalid setting (`outbox_table`,
     /// `batch_size`, `poll_interval`, `cleanup_interval`, `max_send_attempts`,
-    /// `header_format`);
+    /// `header_format`, `shards`, `rebalance_interval`);
     /// [`Error::Kafka`] when librdkafka rejects the producer configuration.
     pub fn build(self) -> Result<OutboxRelay<DB>, Error> {
         validate_identifier("outbox_table", &self.table)?;
@@ -184,6 +225,15 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
             return Err(ConfigError::invalid("cleanup_interval", "must be greater than zero").into());
         }
         self.header_format.validate()?;
+        if !(1..=MAX_SHARDS).contains(&self.shards) {
+            return Err(ConfigError::invalid("shards", "must be within 1..=1024").into());
+        }
+        if self.shards > 1 && !DB::SHARDED_RELAY {
+            return Err(ConfigError::invalid("shards", "several relays per table need PostgreSQL").into());
+        }
+        if self.rebalance_interval.is_zero() {
+            return Err(ConfigError::invalid("rebalance_interval", "must be greater than zero").into());
+        }
         if self.max_send_attempts == 0 || self.max_send_attempts > i32::MAX as u32 {
             return Err(ConfigError::invalid("max_send_attempts", "must be at least 1").into());
         }
@@ -204,7 +254,9 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
             cleanup_interval: self.cleanup_interval,
             max_send_attempts: self.max_send_attempts as i32,
             header_format: self.header_format,
-            sql: DB::relay_sql(&self.table, self.retention.is_zero()),
+            sql: DB::relay_sql(&self.table, self.retention.is_zero(), self.shards),
+            shards: self.shards,
+            rebalance_interval: self.rebalance_interval,
             backlog_sql: crate::store::sql::relay_gauges(&self.table),
             table: self.table,
         };
@@ -228,6 +280,8 @@ impl<DB: Backend> OutboxRelay<DB> {
             max_send_attempts: 10,
             header_format: HeaderFormat::Envelope,
             max_pending_age: DEFAULT_MAX_PENDING_AGE,
+            shards: 1,
+            rebalance_interval: Duration::from_secs(1),
         }
     }
 
@@ -236,111 +290,54 @@ impl<DB: Backend> OutboxRelay<DB> {
         self.stats.clone()
     }
 
-    /// Publishes one batch (see the type's documentation).
+    /// Publishes one batch (see the type's documentation): takes the lease, claims,
+    /// sends, awaits the acknowledgements, settles, gives the lease back.
     ///
     /// # Errors
-    /// [`Error::Database`] when the claim or mark fails; the transaction is rolled back
-    /// and the rows stay pending (they may have been sent: at-least-once).
+    /// [`Error::Database`] when the claim or mark fails; the rows stay pending (they may
+    /// have been sent: at-least-once).
     pub async fn relay_once(&self) -> Result<RelayBatch, Error> {
-        self.relay_batch(false).await
+        self.leased(false, Until { batches: Some(1), ..Until::default() }).await
     }
 
-    pub(crate) async fn relay_batch(&self, stub_send: bool) -> Result<RelayBatch, Error> {
-        use tracing::Instrument;
-        let span = crate::telemetry::spans::relay_batch(&self.cfg.table);
-        self.relay_batch_inner(stub_send, &span).instrument(span.clone()).await
+    /// Publishes every row pending now, pipelined (see the type's documentation), and
+    /// returns the totals once a claim comes back short and every batch is settled.
+    /// Rows committed meanwhile may be included.
+    ///
+    /// # Errors
+    /// As [`OutboxRelay::relay_once`].
+    pub async fn drain(&self) -> Result<RelayBatch, Error> {
+        self.leased(false, Until::default()).await
     }
 
-    async fn relay_batch_inner(&self, stub_send: bool, span: &tracing::Span) -> Result<RelayBatch, Error> {
-        let producer = &self.producer;
-        let format = &self.cfg.header_format;
-        let publish = |rows: Vec<OutboxRow>| async move {
-            self.stats.oldest_pending(rows.first().map(|r| r.created_at));
-            if stub_send {
-                return Published { delivered: rows.iter().map(|r| r.id).collect(), failed: Vec::new() };
-            }
-            let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
-            if crate::fault::sabotaged(crate::fault::SABOTAGE_MARK_BEFORE_SEND) {
-                // Fire and forget: the rows count as sent before Kafka has them.
-                let producer = producer.clone();
-                let records: Vec<OutRecord> = rows.into_iter().map(|r| into_record(r, format)).collect();
-                tokio::spawn(async move {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    fault_point!(crate::fault::RELAY_BEFORE_SEND);
-                    send_in_order(&producer, records).await;
-                    fault_point!(crate::fault::RELAY_AFTER_SEND);
-                });
-                return Published { delivered: ids, failed: Vec::new() };
-            }
-            fault_point!(crate::fault::RELAY_BEFORE_SEND);
-            span.record("messaging.batch.message_count", rows.len());
-            if !span.is_disabled() {
-                rows.iter().for_each(|r| {
-                    let tp = r.headers.get(crate::headers::TRACEPARENT).and_then(|v| v.as_str());
-                    crate::telemetry::propagation::add_link(span, tp)
-                });
-            }
-            // (topic index, commit time) per row: a batch has few distinct topics.
-            let mut topics: Vec<String> = Vec::new();
-            let meta: Vec<(usize, chrono::DateTime<chrono::Utc>)> = rows
-                .iter()
-                .map(|r| match topics.iter().position(|t| *t == r.topic) {
-                    Some(i) => (i, r.created_at),
-                    None => {
-                        topics.push(r.topic.clone());
-                        (topics.len() - 1, r.created_at)
-                    }
-                })
-                .collect();
-            let results = send_in_order(producer, rows.into_iter().map(|r| into_record(r, format)).collect()).await;
-            let mut out = Published { delivered: Vec::with_capacity(ids.len()), failed: Vec::new() };
-            let acked =
-                results.iter().zip(&meta).filter(|(r, _)| r.is_ok()).map(|(_, (t, at))| (topics[*t].as_str(), *at));
-            self.metrics.batch(meta.len(), acked);
-            for (id, res) in ids.into_iter().zip(results) {
-                match res {
-                    Ok(()) => out.delivered.push(id),
-                    Err(e) => {
-                        let permanent = crate::kafka::is_permanent_send_error(&e);
-                        self.metrics.send_error(permanent);
-                        tracing::warn!(message_id = %id, error = %e, permanent, "outbox row not delivered; will retry");
-                        out.failed.push(SendFailure { id, error: e, permanent });
-                    }
-                }
-            }
-            if !out.delivered.is_empty() {
-                fault_point!(crate::fault::RELAY_AFTER_SEND);
-            }
-            out
+    /// Takes the lease, runs the pipeline and gives the lease back.
+    pub(crate) async fn leased(&self, stub: bool, until: Until) -> Result<RelayBatch, Error> {
+        let Some(mut lease) = self.lease().await? else {
+            return Ok(RelayBatch { lock_busy: true, ..RelayBatch::default() });
         };
-        let claimed =
-            DB::relay_batch(&self.pool, &self.cfg.sql, self.cfg.batch_size, self.cfg.max_send_attempts, publish).await;
-        let published = match claimed {
-            Ok(Some(p)) => p,
+        let result = self.pipeline(&mut lease, stub, until).await;
+        if result.is_ok() {
+            DB::release_relay(lease).await;
+        }
+        result.map(|(batch, _)| batch)
+    }
+
+    /// Takes the relay's lease; `None` (and stats saying so) when another instance
+    /// holds it.
+    async fn lease(&self) -> Result<Option<DB::RelayLease>, Error> {
+        match DB::lease_relay(&self.pool, &self.cfg.sql).await {
+            Ok(Some(lease)) => Ok(Some(lease)),
             Ok(None) => {
                 // Another instance publishes: this one has nothing pending of its own.
                 self.stats.claimed(None);
                 self.stats.oldest_pending(None);
-                return Ok(RelayBatch { lock_busy: true, ..RelayBatch::default() });
+                Ok(None)
             }
             Err(e) => {
                 self.stats.claim_failed(&e);
-                return Err(e);
+                Err(e)
             }
-        };
-        let batch =
-            RelayBatch { published: published.delivered.len(), failed: published.failed.len(), lock_busy: false };
-        self.stats.claimed(Some(&batch));
-        if batch.failed == 0 && batch.published < self.cfg.batch_size as usize {
-            // Every pending row was in this batch and is delivered.
-            self.stats.oldest_pending(None);
         }
-        self.stats.published.fetch_add(batch.published as u64, Ordering::Relaxed);
-        self.stats.failed.fetch_add(batch.failed as u64, Ordering::Relaxed);
-        if batch.published > 0 {
-            self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(batch)
     }
 
     /// Deletes delivered rows older than the retention, in statements of at most
@@ -372,6 +369,9 @@ impl<DB: Backend> OutboxRelay<DB> {
         let mut listener = DB::outbox_listener(&self.pool).await;
         let mut last_cleanup = Instant::now();
         let mut last_backlog: Option<Instant> = None;
+        let mut lease: Option<DB::RelayLease> = None;
+        let sharded = self.cfg.shards > 1;
+        let mut next_rebalance = Instant::now();
         while !shutdown.is_cancelled() {
             if last_backlog.is_none_or(|t| t.elapsed() >= crate::telemetry::METRICS_INTERVAL) {
                 last_backlog = Some(Instant::now());
@@ -380,11 +380,41 @@ impl<DB: Backend> OutboxRelay<DB> {
                     Err(e) => tracing::debug!(error = %e, "outbox counts for the metrics not read"),
                 }
             }
-            let more = match self.relay_once().await {
-                Ok(b) => !b.lock_busy && b.published + b.failed == self.cfg.batch_size as usize && b.failed == 0,
-                Err(e) => {
-                    tracing::warn!(error = %crate::report(&e), "outbox relay batch failed");
-                    false
+            if lease.is_none() {
+                match self.lease().await {
+                    Ok(l) => lease = l,
+                    Err(e) => tracing::warn!(error = %crate::report(&e), "outbox relay cannot take its lock"),
+                }
+                // Rebalance at once: the stats learn the shards taken.
+                next_rebalance = Instant::now();
+            }
+            let more = match lease.as_mut() {
+                None => false,
+                Some(held) => {
+                    let mut rebalanced = Ok(());
+                    if sharded && Instant::now() >= next_rebalance {
+                        next_rebalance = Instant::now() + self.cfg.rebalance_interval;
+                        rebalanced = DB::rebalance_relay(held, &self.cfg.sql).await.map(|shards| self.stats.set_shards(shards));
+                    }
+                    let until = Until {
+                        batches: None,
+                        deadline: sharded.then_some(next_rebalance),
+                        shutdown: Some(shutdown.clone()),
+                    };
+                    let ran = match rebalanced {
+                        Ok(()) => self.pipeline(held, false, until).await,
+                        Err(e) => Err(e),
+                    };
+                    match ran {
+                        // Stopped by the deadline or the shutdown, or a full last claim.
+                        Ok((_, exhausted)) => !exhausted,
+                        Err(e) => {
+                            // The session may be gone with its locks: start over.
+                            tracing::warn!(error = %crate::report(&e), "outbox relay batch failed");
+                            lease = None;
+                            false
+                        }
+                    }
                 }
             };
             if !self.cfg.retention.is_zero() && last_cleanup.elapsed() >= self.cfg.cleanup_interval {
@@ -412,6 +442,9 @@ impl<DB: Backend> OutboxRelay<DB> {
                 _ = tokio::time::sleep(self.cfg.poll_interval) => {}
                 _ = shutdown.cancelled() => {}
             }
+        }
+        if let Some(held) = lease {
+            DB::release_relay(held).await;
         }
         crate::worker::flush(&self.producer).await;
         tracing::info!(table = %self.cfg.table, "outbox relay stopped");

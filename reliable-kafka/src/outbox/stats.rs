@@ -26,6 +26,8 @@ pub struct RelayStats {
     last_failed: AtomicU64,
     /// The error of the last claim, while claims fail.
     claim_error: Mutex<Option<String>>,
+    /// The shards held, for a sharded relay.
+    shards: Mutex<Vec<u32>>,
     max_pending_age: Duration,
     brokers: Arc<BrokerState>,
 }
@@ -47,6 +49,7 @@ impl RelayStats {
             last_delivery_ms: AtomicU64::new(0),
             last_failed: AtomicU64::new(0),
             claim_error: Mutex::new(None),
+            shards: Mutex::new(Vec::new()),
             max_pending_age,
             brokers,
         }
@@ -63,6 +66,14 @@ impl RelayStats {
     /// Batches that published at least one row.
     pub fn batches(&self) -> u64 {
         self.batches.load(Ordering::Relaxed)
+    }
+    /// The shards this instance publishes now, ascending: empty for an unsharded relay
+    /// and for one whose share is empty (more instances than shards).
+    pub fn shards(&self) -> Vec<u32> {
+        self.shards.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    pub(crate) fn set_shards(&self, shards: Vec<u32>) {
+        *self.shards.lock().unwrap_or_else(|p| p.into_inner()) = shards;
     }
     /// Delivered rows deleted by retention (records).
     pub fn deleted(&self) -> u64 {

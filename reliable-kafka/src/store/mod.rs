@@ -35,6 +35,8 @@ pub(crate) mod outbox;
 pub(crate) mod park;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+mod postgres_outbox;
 pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;

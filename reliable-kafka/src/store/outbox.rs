@@ -1,5 +1,5 @@
 //! The outbox table as the backends store it: the insert of [`crate::Outbox`], the
-//! claim → publish → mark transaction of the relay, retention, the backlog.
+//! relay's lease (its lock, or its shards), claim and settle, retention, the backlog.
 
 use std::future::Future;
 use std::time::Duration;
@@ -20,10 +20,21 @@ pub struct NewOutboxRow<'a> {
     pub payload: Vec<u8>,
     pub content_type: &'a str,
     pub headers: &'a std::collections::BTreeMap<String, String>,
+    /// Kafka's murmur2 hash of the key, sign bit cleared ([`key_hash`]): the row's shard.
+    pub key_hash: Option<i32>,
+}
+
+/// Kafka's partitioning hash of `key`: 32-bit murmur2 with Kafka's seed, sign bit
+/// cleared, as Java's `DefaultPartitioner` and librdkafka's `murmur2` partitioners
+/// compute it; `key_hash(k) % partitions` is the key's partition.
+pub(crate) fn key_hash(key: &[u8]) -> i32 {
+    (murmur2::murmur2(key, 0x9747_b28c) & 0x7fff_ffff) as i32
 }
 
 /// An undelivered outbox row, as claimed by the relay.
 pub struct OutboxRow {
+    /// Insertion order.
+    pub seq: i64,
     pub id: Uuid,
     pub topic: String,
     pub key: Option<String>,
@@ -51,8 +62,9 @@ pub(crate) struct OutboxColumns {
 }
 
 impl OutboxColumns {
-    pub(crate) fn with_id(self, id: Uuid) -> OutboxRow {
+    pub(crate) fn with_id(self, seq: i64, id: Uuid) -> OutboxRow {
         OutboxRow {
+            seq,
             id,
             topic: self.aggregatetype,
             key: self.aggregateid,
@@ -129,6 +141,11 @@ pub trait OutboxStore: sqlx::Database + Sized {
     type RelaySql: std::fmt::Debug + Send + Sync + 'static;
     /// How the relay learns of committed rows.
     type Listener: OutboxListener;
+    /// What a relay instance holds while it publishes: its lock(s), and on PostgreSQL
+    /// the session they belong to.
+    type RelayLease: Send;
+    /// Whether several relay instances can share a table by shards.
+    const SHARDED_RELAY: bool;
 
     /// Inserts `row` with `sql` ([`super::sql::outbox_insert`]).
     fn insert_outbox<'a>(
@@ -138,21 +155,48 @@ pub trait OutboxStore: sqlx::Database + Sized {
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
 
     /// The relay's statements for `table`; delivered rows are deleted at once when
-    /// `delete_on_delivery`.
-    fn relay_sql(table: &str, delete_on_delivery: bool) -> Self::RelaySql;
+    /// `delete_on_delivery`; `shards` > 1 splits the rows among relay instances.
+    fn relay_sql(table: &str, delete_on_delivery: bool, shards: u32) -> Self::RelaySql;
 
-    /// Claims up to `limit` rows, publishes them with `publish` and records the
-    /// outcome; `Ok(None)` when another instance holds the relay lock.
-    fn relay_batch<'a, F, Fut>(
+    /// Takes the relay's lock on the table (sharded: a member slot and this member's
+    /// share of the shards); `Ok(None)` when another instance holds it.
+    fn lease_relay<'a>(
         pool: &'a Pool<Self>,
         sql: &'a Self::RelaySql,
+    ) -> impl Future<Output = Result<Option<Self::RelayLease>, Error>> + Send + 'a;
+
+    /// Sharded relays: divides the shards again among the members alive now, releasing
+    /// the shards this member no longer owns and taking the free ones it should own.
+    /// Called with no batch in flight. Returns the shards held (unsharded: `[0]`).
+    fn rebalance_relay<'a>(
+        lease: &'a mut Self::RelayLease,
+        sql: &'a Self::RelaySql,
+    ) -> impl Future<Output = Result<Vec<u32>, Error>> + Send + 'a;
+
+    /// Gives the lease up (unlocks); a lease dropped without this is released when its
+    /// connection closes.
+    fn release_relay(lease: Self::RelayLease) -> impl Future<Output = ()> + Send;
+
+    /// Up to `limit` undelivered rows of the lease, in `seq` order, leaving out the rows
+    /// whose `seq` is in `in_flight` (claimed and not yet settled).
+    fn claim_outbox<'a>(
+        pool: &'a Pool<Self>,
+        lease: &'a mut Self::RelayLease,
+        sql: &'a Self::RelaySql,
         limit: i64,
+        in_flight: &'a [i64],
+    ) -> impl Future<Output = Result<Vec<OutboxRow>, Error>> + Send + 'a;
+
+    /// Records what became of claimed rows: marks (or deletes) the delivered ones and
+    /// counts an attempt on the failed ones (parking those the broker rejected
+    /// `max_attempts` times), in one transaction.
+    fn settle_outbox<'a>(
+        pool: &'a Pool<Self>,
+        lease: &'a mut Self::RelayLease,
+        sql: &'a Self::RelaySql,
+        published: &'a Published,
         max_attempts: i32,
-        publish: F,
-    ) -> impl Future<Output = Result<Option<Published>, Error>> + Send + 'a
-    where
-        F: FnOnce(Vec<OutboxRow>) -> Fut + Send + 'a,
-        Fut: Future<Output = Published> + Send + 'a;
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a;
 
     /// Deletes up to [`super::sql::DELETE_BATCH`] rows delivered before `older_than`.
     fn cleanup_outbox<'a>(
@@ -179,5 +223,37 @@ pub(crate) fn backlog(pending: i64, oldest: Option<DateTime<Utc>>, parked: i64, 
         oldest_pending_age: oldest.map(|t| (Utc::now() - t).to_std().unwrap_or(Duration::ZERO)),
         parked: parked.max(0) as u64,
         delivered: delivered.max(0) as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_hash;
+
+    /// The hash maps keys to the partitions the relay's producer (`murmur2_random`)
+    /// sends them to: checked on librdkafka's mock cluster.
+    #[tokio::test]
+    async fn key_hash_picks_the_producers_partition() {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("partitioner", "murmur2_random")
+            .create()
+            .unwrap();
+        let keys: Vec<String> =
+            (0..300).map(|i| format!("seat-{i}")).chain(["a", "ab", "abc", "日本語キー"].map(String::from)).collect();
+        for partitions in [7, 32] {
+            let topic = format!("hash-{partitions}");
+            cluster.create_topic(&topic, partitions, 1).unwrap();
+            for key in &keys {
+                let delivery = producer
+                    .send(FutureRecord::<str, [u8]>::to(&topic).key(key), std::time::Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                assert_eq!(key_hash(key.as_bytes()) % partitions, delivery.partition, "key {key:?}, {partitions} partitions");
+            }
+        }
+        assert!(keys.iter().all(|k| key_hash(k.as_bytes()) >= 0));
     }
 }

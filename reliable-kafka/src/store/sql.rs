@@ -7,8 +7,8 @@ pub(crate) const DELETE_BATCH: u64 = 10_000;
 /// The outbox insert.
 pub(crate) fn outbox_insert(table: &str) -> String {
     format!(
-        "INSERT INTO {table} (id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        "INSERT INTO {table} (id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers, key_hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
     )
 }
 

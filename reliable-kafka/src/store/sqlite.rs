@@ -90,6 +90,8 @@ pub struct LiteRelaySql {
 impl OutboxStore for Sqlite {
     type RelaySql = LiteRelaySql;
     type Listener = NoListener;
+    type RelayLease = LocalLock;
+    const SHARDED_RELAY: bool = false;
 
     async fn insert_outbox(conn: &mut SqliteConnection, sql: &str, row: NewOutboxRow<'_>) -> Result<(), sqlx::Error> {
         sqlx::query(sql)
@@ -101,17 +103,20 @@ impl OutboxStore for Sqlite {
             .bind(row.payload)
             .bind(row.content_type)
             .bind(Json(row.headers))
+            .bind(row.key_hash)
             .execute(conn)
             .await
             .map(|_| ())
     }
 
-    fn relay_sql(t: &str, delete_on_delivery: bool) -> LiteRelaySql {
+    /// One shard only: several relays on one SQLite file are not supported.
+    fn relay_sql(t: &str, delete_on_delivery: bool, _shards: u32) -> LiteRelaySql {
         LiteRelaySql {
             table: t.to_owned(),
             select: format!(
                 "SELECT seq, id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers, created_at \
-                 FROM {t} WHERE delivered_at IS NULL AND parked_at IS NULL ORDER BY seq LIMIT $1"
+                 FROM {t} WHERE delivered_at IS NULL AND parked_at IS NULL \
+                 AND seq NOT IN (SELECT value FROM json_each($2)) ORDER BY seq LIMIT $1"
             ),
             park_malformed: format!("UPDATE {t} SET parked_at = {NOW}, attempts = attempts + 1, last_error = $2 WHERE seq = $1"),
             mark: if delete_on_delivery {
@@ -130,28 +135,34 @@ impl OutboxStore for Sqlite {
         }
     }
 
-    async fn relay_batch<'a, F, Fut>(
-        pool: &'a Pool<Self>,
-        sql: &'a LiteRelaySql,
-        limit: i64,
-        max_attempts: i32,
-        publish: F,
-    ) -> Result<Option<Published>, Error>
-    where
-        F: FnOnce(Vec<OutboxRow>) -> Fut + Send + 'a,
-        Fut: std::future::Future<Output = Published> + Send + 'a,
-    {
+    async fn lease_relay(pool: &Pool<Self>, sql: &LiteRelaySql) -> Result<Option<LocalLock>, Error> {
         // Two relays of one process on the same table would publish the same rows: one
         // at a time (relays in several processes on one SQLite file are not supported).
         let name = format!("relay:{}:{}", pool.connect_options().get_filename().display(), sql.table);
-        let Some(_lock) = LocalLock::try_take(&name) else {
-            return Ok(None);
-        };
-        let rows: Vec<sqlx::sqlite::SqliteRow> =
-            sqlx::query(&sql.select).bind(limit).fetch_all(pool).await.map_err(Error::db("claim outbox rows"))?;
-        if rows.is_empty() {
-            return Ok(Some(Published::default()));
-        }
+        Ok(LocalLock::try_take(&name))
+    }
+
+    async fn rebalance_relay(_lease: &mut LocalLock, _sql: &LiteRelaySql) -> Result<Vec<u32>, Error> {
+        Ok(vec![0])
+    }
+
+    async fn release_relay(lease: LocalLock) {
+        drop(lease);
+    }
+
+    async fn claim_outbox(
+        pool: &Pool<Self>,
+        _lease: &mut LocalLock,
+        sql: &LiteRelaySql,
+        limit: i64,
+        in_flight: &[i64],
+    ) -> Result<Vec<OutboxRow>, Error> {
+        let rows: Vec<sqlx::sqlite::SqliteRow> = sqlx::query(&sql.select)
+            .bind(limit)
+            .bind(Json(in_flight))
+            .fetch_all(pool)
+            .await
+            .map_err(Error::db("claim outbox rows"))?;
         let mut claimed = Vec::with_capacity(rows.len());
         // Rows another tool wrote that cannot be read (an id that is not a UUID, headers
         // that are not JSON) are parked with the reason instead of blocking the table.
@@ -160,7 +171,7 @@ impl OutboxStore for Sqlite {
             let seq: i64 = row.try_get("seq").map_err(Error::db("claim outbox rows"))?;
             let decoded = LiteOutboxRow::from_row(&row).map_err(|e| crate::report(&e)).and_then(|r| {
                 match Uuid::parse_str(&r.id) {
-                    Ok(id) => Ok(r.columns.with_id(id)),
+                    Ok(id) => Ok(r.columns.with_id(seq, id)),
                     Err(e) => Err(format!("id {:?} is not a UUID: {e}", r.id)),
                 }
             });
@@ -172,16 +183,32 @@ impl OutboxStore for Sqlite {
                 }
             }
         }
-        let published = if claimed.is_empty() { Published::default() } else { publish(claimed).await };
-        let mut tx = Self::begin_write(pool).await.map_err(Error::db("begin relay transaction"))?;
-        for (seq, why) in &malformed {
-            sqlx::query(&sql.park_malformed)
-                .bind(seq)
-                .bind(why)
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db("park malformed outbox row"))?;
+        if !malformed.is_empty() {
+            let mut tx = Self::begin_write(pool).await.map_err(Error::db("begin relay transaction"))?;
+            for (seq, why) in &malformed {
+                sqlx::query(&sql.park_malformed)
+                    .bind(seq)
+                    .bind(why)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::db("park malformed outbox row"))?;
+            }
+            tx.commit().await.map_err(Error::db("commit relay transaction"))?;
         }
+        Ok(claimed)
+    }
+
+    async fn settle_outbox(
+        pool: &Pool<Self>,
+        _lease: &mut LocalLock,
+        sql: &LiteRelaySql,
+        published: &Published,
+        max_attempts: i32,
+    ) -> Result<(), Error> {
+        if published.delivered.is_empty() && published.failed.is_empty() {
+            return Ok(());
+        }
+        let mut tx = Self::begin_write(pool).await.map_err(Error::db("begin relay transaction"))?;
         if !published.delivered.is_empty() {
             let ids: Vec<String> = published.delivered.iter().map(|id| id.hyphenated().to_string()).collect();
             sqlx::query(&sql.mark)
@@ -201,7 +228,7 @@ impl OutboxStore for Sqlite {
                 .map_err(Error::db("record outbox send failure"))?;
         }
         tx.commit().await.map_err(Error::db("commit relay transaction"))?;
-        Ok(Some(published))
+        Ok(())
     }
 
     async fn cleanup_outbox(

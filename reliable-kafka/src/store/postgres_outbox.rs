@@ -1,0 +1,334 @@
+//! PostgreSQL's outbox: the insert, the relay's lease (session advisory locks on one
+//! dedicated connection), claim, settle, retention and the backlog.
+//!
+//! **Unsharded** (one shard), the lease is one lock on the table: of several relay
+//! instances exactly one publishes. **Sharded** (`shards` > 1), each instance takes a
+//! member slot (a lock of its own) and, of the shards, those whose number modulo the
+//! count of live members is its rank among them; a shard is a lock too, so no two
+//! instances ever publish the same shard at once. Members see each other through
+//! `pg_locks`: a member that dies loses its locks with its session, and the others
+//! take its shards at their next rebalance.
+
+use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgListener;
+use sqlx::types::Json;
+use sqlx::{PgConnection, Pool, Postgres};
+use uuid::Uuid;
+
+use super::outbox::{backlog, NewOutboxRow, OutboxBacklog, OutboxColumns, OutboxListener, OutboxRow, OutboxStore, Published};
+use super::sql;
+use crate::Error;
+
+/// The unsharded relay lock: the outbox table's OID in the low 32 bits and `0x524B`
+/// ("RK") above them, so relays of different tables (or of the same table name in
+/// different schemas) never wait for each other. 0.1 relays took the same key as a
+/// transaction lock, so old and new relays exclude each other during an upgrade.
+const TABLE_LOCK_SQL: &str = "SELECT pg_try_advisory_lock(($1::regclass::oid::bigint) | (x'524B'::bigint << 32))";
+
+/// Sharded locks use the two-key form `(table OID, n)`: shard `s` is `n = s`, member
+/// slot `m` is `n = MEMBER_BASE + m`.
+const MEMBER_BASE: i64 = 1_000_000;
+/// Member slots tried before a relay gives up joining (more instances than this wait).
+const MAX_MEMBERS: i64 = 4096;
+
+const TRY_LOCK2_SQL: &str = "SELECT pg_try_advisory_lock($1::regclass::oid::int4, $2::int4)";
+const UNLOCK2_SQL: &str = "SELECT pg_advisory_unlock($1::regclass::oid::int4, $2::int4)";
+/// The member slots held now, in order.
+const MEMBERS_SQL: &str = "SELECT objid::int8 - 1000000 FROM pg_locks \
+     WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid = $1::regclass::oid \
+     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+     AND objid::int8 >= 1000000 ORDER BY 1";
+
+#[derive(sqlx::FromRow)]
+struct PgOutboxRow {
+    seq: i64,
+    id: Uuid,
+    #[sqlx(flatten)]
+    columns: OutboxColumns,
+}
+
+/// The relay's statements for one outbox table.
+#[derive(Debug)]
+pub struct PgRelaySql {
+    table: String,
+    shards: u32,
+    select: String,
+    mark: String,
+    fail: String,
+    cleanup: String,
+}
+
+/// The relay's session and the locks it holds (see the module documentation). The
+/// connection is closed, never returned to the pool, when the lease is dropped
+/// without [`OutboxStore::release_relay`], so no lock outlives its relay.
+#[derive(Debug)]
+pub struct PgRelayLease {
+    /// Always `Some` until [`OutboxStore::release_relay`] hands it back to the pool.
+    conn: Option<PoolConnection<Postgres>>,
+    /// Sharded: this member's slot.
+    slot: Option<i64>,
+    /// The shards held, ascending (unsharded: `[0]`).
+    shards: Vec<u32>,
+}
+
+impl PgRelayLease {
+    fn conn(&mut self) -> Result<&mut PgConnection, Error> {
+        match self.conn.as_mut() {
+            Some(c) => Ok(&mut **c),
+            None => Err(Error::db("use relay session")(sqlx::Error::PoolClosed)),
+        }
+    }
+}
+
+impl Drop for PgRelayLease {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.as_mut() {
+            c.close_on_drop();
+        }
+    }
+}
+
+/// `LISTEN rk_outbox`.
+#[derive(Debug)]
+pub struct PgOutboxListener(PgListener);
+
+impl OutboxListener for PgOutboxListener {
+    async fn recv(&mut self) -> Result<(), sqlx::Error> {
+        self.0.recv().await.map(|_| ())
+    }
+}
+
+impl OutboxStore for Postgres {
+    type RelaySql = PgRelaySql;
+    type Listener = PgOutboxListener;
+    type RelayLease = PgRelayLease;
+    const SHARDED_RELAY: bool = true;
+
+    async fn insert_outbox(conn: &mut PgConnection, sql: &str, row: NewOutboxRow<'_>) -> Result<(), sqlx::Error> {
+        sqlx::query(sql)
+            .bind(row.id)
+            .bind(row.topic)
+            .bind(row.key)
+            .bind(row.event_type)
+            .bind(row.schema_version)
+            .bind(row.payload)
+            .bind(row.content_type)
+            .bind(Json(row.headers))
+            .bind(row.key_hash)
+            .execute(conn)
+            .await
+            .map(|_| ())
+    }
+
+    fn relay_sql(t: &str, delete_on_delivery: bool, shards: u32) -> PgRelaySql {
+        // `NOT IN (SELECT unnest(..))` is a hashed subplan: one probe per row scanned,
+        // whatever the number of rows in flight.
+        let sharded = if shards > 1 {
+            format!(" AND (COALESCE({t}.key_hash::int8, {t}.seq) % {shards})::int4 = ANY($3::int4[])")
+        } else {
+            String::new()
+        };
+        PgRelaySql {
+            table: t.to_owned(),
+            shards,
+            select: format!(
+                "SELECT seq, id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers, created_at \
+                 FROM {t} WHERE delivered_at IS NULL AND parked_at IS NULL \
+                 AND seq NOT IN (SELECT unnest($2::int8[])){sharded} ORDER BY seq LIMIT $1"
+            ),
+            mark: if delete_on_delivery {
+                format!("DELETE FROM {t} WHERE id = ANY($1)")
+            } else {
+                format!("UPDATE {t} SET delivered_at = now(), attempts = attempts + 1 WHERE id = ANY($1)")
+            },
+            fail: format!(
+                "UPDATE {t} SET attempts = {t}.attempts + 1, last_error = u.err, \
+                 parked_at = CASE WHEN u.permanent AND {t}.attempts + 1 >= $3 THEN now() END \
+                 FROM unnest($1::uuid[], $2::text[], $4::bool[]) AS u(id, err, permanent) WHERE {t}.id = u.id"
+            ),
+            cleanup: sql::outbox_cleanup(t, "id"),
+        }
+    }
+
+    async fn lease_relay(pool: &Pool<Self>, sql: &PgRelaySql) -> Result<Option<PgRelayLease>, Error> {
+        let mut conn = pool.acquire().await.map_err(Error::db("connect relay session"))?;
+        if sql.shards <= 1 {
+            let locked: bool = sqlx::query_scalar(TABLE_LOCK_SQL)
+                .bind(&sql.table)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(Error::db("take relay lock"))?;
+            return Ok(locked.then(|| PgRelayLease { conn: Some(conn), slot: None, shards: vec![0] }));
+        }
+        for slot in 0..MAX_MEMBERS {
+            let locked = try_lock2(&mut conn, &sql.table, MEMBER_BASE + slot).await?;
+            if locked {
+                let mut lease = PgRelayLease { conn: Some(conn), slot: Some(slot), shards: Vec::new() };
+                Self::rebalance_relay(&mut lease, sql).await?;
+                return Ok(Some(lease));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn rebalance_relay(lease: &mut PgRelayLease, sql: &PgRelaySql) -> Result<Vec<u32>, Error> {
+        let Some(slot) = lease.slot else { return Ok(lease.shards.clone()) };
+        let members: Vec<i64> = sqlx::query_scalar(MEMBERS_SQL)
+            .bind(&sql.table)
+            .fetch_all(lease.conn()?)
+            .await
+            .map_err(Error::db("list relay members"))?;
+        let wanted = owned_shards(sql.shards, &members, slot);
+        for s in lease.shards.clone() {
+            if !wanted.contains(&s) {
+                sqlx::query(UNLOCK2_SQL)
+                    .bind(&sql.table)
+                    .bind(s as i32)
+                    .execute(lease.conn()?)
+                    .await
+                    .map_err(Error::db("release relay shard"))?;
+                lease.shards.retain(|h| *h != s);
+                tracing::info!(table = %sql.table, shard = s, "relay shard released");
+            }
+        }
+        for s in wanted {
+            // A shard still held by its previous owner is taken at a later rebalance.
+            if !lease.shards.contains(&s) && try_lock2(lease.conn()?, &sql.table, i64::from(s)).await? {
+                lease.shards.push(s);
+                tracing::info!(table = %sql.table, shard = s, "relay shard taken");
+            }
+        }
+        lease.shards.sort_unstable();
+        Ok(lease.shards.clone())
+    }
+
+    async fn release_relay(mut lease: PgRelayLease) {
+        let Ok(conn) = lease.conn() else { return };
+        match sqlx::query("SELECT pg_advisory_unlock_all()").execute(conn).await {
+            // Unlocked: the connection goes back to the pool.
+            Ok(_) => drop(lease.conn.take()),
+            Err(e) => tracing::warn!(error = %e, "relay unlock failed; closing its connection"),
+        }
+    }
+
+    async fn claim_outbox(
+        _pool: &Pool<Self>,
+        lease: &mut PgRelayLease,
+        sql: &PgRelaySql,
+        limit: i64,
+        in_flight: &[i64],
+    ) -> Result<Vec<OutboxRow>, Error> {
+        if lease.shards.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shards: Vec<i32> = lease.shards.iter().map(|s| *s as i32).collect();
+        let rows: Vec<PgOutboxRow> = sqlx::query_as(&sql.select)
+            .bind(limit)
+            .bind(in_flight)
+            .bind(&shards)
+            .fetch_all(lease.conn()?)
+            .await
+            .map_err(Error::db("claim outbox rows"))?;
+        Ok(rows.into_iter().map(|r| r.columns.with_id(r.seq, r.id)).collect())
+    }
+
+    async fn settle_outbox(
+        _pool: &Pool<Self>,
+        lease: &mut PgRelayLease,
+        sql: &PgRelaySql,
+        published: &Published,
+        max_attempts: i32,
+    ) -> Result<(), Error> {
+        let conn = lease.conn()?;
+        let both = !published.delivered.is_empty() && !published.failed.is_empty();
+        if both {
+            sqlx::query("BEGIN").execute(&mut *conn).await.map_err(Error::db("begin relay transaction"))?;
+        }
+        if !published.delivered.is_empty() {
+            sqlx::query(&sql.mark)
+                .bind(&published.delivered)
+                .execute(&mut *conn)
+                .await
+                .map_err(Error::db("mark outbox rows delivered"))?;
+        }
+        if !published.failed.is_empty() {
+            let ids: Vec<Uuid> = published.failed.iter().map(|f| f.id).collect();
+            let errors: Vec<String> = published.failed.iter().map(|f| f.message()).collect();
+            let permanent: Vec<bool> = published.failed.iter().map(|f| f.permanent).collect();
+            sqlx::query(&sql.fail)
+                .bind(&ids)
+                .bind(&errors)
+                .bind(max_attempts)
+                .bind(&permanent)
+                .execute(&mut *conn)
+                .await
+                .map_err(Error::db("record outbox send failure"))?;
+        }
+        if both {
+            sqlx::query("COMMIT").execute(&mut *conn).await.map_err(Error::db("commit relay transaction"))?;
+        }
+        Ok(())
+    }
+
+    async fn cleanup_outbox(
+        pool: &Pool<Self>,
+        sql: &PgRelaySql,
+        older_than: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
+        sqlx::query(&sql.cleanup).bind(older_than).execute(pool).await.map(|r| r.rows_affected())
+    }
+
+    async fn outbox_listener(pool: &Pool<Self>) -> Option<PgOutboxListener> {
+        let listen = async {
+            let mut listener = PgListener::connect_with(pool).await?;
+            listener.listen(crate::schema::NOTIFY_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match listen.await {
+            Ok(l) => Some(PgOutboxListener(l)),
+            Err(e) => {
+                tracing::warn!(error = %crate::report(&e), "outbox relay cannot LISTEN; polling only");
+                None
+            }
+        }
+    }
+
+    async fn outbox_backlog(pool: &Pool<Self>, sql: &str) -> Result<OutboxBacklog, sqlx::Error> {
+        let (pending, oldest, parked, delivered): (i64, Option<DateTime<Utc>>, i64, i64) =
+            sqlx::query_as(sql).fetch_one(pool).await?;
+        Ok(backlog(pending, oldest, parked, delivered))
+    }
+}
+
+async fn try_lock2(conn: &mut PgConnection, table: &str, n: i64) -> Result<bool, Error> {
+    sqlx::query_scalar(TRY_LOCK2_SQL)
+        .bind(table)
+        .bind(n as i32)
+        .fetch_one(conn)
+        .await
+        .map_err(Error::db("take relay lock"))
+}
+
+/// The shards member `slot` owns when `members` (ascending slots) are alive: shard `s`
+/// belongs to the member whose rank is `s % members.len()`.
+pub(crate) fn owned_shards(shards: u32, members: &[i64], slot: i64) -> Vec<u32> {
+    let Some(rank) = members.iter().position(|m| *m == slot) else { return Vec::new() };
+    (0..shards).filter(|s| *s as usize % members.len() == rank).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owned_shards;
+
+    #[test]
+    fn shards_are_split_by_rank_and_cover_every_shard_once() {
+        let members = [0, 3, 7];
+        let all: Vec<Vec<u32>> = members.iter().map(|m| owned_shards(8, &members, *m)).collect();
+        assert_eq!(all, vec![vec![0, 3, 6], vec![1, 4, 7], vec![2, 5]]);
+        // A member that is not (yet) in the list owns nothing.
+        assert!(owned_shards(8, &members, 5).is_empty());
+        // One member owns all.
+        assert_eq!(owned_shards(4, &[2], 2), vec![0, 1, 2, 3]);
+    }
+}
