@@ -1,15 +1,15 @@
-//! The relay's pipeline: batch n+1 is claimed and handed to the producer while batch n
-//! waits for its acknowledgements; a batch is settled (its rows marked delivered) only
-//! after its own acknowledgements, and in claim order.
+//! The relay's pipeline, three stages working at once on consecutive batches:
 //!
 //! ```text
-//! claim 1 → enqueue 1 → claim 2 (not 1) → enqueue 2 → await 1 → settle 1 → claim 3 (not 2) → enqueue 3 → await 2 → …
+//! enqueue batch k (a task of its own)  ‖  await batch k-1's acks, settle it (pooled connection)
+//!                                      ‖  claim batch k+1 (the lease's session, leaving out k-1 and k)
 //! ```
 //!
-//! Per-key order: batch n+1 is enqueued after batch n, and the idempotent producer
-//! keeps that order within each partition. A claim leaves out the rows in flight by
-//! their `seq`, exactly, so a row that committed late (below rows already claimed) is
-//! still taken in `seq` order by the next claim.
+//! A batch is settled (its rows marked delivered) only after its own acknowledgements.
+//! Per-key order: batch k+1 is enqueued only after batch k is, and the idempotent
+//! producer keeps that order within each partition. A claim leaves out the rows in
+//! flight by their `seq`, exactly, so a row that committed late (below rows already
+//! claimed) is still taken in `seq` order by the next claim.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -23,10 +23,6 @@ use super::relay::{OutboxRelay, RelayBatch};
 use crate::kafka::{await_deliveries, enqueue_in_order, OutRecord, Pending};
 use crate::store::outbox::{OutboxRow, Published, SendFailure};
 use crate::{Backend, Error};
-
-/// Batches in flight at once: one awaiting its acknowledgements while the next is
-/// claimed and enqueued.
-const DEPTH: usize = 2;
 
 /// One claimed batch handed to the producer.
 pub(super) struct Sending {
@@ -53,10 +49,9 @@ pub(crate) struct Until {
 }
 
 impl<DB: Backend> OutboxRelay<DB> {
-    /// Claims and publishes batches, [`DEPTH`] in flight, until a claim returns less
-    /// than a full batch or `until` says stop, and settles every batch it started.
-    /// Returns the totals; `exhausted` in the sense that the last claim came back short
-    /// is `published + failed < batches × batch_size`.
+    /// Claims and publishes batches until a claim returns less than a full batch or
+    /// `until` says stop, and settles every batch it started. Returns the totals and
+    /// whether the last claim came back short.
     ///
     /// # Errors
     /// [`Error::Database`] when a claim or a settle fails. Batches in flight are
@@ -68,53 +63,86 @@ impl<DB: Backend> OutboxRelay<DB> {
         until: Until,
     ) -> Result<(RelayBatch, bool), Error> {
         let limit = self.cfg.batch_size;
-        let mut in_flight: std::collections::VecDeque<Sending> = std::collections::VecDeque::new();
         let mut total = RelayBatch::default();
         let mut claims = 0usize;
         let mut exhausted = false;
-        let result = loop {
-            let may_claim = !exhausted
+        let may_claim = |claims: usize, exhausted: bool| {
+            !exhausted
                 && until.batches.is_none_or(|n| claims < n)
                 && until.deadline.is_none_or(|d| Instant::now() < d)
-                && !until.shutdown.as_ref().is_some_and(|t| t.is_cancelled());
-            if may_claim && in_flight.len() < DEPTH {
-                let skip: Vec<i64> = in_flight.iter().flat_map(|s| s.seqs.iter().copied()).collect();
-                let rows = match DB::claim_outbox(&self.pool, lease, &self.cfg.sql, limit, &skip).await {
-                    Ok(rows) => rows,
-                    Err(e) => break Err(e),
-                };
-                claims += 1;
-                exhausted = (rows.len() as i64) < limit;
-                if in_flight.is_empty() {
-                    // The oldest pending row not yet in flight.
-                    self.stats.oldest_pending(rows.first().map(|r| r.created_at));
-                }
-                if !rows.is_empty() {
-                    in_flight.push_back(self.start(rows, stub).await);
-                }
-                if in_flight.len() < DEPTH && !exhausted {
-                    continue;
-                }
-            }
-            let Some(sending) = in_flight.pop_front() else { break Ok(()) };
-            let span = sending.span.clone();
-            let published = self.finish(sending).instrument(span.clone()).await;
-            let settled = DB::settle_outbox(&self.pool, lease, &self.cfg.sql, &published, self.cfg.max_send_attempts)
-                .instrument(span)
-                .await;
-            if let Err(e) = settled {
-                break Err(e);
-            }
-            self.account(&published);
-            total.published += published.delivered.len();
-            total.failed += published.failed.len();
+                && !until.shutdown.as_ref().is_some_and(|t| t.is_cancelled())
         };
-        if let Err(e) = result {
-            // Let what was enqueued finish before the rows are claimed again.
-            for sending in in_flight {
-                if let Some(d) = sending.deliveries {
-                    await_deliveries(d).await;
+        let mut next: Vec<OutboxRow> = Vec::new();
+        if may_claim(claims, exhausted) {
+            next = DB::claim_outbox(&self.pool, lease, &self.cfg.sql, limit, &[])
+                .await
+                .inspect_err(|e| self.stats.claim_failed(e))?;
+            claims += 1;
+            exhausted = (next.len() as i64) < limit;
+            self.stats.oldest_pending(next.first().map(|r| r.created_at));
+        }
+        let mut prev: Option<Sending> = None;
+        let mut failure: Option<Error> = None;
+        while failure.is_none() && (!next.is_empty() || prev.is_some()) {
+            // Stage 1: hand the claimed batch to the producer, on a task of its own.
+            let (mut current, enqueued) = match std::mem::take(&mut next) {
+                rows if rows.is_empty() => (None, None),
+                rows => {
+                    let (sending, enqueued) = self.start(rows, stub);
+                    (Some(sending), enqueued)
                 }
+            };
+            let skip: Vec<i64> = prev.iter().chain(current.iter()).flat_map(|s| s.seqs.iter().copied()).collect();
+            let claim_now = may_claim(claims, exhausted);
+            // Stage 2: the batch before it: acknowledgements, then its marks.
+            let settle = async {
+                let Some(p) = prev.take() else { return Ok(None) };
+                let span = p.span.clone();
+                let published = self.finish(p).instrument(span.clone()).await;
+                DB::settle_outbox(&self.pool, &self.cfg.sql, &published, self.cfg.max_send_attempts)
+                    .instrument(span)
+                    .await
+                    .map(|()| Some(published))
+            };
+            // Stage 3: the batch after it.
+            let claim = async {
+                if !claim_now {
+                    return Ok(None);
+                }
+                DB::claim_outbox(&self.pool, lease, &self.cfg.sql, limit, &skip).await.map(Some)
+            };
+            let (settled, claimed) = tokio::join!(settle, claim);
+            if let (Some(sending), Some(task)) = (current.as_mut(), enqueued) {
+                sending.deliveries = Some(task.await.unwrap_or_default());
+            }
+            match settled {
+                Ok(Some(published)) => {
+                    self.account(&published);
+                    if published.failed.is_empty() {
+                        // The oldest row not yet delivered is the next batch's first.
+                        self.stats.oldest_pending(current.as_ref().and_then(|c| c.meta.first().map(|m| m.1)));
+                    }
+                    total.published += published.delivered.len();
+                    total.failed += published.failed.len();
+                }
+                Ok(None) => {}
+                Err(e) => failure = Some(e),
+            }
+            match claimed {
+                Ok(Some(rows)) => {
+                    claims += 1;
+                    exhausted = (rows.len() as i64) < limit;
+                    next = rows;
+                }
+                Ok(None) => {}
+                Err(e) => failure = failure.or(Some(e)),
+            }
+            prev = current;
+        }
+        if let Some(e) = failure {
+            // Let what was enqueued finish before the rows are claimed again.
+            if let Some(d) = prev.and_then(|p| p.deliveries) {
+                await_deliveries(d).await;
             }
             self.stats.claim_failed(&e);
             return Err(e);
@@ -126,8 +154,9 @@ impl<DB: Backend> OutboxRelay<DB> {
         Ok((total, exhausted))
     }
 
-    /// Hands `rows` to the producer, in order.
-    async fn start(&self, rows: Vec<OutboxRow>, stub: bool) -> Sending {
+    /// Hands `rows` to the producer, in order, on a task of its own: the returned task
+    /// yields their delivery futures (`None`: counted as delivered at once).
+    fn start(&self, rows: Vec<OutboxRow>, stub: bool) -> (Sending, Option<tokio::task::JoinHandle<Vec<Pending>>>) {
         let span = crate::telemetry::spans::relay_batch(&self.cfg.table);
         span.record("messaging.batch.message_count", rows.len());
         if !span.is_disabled() {
@@ -149,26 +178,32 @@ impl<DB: Backend> OutboxRelay<DB> {
                 }
             })
             .collect();
-        let mut sending = Sending { span, seqs, ids, meta, topics, deliveries: None };
+        let sending = Sending { span: span.clone(), seqs, ids, meta, topics, deliveries: None };
         if stub {
-            return sending;
+            return (sending, None);
         }
-        let format = &self.cfg.header_format;
-        let records: Vec<OutRecord> = rows.into_iter().map(|r| into_record(r, format)).collect();
+        let format = self.cfg.header_format.clone();
+        let producer = self.producer.clone();
         if crate::fault::sabotaged(crate::fault::SABOTAGE_MARK_BEFORE_SEND) {
             // Fire and forget: the rows count as sent before Kafka has them.
-            let producer = self.producer.clone();
             tokio::spawn(async move {
+                let records: Vec<OutRecord> = rows.into_iter().map(|r| into_record(r, &format)).collect();
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 fault_point!(crate::fault::RELAY_BEFORE_SEND);
                 crate::kafka::send_in_order(&producer, records).await;
                 fault_point!(crate::fault::RELAY_AFTER_SEND);
             });
-            return sending;
+            return (sending, None);
         }
-        fault_point!(crate::fault::RELAY_BEFORE_SEND);
-        sending.deliveries = Some(enqueue_in_order(&self.producer, records).instrument(sending.span.clone()).await);
-        sending
+        let task = tokio::spawn(
+            async move {
+                fault_point!(crate::fault::RELAY_BEFORE_SEND);
+                let records: Vec<OutRecord> = rows.into_iter().map(|r| into_record(r, &format)).collect();
+                enqueue_in_order(&producer, records).await
+            }
+            .instrument(span),
+        );
+        (sending, Some(task))
     }
 
     /// Awaits the acknowledgements of `sending`: which rows were delivered, which not.
@@ -200,7 +235,8 @@ impl<DB: Backend> OutboxRelay<DB> {
 
     /// Counts a settled batch.
     fn account(&self, published: &Published) {
-        let batch = RelayBatch { published: published.delivered.len(), failed: published.failed.len(), lock_busy: false };
+        let batch =
+            RelayBatch { published: published.delivered.len(), failed: published.failed.len(), lock_busy: false };
         self.stats.claimed(Some(&batch));
         self.stats.published.fetch_add(batch.published as u64, Ordering::Relaxed);
         self.stats.failed.fetch_add(batch.failed as u64, Ordering::Relaxed);

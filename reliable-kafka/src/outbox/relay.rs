@@ -394,7 +394,8 @@ impl<DB: Backend> OutboxRelay<DB> {
                     let mut rebalanced = Ok(());
                     if sharded && Instant::now() >= next_rebalance {
                         next_rebalance = Instant::now() + self.cfg.rebalance_interval;
-                        rebalanced = DB::rebalance_relay(held, &self.cfg.sql).await.map(|shards| self.stats.set_shards(shards));
+                        rebalanced =
+                            DB::rebalance_relay(held, &self.cfg.sql).await.map(|shards| self.stats.set_shards(shards));
                     }
                     let until = Until {
                         batches: None,

@@ -189,10 +189,11 @@ pub trait OutboxStore: sqlx::Database + Sized {
 
     /// Records what became of claimed rows: marks (or deletes) the delivered ones and
     /// counts an attempt on the failed ones (parking those the broker rejected
-    /// `max_attempts` times), in one transaction.
+    /// `max_attempts` times), in one transaction, on a pooled connection: marking a row
+    /// the broker has acknowledged is right whoever holds the lease, so the relay settles
+    /// one batch while it claims the next on the lease's session.
     fn settle_outbox<'a>(
         pool: &'a Pool<Self>,
-        lease: &'a mut Self::RelayLease,
         sql: &'a Self::RelaySql,
         published: &'a Published,
         max_attempts: i32,
@@ -251,7 +252,11 @@ mod tests {
                     .send(FutureRecord::<str, [u8]>::to(&topic).key(key), std::time::Duration::from_secs(10))
                     .await
                     .unwrap();
-                assert_eq!(key_hash(key.as_bytes()) % partitions, delivery.partition, "key {key:?}, {partitions} partitions");
+                assert_eq!(
+                    key_hash(key.as_bytes()) % partitions,
+                    delivery.partition,
+                    "key {key:?}, {partitions} partitions"
+                );
             }
         }
         assert!(keys.iter().all(|k| key_hash(k.as_bytes()) >= 0));

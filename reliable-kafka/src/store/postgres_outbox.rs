@@ -16,7 +16,9 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, Pool, Postgres};
 use uuid::Uuid;
 
-use super::outbox::{backlog, NewOutboxRow, OutboxBacklog, OutboxColumns, OutboxListener, OutboxRow, OutboxStore, Published};
+use super::outbox::{
+    backlog, NewOutboxRow, OutboxBacklog, OutboxColumns, OutboxListener, OutboxRow, OutboxStore, Published,
+};
 use super::sql;
 use crate::Error;
 
@@ -234,40 +236,41 @@ impl OutboxStore for Postgres {
     }
 
     async fn settle_outbox(
-        _pool: &Pool<Self>,
-        lease: &mut PgRelayLease,
+        pool: &Pool<Self>,
         sql: &PgRelaySql,
         published: &Published,
         max_attempts: i32,
     ) -> Result<(), Error> {
-        let conn = lease.conn()?;
-        let both = !published.delivered.is_empty() && !published.failed.is_empty();
-        if both {
-            sqlx::query("BEGIN").execute(&mut *conn).await.map_err(Error::db("begin relay transaction"))?;
+        if published.failed.is_empty() {
+            if !published.delivered.is_empty() {
+                sqlx::query(&sql.mark)
+                    .bind(&published.delivered)
+                    .execute(pool)
+                    .await
+                    .map_err(Error::db("mark outbox rows delivered"))?;
+            }
+            return Ok(());
         }
+        let mut tx = pool.begin().await.map_err(Error::db("begin relay transaction"))?;
         if !published.delivered.is_empty() {
             sqlx::query(&sql.mark)
                 .bind(&published.delivered)
-                .execute(&mut *conn)
+                .execute(&mut *tx)
                 .await
                 .map_err(Error::db("mark outbox rows delivered"))?;
         }
-        if !published.failed.is_empty() {
-            let ids: Vec<Uuid> = published.failed.iter().map(|f| f.id).collect();
-            let errors: Vec<String> = published.failed.iter().map(|f| f.message()).collect();
-            let permanent: Vec<bool> = published.failed.iter().map(|f| f.permanent).collect();
-            sqlx::query(&sql.fail)
-                .bind(&ids)
-                .bind(&errors)
-                .bind(max_attempts)
-                .bind(&permanent)
-                .execute(&mut *conn)
-                .await
-                .map_err(Error::db("record outbox send failure"))?;
-        }
-        if both {
-            sqlx::query("COMMIT").execute(&mut *conn).await.map_err(Error::db("commit relay transaction"))?;
-        }
+        let ids: Vec<Uuid> = published.failed.iter().map(|f| f.id).collect();
+        let errors: Vec<String> = published.failed.iter().map(|f| f.message()).collect();
+        let permanent: Vec<bool> = published.failed.iter().map(|f| f.permanent).collect();
+        sqlx::query(&sql.fail)
+            .bind(&ids)
+            .bind(&errors)
+            .bind(max_attempts)
+            .bind(&permanent)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("record outbox send failure"))?;
+        tx.commit().await.map_err(Error::db("commit relay transaction"))?;
         Ok(())
     }
 

@@ -200,7 +200,6 @@ impl OutboxStore for Sqlite {
 
     async fn settle_outbox(
         pool: &Pool<Self>,
-        _lease: &mut LocalLock,
         sql: &LiteRelaySql,
         published: &Published,
         max_attempts: i32,
