@@ -217,8 +217,15 @@ async fn fill_outbox(pool: &sqlx::PgPool, topic: &str, n: usize) {
     tx.commit().await.unwrap();
 }
 
+/// Removes the dead rows an earlier run left in the outbox and its index, so that every
+/// run starts from the same table.
+async fn vacuum_outbox(pool: &sqlx::PgPool) {
+    sqlx::query("VACUUM ANALYZE rk_outbox").execute(pool).await.unwrap();
+}
+
 /// The relay draining `n` rows; rows/s.
 async fn relay_rate(pool: &sqlx::PgPool, kafka: &KafkaConfig, topic: &str, n: usize, stubbed: bool) -> (f64, Cpu) {
+    vacuum_outbox(pool).await;
     fill_outbox(pool, topic, n).await;
     let relay =
         OutboxRelay::builder(kafka.clone(), pool.clone()).batch_size(1000).retention(Duration::ZERO).build().unwrap();
@@ -253,6 +260,59 @@ async fn r4(
         format!("R4 relay/stubbed = {:.2} (relay {real:.0} rows/s, send stubbed {stub:.0} rows/s; batch 1000, pipelined, delete on delivery)", real / stub),
         json!({ "ratio": real / stub, "relay_rps": real, "stubbed_rps": stub, "cpu_relay": cpu(&real_cpu), "cpu_stubbed": cpu(&stub_cpu) }),
     )
+}
+
+/// Rows/s of `instances` relays (each its own producer and pool connections) sharing
+/// the outbox by `shards` shards, draining `n` rows of a `partitions`-partition topic.
+async fn relays_rate(pool: &sqlx::PgPool, kafka: &KafkaConfig, topic: &str, n: usize, instances: usize, shards: u32) -> f64 {
+    vacuum_outbox(pool).await;
+    fill_outbox(pool, topic, n).await;
+    let start = Instant::now();
+    let relays: Vec<_> = (0..instances)
+        .map(|_| {
+            OutboxRelay::builder(kafka.clone(), pool.clone())
+                .shards(shards)
+                .batch_size(1000)
+                .retention(Duration::ZERO)
+                .rebalance_interval(Duration::from_millis(200))
+                .build()
+                .unwrap()
+                .spawn()
+        })
+        .collect();
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM rk_outbox").fetch_one(pool).await.unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    for r in relays {
+        r.shutdown().await.unwrap();
+    }
+    rate
+}
+
+/// Sharded relays, 1, 2 and 4 instances, on the mock cluster and on the TCP broker.
+async fn relay_scale(pool: &sqlx::PgPool, cluster: &EmbeddedKafka, mock: &KafkaConfig, scale: usize) -> String {
+    let mut out = Vec::new();
+    let tcp = reliable_kafka_tests::kafka();
+    for (name, kafka, n) in [("mock", mock, 100_000 / scale), ("tcp", &tcp, 20_000 / scale)] {
+        let mut line = format!("relay scale ({name}, {n} rows, 32 partitions, batch 1000):");
+        for (instances, shards) in [(1, 1), (1, 32), (2, 32), (4, 32)] {
+            let topic = unique("scale");
+            if name == "mock" {
+                cluster.create_topics(&[(&topic, PARTITIONS)]).unwrap();
+            } else {
+                kafka.ensure_topics(&[(&topic, PARTITIONS, 1)]).await.unwrap();
+            }
+            let rate = relays_rate(pool, kafka, &topic, n, instances, shards).await;
+            line += &format!(" {instances}x{shards} shards {rate:.0} rows/s;");
+        }
+        out.push(line);
+    }
+    out.join("\n")
 }
 
 /// p50 and p99 (ms) of `samples`.
@@ -385,6 +445,10 @@ async fn main() {
         .unwrap();
     let cluster = EmbeddedKafka::start(1).expect("mock cluster");
     let mock = cluster.config().set("fetch.wait.max.ms", "5");
+    if std::env::args().any(|a| a == "--relay-scale") {
+        println!("{}", relay_scale(&pool, &cluster, &mock, scale).await);
+        return;
+    }
     if std::env::args().any(|a| a == "--r4-only") {
         let (line, value) = r4(&pool, &cluster, &mock, scale).await;
         println!("{line}\n{value}");

@@ -7,7 +7,7 @@
 //! backend at run time from the URL with [`AnyPool::connect`].
 //!
 //! What a backend does is split by concern, one trait each: the outbox and its relay
-//! (`outbox.rs`), the deduplication table (`dedup.rs`), parked records (`park.rs`), the
+//! (`outbox.rs`; PostgreSQL's in `postgres_outbox.rs`), the deduplication table (`dedup.rs`), parked records (`park.rs`), the
 //! key-blocking table (`blocked.rs`) and
 //! named locks (`lock.rs`); SQL both dialects share is in `sql.rs`.
 //!
@@ -15,7 +15,7 @@
 //!
 //! | | PostgreSQL | SQLite |
 //! |---|---|---|
-//! | several relay instances | one publishes at a time (advisory lock on the table's OID) | one process per database file (SQLite has one writer) |
+//! | several relay instances | one publishes at a time (session advisory lock on the table's OID), or each its shards | one process per database file (SQLite has one writer) |
 //! | relay wake-up | `LISTEN rk_outbox` + `poll_interval` | `poll_interval` |
 //! | handler transactions | concurrent | serialized: `BEGIN IMMEDIATE` takes the write lock for the handler's whole run |
 //! | a handler that swallows a failed statement | detected (`SELECT 1` probe, SQLSTATE 25P02) | detected when SQLite rolled the transaction back (after `SQLITE_FULL`, an I/O error); otherwise SQLite keeps the transaction usable |
