@@ -150,3 +150,38 @@ async fn three_sharded_relays_one_killed_lose_nothing_and_keep_key_order() {
         duplicates.len()
     );
 }
+
+async fn relay_busy(pool: &sqlx::PgPool, shards: u32) -> bool {
+    let relay = reliable_kafka::OutboxRelay::builder(kafka(), pool.clone()).shards(shards).build().unwrap();
+    relay.relay_once().await.unwrap().lock_busy
+}
+
+/// Relays configured differently must not publish the same rows at once: an unsharded
+/// relay excludes sharded ones and the reverse, and members of one shard count exclude
+/// those of another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_of_one_table_with_different_shard_settings_exclude_each_other() {
+    let (pool, _schema) = isolated_pool().await;
+    let table_lock = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+                      AND objid = 'rk_outbox'::regclass::oid";
+    let held = || async { sqlx::query_scalar::<_, i64>(table_lock).fetch_one(&pool).await.unwrap() > 0 };
+
+    let unsharded = reliable_kafka::OutboxRelay::builder(kafka(), pool.clone()).build().unwrap().spawn();
+    wait_for("the unsharded relay's lock", Duration::from_secs(10), held).await;
+    assert!(relay_busy(&pool, 4).await, "a sharded relay waits while an unsharded one runs");
+    assert!(relay_busy(&pool, 1).await, "a second unsharded relay waits");
+    unsharded.shutdown().await.unwrap();
+    wait_for("the lock released", Duration::from_secs(10), || async { !held().await }).await;
+
+    let sharded = reliable_kafka::OutboxRelay::builder(kafka(), pool.clone()).shards(4).build().unwrap().spawn();
+    let stats = sharded.stats();
+    wait_for("the sharded relay's shards", Duration::from_secs(10), || {
+        let n = stats.shards().len();
+        async move { n == 4 }
+    })
+    .await;
+    assert!(relay_busy(&pool, 1).await, "an unsharded relay waits while a sharded one runs");
+    assert!(relay_busy(&pool, 8).await, "a member of another shard count waits");
+    assert!(!relay_busy(&pool, 4).await, "a member of the same shard count joins");
+    sharded.shutdown().await.unwrap();
+}

@@ -264,7 +264,14 @@ async fn r4(
 
 /// Rows/s of `instances` relays (each its own producer and pool connections) sharing
 /// the outbox by `shards` shards, draining `n` rows of a `partitions`-partition topic.
-async fn relays_rate(pool: &sqlx::PgPool, kafka: &KafkaConfig, topic: &str, n: usize, instances: usize, shards: u32) -> f64 {
+async fn relays_rate(
+    pool: &sqlx::PgPool,
+    kafka: &KafkaConfig,
+    topic: &str,
+    n: usize,
+    instances: usize,
+    shards: u32,
+) -> f64 {
     vacuum_outbox(pool).await;
     fill_outbox(pool, topic, n).await;
     let start = Instant::now();

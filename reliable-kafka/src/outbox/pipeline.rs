@@ -37,6 +37,14 @@ pub(super) struct Sending {
     deliveries: Option<Vec<Pending>>,
 }
 
+/// What settling one batch did.
+struct Settled {
+    delivered: usize,
+    failed: usize,
+    /// Commit time of the oldest row whose send failed.
+    oldest_failed: Option<DateTime<Utc>>,
+}
+
 /// When [`OutboxRelay::pipeline`] stops claiming (besides a short claim).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Until {
@@ -49,13 +57,15 @@ pub(crate) struct Until {
 }
 
 impl<DB: Backend> OutboxRelay<DB> {
-    /// Claims and publishes batches until a claim returns less than a full batch or
-    /// `until` says stop, and settles every batch it started. Returns the totals and
-    /// whether the last claim came back short.
+    /// Claims and publishes batches until a claim returns less than a full batch, a
+    /// batch has failed sends, or `until` says stop, and settles every batch it
+    /// started. Returns the totals and whether to go on at once (`until` stopped it
+    /// with more rows likely pending and nothing failing).
     ///
     /// # Errors
-    /// [`Error::Database`] when a claim or a settle fails. Batches in flight are
-    /// awaited first; their rows stay pending and are published again (at-least-once).
+    /// [`Error::Database`] when a claim or a settle fails. After a failed claim the
+    /// batch in flight is still settled; after a failed settle its rows stay pending
+    /// and are published again (at-least-once).
     pub(crate) async fn pipeline(
         &self,
         lease: &mut DB::RelayLease,
@@ -65,24 +75,29 @@ impl<DB: Backend> OutboxRelay<DB> {
         let limit = self.cfg.batch_size;
         let mut total = RelayBatch::default();
         let mut claims = 0usize;
+        // A claim came back short, or a batch had failed sends (retried after a pause).
         let mut exhausted = false;
-        let may_claim = |claims: usize, exhausted: bool| {
-            !exhausted
+        let mut halted = false;
+        let may_claim = |claims: usize, stop: bool| {
+            !stop
                 && until.batches.is_none_or(|n| claims < n)
                 && until.deadline.is_none_or(|d| Instant::now() < d)
                 && !until.shutdown.as_ref().is_some_and(|t| t.is_cancelled())
         };
         let mut next: Vec<OutboxRow> = Vec::new();
-        if may_claim(claims, exhausted) {
+        if may_claim(claims, false) {
             next = DB::claim_outbox(&self.pool, lease, &self.cfg.sql, limit, &[])
                 .await
                 .inspect_err(|e| self.stats.claim_failed(e))?;
+            self.stats.claim_succeeded();
             claims += 1;
             exhausted = (next.len() as i64) < limit;
             self.stats.oldest_pending(next.first().map(|r| r.created_at));
         }
+        // The oldest row of this run whose send failed: still pending.
+        let mut oldest_failed: Option<DateTime<Utc>> = None;
         let mut prev: Option<Sending> = None;
-        let mut failure: Option<Error> = None;
+        let mut failure: Option<(Error, bool)> = None;
         while failure.is_none() && (!next.is_empty() || prev.is_some()) {
             // Stage 1: hand the claimed batch to the producer, on a task of its own.
             let (mut current, enqueued) = match std::mem::take(&mut next) {
@@ -93,16 +108,13 @@ impl<DB: Backend> OutboxRelay<DB> {
                 }
             };
             let skip: Vec<i64> = prev.iter().chain(current.iter()).flat_map(|s| s.seqs.iter().copied()).collect();
-            let claim_now = may_claim(claims, exhausted);
+            let claim_now = may_claim(claims, exhausted || halted);
             // Stage 2: the batch before it: acknowledgements, then its marks.
             let settle = async {
-                let Some(p) = prev.take() else { return Ok(None) };
-                let span = p.span.clone();
-                let published = self.finish(p).instrument(span.clone()).await;
-                DB::settle_outbox(&self.pool, &self.cfg.sql, &published, self.cfg.max_send_attempts)
-                    .instrument(span)
-                    .await
-                    .map(|()| Some(published))
+                match prev.take() {
+                    Some(p) => self.settle(p).await.map(Some),
+                    None => Ok(None),
+                }
             };
             // Stage 3: the batch after it.
             let claim = async {
@@ -117,32 +129,48 @@ impl<DB: Backend> OutboxRelay<DB> {
             }
             match settled {
                 Ok(Some(published)) => {
-                    self.account(&published);
-                    if published.failed.is_empty() {
-                        // The oldest row not yet delivered is the next batch's first.
-                        self.stats.oldest_pending(current.as_ref().and_then(|c| c.meta.first().map(|m| m.1)));
+                    if let Some(at) = published.oldest_failed {
+                        oldest_failed = Some(oldest_failed.map_or(at, |o| o.min(at)));
+                        halted = true;
                     }
-                    total.published += published.delivered.len();
-                    total.failed += published.failed.len();
+                    // The oldest row not yet delivered.
+                    let next_first = current.as_ref().and_then(|c| c.meta.first().map(|m| m.1));
+                    self.stats.oldest_pending(oldest_failed.or(next_first));
+                    total.published += published.delivered;
+                    total.failed += published.failed;
                 }
                 Ok(None) => {}
-                Err(e) => failure = Some(e),
+                Err(e) => failure = Some((e, true)),
             }
             match claimed {
                 Ok(Some(rows)) => {
+                    self.stats.claim_succeeded();
                     claims += 1;
                     exhausted = (rows.len() as i64) < limit;
                     next = rows;
                 }
                 Ok(None) => {}
-                Err(e) => failure = failure.or(Some(e)),
+                Err(e) => failure = failure.or(Some((e, false))),
+            }
+            if halted {
+                // Not sent yet: left pending, so a failed row goes out again before
+                // later rows of its key that were not sent.
+                next.clear();
             }
             prev = current;
         }
-        if let Some(e) = failure {
-            // Let what was enqueued finish before the rows are claimed again.
-            if let Some(d) = prev.and_then(|p| p.deliveries) {
-                await_deliveries(d).await;
+        if let Some((e, settle_failed)) = failure {
+            if let Some(p) = prev {
+                if settle_failed {
+                    // Let what was enqueued finish before the rows are claimed again.
+                    if let Some(d) = p.deliveries {
+                        await_deliveries(d).await;
+                    }
+                } else if let Err(settle) = self.settle(p).await {
+                    // The claim failed, not the batch in flight: its rows are marked
+                    // unless the database refuses that too.
+                    tracing::warn!(error = %crate::report(&settle), "outbox rows delivered but not marked; they will be published again");
+                }
             }
             self.stats.claim_failed(&e);
             return Err(e);
@@ -151,7 +179,25 @@ impl<DB: Backend> OutboxRelay<DB> {
             // Every pending row was claimed and is delivered.
             self.stats.oldest_pending(None);
         }
-        Ok((total, exhausted))
+        Ok((total, !exhausted && !halted))
+    }
+
+    /// Awaits a batch's acknowledgements and records them; returns what it settled.
+    async fn settle(&self, sending: Sending) -> Result<Settled, Error> {
+        let span = sending.span.clone();
+        let oldest_failed = |published: &Published, meta: &[(usize, DateTime<Utc>)], ids: &[Uuid]| {
+            let failed: std::collections::HashSet<Uuid> = published.failed.iter().map(|f| f.id).collect();
+            ids.iter().zip(meta).filter(|(id, _)| failed.contains(id)).map(|(_, m)| m.1).min()
+        };
+        let (ids, meta) = (sending.ids.clone(), sending.meta.clone());
+        let published = self.finish(sending).instrument(span.clone()).await;
+        DB::settle_outbox(&self.pool, &self.cfg.sql, &published, self.cfg.max_send_attempts).instrument(span).await?;
+        self.account(&published);
+        Ok(Settled {
+            delivered: published.delivered.len(),
+            failed: published.failed.len(),
+            oldest_failed: oldest_failed(&published, &meta, &ids),
+        })
     }
 
     /// Hands `rows` to the producer, in order, on a task of its own: the returned task

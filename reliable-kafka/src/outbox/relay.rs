@@ -43,9 +43,10 @@ use crate::{Backend, ConfigError, DefaultBackend, Error, KafkaConfig};
 ///
 /// Per-key order holds while sends succeed (librdkafka keeps order per partition with
 /// the idempotent producer, and batches are enqueued in claim order). A row
-/// whose send fails after librdkafka's own retries (`message.timeout.ms`) is retried in
-/// a later batch, *after* later rows of its key that were sent in the same batch or the
-/// one after it. Rows
+/// whose send fails after librdkafka's own retries (`message.timeout.ms`) is retried
+/// after a pause (`poll_interval`), *after* later rows of its key that were sent in the
+/// same batch or the one after it (the relay claims nothing new once a batch has
+/// failed sends). Rows
 /// the broker rejects as such (too large, invalid) `max_send_attempts` times are parked
 /// (`parked_at` and `last_error` set) and no longer tried; outages never park a row
 /// (see [`RelayStats::failed`]). Order is the insertion order
@@ -53,7 +54,10 @@ use crate::{Backend, ConfigError, DefaultBackend, Error, KafkaConfig};
 /// should lock it (as an `UPDATE` does) so that insertion order is commit order.
 ///
 /// No transaction stays open while the broker acknowledges (0.1's relay held one), so
-/// `idle_in_transaction_session_timeout` does not concern the relay.
+/// `idle_in_transaction_session_timeout` does not concern the relay. Its session does
+/// stay idle between batches: keep `idle_session_timeout`, if set, above
+/// `poll_interval` (a killed session costs a reconnect, nothing else). The session is a
+/// connection of its own, opened with the pool's options, beside the pool.
 ///
 /// The relay wakes on `NOTIFY rk_outbox` (sent by the table's trigger at commit) and
 /// polls every `poll_interval` in case a notification was missed.
@@ -326,7 +330,10 @@ impl<DB: Backend> OutboxRelay<DB> {
     /// holds it.
     async fn lease(&self) -> Result<Option<DB::RelayLease>, Error> {
         match DB::lease_relay(&self.pool, &self.cfg.sql).await {
-            Ok(Some(lease)) => Ok(Some(lease)),
+            Ok(Some(lease)) => {
+                self.stats.claim_succeeded();
+                Ok(Some(lease))
+            }
             Ok(None) => {
                 // Another instance publishes: this one has nothing pending of its own.
                 self.stats.claimed(None);
@@ -397,9 +404,12 @@ impl<DB: Backend> OutboxRelay<DB> {
                         rebalanced =
                             DB::rebalance_relay(held, &self.cfg.sql).await.map(|shards| self.stats.set_shards(shards));
                     }
+                    // Back to the loop at least every metrics interval (gauges, cleanup),
+                    // and by the next rebalance when sharded.
+                    let pause = Instant::now() + crate::telemetry::METRICS_INTERVAL;
                     let until = Until {
                         batches: None,
-                        deadline: sharded.then_some(next_rebalance),
+                        deadline: Some(if sharded { next_rebalance.min(pause) } else { pause }),
                         shutdown: Some(shutdown.clone()),
                     };
                     let ran = match rebalanced {
@@ -407,8 +417,9 @@ impl<DB: Backend> OutboxRelay<DB> {
                         Err(e) => Err(e),
                     };
                     match ran {
-                        // Stopped by the deadline or the shutdown, or a full last claim.
-                        Ok((_, exhausted)) => !exhausted,
+                        // Stopped by the deadline or the shutdown with rows left and no
+                        // failures: go on at once; else wait for a wake-up.
+                        Ok((_, more)) => more,
                         Err(e) => {
                             // The session may be gone with its locks: start over.
                             tracing::warn!(error = %crate::report(&e), "outbox relay batch failed");

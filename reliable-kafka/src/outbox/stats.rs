@@ -112,6 +112,11 @@ impl RelayStats {
         }
     }
 
+    /// A claim (or the lease) worked: the last claim error no longer holds.
+    pub(crate) fn claim_succeeded(&self) {
+        *self.claim_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     pub(crate) fn claim_failed(&self, e: &crate::Error) {
         *self.claim_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::report(e));
     }

@@ -7,13 +7,14 @@
 //! count of live members is its rank among them; a shard is a lock too, so no two
 //! instances ever publish the same shard at once. Members see each other through
 //! `pg_locks`: a member that dies loses its locks with its session, and the others
-//! take its shards at their next rebalance.
+//! take its shards at their next rebalance. Sharded members hold the table's key
+//! shared and an unsharded relay holds it exclusively, so the two kinds never publish
+//! at once; a member finding another shard count in use waits (and logs why).
 
 use chrono::{DateTime, Utc};
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
 use sqlx::types::Json;
-use sqlx::{PgConnection, Pool, Postgres};
+use sqlx::{Connection, PgConnection, Pool, Postgres};
 use uuid::Uuid;
 
 use super::outbox::{
@@ -35,12 +36,24 @@ const MEMBER_BASE: i64 = 1_000_000;
 const MAX_MEMBERS: i64 = 4096;
 
 const TRY_LOCK2_SQL: &str = "SELECT pg_try_advisory_lock($1::regclass::oid::int4, $2::int4)";
+const TRY_LOCK2_SHARED_SQL: &str = "SELECT pg_try_advisory_lock_shared($1::regclass::oid::int4, $2::int4)";
+/// Sharded members hold the table key shared: an unsharded relay (exclusive) and
+/// sharded ones exclude each other.
+const TABLE_SHARED_LOCK_SQL: &str =
+    "SELECT pg_try_advisory_lock_shared(($1::regclass::oid::bigint) | (x'524B'::bigint << 32))";
+/// Each member holds `(table OID, SHARD_COUNT_BASE + shards)` shared, so members can
+/// see a shard count other than their own.
+const SHARD_COUNT_BASE: i64 = 2_000_000;
+const SHARD_COUNTS_SQL: &str = "SELECT DISTINCT objid::int8 - 2000000 FROM pg_locks \
+     WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid = $1::regclass::oid \
+     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+     AND objid::int8 >= 2000000";
 const UNLOCK2_SQL: &str = "SELECT pg_advisory_unlock($1::regclass::oid::int4, $2::int4)";
 /// The member slots held now, in order.
 const MEMBERS_SQL: &str = "SELECT objid::int8 - 1000000 FROM pg_locks \
      WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid = $1::regclass::oid \
      AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-     AND objid::int8 >= 1000000 ORDER BY 1";
+     AND objid::int8 >= 1000000 AND objid::int8 < 2000000 ORDER BY 1";
 
 #[derive(sqlx::FromRow)]
 struct PgOutboxRow {
@@ -61,34 +74,17 @@ pub struct PgRelaySql {
     cleanup: String,
 }
 
-/// The relay's session and the locks it holds (see the module documentation). The
-/// connection is closed, never returned to the pool, when the lease is dropped
-/// without [`OutboxStore::release_relay`], so no lock outlives its relay.
+/// The relay's session and the locks it holds (see the module documentation): a
+/// connection of its own, opened with the pool's options but not counted in the pool,
+/// so the relay needs no more pool connections than 0.1's did and no lock outlives the
+/// lease (dropping it closes the session).
 #[derive(Debug)]
 pub struct PgRelayLease {
-    /// Always `Some` until [`OutboxStore::release_relay`] hands it back to the pool.
-    conn: Option<PoolConnection<Postgres>>,
+    conn: PgConnection,
     /// Sharded: this member's slot.
     slot: Option<i64>,
     /// The shards held, ascending (unsharded: `[0]`).
     shards: Vec<u32>,
-}
-
-impl PgRelayLease {
-    fn conn(&mut self) -> Result<&mut PgConnection, Error> {
-        match self.conn.as_mut() {
-            Some(c) => Ok(&mut **c),
-            None => Err(Error::db("use relay session")(sqlx::Error::PoolClosed)),
-        }
-    }
-}
-
-impl Drop for PgRelayLease {
-    fn drop(&mut self) {
-        if let Some(c) = self.conn.as_mut() {
-            c.close_on_drop();
-        }
-    }
 }
 
 /// `LISTEN rk_outbox`.
@@ -127,7 +123,12 @@ impl OutboxStore for Postgres {
         // `NOT IN (SELECT unnest(..))` is a hashed subplan: one probe per row scanned,
         // whatever the number of rows in flight.
         let sharded = if shards > 1 {
-            format!(" AND (COALESCE({t}.key_hash::int8, {t}.seq) % {shards})::int4 = ANY($3::int4[])")
+            // Rows written without `key_hash` (before the column, or by other writers)
+            // keep one shard per key through PostgreSQL's own hash of it.
+            format!(
+                " AND (COALESCE({t}.key_hash, hashtext({t}.aggregateid) & 2147483647, {t}.seq) % {shards})::int4 \
+                 = ANY($3::int4[])"
+            )
         } else {
             String::new()
         };
@@ -154,19 +155,44 @@ impl OutboxStore for Postgres {
     }
 
     async fn lease_relay(pool: &Pool<Self>, sql: &PgRelaySql) -> Result<Option<PgRelayLease>, Error> {
-        let mut conn = pool.acquire().await.map_err(Error::db("connect relay session"))?;
+        let mut conn =
+            PgConnection::connect_with(&pool.connect_options()).await.map_err(Error::db("connect relay session"))?;
         if sql.shards <= 1 {
+            // Exclusive: no other relay of the table, sharded or not, publishes.
             let locked: bool = sqlx::query_scalar(TABLE_LOCK_SQL)
                 .bind(&sql.table)
-                .fetch_one(&mut *conn)
+                .fetch_one(&mut conn)
                 .await
                 .map_err(Error::db("take relay lock"))?;
-            return Ok(locked.then(|| PgRelayLease { conn: Some(conn), slot: None, shards: vec![0] }));
+            return Ok(locked.then(|| PgRelayLease { conn, slot: None, shards: vec![0] }));
+        }
+        // Shared with the other sharded members, exclusive of an unsharded relay.
+        let shared: bool = sqlx::query_scalar(TABLE_SHARED_LOCK_SQL)
+            .bind(&sql.table)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(Error::db("take relay lock"))?;
+        if !shared {
+            return Ok(None);
+        }
+        // Members of another shard count would split the rows differently: refuse.
+        try_lock2_shared(&mut conn, &sql.table, SHARD_COUNT_BASE + i64::from(sql.shards)).await?;
+        let counts: Vec<i64> = sqlx::query_scalar(SHARD_COUNTS_SQL)
+            .bind(&sql.table)
+            .fetch_all(&mut conn)
+            .await
+            .map_err(Error::db("list relay shard counts"))?;
+        if let Some(other) = counts.iter().find(|c| **c != i64::from(sql.shards)) {
+            tracing::error!(
+                table = %sql.table, shards = sql.shards, other,
+                "relay instances of this table run with different shard counts; this one waits"
+            );
+            return Ok(None);
         }
         for slot in 0..MAX_MEMBERS {
             let locked = try_lock2(&mut conn, &sql.table, MEMBER_BASE + slot).await?;
             if locked {
-                let mut lease = PgRelayLease { conn: Some(conn), slot: Some(slot), shards: Vec::new() };
+                let mut lease = PgRelayLease { conn, slot: Some(slot), shards: Vec::new() };
                 Self::rebalance_relay(&mut lease, sql).await?;
                 return Ok(Some(lease));
             }
@@ -178,7 +204,7 @@ impl OutboxStore for Postgres {
         let Some(slot) = lease.slot else { return Ok(lease.shards.clone()) };
         let members: Vec<i64> = sqlx::query_scalar(MEMBERS_SQL)
             .bind(&sql.table)
-            .fetch_all(lease.conn()?)
+            .fetch_all(&mut lease.conn)
             .await
             .map_err(Error::db("list relay members"))?;
         let wanted = owned_shards(sql.shards, &members, slot);
@@ -187,7 +213,7 @@ impl OutboxStore for Postgres {
                 sqlx::query(UNLOCK2_SQL)
                     .bind(&sql.table)
                     .bind(s as i32)
-                    .execute(lease.conn()?)
+                    .execute(&mut lease.conn)
                     .await
                     .map_err(Error::db("release relay shard"))?;
                 lease.shards.retain(|h| *h != s);
@@ -196,7 +222,7 @@ impl OutboxStore for Postgres {
         }
         for s in wanted {
             // A shard still held by its previous owner is taken at a later rebalance.
-            if !lease.shards.contains(&s) && try_lock2(lease.conn()?, &sql.table, i64::from(s)).await? {
+            if !lease.shards.contains(&s) && try_lock2(&mut lease.conn, &sql.table, i64::from(s)).await? {
                 lease.shards.push(s);
                 tracing::info!(table = %sql.table, shard = s, "relay shard taken");
             }
@@ -205,12 +231,10 @@ impl OutboxStore for Postgres {
         Ok(lease.shards.clone())
     }
 
-    async fn release_relay(mut lease: PgRelayLease) {
-        let Ok(conn) = lease.conn() else { return };
-        match sqlx::query("SELECT pg_advisory_unlock_all()").execute(conn).await {
-            // Unlocked: the connection goes back to the pool.
-            Ok(_) => drop(lease.conn.take()),
-            Err(e) => tracing::warn!(error = %e, "relay unlock failed; closing its connection"),
+    async fn release_relay(lease: PgRelayLease) {
+        // Closing the session releases every lock it holds.
+        if let Err(e) = lease.conn.close().await {
+            tracing::debug!(error = %e, "relay session closed uncleanly");
         }
     }
 
@@ -229,7 +253,7 @@ impl OutboxStore for Postgres {
             .bind(limit)
             .bind(in_flight)
             .bind(&shards)
-            .fetch_all(lease.conn()?)
+            .fetch_all(&mut lease.conn)
             .await
             .map_err(Error::db("claim outbox rows"))?;
         Ok(rows.into_iter().map(|r| r.columns.with_id(r.seq, r.id)).collect())
@@ -302,6 +326,15 @@ impl OutboxStore for Postgres {
             sqlx::query_as(sql).fetch_one(pool).await?;
         Ok(backlog(pending, oldest, parked, delivered))
     }
+}
+
+async fn try_lock2_shared(conn: &mut PgConnection, table: &str, n: i64) -> Result<bool, Error> {
+    sqlx::query_scalar(TRY_LOCK2_SHARED_SQL)
+        .bind(table)
+        .bind(n as i32)
+        .fetch_one(conn)
+        .await
+        .map_err(Error::db("take relay lock"))
 }
 
 async fn try_lock2(conn: &mut PgConnection, table: &str, n: i64) -> Result<bool, Error> {
