@@ -79,6 +79,8 @@ pub(crate) async fn tansu_phase(
         spawned: 0,
         report: std::mem::take(report),
     };
+    // Two relays sharing the outbox by shards (one per partition), two consumer workers.
+    run.spawn_worker(WorkerRole::Relay)?;
     run.spawn_worker(WorkerRole::Relay)?;
     run.spawn_worker(WorkerRole::Consumers)?;
     run.spawn_worker(WorkerRole::Consumers)?;

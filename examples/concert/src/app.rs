@@ -80,6 +80,9 @@ pub struct AppConfig {
     /// Fallback poll of the outbox relay (default 500 ms; PostgreSQL also wakes it by
     /// notification, SQLite only by this poll).
     pub relay_poll_interval: Duration,
+    /// Shards of the outbox relay (PostgreSQL; default 1, one relay publishes). The chaos
+    /// harness runs two relay processes with one shard per partition (3).
+    pub relay_shards: u32,
     /// Run the outbox relay and the consumer groups in this process (default true).
     /// False runs the API, the demo servers, the recovery and the re-driver only, with
     /// the relay and consumers in [`Workers`] processes (as the chaos harness does).
@@ -112,6 +115,7 @@ impl Default for AppConfig {
             webhook_cool_down: Duration::from_secs(5),
             create_topics: true,
             relay_poll_interval: Duration::from_millis(500),
+            relay_shards: 1,
             pipeline: true,
             max_batch: 1,
             metrics: None,
@@ -370,7 +374,11 @@ fn start_pipeline<DB: AppBackend>(
 ) -> anyhow::Result<Pipeline> {
     let relay = match parts.relay {
         true => Some(
-            OutboxRelay::builder(kafka.clone(), pool.clone()).poll_interval(cfg.relay_poll_interval).build()?.spawn(),
+            OutboxRelay::builder(kafka.clone(), pool.clone())
+                .poll_interval(cfg.relay_poll_interval)
+                .shards(cfg.relay_shards)
+                .build()?
+                .spawn(),
         ),
         false => None,
     };
