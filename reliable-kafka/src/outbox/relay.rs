@@ -199,6 +199,17 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
     /// it in flight, and taken only once free, so no two instances publish one shard at
     /// once. An instance that dies loses its locks with its database session; its rows
     /// in flight are published again by the next owner (at-least-once).
+    ///
+    /// Instances of one table must agree: an unsharded relay and sharded ones exclude
+    /// each other (the table lock, exclusive against shared), and an instance that
+    /// finds another shard count in use waits and logs an error. Rows written without
+    /// `key_hash` (by 0.1, or by other writers) are sharded by PostgreSQL's `hashtext`
+    /// of their key: one shard per key still, but not the one of the key's newer rows,
+    /// so turn sharding on once such rows are published.
+    ///
+    /// # Errors
+    /// [`OutboxRelayBuilder::build`] rejects 0, more than [`MAX_SHARDS`], and more
+    /// than 1 on SQLite.
     pub fn shards(mut self, shards: u32) -> Self {
         self.shards = shards;
         self
