@@ -207,9 +207,8 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
     /// of their key: one shard per key still, but not the one of the key's newer rows,
     /// so turn sharding on once such rows are published.
     ///
-    /// # Errors
-    /// [`OutboxRelayBuilder::build`] rejects 0, more than [`MAX_SHARDS`], and more
-    /// than 1 on SQLite.
+    /// [`OutboxRelayBuilder::build`] rejects 0, more than [`MAX_SHARDS`], and more than
+    /// 1 on SQLite (`Error::Config` naming `shards`).
     pub fn shards(mut self, shards: u32) -> Self {
         self.shards = shards;
         self
