@@ -91,8 +91,7 @@ impl Retries {
 /// at which it was paused; shared by the poll loop and batch tasks.
 #[derive(Debug, Default)]
 pub(crate) struct Paused {
-    /// Per paused partition: until when, the epoch at the pause, the waiting offset.
-    until: Mutex<HashMap<Key, (Instant, u64, i64)>>,
+    until: Mutex<HashMap<Key, (Instant, u64)>>,
 }
 
 impl Paused {
@@ -119,7 +118,7 @@ impl Paused {
     ) {
         let key = (topic.to_owned(), partition);
         let offset = retries.of_partition(topic, partition).map_or(offset, |t| t.offset.min(offset));
-        self.until.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), (until, partitions.epoch(), offset));
+        self.until.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), (until, partitions.epoch()));
         let mut tpl = TopicPartitionList::with_capacity(1);
         tpl.add_partition(topic, partition);
         if let Err(e) = consumer.pause(&tpl) {
@@ -151,38 +150,20 @@ impl Paused {
             return (0, None);
         }
         let mut tpl = TopicPartitionList::new();
-        let mut seek = Vec::new();
-        map.retain(|key, (until, epoch, offset)| {
-            let rebalanced = revoked(key, *epoch);
-            let go = *until <= now || rebalanced;
+        map.retain(|key, (until, epoch)| {
+            let go = *until <= now || revoked(key, *epoch);
             if go {
                 tpl.add_partition(&key.0, key.1);
-                if !rebalanced {
-                    seek.push((key.clone(), *offset));
-                }
             }
             !go
         });
-        let left = (map.len(), map.values().map(|(until, _, _)| *until).min());
-        drop(map);
-        // Seek to the waiting record once more before fetching resumes: a seek made
-        // while librdkafka validated the partition's position after a broker restart
-        // (KIP-320) can be overridden by that validation, and the partition would then
-        // resume past the record, with nothing later to show it (seen in the chaos
-        // harness: a group stalled at the record's offset). The seek is local and the
-        // partition still paused, so nothing is delivered twice.
-        for ((topic, partition), offset) in seek {
-            if let Err(e) = consumer.seek(&topic, partition, Offset::Offset(offset), SEEK_TIMEOUT) {
-                tracing::warn!(topic, partition, offset, error = %e, "seek to the waiting record at resume failed");
-            }
-        }
         if tpl.count() > 0 {
             if let Err(e) = consumer.resume(&tpl) {
-                tracing::warn!(error = %e, "resume failed (partitions revoked?)");
+                tracing::debug!(error = %e, "resume failed (partitions revoked?)");
             }
         }
         drop(tpl);
-        left
+        (map.len(), map.values().map(|(until, _)| *until).min())
     }
 }
 
