@@ -80,8 +80,8 @@ pub struct AppConfig {
     /// Fallback poll of the outbox relay (default 500 ms; PostgreSQL also wakes it by
     /// notification, SQLite only by this poll).
     pub relay_poll_interval: Duration,
-    /// Shards of the outbox relay (PostgreSQL; default 1, one relay publishes). The chaos
-    /// harness runs two relay processes with one shard per partition (3).
+    /// Shards of the outbox relay (PostgreSQL; default 1, one relay publishes); with
+    /// several relay processes, one per partition (3) lets each publish its share.
     pub relay_shards: u32,
     /// Run the outbox relay and the consumer groups in this process (default true).
     /// False runs the API, the demo servers, the recovery and the re-driver only, with
