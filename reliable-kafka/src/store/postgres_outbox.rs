@@ -176,7 +176,7 @@ impl OutboxStore for Postgres {
             return Ok(None);
         }
         // Members of another shard count would split the rows differently: refuse.
-        try_lock2_shared(&mut conn, &sql.table, SHARD_COUNT_BASE + i64::from(sql.shards)).await?;
+        try_lock2(&mut conn, TRY_LOCK2_SHARED_SQL, &sql.table, SHARD_COUNT_BASE + i64::from(sql.shards)).await?;
         let counts: Vec<i64> = sqlx::query_scalar(SHARD_COUNTS_SQL)
             .bind(&sql.table)
             .fetch_all(&mut conn)
@@ -190,7 +190,7 @@ impl OutboxStore for Postgres {
             return Ok(None);
         }
         for slot in 0..MAX_MEMBERS {
-            let locked = try_lock2(&mut conn, &sql.table, MEMBER_BASE + slot).await?;
+            let locked = try_lock2(&mut conn, TRY_LOCK2_SQL, &sql.table, MEMBER_BASE + slot).await?;
             if locked {
                 let mut lease = PgRelayLease { conn, slot: Some(slot), shards: Vec::new() };
                 Self::rebalance_relay(&mut lease, sql).await?;
@@ -222,7 +222,8 @@ impl OutboxStore for Postgres {
         }
         for s in wanted {
             // A shard still held by its previous owner is taken at a later rebalance.
-            if !lease.shards.contains(&s) && try_lock2(&mut lease.conn, &sql.table, i64::from(s)).await? {
+            if !lease.shards.contains(&s) && try_lock2(&mut lease.conn, TRY_LOCK2_SQL, &sql.table, i64::from(s)).await?
+            {
                 lease.shards.push(s);
                 tracing::info!(table = %sql.table, shard = s, "relay shard taken");
             }
@@ -328,22 +329,10 @@ impl OutboxStore for Postgres {
     }
 }
 
-async fn try_lock2_shared(conn: &mut PgConnection, table: &str, n: i64) -> Result<bool, Error> {
-    sqlx::query_scalar(TRY_LOCK2_SHARED_SQL)
-        .bind(table)
-        .bind(n as i32)
-        .fetch_one(conn)
-        .await
-        .map_err(Error::db("take relay lock"))
-}
-
-async fn try_lock2(conn: &mut PgConnection, table: &str, n: i64) -> Result<bool, Error> {
-    sqlx::query_scalar(TRY_LOCK2_SQL)
-        .bind(table)
-        .bind(n as i32)
-        .fetch_one(conn)
-        .await
-        .map_err(Error::db("take relay lock"))
+/// Takes the two-key advisory lock `(table OID, n)` with `lock_sql` ([`TRY_LOCK2_SQL`]
+/// or [`TRY_LOCK2_SHARED_SQL`]); whether it was granted.
+async fn try_lock2(conn: &mut PgConnection, lock_sql: &str, table: &str, n: i64) -> Result<bool, Error> {
+    sqlx::query_scalar(lock_sql).bind(table).bind(n as i32).fetch_one(conn).await.map_err(Error::db("take relay lock"))
 }
 
 /// The shards member `slot` owns when `members` (ascending slots) are alive: shard `s`
