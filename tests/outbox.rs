@@ -130,6 +130,39 @@ async fn a_row_committed_late_is_not_skipped() {
     assert_eq!(keys, ["late", "early"]);
 }
 
+/// A service that picks its schema in the pool's `after_connect` (as
+/// `.ci/external-service` does), not in the connect options: the relay's lease session
+/// must see that schema too. A lease opened from the pool's connect options locked and
+/// claimed `public.rk_outbox` (or failed), and the service's rows stayed pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_on_a_pool_whose_after_connect_sets_the_schema_publishes_its_rows() {
+    let (_isolated, schema) = isolated_pool().await;
+    let set = format!("SET search_path TO {schema}");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(3)
+        .after_connect(move |conn, _| {
+            let set = set.clone();
+            Box::pin(async move { sqlx::query(&set).execute(conn).await.map(|_| ()) })
+        })
+        .connect(&database_url())
+        .await
+        .unwrap();
+    let kafka = kafka();
+    let topic = unique("outbox-after-connect");
+    create_topics(&kafka, &topic, 1).await;
+    let mut tx = pool.begin().await.unwrap();
+    for n in 0..3 {
+        Outbox::new().enqueue_with(&mut tx, &Step { key: "k".into(), n }, to(&topic)).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).build().unwrap();
+    assert_eq!(relay.relay_once().await.unwrap().published, 3, "the rows of the pool's schema");
+    assert_eq!(count(&pool, "SELECT count(*) FROM rk_outbox WHERE delivered_at IS NULL").await, 0);
+    let msgs = read_topic(&kafka, &topic, 3, Duration::from_secs(30), Duration::from_secs(1)).await;
+    assert_eq!(steps(&msgs).into_iter().map(|s| s.n).collect::<Vec<_>>(), [0, 1, 2]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relay_instances_publish_each_row_once() {
     let (pool, _schema) = isolated_pool().await;

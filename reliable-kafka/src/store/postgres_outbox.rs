@@ -75,9 +75,10 @@ pub struct PgRelaySql {
 }
 
 /// The relay's session and the locks it holds (see the module documentation): a
-/// connection of its own, opened with the pool's options but not counted in the pool,
-/// so the relay needs no more pool connections than 0.1's did and no lock outlives the
-/// lease (dropping it closes the session).
+/// connection taken from the pool and detached from it (the pool opens a replacement),
+/// so it went through the pool's `after_connect` (a service's `search_path`, say) like
+/// every other statement the relay runs, the relay needs no more pool connections than
+/// 0.1's did, and no lock outlives the lease (dropping it closes the session).
 #[derive(Debug)]
 pub struct PgRelayLease {
     conn: PgConnection,
@@ -155,8 +156,10 @@ impl OutboxStore for Postgres {
     }
 
     async fn lease_relay(pool: &Pool<Self>, sql: &PgRelaySql) -> Result<Option<PgRelayLease>, Error> {
-        let mut conn =
-            PgConnection::connect_with(&pool.connect_options()).await.map_err(Error::db("connect relay session"))?;
+        // Not `PgConnection::connect_with(pool.connect_options())`: that skips the pool's
+        // `after_connect`, and a relay of a table outside `public` then locked and
+        // claimed another schema's table (or none).
+        let mut conn = pool.acquire().await.map_err(Error::db("connect relay session"))?.detach();
         if sql.shards <= 1 {
             // Exclusive: no other relay of the table, sharded or not, publishes.
             let locked: bool = sqlx::query_scalar(TABLE_LOCK_SQL)
