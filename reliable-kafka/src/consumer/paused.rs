@@ -10,7 +10,7 @@
 //! keep flowing. At the due time the partition is resumed, librdkafka fetches from the
 //! record again, and [`Retries`] gives its next attempt number.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -118,12 +118,18 @@ impl Paused {
     ) {
         let key = (topic.to_owned(), partition);
         let offset = retries.of_partition(topic, partition).map_or(offset, |t| t.offset.min(offset));
-        self.until.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), (until, partitions.epoch()));
+        // The entry and the pause under one lock: `resume_due` (the poll loop, while a
+        // batch task holds here) resumes under it too, so it never resumes (a no-op, the
+        // partition not paused yet) and drops an entry whose pause then lands, which
+        // would leave the partition paused with nothing to resume it.
+        let mut held = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        held.insert(key.clone(), (until, partitions.epoch()));
         let mut tpl = TopicPartitionList::with_capacity(1);
         tpl.add_partition(topic, partition);
         if let Err(e) = consumer.pause(&tpl) {
             tracing::debug!(topic, partition, error = %e, "pause failed (partition revoked?)");
         }
+        drop(held);
         drop(tpl);
         partitions.rewind(&key);
         // The seek waits for librdkafka's answer (local, no broker round trip). Should it
@@ -165,29 +171,25 @@ impl Paused {
         drop(tpl);
         (map.len(), map.values().map(|(until, _)| *until).min())
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_partition_tracks_only_its_latest_failing_record() {
-        let r = Retries::default();
-        let due = Instant::now();
-        r.set("t", 0, Tracked { offset: 5, next_attempt: 2, due, rewinds: 0 });
-        assert_eq!(r.get("t", 0, 5).map(|t| t.next_attempt), Some(2));
-        assert_eq!(r.get("t", 0, 6), None, "another offset of the partition is not tracked");
-        assert_eq!(r.get("t", 1, 5), None);
-        r.set("t", 0, Tracked { offset: 9, next_attempt: 3, due, rewinds: 0 });
-        assert_eq!(r.get("t", 0, 5), None, "replaced");
-        r.clear("t", 0, 5);
-        assert!(r.get("t", 0, 9).is_some(), "clearing another offset keeps it");
-        assert_eq!(r.of_partition("t", 0).map(|t| t.offset), Some(9));
-        r.forget([("t", 0)]);
-        assert_eq!(r.of_partition("t", 0), None, "a revoke forgets it");
-        r.set("t", 0, Tracked { offset: 9, next_attempt: 3, due, rewinds: 0 });
-        r.clear("t", 0, 9);
-        assert_eq!(r.get("t", 0, 9), None);
+    /// Resumes the partitions of `owned` that nothing here holds: a pause whose
+    /// resume was lost (librdkafka answers a resume it discards, or one for a
+    /// partition it has no state for yet, with success) would otherwise stall its
+    /// partition for as long as this member owns it. A resume of a partition that is
+    /// not paused is a no-op in librdkafka, and it clears only the application's
+    /// pause, never one librdkafka holds itself (during a rebalance, say). Runs under
+    /// the lock that [`Paused::hold`] pauses under, so it never undoes a hold.
+    pub(crate) fn resume_strays(&self, consumer: &StreamConsumer<ContainerContext>, owned: &HashSet<Key>) {
+        let map = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tpl = TopicPartitionList::new();
+        for key in owned.iter().filter(|k| !map.contains_key(*k)) {
+            tpl.add_partition(&key.0, key.1);
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.resume(&tpl) {
+                tracing::debug!(error = %e, "resume of unheld partitions failed (partitions revoked?)");
+            }
+        }
+        drop(map);
     }
 }
