@@ -213,3 +213,45 @@ pub(crate) async fn false_dead_letters(brokers: &str, partitions: i32) -> anyhow
     })
     .await?
 }
+
+/// The consumer groups' lag where a phase did not settle: for every group of the
+/// reference app and every topic it has committed on, the partitions whose committed
+/// offset is below the high watermark, with both (what a stalled partition looks like
+/// from outside, for the log of a failed run).
+pub(crate) async fn lagging_partitions(brokers: &str, partitions: i32) -> anyhow::Result<Vec<String>> {
+    use concert::handlers::{CLEANUP_GROUP, COMPENSATOR_GROUP, COUPON_GROUP, ORDER_ALERT_GROUP, ORDER_INFO_GROUP};
+    use reliable_kafka::rdkafka::{Offset, TopicPartitionList};
+    let groups = [
+        COMPENSATOR_GROUP,
+        CLEANUP_GROUP,
+        ORDER_INFO_GROUP,
+        ORDER_ALERT_GROUP,
+        COUPON_GROUP,
+        concert::webhook::NOTIFICATION_GROUP,
+    ];
+    let brokers = brokers.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut found = Vec::new();
+        let timeout = Duration::from_secs(30);
+        for group in groups {
+            let consumer: BaseConsumer =
+                ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", group).create()?;
+            let mut tpl = TopicPartitionList::new();
+            for topic in TOPICS {
+                for p in 0..partitions {
+                    tpl.add_partition(topic, p);
+                }
+            }
+            let committed = consumer.committed_offsets(tpl, timeout)?;
+            for e in committed.elements() {
+                let Offset::Offset(at) = e.offset() else { continue };
+                let (_, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+                if at < high {
+                    found.push(format!("lag: {group} {}[{}] committed={at} high={high}", e.topic(), e.partition()));
+                }
+            }
+        }
+        Ok(found)
+    })
+    .await?
+}

@@ -17,7 +17,9 @@ use reliable_kafka::{EmbeddedKafka, KafkaConfig};
 use tokio::sync::watch;
 
 use crate::broker::{watch_broker, Broker};
-use crate::checks::{check_wave, count_demo_faults, false_dead_letters, outage_dead_letters, ChaosReport};
+use crate::checks::{
+    check_wave, count_demo_faults, false_dead_letters, lagging_partitions, outage_dead_letters, ChaosReport,
+};
 use crate::faults::{inject_until_done, mock_fault};
 use crate::supervisor::Supervisor;
 use crate::ChaosConfig;
@@ -79,11 +81,8 @@ pub(crate) async fn tansu_phase(
         spawned: 0,
         report: std::mem::take(report),
     };
-    // One relay, two consumer workers. With two relays sharing the outbox by shards,
-    // 2 of 3 runs ended with one consumer group stalled on one partition (the outbox
-    // fully published, the records in the topic, the group's committed offset stuck):
-    // a consumer bug under investigation (issue 15's note). `AppConfig::relay_shards`
-    // and `tests/relay_shards.rs` cover the sharded relay meanwhile.
+    // Two relays sharing the outbox by shards (one per partition), two consumer workers.
+    run.spawn_worker(WorkerRole::Relay)?;
     run.spawn_worker(WorkerRole::Relay)?;
     run.spawn_worker(WorkerRole::Consumers)?;
     run.spawn_worker(WorkerRole::Consumers)?;
@@ -103,6 +102,7 @@ pub(crate) async fn tansu_phase(
     let settled = settle(pool, store, &waves, cfg.settle_timeout).await?;
     if !settled {
         run.report.problems.push(format!("phase 1 did not settle within {:?}", cfg.settle_timeout));
+        run.report.problems.extend(lagging_partitions(&brokers, AppConfig::default().partitions).await?);
     }
     for w in std::mem::take(&mut run.workers) {
         run.expect_clean_exit(w).await?;
