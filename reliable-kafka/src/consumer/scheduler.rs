@@ -153,12 +153,25 @@ impl Partitions {
     }
 }
 
+/// How a batch task ended, for the partition's next batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchEnd {
+    /// Every record done: the next batch goes on.
+    Finished,
+    /// Not run, or stopped at a waiting record, because its partition was rewound: its
+    /// records come again, in batches received after the rewind, which go on.
+    Rewound,
+    /// Stopped part-way (shutdown, a revoke, a panic): the next batch must not move the
+    /// offset past its unfinished records.
+    Stopped,
+}
+
 /// Dispatches batches to tasks (see the module documentation).
 pub(crate) struct Scheduler<DB: Backend> {
     pipeline: Arc<Pipeline<DB>>,
     consumer: Arc<StreamConsumer<ContainerContext>>,
     /// The last batch task of each partition, with its assignment's generation.
-    inflight: HashMap<Key, (u64, JoinHandle<bool>)>,
+    inflight: HashMap<Key, (u64, JoinHandle<BatchEnd>)>,
     permits: Arc<Semaphore>,
     backlog: Arc<Semaphore>,
     /// Set by a task that stored an offset, so the loop commits.
@@ -226,27 +239,34 @@ impl<DB: Backend> Scheduler<DB> {
             let _running = running;
             // The partition's order: start after its previous batch, and only if that one
             // finished every record (else the records after it must not move the offset
-            // past the unfinished ones).
+            // past the unfinished ones) or was rewound. After a rewind this batch is
+            // either stale itself (received before it: dropped below) or the records
+            // fetched again (they must run: nothing else brings them back, and a
+            // partition whose records stop coming would stay at the waiting one).
             if let Some(previous) = previous {
-                if !matches!(previous.await, Ok(true)) {
-                    return false;
+                let end = previous.await;
+                if partitions.revoked_since(&key, epoch) {
+                    return BatchEnd::Rewound;
+                }
+                if !matches!(end, Ok(BatchEnd::Finished | BatchEnd::Rewound)) {
+                    return BatchEnd::Stopped;
                 }
             }
             // The permit bounds batches running, not batches waiting for their
             // partition's previous one.
             let _permit = tokio::select! {
-                _ = revoked.cancelled() => return false,
+                _ = revoked.cancelled() => return BatchEnd::Stopped,
                 p = permits.acquire_owned() => p.expect("semaphore never closed"),
             };
             // A rewind of the partition after the batch was received and before it
             // entered: its records come again from the waiting one.
             if partitions.revoked_since(&key, epoch) {
-                return false;
+                return BatchEnd::Rewound;
             }
             let mut done = 0;
             while done < batch.len() {
                 if revoked.is_cancelled() {
-                    return false;
+                    return BatchEnd::Stopped;
                 }
                 // Polling goes on in the container's loop, so the rest of a batch whose
                 // fallback stopped after a failing record continues here at once.
@@ -263,7 +283,7 @@ impl<DB: Backend> Scheduler<DB> {
                     }
                 }
                 if progress.interrupted {
-                    return false;
+                    return BatchEnd::Stopped;
                 }
                 if let Some(until) = progress.wait {
                     // The record at `done` waits with its partition paused; everything
@@ -271,10 +291,10 @@ impl<DB: Backend> Scheduler<DB> {
                     let waiting = &batch[done];
                     let (topic, partition, offset) = (waiting.topic(), waiting.partition(), waiting.offset());
                     paused.hold(&consumer, &pipeline.retries, &partitions, topic, partition, offset, until);
-                    return false;
+                    return BatchEnd::Rewound;
                 }
             }
-            true
+            BatchEnd::Finished
         });
         self.inflight.insert(key, (generation, task));
         true
