@@ -134,7 +134,7 @@ pub use envelope::{
 pub use error::{is_transient_sqlx, report, BoxError, ConfigError, Error, ErrorKind};
 pub use event::{Codec, CodecError, Event, JsonCodec};
 pub use health::{Health, HealthStatus, WorkerHealth, STATISTICS_INTERVAL};
-pub use kafka::{KafkaConfig, DEFAULT_BROKERS};
+pub use kafka::{KafkaConfig, TopicSpec, DEFAULT_BROKERS};
 pub use ops::{
     decode_header, read_dead_letters, DeadLetterFilter, DeadLetterRecord, Operations, PayloadView, ReplayReport,
     TopicBacklog,

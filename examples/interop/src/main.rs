@@ -206,7 +206,6 @@ async fn main() -> anyhow::Result<()> {
             };
             let kafka = KafkaConfig::from_env();
             let specs: Vec<(String, i32, i32)> = topics().into_iter().map(|t| (t, 3, 1)).collect();
-            let specs: Vec<(&str, i32, i32)> = specs.iter().map(|(t, p, r)| (t.as_str(), *p, *r)).collect();
             kafka.ensure_topics(&specs).await?;
             sqlx::raw_sql(create).execute(&pool).await?;
             run(pool, Setup { database_url, brokers: kafka.brokers().to_owned() }).await

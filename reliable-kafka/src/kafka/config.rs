@@ -10,6 +10,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
+use super::TopicSpec;
 use crate::{ConfigError, Error};
 
 /// Default bootstrap servers when `KAFKA_BROKERS` is unset.
@@ -138,29 +139,39 @@ impl KafkaConfig {
         ("partitioner", "murmur2_random"),
     ];
 
-    /// Creates any of `topics` that does not exist yet (name, partitions, replication
-    /// factor). Existing topics are left as they are.
+    /// Creates any of `topics` that does not exist yet, each with its partitions,
+    /// replication factor and topic configs ([`TopicSpec`], or a tuple `(name,
+    /// partitions, replication factor)` for a topic without configs). Existing topics
+    /// are left as they are: neither their partitions nor their configs are changed.
     ///
     /// # Errors
-    /// [`Error::Kafka`] when the admin request fails for another reason than the topic
-    /// already existing.
-    pub async fn ensure_topics(&self, topics: &[(&str, i32, i32)]) -> Result<(), Error> {
+    /// [`Error::Kafka`] when the admin request fails, or the broker refuses a topic for
+    /// another reason than its existing already (a replication factor above the
+    /// number of brokers, an unknown or invalid config).
+    pub async fn ensure_topics<T: Clone + Into<TopicSpec>>(&self, topics: &[T]) -> Result<(), Error> {
+        let specs: Vec<TopicSpec> = topics.iter().cloned().map(Into::into).collect();
         let admin: AdminClient<DefaultClientContext> =
             self.client_config(&[]).create().map_err(Error::kafka("create admin client"))?;
-        let new: Vec<NewTopic<'_>> = topics
+        let new: Vec<NewTopic<'_>> = specs
             .iter()
-            .map(|(name, partitions, rf)| NewTopic::new(name, *partitions, TopicReplication::Fixed(*rf)))
+            .map(|t| {
+                t.configs().iter().fold(
+                    NewTopic::new(t.name(), t.partitions(), TopicReplication::Fixed(t.replicas())),
+                    |topic, (k, v)| topic.set(k, v),
+                )
+            })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = admin.create_topics(new.iter(), &opts).await.map_err(Error::kafka("create topics"))?;
         for r in results {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => {
+                Err((topic, code)) => {
+                    tracing::error!(%topic, error = %code, "topic not created");
                     return Err(Error::Kafka {
                         operation: "create topics",
                         source: rdkafka::error::KafkaError::AdminOp(code),
-                    })
+                    });
                 }
             }
         }
