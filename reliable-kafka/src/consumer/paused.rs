@@ -193,3 +193,28 @@ impl Paused {
         drop(map);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_tracks_only_its_latest_failing_record() {
+        let r = Retries::default();
+        let due = Instant::now();
+        r.set("t", 0, Tracked { offset: 5, next_attempt: 2, due, rewinds: 0 });
+        assert_eq!(r.get("t", 0, 5).map(|t| t.next_attempt), Some(2));
+        assert_eq!(r.get("t", 0, 6), None, "another offset of the partition is not tracked");
+        assert_eq!(r.get("t", 1, 5), None);
+        r.set("t", 0, Tracked { offset: 9, next_attempt: 3, due, rewinds: 0 });
+        assert_eq!(r.get("t", 0, 5), None, "replaced");
+        r.clear("t", 0, 5);
+        assert!(r.get("t", 0, 9).is_some(), "clearing another offset keeps it");
+        assert_eq!(r.of_partition("t", 0).map(|t| t.offset), Some(9));
+        r.forget([("t", 0)]);
+        assert_eq!(r.of_partition("t", 0), None, "a revoke forgets it");
+        r.set("t", 0, Tracked { offset: 9, next_attempt: 3, due, rewinds: 0 });
+        r.clear("t", 0, 9);
+        assert_eq!(r.get("t", 0, 9), None);
+    }
+}
