@@ -44,9 +44,7 @@ pub async fn run(env: &Env, role: WorkerRole, webhook_url: &str, max_batch: usiz
     }
     let db = Db::connect(db_url, 10).await?;
     let store = Store::connect(redis_url, Duration::from_secs(600), &env.redis_namespace).await?;
-    // Two relay workers share the outbox by shards, one per partition.
-    let base = ScenarioConfig::default().app_config();
-    let cfg = AppConfig { max_batch, relay_shards: base.partitions as u32, ..base };
+    let cfg = AppConfig { max_batch, ..ScenarioConfig::default().app_config() };
     let workers = Workers::start(db.clone(), &store, kafka, &cfg, role, webhook_url)?;
     // stdin is read on a thread of its own: tokio's stdin reads on its blocking pool,
     // and the runtime would wait at exit for that read to end.

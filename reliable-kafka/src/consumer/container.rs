@@ -24,8 +24,6 @@ use crate::{Backend, DefaultBackend, Error};
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// Consumer errors (broker outages, unknown topics) are logged at most this often.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
-/// How often the poll loop resumes owned partitions that no waiting record holds.
-const STRAY_PAUSE_SWEEP: Duration = Duration::from_secs(5);
 
 /// A running container, see [`ListenerContainer::spawn`].
 pub type ContainerHandle = WorkerHandle<ContainerStats>;
@@ -300,18 +298,11 @@ impl<DB: Backend> ListenerContainer<DB> {
         // after a failing record, and records of another partition met while filling
         // a batch.
         let mut pending = VecDeque::new();
-        let mut last_sweep = Instant::now();
         loop {
             // Partitions whose waiting record is due, or that were revoked, resume.
             let (still_paused, next_due) = self
                 .paused
                 .resume_due(&self.consumer, Instant::now(), |key, epoch| partitions.rebalanced_since(key, epoch));
-            if last_sweep.elapsed() >= STRAY_PAUSE_SWEEP {
-                // And, now and then, owned partitions nothing holds (a lost resume).
-                let owned = self.consumer.context().owned.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                self.paused.resume_strays(&self.consumer, &owned);
-                last_sweep = Instant::now();
-            }
             if still_paused != paused_now {
                 paused_now = still_paused;
                 self.pipeline.metrics.paused_partitions(paused_now);

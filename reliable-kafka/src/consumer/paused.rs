@@ -10,7 +10,7 @@
 //! keep flowing. At the due time the partition is resumed, librdkafka fetches from the
 //! record again, and [`Retries`] gives its next attempt number.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -170,27 +170,6 @@ impl Paused {
         }
         drop(tpl);
         (map.len(), map.values().map(|(until, _)| *until).min())
-    }
-
-    /// Resumes the partitions of `owned` that nothing here holds: a pause whose
-    /// resume was lost (librdkafka answers a resume it discards, or one for a
-    /// partition it has no state for yet, with success) would otherwise stall its
-    /// partition for as long as this member owns it. A resume of a partition that is
-    /// not paused is a no-op in librdkafka, and it clears only the application's
-    /// pause, never one librdkafka holds itself (during a rebalance, say). Runs under
-    /// the lock that [`Paused::hold`] pauses under, so it never undoes a hold.
-    pub(crate) fn resume_strays(&self, consumer: &StreamConsumer<ContainerContext>, owned: &HashSet<Key>) {
-        let map = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        let mut tpl = TopicPartitionList::new();
-        for key in owned.iter().filter(|k| !map.contains_key(*k)) {
-            tpl.add_partition(&key.0, key.1);
-        }
-        if tpl.count() > 0 {
-            if let Err(e) = consumer.resume(&tpl) {
-                tracing::debug!(error = %e, "resume of unheld partitions failed (partitions revoked?)");
-            }
-        }
-        drop(map);
     }
 }
 
