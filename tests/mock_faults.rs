@@ -246,3 +246,24 @@ async fn shutdown_does_not_wait_for_a_dead_letter_publish_to_a_broker_that_is_do
     );
     next.shutdown().await.unwrap();
 }
+
+/// The embedded cluster gives each partition the spec's replicas (the reference app's
+/// default: 3 brokers, replication 3), refuses more replicas than brokers, and
+/// `broker_count` reports its brokers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_cluster_keeps_a_specs_replicas_and_refuses_more_than_its_brokers() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let cluster = reliable_kafka::EmbeddedKafka::start(3).unwrap();
+    let topic = unique("replicated");
+    cluster
+        .create_topics(&[reliable_kafka::TopicSpec::new(&topic, 3).replication_factor(3).config("min.insync.replicas", "2")])
+        .unwrap();
+    assert!(cluster.create_topics(&[(unique("over").as_str(), 1, 4)]).is_err(), "4 replicas on 3 brokers");
+    assert_eq!(cluster.config().broker_count(Duration::from_secs(10)).await.unwrap(), 3);
+
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", cluster.bootstrap_servers()).create().unwrap();
+    let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();
+    let replicas: Vec<usize> = md.topics()[0].partitions().iter().map(|p| p.replicas().len()).collect();
+    assert_eq!(replicas, vec![3, 3, 3]);
+}

@@ -104,3 +104,63 @@ async fn a_redriven_record_that_now_succeeds_has_one_effect_and_poison_is_parked
     assert_eq!(rows[0].0, "dead-lettered as `deserialization`, which re-driving cannot fix");
     assert_eq!(rows[0].1, 0);
 }
+
+/// Seed 001's shared `DLQ-topic`: handlers of two topics (in two consumer groups)
+/// dead-letter into one topic, each record names its original topic in
+/// `kafka_dlt-original-topic`, and one re-driver sends each back to where it came
+/// from, where it now succeeds once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_of_two_topics_share_one_dead_letter_topic_and_the_redriver_routes_each_back() {
+    let (pool, _schema) = isolated_pool().await;
+    create_effects_table(&pool).await;
+    let kafka = kafka();
+    let (trace, coupon, shared) = (unique("trace"), unique("coupon"), unique("DLQ-topic"));
+    for t in [&trace, &coupon, &shared] {
+        create_topics(&kafka, t, 1).await;
+    }
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    produce_work(&kafka, &trace, a, &Work { key: "k".into(), n: 1 }).await;
+    produce_work(&kafka, &coupon, b, &Work { key: "k".into(), n: 2 }).await;
+
+    // Each handler's only attempt of the first delivery fails; the re-driven one works.
+    let to_shared = || reliable_kafka::HandlerOptions::new().dead_letter_topic(shared.clone());
+    let trace_rec = Recorder::new(&trace, &unique("order-info"), Mode::FailCalls(1), 1);
+    let coupon_rec = Recorder::new(&coupon, &unique("coupon-issue"), Mode::FailCalls(1), 1);
+    let (trace_log, coupon_log) = (trace_rec.log.clone(), coupon_rec.log.clone());
+    let c1 = ListenerContainer::builder(kafka.clone(), pool.clone())
+        .handler_with(trace_rec, to_shared())
+        .build()
+        .unwrap()
+        .spawn();
+    let c2 = ListenerContainer::builder(kafka.clone(), pool.clone())
+        .handler_with(coupon_rec, to_shared())
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            c1.stats().dead_lettered() == 1 && c2.stats().dead_lettered() == 1
+        })
+        .await
+    );
+    let redriver = DeadLetterRedriver::builder(kafka.clone(), pool.clone())
+        .topic(&shared)
+        .group_id(unique("redrive"))
+        .build()
+        .unwrap();
+    let r = redriver.redrive_once().await.unwrap();
+    assert_eq!((r.redriven, r.parked), (2, 0), "both records re-driven from the one topic");
+    assert!(
+        eventually(Duration::from_secs(30), || async { c1.stats().processed() == 1 && c2.stats().processed() == 1 })
+            .await
+    );
+    c1.shutdown().await.unwrap();
+    c2.shutdown().await.unwrap();
+
+    let seen = |log: &std::sync::Mutex<Vec<Call>>| {
+        log.lock().unwrap().iter().map(|c| (c.message_id, c.topic.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(seen(&trace_log), vec![(a, trace.clone()), (a, trace.clone())], "back on trace only");
+    assert_eq!(seen(&coupon_log), vec![(b, coupon.clone()), (b, coupon.clone())], "back on coupon only");
+    assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 2, "one effect each");
+}

@@ -7,10 +7,10 @@ use std::thread::JoinHandle;
 use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-use crate::{Error, KafkaConfig};
+use crate::{Error, KafkaConfig, TopicSpec};
 
 enum Command {
-    CreateTopic { topic: String, partitions: i32, done: mpsc::Sender<rdkafka::error::KafkaResult<()>> },
+    CreateTopic { topic: String, partitions: i32, replicas: i32, done: mpsc::Sender<rdkafka::error::KafkaResult<()>> },
     Inject { fault: MockFault, done: mpsc::Sender<rdkafka::error::KafkaResult<()>> },
     Stop,
 }
@@ -72,6 +72,7 @@ pub enum MockFault {
 /// ```
 pub struct EmbeddedKafka {
     bootstrap: String,
+    brokers: i32,
     commands: mpsc::Sender<Command>,
     thread: Option<JoinHandle<()>>,
 }
@@ -108,8 +109,8 @@ impl EmbeddedKafka {
                 let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
                 while let Ok(cmd) = command_rx.recv() {
                     match cmd {
-                        Command::CreateTopic { topic, partitions, done } => {
-                            let _ = done.send(cluster.create_topic(&topic, partitions, 1));
+                        Command::CreateTopic { topic, partitions, replicas, done } => {
+                            let _ = done.send(cluster.create_topic(&topic, partitions, replicas));
                         }
                         Command::Inject { fault, done } => {
                             let result = match fault {
@@ -143,7 +144,7 @@ impl EmbeddedKafka {
                 source: rdkafka::error::KafkaError::ClientCreation("mock cluster thread exited".into()),
             })?
             .map_err(Error::kafka("start embedded cluster"))?;
-        Ok(EmbeddedKafka { bootstrap, commands, thread: Some(thread) })
+        Ok(EmbeddedKafka { bootstrap, brokers, commands, thread: Some(thread) })
     }
 
     /// `host:port,…` of the cluster's brokers.
@@ -156,16 +157,42 @@ impl EmbeddedKafka {
         KafkaConfig::new(self.bootstrap.clone())
     }
 
-    /// Creates each `(topic, partitions)` (replication factor 1). Creating an existing
-    /// topic again is an error of the mock cluster; create each topic once.
+    /// Creates each topic with its partitions and replication factor: [`TopicSpec`]s,
+    /// `(name, partitions)` tuples (replication factor 1) or `(name, partitions,
+    /// replication factor)` tuples. The mock cluster keeps a replica set per partition
+    /// (at most the number of brokers) but models no topic configs: a spec's configs
+    /// (`min.insync.replicas`, `retention.ms`, ...) are not applied, and a debug event
+    /// names them. Creating an existing topic again is an error of the mock cluster;
+    /// create each topic once.
+    ///
+    /// ```
+    /// use reliable_kafka::{EmbeddedKafka, TopicSpec};
+    /// let kafka = EmbeddedKafka::start(3)?;
+    /// kafka.create_topics(&[TopicSpec::new("payment.failed", 3).replication_factor(3)])?;
+    /// kafka.create_topics(&[("payment.failed.DLQ", 3)])?;
+    /// # Ok::<(), reliable_kafka::Error>(())
+    /// ```
     ///
     /// # Errors
-    /// [`Error::Kafka`] when the cluster rejects a topic.
-    pub fn create_topics(&self, topics: &[(&str, i32)]) -> Result<(), Error> {
-        for (topic, partitions) in topics {
+    /// [`Error::Config`] naming `replication_factor` when a spec asks for more replicas
+    /// than the cluster has brokers (or fewer than 1), as a broker refuses it;
+    /// [`Error::Kafka`] when the cluster rejects a topic (a topic that exists).
+    pub fn create_topics<T: Clone + Into<TopicSpec>>(&self, topics: &[T]) -> Result<(), Error> {
+        for spec in topics.iter().cloned().map(Into::into) {
+            if !(1..=self.brokers).contains(&spec.replicas()) {
+                return Err(crate::ConfigError::invalid(
+                    "replication_factor",
+                    format!("topic {}: {} replicas on a cluster of {} brokers", spec.name(), spec.replicas(), self.brokers),
+                )
+                .into());
+            }
+            if !spec.configs().is_empty() {
+                tracing::debug!(topic = spec.name(), configs = ?spec.configs(), "topic configs not modelled by the mock cluster");
+            }
             self.call("create topic", |done| Command::CreateTopic {
-                topic: (*topic).to_owned(),
-                partitions: *partitions,
+                topic: spec.name().to_owned(),
+                partitions: spec.partitions(),
+                replicas: spec.replicas(),
                 done,
             })?;
         }

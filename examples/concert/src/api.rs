@@ -179,6 +179,7 @@ impl From<CouponError> for ApiError {
             CouponError::SoldOut { .. } => (StatusCode::CONFLICT, "coupon_sold_out"),
             CouponError::AlreadyRequested { .. } => (StatusCode::CONFLICT, "coupon_already_requested"),
             CouponError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            CouponError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "coupon_busy"),
             _ => {
                 tracing::error!(error = %reliable_kafka::report(&e), "coupon request failed");
                 return ApiError::new(
@@ -301,7 +302,7 @@ async fn coupon(
     ApiJson(req): ApiJson<CouponRequest>,
 ) -> Result<Response, ApiError> {
     let user_id = positive("user_id", req.user_id)?;
-    request_coupon(s.booking.pool(), &s.outbox, coupon_id, user_id).await?;
+    request_coupon(s.booking.pool(), s.booking.store(), &s.outbox, coupon_id, user_id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "coupon_id": coupon_id, "user_id": user_id, "status": "REQUESTED" })),

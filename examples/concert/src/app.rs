@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reliable_kafka::{
     CancellationToken, ContainerHandle, DeadLetterRedriver, KafkaConfig, ListenerContainer, ListenerContainerBuilder,
-    Outbox, OutboxRelay, RedriveHandle, RelayHandle, DEFAULT_DEAD_LETTER_SUFFIX,
+    Outbox, OutboxRelay, RedriveHandle, RelayHandle, TopicSpec, DEFAULT_DEAD_LETTER_SUFFIX,
 };
 
 use crate::api::{router, ApiState};
@@ -15,7 +15,8 @@ use crate::booking::Booking;
 use crate::db::{AppBackend, Db};
 use crate::events::{PAYMENT_NOTIFICATION_TOPIC, TOPICS};
 use crate::gateway::{DemoGateway, GatewayBehaviour, GatewayClient};
-use crate::handlers::{compensate_payment, issue_coupon, send_order_alert, store_order_info, RedisCleanup};
+use crate::alert::OrderAlerter;
+use crate::handlers::{compensate_payment, issue_coupon, store_order_info, RedisCleanup};
 use crate::http::Server;
 use crate::recovery::PaymentRecovery;
 use crate::store::Store;
@@ -61,6 +62,24 @@ pub struct AppConfig {
     pub stuck_after: Duration,
     /// Partitions of topics the app creates (seed 001: 3).
     pub partitions: i32,
+    /// Replicas of each partition (seed 001 and 004: 3), capped at the cluster's
+    /// broker count with a warning (one tansu broker: 1).
+    pub replication_factor: i32,
+    /// Topic config `min.insync.replicas` (seed 001: 2), capped at the replication
+    /// factor: with `acks=all` a write is acknowledged once this many replicas have it.
+    pub min_insync_replicas: i32,
+    /// Further topic configs of seed 004: `retention.ms` (168 h, the seed's
+    /// `log.retention.hours`), `segment.bytes` (1 GiB) and `max.message.bytes`
+    /// (1 MiB + 12, Kafka's default; the seed names the broker's `message.max.bytes`).
+    pub topic_configs: Vec<(String, String)>,
+    /// Partitions each consumer group member processes at the same time (seed 001's
+    /// listener `concurrency: 3`; see [`ListenerContainerBuilder::partition_concurrency`]).
+    pub partition_concurrency: usize,
+    /// librdkafka properties of every consumer group's consumer (seed 001:
+    /// `fetch.min.bytes` 50 000 and `fetch.max.bytes` 52 428 800, same names as
+    /// Spring's; `fetch.wait.max.ms` is librdkafka's name of Spring's
+    /// `fetch.max.wait.ms`).
+    pub consumer_properties: Vec<(String, String)>,
     /// Flows served.
     pub flows: Flows,
     /// Consumer instances per consumer group (seed 001 runs 3). Each is a member of
@@ -108,6 +127,18 @@ impl Default for AppConfig {
             recovery_interval: Duration::from_secs(1),
             stuck_after: Duration::from_secs(15),
             partitions: 3,
+            replication_factor: 3,
+            min_insync_replicas: 2,
+            topic_configs: vec![
+                ("retention.ms".into(), "604800000".into()),
+                ("segment.bytes".into(), "1073741824".into()),
+                ("max.message.bytes".into(), "1048588".into()),
+            ],
+            partition_concurrency: 3,
+            consumer_properties: vec![
+                ("fetch.min.bytes".into(), "50000".into()),
+                ("fetch.max.bytes".into(), "52428800".into()),
+            ],
             flows: Flows::All,
             consumers_per_group: 1,
             webhook_timeout: Duration::from_secs(2),
@@ -161,8 +192,16 @@ impl App {
         }
         crate::migrate(&pool).await?;
         if cfg.create_topics {
-            let topics = topics();
-            let specs: Vec<(&str, i32, i32)> = topics.iter().map(|t| (t.as_str(), cfg.partitions, 1)).collect();
+            let brokers = kafka.broker_count(Duration::from_secs(10)).await?;
+            let specs = topic_specs(cfg, brokers);
+            tracing::info!(
+                brokers,
+                topics = specs.len(),
+                partitions = cfg.partitions,
+                replication = specs.first().map(TopicSpec::replicas),
+                configs = ?specs.first().map(TopicSpec::configs),
+                "ensuring topics"
+            );
             kafka.ensure_topics(&specs).await?;
         }
 
@@ -280,6 +319,37 @@ pub fn topics() -> Vec<String> {
     TOPICS.iter().flat_map(|t| [(*t).to_owned(), format!("{t}{DEFAULT_DEAD_LETTER_SUFFIX}")]).collect()
 }
 
+/// The app's topics as `cfg` configures them, for a cluster of `brokers` brokers: the
+/// replication factor and `min.insync.replicas` are capped at what the cluster can
+/// hold (a warning says so), so the seeds' settings run on a one-broker development
+/// cluster too.
+pub fn topic_specs(cfg: &AppConfig, brokers: usize) -> Vec<TopicSpec> {
+    let brokers = i32::try_from(brokers).unwrap_or(i32::MAX).max(1);
+    let replicas = cfg.replication_factor.clamp(1, brokers);
+    let min_insync = cfg.min_insync_replicas.clamp(1, replicas);
+    if replicas < cfg.replication_factor || min_insync < cfg.min_insync_replicas {
+        tracing::warn!(
+            brokers,
+            replication = replicas,
+            min_insync_replicas = min_insync,
+            configured_replication = cfg.replication_factor,
+            configured_min_insync_replicas = cfg.min_insync_replicas,
+            "fewer brokers than the configured replication: topics get fewer replicas"
+        );
+    }
+    topics()
+        .into_iter()
+        .map(|name| {
+            cfg.topic_configs.iter().fold(
+                TopicSpec::new(name, cfg.partitions)
+                    .replication_factor(replicas)
+                    .config("min.insync.replicas", min_insync.to_string()),
+                |spec, (k, v)| spec.config(k.clone(), v.clone()),
+            )
+        })
+        .collect()
+}
+
 /// Which part of the pipeline a [`Workers`] process runs (`--role` of the chaos
 /// harness's workers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -389,7 +459,14 @@ fn start_pipeline<DB: AppBackend>(
         }
         Ok(())
     };
-    let build = || ListenerContainer::builder(kafka.clone(), pool.clone()).max_batch(cfg.max_batch);
+    let build = || {
+        cfg.consumer_properties.iter().fold(
+            ListenerContainer::builder(kafka.clone(), pool.clone())
+                .max_batch(cfg.max_batch)
+                .partition_concurrency(cfg.partition_concurrency),
+            |b, (k, v)| b.consumer_property(k, v),
+        )
+    };
     group(&|| build().handler(compensate_payment))?;
     let cleanup = RedisCleanup { store: store.clone() };
     group(&|| build().handler(cleanup.clone()))?;
@@ -400,7 +477,11 @@ fn start_pipeline<DB: AppBackend>(
             .circuit_breaker(reliable_kafka::CircuitBreaker::new(3, Duration::from_secs(10), cfg.webhook_cool_down));
         group(&|| build().handler(notifier.clone()))?;
         group(&|| build().handler(store_order_info))?;
-        group(&|| build().handler(send_order_alert))?;
+        // The alert webhook is the notification webhook's sibling `alert` (the demo
+        // receiver serves both).
+        let alert_url = reqwest::Url::parse(webhook_url)?.join("alert")?;
+        let alerter = OrderAlerter::new(alert_url, cfg.connect_timeout, cfg.webhook_timeout)?;
+        group(&|| build().handler(alerter.clone()))?;
         group(&|| build().handler(issue_coupon))?;
     }
     if cfg.flows == Flows::All && parts.redriver {

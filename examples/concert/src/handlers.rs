@@ -146,25 +146,6 @@ pub async fn store_order_info<DB: AppBackend>(
     Ok(())
 }
 
-/// Sends the alert of a placed order (`trace-topic`); the alert sink of the example is
-/// a table.
-#[event_handler(group = "order-alert-group", backoff = FixedBackOff::new(Duration::from_secs(1), 4))]
-pub async fn send_order_alert<DB: AppBackend>(
-    event: OrderPlaced,
-    ctx: &mut HandlerContext<DB>,
-) -> Result<(), HandlerError> {
-    let message =
-        format!("order placed: payment {} by user {} for {} points", event.payment_id, event.user_id, event.amount);
-    sql!(
-        DB::ex(ctx.tx()),
-        query("INSERT INTO order_alert (payment_id, message) VALUES ($1, $2)")
-            .bind(event.payment_id)
-            .bind(&message)
-            .execute()
-    )?;
-    Ok(())
-}
-
 /// Creates the coupon granted by a request (`coupon-topic`). The unique constraint on
 /// `(coupon_id, user_id)` is the second line of defence behind the deduplication table:
 /// even a re-published request issues nothing twice.

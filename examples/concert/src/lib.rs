@@ -20,6 +20,7 @@
 //!
 //! Everything uses only the public API of `reliable-kafka`.
 
+pub mod alert;
 pub mod api;
 pub mod app;
 pub mod booking;

@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use reliable_kafka::{EmbeddedKafka, KafkaConfig};
 
-use crate::app::{topics, AppConfig};
+use crate::app::{topic_specs, AppConfig};
 use crate::config::Env;
 use crate::db::Db;
 use crate::store::Store;
+
+/// Brokers of the embedded mock cluster (seed 001 runs 3, so that topics have 3
+/// replicas).
+pub const EMBEDDED_BROKERS: i32 = 3;
 
 /// The database, key-value store and Kafka cluster of this run: the real services
 /// where their variables are set, embedded stand-ins where not.
@@ -47,11 +51,8 @@ impl Services {
         let embedded_kafka = match env.kafka {
             Some(_) => None,
             None => {
-                let cluster = EmbeddedKafka::start(1)?;
-                let topics = topics();
-                let specs: Vec<(&str, i32)> =
-                    topics.iter().map(|t| (t.as_str(), AppConfig::default().partitions)).collect();
-                cluster.create_topics(&specs)?;
+                let cluster = EmbeddedKafka::start(EMBEDDED_BROKERS)?;
+                cluster.create_topics(&topic_specs(&AppConfig::default(), EMBEDDED_BROKERS as usize))?;
                 Some(cluster)
             }
         };
@@ -67,7 +68,11 @@ impl Services {
                 None => redact(&database_url),
             },
             kafka = %match &embedded_kafka {
-                Some(c) => format!("librdkafka mock cluster at {} (in-process, not durable; KAFKA_BROKERS unset)", c.bootstrap_servers()),
+                Some(c) => format!(
+                    "librdkafka mock cluster of {EMBEDDED_BROKERS} brokers at {}, topics with replication {} (min.insync.replicas and other topic configs are not modelled by the mock; in-process, not durable; KAFKA_BROKERS unset)",
+                    c.bootstrap_servers(),
+                    AppConfig::default().replication_factor.min(EMBEDDED_BROKERS),
+                ),
                 None => kafka.brokers().to_owned(),
             },
             store = %match &env.redis_url {

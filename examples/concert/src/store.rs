@@ -20,6 +20,15 @@ end
 return 0
 ";
 
+/// A distributed lock taken by [`Store::lock`]: its key and the token that proves
+/// ownership. Release it with [`Store::unlock`]; dropped, it lapses after its TTL.
+#[derive(Debug)]
+#[must_use = "release the lock with Store::unlock"]
+pub struct Lock {
+    key: String,
+    token: String,
+}
+
 /// Errors of the key-value store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -300,6 +309,47 @@ impl Store {
         self.kv.delete_if_equals(&self.token_key(user_id), token).await
     }
 
+    /// Key of the distributed lock `name`.
+    pub fn lock_key(&self, name: &str) -> String {
+        format!("concert:{}:lock:{name}", self.namespace)
+    }
+
+    /// Takes the distributed lock `name` (seed 001): `SET key token NX PX ttl` with a
+    /// fresh random token, tried again after 2 ms, doubling to 20 ms, until `wait` has
+    /// passed. The lock lapses after `ttl` (ms precision) if its holder dies; a holder
+    /// that outlives its `ttl` is no longer protected, so the caller's writes need a
+    /// fence of their own (a unique constraint, a conditional update). `None` when
+    /// another holder kept it for all of `wait`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn lock(&self, name: &str, ttl: Duration, wait: Duration) -> Result<Option<Lock>, StoreError> {
+        let key = self.lock_key(name);
+        let token = uuid::Uuid::now_v7().to_string();
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if self.kv.set_if_absent(&key, &token, ttl).await? {
+                return Ok(Some(Lock { key, token }));
+            }
+            if Instant::now() + pause > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// Releases `lock` if it is still this holder's (compare-and-delete on its token):
+    /// false when it had lapsed, and maybe been taken by someone else, whose lock is
+    /// left alone.
+    ///
+    /// # Errors
+    /// Store errors (the lock then lapses after its TTL).
+    pub async fn unlock(&self, lock: Lock) -> Result<bool, StoreError> {
+        self.kv.delete_if_equals(&lock.key, &lock.token).await
+    }
+
     /// How many of `keys` exist.
     ///
     /// # Errors
@@ -312,6 +362,22 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_lock_excludes_others_until_released_and_a_lapsed_holder_cannot_release_its_successor() {
+        let store = Store::in_memory(Duration::from_secs(60), "t");
+        let ttl = Duration::from_millis(100);
+        let first = store.lock("coupon:1", ttl, Duration::ZERO).await.unwrap().expect("free");
+        assert!(store.lock("coupon:1", ttl, Duration::from_millis(30)).await.unwrap().is_none(), "held");
+        assert!(store.lock("coupon:2", ttl, Duration::ZERO).await.unwrap().is_some(), "another name is free");
+        assert!(store.unlock(first).await.unwrap());
+        let second = store.lock("coupon:1", ttl, Duration::ZERO).await.unwrap().expect("released");
+        // The holder outlives its TTL; a waiter takes the lock; the late release spares it.
+        let third = store.lock("coupon:1", ttl, Duration::from_millis(500)).await.unwrap().expect("lapsed");
+        assert!(!store.unlock(second).await.unwrap(), "lapsed: not the holder any more");
+        assert_eq!(store.kv.get(&store.lock_key("coupon:1")).await.unwrap().as_deref(), Some(third.token.as_str()));
+        assert!(store.unlock(third).await.unwrap());
+    }
 
     #[tokio::test]
     async fn memory_store_has_redis_semantics() {

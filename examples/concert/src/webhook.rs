@@ -113,21 +113,7 @@ impl<DB: crate::db::AppBackend> EventHandler<DB> for WebhookNotifier {
                 user_id: event.user_id,
                 text: format!("Payment {} of {} points completed.", event.payment_id, event.amount),
             };
-            let resp = self.http.post(&self.url).json(&body).send().await.map_err(|e| {
-                if e.is_connect() {
-                    HandlerError::unavailable(e)
-                } else {
-                    HandlerError::transient(e)
-                }
-            })?;
-            let status = resp.status();
-            if let Err(e) = resp.error_for_status() {
-                return Err(match status {
-                    StatusCode::SERVICE_UNAVAILABLE => HandlerError::unavailable(e),
-                    s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => HandlerError::transient(e),
-                    _ => HandlerError::permanent(e),
-                });
-            }
+            post_json(&self.http, &self.url, &body).await?;
             crate::sql!(
                 DB::ex(ctx.tx()),
                 query("INSERT INTO notification (payment_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
@@ -138,6 +124,36 @@ impl<DB: crate::db::AppBackend> EventHandler<DB> for WebhookNotifier {
             Ok(())
         })
     }
+}
+
+/// `POST`s `body` as JSON to `url`, classifying failures as the handlers need them:
+/// refused connections and `503` mean the receiver is down
+/// ([`HandlerError::unavailable`]), other 5xx, 429 and timeouts are transient, other
+/// 4xx permanent.
+///
+/// # Errors
+/// The classified failure.
+pub(crate) async fn post_json<T: Serialize + ?Sized>(
+    http: &reqwest::Client,
+    url: &str,
+    body: &T,
+) -> Result<(), HandlerError> {
+    let resp = http.post(url).json(body).send().await.map_err(|e| {
+        if e.is_connect() {
+            HandlerError::unavailable(e)
+        } else {
+            HandlerError::transient(e)
+        }
+    })?;
+    let status = resp.status();
+    if let Err(e) = resp.error_for_status() {
+        return Err(match status {
+            StatusCode::SERVICE_UNAVAILABLE => HandlerError::unavailable(e),
+            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => HandlerError::transient(e),
+            _ => HandlerError::permanent(e),
+        });
+    }
+    Ok(())
 }
 
 /// How the demo receiver misbehaves.
@@ -159,6 +175,7 @@ pub struct ReceiverBehaviour {
 pub struct DemoReceiver {
     behaviour: Arc<Mutex<ReceiverBehaviour>>,
     accepted: Arc<Mutex<HashMap<i64, u32>>>,
+    alerts: Arc<Mutex<HashMap<i64, u32>>>,
     faults: Arc<Mutex<(u64, u64)>>,
     /// Down (every call answered `503`), and the calls answered so.
     outage: Arc<Mutex<(bool, u64)>>,
@@ -176,6 +193,7 @@ impl DemoReceiver {
         DemoReceiver {
             behaviour: Arc::new(Mutex::new(behaviour)),
             accepted: Arc::default(),
+            alerts: Arc::default(),
             faults: Arc::default(),
             outage: Arc::default(),
         }
@@ -189,6 +207,12 @@ impl DemoReceiver {
     /// Notifications accepted, by payment id, with how often each was received.
     pub fn accepted(&self) -> HashMap<i64, u32> {
         self.accepted.lock().unwrap().clone()
+    }
+
+    /// Order alerts accepted (`POST /alert`), by payment id, with how often each was
+    /// received.
+    pub fn alerts(&self) -> HashMap<i64, u32> {
+        self.alerts.lock().unwrap().clone()
     }
 
     /// Takes the receiver down (every call answered `503 Service Unavailable`) or
@@ -207,22 +231,40 @@ impl DemoReceiver {
         *self.faults.lock().unwrap()
     }
 
-    /// Serves `POST /notify` on `addr`.
+    /// Serves `POST /notify` (notifications, with the faults of its behaviour) and
+    /// `POST /alert` (order alerts; down with the rest in an outage, no other faults)
+    /// on `addr`.
     ///
     /// # Errors
     /// When the address cannot be bound.
     pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Server> {
-        Server::start(Router::new().route("/notify", post(receive)).with_state(self.clone()), addr).await
+        Server::start(
+            Router::new().route("/notify", post(receive)).route("/alert", post(receive_alert)).with_state(self.clone()),
+            addr,
+        )
+        .await
+    }
+
+    fn down(&self) -> bool {
+        let mut outage = self.outage.lock().unwrap();
+        if outage.0 {
+            outage.1 += 1;
+        }
+        outage.0
     }
 }
 
+async fn receive_alert(State(r): State<DemoReceiver>, Json(a): Json<crate::alert::Alert>) -> StatusCode {
+    if r.down() {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    *r.alerts.lock().unwrap().entry(a.payment_id).or_default() += 1;
+    StatusCode::OK
+}
+
 async fn receive(State(r): State<DemoReceiver>, Json(n): Json<Notification>) -> StatusCode {
-    {
-        let mut outage = r.outage.lock().unwrap();
-        if outage.0 {
-            outage.1 += 1;
-            return StatusCode::SERVICE_UNAVAILABLE;
-        }
+    if r.down() {
+        return StatusCode::SERVICE_UNAVAILABLE;
     }
     let b = *r.behaviour.lock().unwrap();
     if (b.always_fail_every > 0 && n.payment_id % b.always_fail_every == 0) || fastrand::f64() < b.fail_rate {

@@ -51,6 +51,7 @@ pub struct ListenerContainerBuilder<DB: Backend = DefaultBackend> {
     partition_concurrency: usize,
     identity: IdentitySource,
     unknown_event_types: UnknownEventType,
+    consumer_properties: Vec<(String, String)>,
 }
 
 impl<DB: Backend> std::fmt::Debug for ListenerContainerBuilder<DB> {
@@ -87,6 +88,7 @@ impl<DB: Backend> ListenerContainer<DB> {
             partition_concurrency: 1,
             identity: IdentitySource::envelope(),
             unknown_event_types: UnknownEventType::DeadLetter,
+            consumer_properties: Vec::new(),
         }
     }
 }
@@ -191,6 +193,20 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
     /// new owner never runs a record this container still works on.
     pub fn partition_concurrency(mut self, partitions: usize) -> Self {
         self.partition_concurrency = partitions;
+        self
+    }
+
+    /// A librdkafka property of this container's consumer only (not of its
+    /// dead-letter producer), e.g. `fetch.min.bytes` (bytes), `fetch.max.bytes`
+    /// (bytes) or `fetch.wait.max.ms` (ms): the place of Spring Kafka's
+    /// `spring.kafka.consumer.properties.*`. It wins over the presets and over the
+    /// [`KafkaConfig`]'s settings. A key librdkafka does not know makes
+    /// [`build`](Self::build) fail with [`Error::Kafka`]; a producer-only key is
+    /// ignored with librdkafka's configuration warning.
+    pub fn consumer_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let key = key.into();
+        self.consumer_properties.retain(|(k, _)| *k != key);
+        self.consumer_properties.push((key, value.into()));
         self
     }
 
@@ -376,9 +392,13 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
 
         let context = ContainerContext::new(group.clone(), self.handler_timeout, stats.clone());
         let statistics = KafkaConfig::statistics_preset();
-        let consumer: StreamConsumer<ContainerContext> = self
+        let mut consumer_config = self
             .kafka
-            .consumer_config(&group, &[("isolation.level", "read_committed"), ("statistics.interval.ms", &statistics)])
+            .consumer_config(&group, &[("isolation.level", "read_committed"), ("statistics.interval.ms", &statistics)]);
+        for (k, v) in &self.consumer_properties {
+            consumer_config.set(k, v);
+        }
+        let consumer: StreamConsumer<ContainerContext> = consumer_config
             .create_with_context(context)
             .map_err(Error::kafka("create consumer"))?;
         let producer: Producer = self

@@ -139,6 +139,28 @@ impl KafkaConfig {
         ("partitioner", "murmur2_random"),
     ];
 
+    /// The number of brokers in the cluster's metadata, e.g. to cap a topic's
+    /// replication factor on a smaller cluster than production's. Asks the bootstrap
+    /// servers, waiting up to `timeout` (on a blocking thread).
+    ///
+    /// # Errors
+    /// [`Error::Kafka`] when the client cannot be created or no broker answers in time.
+    pub async fn broker_count(&self, timeout: Duration) -> Result<usize, Error> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let config = self.client_config(&[]);
+        let count = tokio::task::spawn_blocking(move || {
+            let client: BaseConsumer = config.create().map_err(Error::kafka("create metadata client"))?;
+            let metadata = client.fetch_metadata(None, timeout).map_err(Error::kafka("fetch metadata"))?;
+            Ok::<_, Error>(metadata.brokers().len())
+        })
+        .await
+        .map_err(|e| Error::Kafka {
+            operation: "fetch metadata",
+            source: rdkafka::error::KafkaError::ClientCreation(e.to_string()),
+        })??;
+        Ok(count)
+    }
+
     /// Creates any of `topics` that does not exist yet, each with its partitions,
     /// replication factor and topic configs ([`TopicSpec`], or a tuple `(name,
     /// partitions, replication factor)` for a topic without configs). Existing topics

@@ -80,6 +80,13 @@ impl TopicSpec {
     }
 }
 
+impl<S: AsRef<str>> From<(S, i32)> for TopicSpec {
+    /// `(name, partitions)`: replication factor 1, without configs.
+    fn from((name, partitions): (S, i32)) -> Self {
+        TopicSpec::new(name.as_ref(), partitions)
+    }
+}
+
 impl<S: AsRef<str>> From<(S, i32, i32)> for TopicSpec {
     /// `(name, partitions, replication factor)`, without configs.
     fn from((name, partitions, replicas): (S, i32, i32)) -> Self {
