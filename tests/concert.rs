@@ -55,7 +55,7 @@ async fn world(n: i64, gateway: GatewayBehaviour, request_timeout: Duration) -> 
         .execute(&pool)
         .await
         .unwrap();
-    sqlx::query("INSERT INTO app_user (name, balance) SELECT 'u' || k, 100000 FROM generate_series(1, $1) k")
+    sqlx::query("INSERT INTO app_user (name, balance, mail) SELECT 'u' || k, 100000, 'u' || k || '@example.com' FROM generate_series(1, $1) k")
         .bind(n as i32)
         .execute(&pool)
         .await
@@ -134,6 +134,17 @@ async fn the_same_checkout_sent_many_times_pays_once_and_answers_the_same() {
     let balance: i64 =
         sqlx::query_scalar("SELECT balance FROM app_user WHERE id = 1").fetch_one(&w.pool).await.unwrap();
     assert_eq!(balance, 50_000, "charged once");
+    // Seed 003's notification event carries mail, concert title, start and confirmation.
+    let payload: Vec<u8> = sqlx::query_scalar("SELECT payload FROM rk_outbox WHERE type = 'payment.completed'")
+        .fetch_one(&w.pool)
+        .await
+        .unwrap();
+    let event: PaymentCompleted = serde_json::from_slice(&payload).unwrap();
+    assert_eq!((event.mail.as_deref(), event.concert_title.as_str()), (Some("u1@example.com"), "t"));
+    let starts_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT starts_at FROM concert_date WHERE id = 1").fetch_one(&w.pool).await.unwrap();
+    assert_eq!(event.starts_at, starts_at);
+    assert!(event.confirmed_at >= starts_at, "confirmed after the date was created at now()");
 
     // The same key with another body is refused with a stable code.
     let (status, body) = w.pay(&key, reservation, 2).await;
@@ -191,6 +202,106 @@ async fn stuck_payments_are_recovered_once_by_two_recovery_instances() {
     let completed = count(&w.pool, "SELECT count(*) FROM payment WHERE status = 'COMPLETED'").await;
     assert_eq!(count(&w.pool, "SELECT count(*) FROM rk_outbox WHERE type = 'payment.completed'").await, completed);
     assert_eq!(count(&w.pool, "SELECT count(*) FROM rk_outbox WHERE type = 'PaymentFailed'").await, n - completed);
+}
+
+/// The partitions each recovery process holds now, by its `application_name`.
+async fn partitions_by_instance(pool: &sqlx::PgPool, names: &[String]) -> std::collections::BTreeMap<String, Vec<i64>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT a.application_name, l.objid::int8 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.objid::int8 < 1000000 \
+         AND a.application_name = ANY($1) ORDER BY 2",
+    )
+    .bind(names)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for (name, p) in rows {
+        out.entry(name).or_insert_with(Vec::new).push(p);
+    }
+    out
+}
+
+/// Seed 004's recovery scaled by partitioning: three recovery processes split 6
+/// partitions of the stuck payments 2/2/2; one is SIGKILLed mid-run, the other two
+/// take its partitions (3/3), and every stuck payment is settled exactly once, the
+/// killed one's only from its own partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_recovery_processes_split_the_partitions_and_one_killed_loses_no_payment() {
+    let behaviour =
+        GatewayBehaviour { decline_rate: 0.5, hang_rate: 1.0, hang: Duration::from_secs(2), ..Default::default() };
+    let n = 36;
+    let w = world(n, behaviour, Duration::from_millis(200)).await;
+    let w = &w;
+    let pays = (1..=n).map(|user| async move {
+        let (reservation, key) = w.checkout(user).await;
+        w.pay(&key, reservation, user).await
+    });
+    for (status, body) in futures::future::join_all(pays).await {
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let schema: String = sqlx::query_scalar("SELECT current_schema()").fetch_one(&w.pool).await.unwrap();
+    let names: Vec<String> = ["a", "b", "c"].iter().map(|x| format!("rec-{schema}-{x}")).collect();
+    let spawn = |name: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rk-test-recovery"))
+            .args([&schema, name, "6", "1", &w._gateway_server.url()])
+            .spawn()
+            .expect("spawn recovery")
+    };
+    let mut children: Vec<_> = names.iter().map(|name| spawn(name)).collect();
+    let split = eventually(Duration::from_secs(20), || async {
+        let held = partitions_by_instance(&w.pool, &names).await;
+        held.len() == 3 && held.values().all(|p| p.len() == 2)
+    })
+    .await;
+    let before_kill = partitions_by_instance(&w.pool, &names).await;
+    // Mid-run: once the first process has settled a payment from its own share.
+    let split_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&w.pool).await.unwrap();
+    let since_split = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT payment_id FROM payment_recovery WHERE recovered_by = $1 AND recovered_at > $2",
+        )
+        .bind(&names[0])
+        .bind(split_at)
+        .fetch_all(&w.pool)
+        .await
+        .unwrap()
+    };
+    let working = eventually(Duration::from_secs(20), || async { !since_split().await.is_empty() }).await;
+    children[0].kill().expect("SIGKILL");
+    children[0].wait().unwrap();
+    let taken_over = eventually(Duration::from_secs(20), || async {
+        let held = partitions_by_instance(&w.pool, &names).await;
+        held.len() == 2 && held.values().all(|p| p.len() == 3)
+    })
+    .await;
+    let settled = eventually(Duration::from_secs(60), || async {
+        count(&w.pool, "SELECT count(*) FROM payment WHERE status = 'IN_PROGRESS'").await == 0
+    })
+    .await;
+    for c in &mut children[1..] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    assert!(split, "2 partitions each: {before_kill:?}");
+    assert!(taken_over, "the killed one's partitions taken over: {:?}", partitions_by_instance(&w.pool, &names).await);
+    assert!(settled, "every stuck payment settled");
+    assert_eq!(count(&w.pool, "SELECT count(*) FROM payment_recovery").await, n, "each payment recovered once");
+    assert_eq!(count(&w.pool, "SELECT count(DISTINCT payment_id) FROM payment_recovery").await, n);
+    // Before the split the first process held every partition; after it, only its own.
+    let killed = since_split().await;
+    let own = &before_kill[&names[0]];
+    assert!(working, "the first process settled payments after the split");
+    assert!(
+        killed.iter().all(|id| own.contains(&(id % 6))),
+        "after the split, only its partitions {own:?}: {killed:?}"
+    );
+    let by: i64 = sqlx::query_scalar("SELECT count(DISTINCT recovered_by) FROM payment_recovery")
+        .fetch_one(&w.pool)
+        .await
+        .unwrap();
+    assert!(by >= 2, "the work was shared");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +400,7 @@ async fn failing_notifications_are_retried_dead_lettered_redriven_three_times_th
     let outbox = Outbox::new();
     let mut tx = pool.begin().await.unwrap();
     for id in 1..=4 {
-        let e = PaymentCompleted { payment_id: id, reservation_id: id, user_id: id, amount: 10 };
+        let e = PaymentCompleted { payment_id: id, reservation_id: id, user_id: id, amount: 10, ..Default::default() };
         outbox
             .enqueue_with(&mut tx, &e, EnqueueOptions { topic: Some(topic.clone()), ..Default::default() })
             .await

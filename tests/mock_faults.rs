@@ -256,7 +256,9 @@ async fn the_embedded_cluster_keeps_a_specs_replicas_and_refuses_more_than_its_b
     let cluster = reliable_kafka::EmbeddedKafka::start(3).unwrap();
     let topic = unique("replicated");
     cluster
-        .create_topics(&[reliable_kafka::TopicSpec::new(&topic, 3).replication_factor(3).config("min.insync.replicas", "2")])
+        .create_topics(&[reliable_kafka::TopicSpec::new(&topic, 3)
+            .replication_factor(3)
+            .config("min.insync.replicas", "2")])
         .unwrap();
     assert!(cluster.create_topics(&[(unique("over").as_str(), 1, 4)]).is_err(), "4 replicas on 3 brokers");
     assert_eq!(cluster.config().broker_count(Duration::from_secs(10)).await.unwrap(), 3);

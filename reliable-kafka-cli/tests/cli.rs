@@ -60,7 +60,7 @@ async fn rk_lists_replays_and_purges_what_a_reference_app_run_left_and_audits_it
     create_topics(&kafka, &topic, 1).await;
     let mut tx = pool.begin().await.unwrap();
     for id in 1..=8 {
-        let e = PaymentCompleted { payment_id: id, reservation_id: id, user_id: id, amount: 10 };
+        let e = PaymentCompleted { payment_id: id, reservation_id: id, user_id: id, amount: 10, ..Default::default() };
         let to = EnqueueOptions { topic: Some(topic.clone()), ..Default::default() };
         Outbox::new().enqueue_with(&mut tx, &e, to).await.unwrap();
     }
@@ -89,8 +89,14 @@ async fn rk_lists_replays_and_purges_what_a_reference_app_run_left_and_audits_it
     // A Spring service sharing the topic dead-lettered payment 9's event, which our
     // relay wrote: Spring's `kafka_dlt-*` headers, no `rk-dlt-reason`.
     let id = uuid::Uuid::now_v7().to_string();
-    let payload =
-        serde_json::to_vec(&PaymentCompleted { payment_id: 9, reservation_id: 9, user_id: 9, amount: 10 }).unwrap();
+    let payload = serde_json::to_vec(&PaymentCompleted {
+        payment_id: 9,
+        reservation_id: 9,
+        user_id: 9,
+        amount: 10,
+        ..Default::default()
+    })
+    .unwrap();
     let (partition, offset) = (0_i32.to_be_bytes(), 123_i64.to_be_bytes());
     let spring_headers: [(&str, &[u8]); 7] = [
         ("rk-message-id", id.as_bytes()),

@@ -182,7 +182,12 @@ impl EmbeddedKafka {
             if !(1..=self.brokers).contains(&spec.replicas()) {
                 return Err(crate::ConfigError::invalid(
                     "replication_factor",
-                    format!("topic {}: {} replicas on a cluster of {} brokers", spec.name(), spec.replicas(), self.brokers),
+                    format!(
+                        "topic {}: {} replicas on a cluster of {} brokers",
+                        spec.name(),
+                        spec.replicas(),
+                        self.brokers
+                    ),
                 )
                 .into());
             }

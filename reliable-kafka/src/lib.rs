@@ -158,6 +158,8 @@ pub use store::park::ParkedMessage;
 #[cfg(feature = "postgres")]
 pub use store::Postgres;
 pub use store::{begin_write, AnyPool, Backend, BackendConnection, DefaultBackend};
+#[cfg(feature = "postgres")]
+pub use store::{ShardLease, MAX_LEASE_SHARDS};
 #[cfg(feature = "sqlite")]
 pub use store::{Sqlite, SQLITE_BUSY_TIMEOUT};
 pub use worker::{

@@ -69,8 +69,12 @@ impl<DB: crate::db::AppBackend> EventHandler<DB> for OrderAlerter {
                 "order placed: payment {} by user {} for {} points",
                 event.payment_id, event.user_id, event.amount
             );
-            post_json(&self.http, &self.url, &Alert { payment_id: event.payment_id, user_id: event.user_id, text: text.clone() })
-                .await?;
+            post_json(
+                &self.http,
+                &self.url,
+                &Alert { payment_id: event.payment_id, user_id: event.user_id, text: text.clone() },
+            )
+            .await?;
             crate::sql!(
                 DB::ex(ctx.tx()),
                 query("INSERT INTO order_alert (payment_id, message) VALUES ($1, $2)")

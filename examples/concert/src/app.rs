@@ -10,12 +10,12 @@ use reliable_kafka::{
     Outbox, OutboxRelay, RedriveHandle, RelayHandle, TopicSpec, DEFAULT_DEAD_LETTER_SUFFIX,
 };
 
+use crate::alert::OrderAlerter;
 use crate::api::{router, ApiState};
 use crate::booking::Booking;
 use crate::db::{AppBackend, Db};
 use crate::events::{PAYMENT_NOTIFICATION_TOPIC, TOPICS};
 use crate::gateway::{DemoGateway, GatewayBehaviour, GatewayClient};
-use crate::alert::OrderAlerter;
 use crate::handlers::{compensate_payment, issue_coupon, store_order_info, RedisCleanup};
 use crate::http::Server;
 use crate::recovery::PaymentRecovery;
@@ -57,6 +57,9 @@ pub struct AppConfig {
     pub max_redrives: u32,
     /// Interval of the payment recovery (seed 004: 1 s).
     pub recovery_interval: Duration,
+    /// Partitions of the pending payments that recovery instances split among them
+    /// (seed 004's scaling by partitioning; PostgreSQL; default 3).
+    pub recovery_partitions: u32,
     /// A payment is stuck after this long in progress; must exceed the longest charge
     /// call (`request_timeout` × 4 attempts + 1 s), checked at start.
     pub stuck_after: Duration,
@@ -125,6 +128,7 @@ impl Default for AppConfig {
             redrive_interval: Duration::from_secs(300),
             max_redrives: 3,
             recovery_interval: Duration::from_secs(1),
+            recovery_partitions: 3,
             stuck_after: Duration::from_secs(15),
             partitions: 3,
             replication_factor: 3,
@@ -248,8 +252,9 @@ impl App {
             Db::Sqlite(p) => Db::Sqlite(p.clone()),
         };
         let recovery_token = CancellationToken::new();
-        let recovery = PaymentRecovery::new(recovery_pool, store.clone(), client.clone(), "app", cfg.stuck_after)
-            .spawn_bulkhead(cfg.recovery_interval, recovery_token.clone());
+        let mut recovery = PaymentRecovery::new(recovery_pool, store.clone(), client.clone(), "app", cfg.stuck_after);
+        recovery.partitions = cfg.recovery_partitions;
+        let recovery = recovery.spawn_bulkhead(cfg.recovery_interval, recovery_token.clone());
 
         let probes: Vec<_> = relay
             .iter()

@@ -548,9 +548,21 @@ pub async fn finalize(
             let Some((reservation_id, user_id, amount)) = row else {
                 return Ok(None);
             };
-            let (seat_id, token): (i64, Option<String>) = sql!(
+            let (seat_id, token, concert_title, starts_at, mail): (
+                i64,
+                Option<String>,
+                String,
+                chrono::DateTime<chrono::Utc>,
+                Option<String>,
+            ) = sql!(
                 tx.re(),
-                query_as("SELECT seat_id, queue_token FROM reservation WHERE id = $1").bind(reservation_id).fetch_one()
+                query_as(
+                    "SELECT r.seat_id, r.queue_token, c.title, d.starts_at, u.mail FROM reservation r \
+                     JOIN concert_date d ON d.id = r.concert_date_id JOIN concert c ON c.id = d.concert_id \
+                     JOIN app_user u ON u.id = r.user_id WHERE r.id = $1"
+                )
+                .bind(reservation_id)
+                .fetch_one()
             )?;
             history(tx.re(), payment_id, "COMPLETED", Some(note)).await?;
             let confirm = format!("UPDATE reservation SET status = 'CONFIRMED', updated_at = {NOW_LITE} WHERE id = $1");
@@ -564,7 +576,17 @@ pub async fn finalize(
                 .execute()
             )?;
             sql!(tx.re(), query("UPDATE seat SET status = 'SOLD' WHERE id = $1").bind(seat_id).execute())?;
-            tx.enqueue(outbox, &PaymentCompleted { payment_id, reservation_id, user_id, amount }).await?;
+            let completed = PaymentCompleted {
+                payment_id,
+                reservation_id,
+                user_id,
+                amount,
+                mail,
+                concert_title,
+                starts_at,
+                confirmed_at: chrono::Utc::now(),
+            };
+            tx.enqueue(outbox, &completed).await?;
             tx.enqueue(outbox, &OrderPlaced { payment_id, reservation_id, user_id, seat_id, amount }).await?;
             Ok(Some(Some(AfterCommit { seat_id, user_id, token })))
         }

@@ -101,8 +101,10 @@ pub async fn request_coupon(
 
 async fn take_one(pool: &Db, outbox: &Outbox, coupon_id: i64, user_id: i64) -> Result<(), CouponError> {
     let mut tx = pool.begin().await?;
-    let remaining: Option<i32> =
-        sql!(&mut tx, query_scalar("SELECT remaining FROM coupon_stock WHERE id = $1").bind(coupon_id).fetch_optional())?;
+    let remaining: Option<i32> = sql!(
+        &mut tx,
+        query_scalar("SELECT remaining FROM coupon_stock WHERE id = $1").bind(coupon_id).fetch_optional()
+    )?;
     if remaining.is_none() {
         return Err(CouponError::NotFound { what: "coupon", id: coupon_id });
     }

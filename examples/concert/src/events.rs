@@ -42,9 +42,12 @@ pub struct PaymentFailed {
 }
 
 /// A payment completed (event type `payment.completed`), published to
-/// `payment-notification` for the user's notification (seed 003).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
-#[event(topic = "payment-notification", key = user_id, version = 1, name = "payment.completed")]
+/// `payment-notification` for the user's notification: seed 003's
+/// `PaymentCompletedEvent` (`mail`, `concertTitle`, `startDt`, `confirmDt`, `amount`,
+/// here in snake case) with the ids that key and deduplicate it. Version 2; a version-1
+/// record (ids and amount only) reads with the seed's fields empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(topic = "payment-notification", key = user_id, version = 2, name = "payment.completed")]
 pub struct PaymentCompleted {
     /// Payment.
     pub payment_id: i64,
@@ -54,6 +57,18 @@ pub struct PaymentCompleted {
     pub user_id: i64,
     /// Amount in points.
     pub amount: i64,
+    /// The user's mail address, if known (seed: `mail`).
+    #[serde(default)]
+    pub mail: Option<String>,
+    /// Title of the concert (seed: `concertTitle`).
+    #[serde(default)]
+    pub concert_title: String,
+    /// When the concert date starts, UTC (seed: `startDt`).
+    #[serde(default)]
+    pub starts_at: chrono::DateTime<chrono::Utc>,
+    /// When the payment was confirmed, UTC (seed: `confirmDt`).
+    #[serde(default)]
+    pub confirmed_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// An order was placed (a payment completed), published to `trace-topic` for the

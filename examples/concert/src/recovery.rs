@@ -8,13 +8,20 @@
 //! instances can run at once: each payment is claimed with `FOR UPDATE SKIP LOCKED`
 //! and finalized only while still `IN_PROGRESS`, so none is recovered twice.
 //!
+//! Seed 004's scaling by partitioning: with [`PaymentRecovery::partitions`] `n` > 1 on
+//! PostgreSQL, payment `id % n` is its partition, and the live recovery instances split
+//! the partitions among them with a [`ShardLease`] (a session advisory lock per
+//! partition, rebalanced before each run): each instance claims only its partitions'
+//! payments, and an instance that dies loses its locks, so the others take its
+//! partitions at their next run.
+//!
 //! On SQLite (one writer at a time) the claim takes no lock, so that the gateway call
 //! never holds the database's write lock; the `IN_PROGRESS` guard of [`finalize`]
 //! still settles each payment once.
 
 use std::time::Duration;
 
-use reliable_kafka::{CancellationToken, Outbox};
+use reliable_kafka::{CancellationToken, Outbox, ShardLease};
 
 use crate::booking::{finalize, BookingError, Outcome};
 use crate::db::{Db, NOW_LITE};
@@ -35,7 +42,15 @@ pub struct PaymentRecovery {
     pub stuck_after: Duration,
     /// Payments settled per run at most.
     pub batch: usize,
+    /// Partitions of the pending payments (`id % partitions`), split among the live
+    /// instances (PostgreSQL; default 1: every instance claims from all, still never
+    /// settling one twice).
+    pub partitions: u32,
 }
+
+/// Name of the recovery's shard lease, scoped by the database schema (`{schema}`), so
+/// that applications in different schemas of one database never share partitions.
+pub const RECOVERY_LEASE: &str = "concert-payment-recovery:{schema}";
 
 impl PaymentRecovery {
     /// A scheduler named `instance`.
@@ -54,6 +69,7 @@ impl PaymentRecovery {
             instance: instance.into(),
             stuck_after,
             batch: 100,
+            partitions: 1,
         }
     }
 
@@ -68,6 +84,17 @@ impl PaymentRecovery {
     /// Database errors; a gateway that cannot be asked leaves the payment for the next
     /// run.
     pub async fn recover_once(&self) -> Result<usize, BookingError> {
+        self.recover_partitions(&[0], 1).await
+    }
+
+    /// [`PaymentRecovery::recover_once`] for the payments of `partitions` (of `count`:
+    /// `id % count` in `partitions`) only; on SQLite, all of them.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn recover_partitions(&self, partitions: &[u32], count: u32) -> Result<usize, BookingError> {
+        let owned: Vec<i32> = partitions.iter().map(|p| *p as i32).collect();
+        let count = i64::from(count.max(1));
         let mut settled = 0;
         for _ in 0..self.batch {
             let cutoff = (chrono::Utc::now() - self.stuck_after).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -77,11 +104,14 @@ impl PaymentRecovery {
             };
             const PG_CLAIM: &str =
                 "SELECT id, traceparent FROM payment WHERE status = 'IN_PROGRESS' AND updated_at < $1::timestamptz \
-                                    ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED";
+                 AND (id % $2)::int4 = ANY($3) ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED";
             const LITE_CLAIM: &str =
                 "SELECT id, traceparent FROM payment WHERE status = 'IN_PROGRESS' AND updated_at < $1 ORDER BY updated_at LIMIT 1";
             let stuck: Option<(i64, Option<String>)> = match claim.as_mut() {
-                Some(tx) => sql!(tx, query_as(PG_CLAIM).bind(&cutoff).fetch_optional())?,
+                Some(crate::db::Tx::Postgres(tx)) => {
+                    sqlx::query_as(PG_CLAIM).bind(&cutoff).bind(count).bind(&owned).fetch_optional(&mut **tx).await?
+                }
+                Some(tx) => sql!(tx, query_as(LITE_CLAIM).bind(&cutoff).fetch_optional())?,
                 None => sql!(&self.pool, query_as(LITE_CLAIM).bind(&cutoff).fetch_optional())?,
             };
             let Some((payment_id, traceparent)) = stuck else { break };
@@ -140,8 +170,38 @@ impl PaymentRecovery {
         Ok(settled)
     }
 
-    /// Runs [`PaymentRecovery::recover_once`] every `interval` (seed 004: 1 s) on a
-    /// dedicated thread and runtime until `shutdown`.
+    /// One run: with partitions on PostgreSQL, joins the lease if not a member (again
+    /// after an error), rebalances, and recovers the partitions held; else all.
+    async fn run_once(&self, lease: &mut Option<ShardLease>) -> Result<usize, BookingError> {
+        let pg = match &self.pool {
+            Db::Postgres(pg) if self.partitions > 1 => pg,
+            _ => return self.recover_once().await,
+        };
+        if lease.is_none() {
+            let schema: String = sqlx::query_scalar("SELECT current_schema()").fetch_one(pg).await?;
+            let name = RECOVERY_LEASE.replace("{schema}", &schema);
+            *lease = Some(ShardLease::join(pg, &name, self.partitions).await?);
+        }
+        let Some(member) = lease.as_mut() else { return Ok(0) };
+        let rebalanced = member.rebalance().await.map(<[u32]>::to_vec);
+        let held = match rebalanced {
+            Ok(held) => held,
+            Err(e) => {
+                // The session may be gone: join again next run.
+                *lease = None;
+                return Err(e.into());
+            }
+        };
+        if held.is_empty() {
+            return Ok(0);
+        }
+        self.recover_partitions(&held, self.partitions).await
+    }
+
+    /// Runs the recovery every `interval` (seed 004: 1 s) on a dedicated thread and
+    /// runtime until `shutdown`: [`PaymentRecovery::recover_once`], or with
+    /// [`PaymentRecovery::partitions`] > 1 on PostgreSQL, the partitions this instance
+    /// holds in the lease.
     ///
     /// # Panics
     /// When the thread or its runtime cannot be created.
@@ -151,8 +211,9 @@ impl PaymentRecovery {
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("recovery runtime");
                 rt.block_on(async move {
+                    let mut lease: Option<ShardLease> = None;
                     loop {
-                        match self.recover_once().await {
+                        match self.run_once(&mut lease).await {
                             Ok(0) => {}
                             Ok(n) => tracing::info!(instance = %self.instance, settled = n, "recovered stuck payments"),
                             Err(e) => {

@@ -398,9 +398,8 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
         for (k, v) in &self.consumer_properties {
             consumer_config.set(k, v);
         }
-        let consumer: StreamConsumer<ContainerContext> = consumer_config
-            .create_with_context(context)
-            .map_err(Error::kafka("create consumer"))?;
+        let consumer: StreamConsumer<ContainerContext> =
+            consumer_config.create_with_context(context).map_err(Error::kafka("create consumer"))?;
         let producer: Producer = self
             .kafka
             .client_config(KafkaConfig::PRODUCER_PRESETS)

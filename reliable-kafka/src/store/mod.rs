@@ -8,8 +8,8 @@
 //!
 //! What a backend does is split by concern, one trait each: the outbox and its relay
 //! (`outbox.rs`; PostgreSQL's in `postgres_outbox.rs`), the deduplication table (`dedup.rs`), parked records (`park.rs`), the
-//! key-blocking table (`blocked.rs`) and
-//! named locks (`lock.rs`); SQL both dialects share is in `sql.rs`.
+//! key-blocking table (`blocked.rs`),
+//! named locks (`lock.rs`) and shard leases for a service's own jobs (`shard_lease.rs`); SQL both dialects share is in `sql.rs`.
 //!
 //! What differs between the two:
 //!
@@ -37,6 +37,8 @@ pub(crate) mod park;
 mod postgres;
 #[cfg(feature = "postgres")]
 mod postgres_outbox;
+#[cfg(feature = "postgres")]
+mod shard_lease;
 pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -50,6 +52,8 @@ use sqlx::{Pool, Transaction};
 pub use any_pool::AnyPool;
 #[cfg(feature = "sqlite")]
 pub use any_pool::SQLITE_BUSY_TIMEOUT;
+#[cfg(feature = "postgres")]
+pub use shard_lease::{ShardLease, MAX_LEASE_SHARDS};
 #[cfg(feature = "postgres")]
 pub use sqlx::Postgres;
 #[cfg(feature = "sqlite")]

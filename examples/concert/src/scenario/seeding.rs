@@ -63,8 +63,9 @@ pub(crate) async fn seed_data(pool: &Db, cfg: &ScenarioConfig) -> anyhow::Result
     let user_ids: Vec<i64> = match &mut tx {
         crate::db::Tx::Postgres(t) => {
             sqlx::query_scalar(
-                "INSERT INTO app_user (name, balance, run_id) \
-                 SELECT 'user-' || $1 || '-' || n, b, $1 FROM unnest($2::bigint[]) WITH ORDINALITY AS t(b, n) RETURNING id",
+                "INSERT INTO app_user (name, balance, run_id, mail) \
+                 SELECT 'user-' || $1 || '-' || n, b, $1, 'user-' || $1 || '-' || n || '@example.com' \
+                 FROM unnest($2::bigint[]) WITH ORDINALITY AS t(b, n) RETURNING id",
             )
             .bind(run_id)
             .bind(&balances)
@@ -73,8 +74,9 @@ pub(crate) async fn seed_data(pool: &Db, cfg: &ScenarioConfig) -> anyhow::Result
         }
         crate::db::Tx::Sqlite(t) => {
             sqlx::query_scalar(
-                "INSERT INTO app_user (name, balance, run_id) \
-                 SELECT 'user-' || $1 || '-' || (key + 1), value, $1 FROM json_each($2) ORDER BY key RETURNING id",
+                "INSERT INTO app_user (name, balance, run_id, mail) \
+                 SELECT 'user-' || $1 || '-' || (key + 1), value, $1, 'user-' || $1 || '-' || (key + 1) || '@example.com' \
+                 FROM json_each($2) ORDER BY key RETURNING id",
             )
             .bind(run_id)
             .bind(&balances_json)
