@@ -134,6 +134,8 @@ async fn the_same_checkout_sent_many_times_pays_once_and_answers_the_same() {
     let balance: i64 =
         sqlx::query_scalar("SELECT balance FROM app_user WHERE id = 1").fetch_one(&w.pool).await.unwrap();
     assert_eq!(balance, 50_000, "charged once");
+    // Seed 002: the token expires (and the seat hold goes) in Redis after the commit, not by Kafka.
+    assert_eq!(w.store.count_existing(&[w.store.token_key(1), w.store.hold_key(1)]).await.unwrap(), 0);
     // Seed 003's notification event carries mail, concert title, start and confirmation.
     let payload: Vec<u8> = sqlx::query_scalar("SELECT payload FROM rk_outbox WHERE type = 'payment.completed'")
         .fetch_one(&w.pool)
