@@ -269,3 +269,26 @@ async fn the_embedded_cluster_keeps_a_specs_replicas_and_refuses_more_than_its_b
     let replicas: Vec<usize> = md.topics()[0].partitions().iter().map(|p| p.replicas().len()).collect();
     assert_eq!(replicas, vec![3, 3, 3]);
 }
+
+/// A container whose broker stops answering (every request now takes 2 minutes) stops
+/// on shutdown: librdkafka's close, which waits for the group coordinator, is bounded
+/// by `CONSUMER_CLOSE_TIMEOUT` once the offsets are committed (the chaos harness met a
+/// worker that never stopped after a broker restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_whose_broker_stops_answering_stops_on_shutdown() {
+    let mock = MockCluster::new(1).unwrap();
+    let topic = unique("mock-silent-broker");
+    mock.create_topic(&topic, 3, 1).unwrap();
+    let kafka = test_settings(KafkaConfig::new(mock.bootstrap_servers()));
+    let (pool, _schema) = isolated_pool().await;
+    create_effects_table(&pool).await;
+    let recorder = Recorder::new(&topic, &unique("group"), Mode::Succeed, 1);
+    let c = reliable_kafka::ListenerContainer::builder(kafka, pool).handler(recorder).build().unwrap().spawn();
+    assert!(eventually(Duration::from_secs(30), || async { c.stats().assigned_partitions() == 3 }).await, "joined");
+    mock.broker_round_trip_time(1, Duration::from_secs(120)).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(40), c.shutdown()).await;
+    println!("stopped after {:?}", started.elapsed());
+    assert!(matches!(stopped, Ok(Ok(()))), "shutdown returned and succeeded: {stopped:?}");
+}

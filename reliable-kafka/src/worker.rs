@@ -163,6 +163,27 @@ pub(crate) async fn flush(producer: &crate::kafka::Producer) {
     let _ = tokio::task::spawn_blocking(move || producer.flush(PRODUCER_FLUSH_TIMEOUT)).await;
 }
 
+/// Longest wait, at shutdown, for librdkafka to close a consumer (leave the group and
+/// destroy the client) after its offsets were committed: 10 s.
+pub const CONSUMER_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `close` (librdkafka's close and destroy, which block) on a blocking thread and
+/// waits for it at most `timeout`. librdkafka's close can block for as long as a broker
+/// or the group coordinator stays unreachable (a group join in flight when it went
+/// away); the worker then stops anyway, with a warning, and the close goes on in the
+/// background until the process exits. Call it only once the offsets are committed.
+pub(crate) async fn close_within(worker: &str, timeout: Duration, close: impl FnOnce() + Send + 'static) {
+    let task = tokio::task::spawn_blocking(close);
+    if tokio::time::timeout(timeout, task).await.is_err() {
+        tracing::warn!(
+            worker,
+            timeout_ms = timeout.as_millis() as u64,
+            "librdkafka did not close the consumer in time (a broker or the group coordinator is unreachable); \
+             its offsets were committed before, and the close goes on in the background"
+        );
+    }
+}
+
 /// Sleeps `d` unless shutdown comes first; returns whether shutdown came.
 pub(crate) async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {

@@ -435,7 +435,13 @@ impl<DB: Backend> ListenerContainer<DB> {
             let _ = retrier.await; // it ends at shutdown, after the record in hand
         }
         crate::worker::flush(&self.pipeline.producer).await;
-        self.consumer.unsubscribe();
+        // Leaving the group and destroying the client can block while the broker is
+        // away; the offsets are committed, so the wait is bounded.
+        crate::worker::close_within(&group, crate::worker::CONSUMER_CLOSE_TIMEOUT, move || {
+            self.consumer.unsubscribe();
+            drop(self);
+        })
+        .await;
         tracing::info!(%group, "listener container stopped");
         Ok(())
     }
