@@ -68,6 +68,20 @@ async fn text(c: &Client, css: &str) -> String {
     }
 }
 
+/// Clicks the element `css` finds. The page re-renders its tables every few seconds,
+/// so an element found just before a refresh is stale by the click: it is found again
+/// (a stale element takes no click, so retrying cannot click twice).
+async fn click(c: &Client, css: &str) {
+    for _ in 0..20 {
+        match c.find(Locator::Css(css)).await.unwrap().click().await {
+            Ok(()) => return,
+            Err(e) if e.is_stale_element_reference() => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("click on {css}: {e}"),
+        }
+    }
+    panic!("{css} went stale 20 times in a row");
+}
+
 async fn notifications(pool: &sqlx::PgPool, payment_id: i64) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM notification WHERE payment_id = $1")
         .bind(payment_id)
@@ -150,12 +164,7 @@ async fn ops_page_shows_the_database_figures_and_replays_a_parked_record_once() 
     let payload: serde_json::Value = serde_json::from_slice(victim.payload.as_deref().unwrap()).unwrap();
     let payment_id = payload["payment_id"].as_i64().unwrap();
     assert_eq!(notifications(&pg, payment_id).await, 0, "a parked payment was never notified");
-    c.find(Locator::Css(&format!("#parked tr[data-parked-id=\"{}\"] button.replay", victim.id)))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("#parked tr[data-parked-id=\"{}\"] button.replay", victim.id)).await;
     let receiver = &app.receiver.as_ref().unwrap().0;
     let replayed = eventually(Duration::from_secs(60), || async {
         let gone_from_page = c

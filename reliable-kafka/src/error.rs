@@ -42,6 +42,16 @@ pub enum Error {
     /// The configuration was rejected.
     #[error("invalid configuration")]
     Config(#[source] ConfigError),
+    /// A Redis operation of the Redis deduplication store failed (feature `redis`).
+    #[cfg(feature = "redis")]
+    #[error("redis operation failed: {operation}")]
+    Redis {
+        /// What the framework was doing, e.g. `"commit the handler's Redis transaction"`.
+        operation: &'static str,
+        /// The Redis error.
+        #[source]
+        source: redis::RedisError,
+    },
     /// A worker task ended without a result (it was aborted by its runtime).
     #[error("worker `{worker}` was cancelled before it finished")]
     WorkerCancelled {
@@ -67,11 +77,19 @@ pub enum ErrorKind {
     Config,
     /// [`Error::WorkerCancelled`].
     WorkerCancelled,
+    /// `Error::Redis` (feature `redis`).
+    #[cfg(feature = "redis")]
+    Redis,
 }
 
 impl Error {
     pub(crate) fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
         move |source| Error::Database { operation, source }
+    }
+
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis(operation: &'static str) -> impl FnOnce(redis::RedisError) -> Self {
+        move |source| Error::Redis { operation, source }
     }
 
     pub(crate) fn kafka(operation: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
@@ -87,6 +105,8 @@ impl Error {
             Error::Codec(_) => ErrorKind::Codec,
             Error::Config(_) => ErrorKind::Config,
             Error::WorkerCancelled { .. } => ErrorKind::WorkerCancelled,
+            #[cfg(feature = "redis")]
+            Error::Redis { .. } => ErrorKind::Redis,
         }
     }
 
@@ -99,6 +119,20 @@ impl Error {
             Error::Database { source, .. } => is_transient_sqlx(source),
             Error::Migrate(sqlx::migrate::MigrateError::Execute(e)) => is_transient_sqlx(e),
             Error::Kafka { source, .. } => crate::kafka::is_transient_kafka(source),
+            // A lost connection, a timeout, a server busy or loading, an aborted `EXEC`.
+            #[cfg(feature = "redis")]
+            Error::Redis { source, .. } => {
+                source.is_io_error()
+                    || source.is_timeout()
+                    || source.is_connection_dropped()
+                    || source.is_connection_refusal()
+                    || matches!(
+                        source.kind(),
+                        redis::ErrorKind::BusyLoadingError
+                            | redis::ErrorKind::TryAgain
+                            | redis::ErrorKind::ExecAbortError
+                    )
+            }
             Error::Migrate(_) | Error::Codec(_) | Error::Config(_) | Error::WorkerCancelled { .. } => false,
         }
     }

@@ -57,6 +57,7 @@
 //! | `sqlite` | no | the SQLite backend ([`Sqlite`]) |
 //! | `macros` | yes | `#[derive(Event)]`, `#[event_handler]` |
 //! | `embedded` | no | `EmbeddedKafka`: librdkafka's in-process mock cluster |
+//! | `redis` | no | `RedisDedup`: Redis as a handler's deduplication store, its writes in one `MULTI`/`EXEC` with the claim |
 //! | `testing` | no | fail points, sabotage switches, the fuzz entry, the stubbed relay (`testing`); never in production |
 //!
 //! ```no_run
@@ -125,6 +126,8 @@ pub use consumer::{
     UnexpectedRecord, UnknownEventType, DEFAULT_COMMIT_INTERVAL, DEFAULT_DEAD_LETTER_SUFFIX, DEFAULT_HANDLER_TIMEOUT,
     DEFAULT_PROCESSED_RETENTION, MAX_BATCH, MAX_PARTITION_CONCURRENCY, MAX_RETRY_TOPICS, PRUNE_INTERVAL,
 };
+#[cfg(feature = "redis")]
+pub use consumer::{RedisDedup, RedisTx, REDIS_DEDUP_DEFAULT_PREFIX, REDIS_DEDUP_DEFAULT_TTL};
 #[cfg(feature = "embedded")]
 pub use embedded::{EmbeddedKafka, MockFault};
 pub use envelope::{

@@ -22,7 +22,8 @@ pub struct ChaosReport {
     pub messages: i64,
     /// Faults that landed, by kind (sub-kinds named `kind/detail`).
     pub faults: BTreeMap<String, u64>,
-    /// Fault kinds of the nine exercised enough (`faults_per_kind` times; `downstream-outage` a fifth of that).
+    /// Fault kinds of the ten exercised enough (`faults_per_kind` times;
+    /// `downstream-outage` and `db-outage` a fifth of that).
     pub kinds: usize,
     /// Effects missing.
     pub lost: i64,
@@ -32,6 +33,9 @@ pub struct ChaosReport {
     pub dead_lettered: i64,
     /// Failed payments compensated.
     pub compensated: i64,
+    /// Redis cleanups (`post-payment-cleanup-group`, deduplicated in Redis) completed
+    /// while the database refused every connection (`db-outage`).
+    pub redis_cleanups_during_db_outage: u64,
     /// Every violated invariant, the first one first.
     pub problems: Vec<String>,
 }
@@ -47,18 +51,21 @@ impl ChaosReport {
         self.faults.iter().filter(|(k, _)| !k.contains('/')).map(|(_, n)| n).sum()
     }
 
-    /// The last line: `chaos: ok messages=… faults=… kinds=… lost=0 duplicated=0 dead_lettered=… compensated=…`,
+    /// The last line: `chaos: ok messages=… faults=… kinds=… lost=0 duplicated=0 dead_lettered=… compensated=…
+    /// redis_cleanups_during_db_outage=…`,
     /// or `chaos: FAILED …` followed by the first violated invariant.
     pub fn line(&self) -> String {
         let numbers = format!(
-            "messages={} faults={} kinds={} lost={} duplicated={} dead_lettered={} compensated={}",
+            "messages={} faults={} kinds={} lost={} duplicated={} dead_lettered={} compensated={} \
+             redis_cleanups_during_db_outage={}",
             self.messages,
             self.total_faults(),
             self.kinds,
             self.lost,
             self.duplicated,
             self.dead_lettered,
-            self.compensated
+            self.compensated,
+            self.redis_cleanups_during_db_outage
         );
         match self.problems.first() {
             None if self.is_ok() => format!("chaos: ok {numbers}"),
@@ -123,13 +130,13 @@ pub(crate) fn add_wave(report: &mut ChaosReport, wave: &Wave, r: &Report) {
     }
 }
 
-/// The nine fault kinds, each with the sub-counts it needs (those of the phases run);
+/// The ten fault kinds, each with the sub-counts it needs (those of the phases run);
 /// records a problem for each kind short of `n`.
 pub(crate) fn kinds_done(report: &mut ChaosReport, n: u32, phases: Phases) -> usize {
     let n = u64::from(n);
     let get = |k: &str| report.faults.get(k).copied().unwrap_or(0);
     let outages = u64::from(crate::faults::outages_needed(n as u32));
-    let needs: [(&str, Vec<&str>); 9] = [
+    let needs: [(&str, Vec<&str>); 10] = [
         ("consumer-kill", vec!["consumer-kill/rk-consumer-after-commit"]),
         ("relay-kill", vec!["relay-kill/rk-relay-after-send"]),
         ("broker", vec!["broker/tansu-restart", "broker/mock-faults"]),
@@ -147,6 +154,7 @@ pub(crate) fn kinds_done(report: &mut ChaosReport, n: u32, phases: Phases) -> us
         ),
         ("sigterm", vec!["sigterm"]),
         ("downstream-outage", vec!["downstream-outage"]),
+        ("db-outage", vec!["db-outage"]),
     ];
     let mut done = 0;
     let mut short = Vec::new();
@@ -162,11 +170,15 @@ pub(crate) fn kinds_done(report: &mut ChaosReport, n: u32, phases: Phases) -> us
         if subs.is_empty() {
             continue;
         }
-        let n = if kind == "downstream-outage" { outages } else { n };
+        let n = if kind == "downstream-outage" || kind == "db-outage" { outages } else { n };
         match subs.iter().map(|s| (s, get(s))).find(|(_, c)| *c < n) {
             None => done += 1,
             Some((sub, c)) => short.push(format!("fault kind {kind}: {sub} landed {c} times, fewer than {n}")),
         }
+    }
+    if get("db-outage") > 0 && report.redis_cleanups_during_db_outage == 0 {
+        // Seed 000's fault isolation: the cleanup needs no database.
+        short.push("fault isolation: no Redis cleanup completed during the database outages".to_owned());
     }
     report.problems.extend(short);
     done

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use concert::app::WorkerRole;
 use concert::events::TOPICS;
+use concert::handlers::CLEANUP_GROUP;
+use nix::sys::signal::{kill, Signal};
 use reliable_kafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use reliable_kafka::MockFault;
 
@@ -37,10 +39,11 @@ pub(crate) enum Kind {
     Rebalance,
     Sigterm,
     DownstreamOutage,
+    DbOutage,
 }
 
 /// The order the kinds of phase 1 take turns in.
-pub(crate) const SCHEDULE: [Kind; 10] = [
+pub(crate) const SCHEDULE: [Kind; 11] = [
     Kind::ConsumerKill { after_commit: true },
     Kind::RelayKill { after_send: true },
     Kind::DbDrop,
@@ -51,10 +54,19 @@ pub(crate) const SCHEDULE: [Kind; 10] = [
     Kind::Sigterm,
     Kind::Rebalance,
     Kind::DownstreamOutage,
+    Kind::DbOutage,
 ];
 
-/// Landings `downstream-outage` needs: one per five of the other kinds' (an outage
-/// lasts 10 to 60 s), at least one.
+/// How long `db-outage` refuses every connection to the database.
+pub(crate) const DB_OUTAGE: Duration = Duration::from_secs(20);
+
+/// How long `db-outage` freezes the consumer processes first (SIGSTOP), so that the
+/// consumer groups have a backlog when the outage starts: less than their session
+/// timeout (6 s), so that no rebalance follows.
+const BACKLOG_FREEZE: Duration = Duration::from_secs(4);
+
+/// Landings `downstream-outage` and `db-outage` need: one per five of the other
+/// kinds' (an outage lasts 10 to 60 s), at least one.
 pub(crate) fn outages_needed(faults_per_kind: u32) -> u32 {
     (faults_per_kind / 5).max(1)
 }
@@ -69,8 +81,10 @@ pub(crate) async fn inject_until_done(run: &mut Supervisor) -> anyhow::Result<()
     let mut turn = 0u64;
     let mut landed: BTreeMap<String, u64> = BTreeMap::new();
     let mut tried: BTreeMap<String, u64> = BTreeMap::new();
-    let needed =
-        |k: &Kind| if *k == Kind::DownstreamOutage { u64::from(outages_needed(cfg.faults_per_kind)) } else { n };
+    let needed = |k: &Kind| match k {
+        Kind::DownstreamOutage | Kind::DbOutage => u64::from(outages_needed(cfg.faults_per_kind)),
+        _ => n,
+    };
     while SCHEDULE.iter().any(|k| landed.get(&format!("{k:?}")).copied().unwrap_or(0) < needed(k)) {
         if started.elapsed() > cfg.max_duration {
             run.report.problems.push(format!("fault phase exceeded {:?}", cfg.max_duration));
@@ -190,6 +204,7 @@ impl Supervisor {
                     self.report.count("downstream-outage/seconds", down.as_secs());
                 }
             }
+            Kind::DbOutage => self.db_outage().await?,
             Kind::Sigterm => {
                 let done = self.report.faults.get("sigterm").copied().unwrap_or(0);
                 let role = if done.is_multiple_of(3) { WorkerRole::Relay } else { WorkerRole::Consumers };
@@ -203,6 +218,61 @@ impl Supervisor {
             }
         }
         Ok(())
+    }
+}
+
+impl Supervisor {
+    /// `db-outage`: the consumer processes freeze for [`BACKLOG_FREEZE`] while the
+    /// waves go on; then the database refuses new connections
+    /// (`ALLOW_CONNECTIONS false`) and every existing one is terminated, the consumers
+    /// go on, and for [`DB_OUTAGE`] the Redis cleanup group (deduplicated in Redis)
+    /// must keep completing: its processed-message keys are counted.
+    async fn db_outage(&mut self) -> anyhow::Result<()> {
+        let consumers: Vec<_> =
+            self.workers.iter().filter(|w| w.role == WorkerRole::Consumers).map(|w| w.pid()).collect();
+        for pid in &consumers {
+            kill(*pid, Signal::SIGSTOP)?;
+        }
+        tokio::time::sleep(BACKLOG_FREEZE).await;
+        let db = self.database.clone();
+        let outage = async {
+            sqlx::query(&format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false")).execute(&self.admin).await?;
+            let terminated: i64 =
+                sqlx::query_scalar("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1")
+                    .bind(&db)
+                    .fetch_one(&self.admin)
+                    .await?;
+            let before = self.cleanups_done().await?;
+            for pid in &consumers {
+                kill(*pid, Signal::SIGCONT)?;
+            }
+            tracing::warn!(?DB_OUTAGE, terminated, "database outage: connections refused and terminated");
+            tokio::time::sleep(DB_OUTAGE).await;
+            let during = self.cleanups_done().await?.saturating_sub(before);
+            anyhow::Ok((terminated, during))
+        }
+        .await;
+        // Whatever happened, the database and the consumers come back.
+        for pid in &consumers {
+            let _ = kill(*pid, Signal::SIGCONT);
+        }
+        sqlx::query(&format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true")).execute(&self.admin).await?;
+        let (terminated, during) = outage?;
+        tracing::info!(terminated, redis_cleanups = during, "database outage over");
+        self.report.count("db-outage", 1);
+        self.report.count("db-outage/connections", terminated as u64);
+        self.report.count("db-outage/seconds", DB_OUTAGE.as_secs());
+        self.report.redis_cleanups_during_db_outage += during;
+        Ok(())
+    }
+
+    /// Messages the Redis cleanup group has processed: its keys in Redis.
+    async fn cleanups_done(&self) -> anyhow::Result<u64> {
+        let client = redis::Client::open(self.cfg.redis_url.as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let pattern = format!("concert:{}:processed:{CLEANUP_GROUP}:*", self.namespace);
+        let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await?;
+        Ok(keys.len() as u64)
     }
 }
 

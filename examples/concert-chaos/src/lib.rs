@@ -15,6 +15,7 @@
 //! | `relay-kill` | the relay process SIGKILLs itself at `rk-relay-after-send` (Kafka acknowledged, rows not marked), and at `rk-relay-before-send` |
 //! | `broker` | tansu is stopped and restarted on the same storage; in phase 2, errors are injected into librdkafka's mock cluster |
 //! | `db-drop` | every PostgreSQL connection of the workers is terminated (`pg_terminate_backend`), handler transactions included |
+//! | `db-outage` | the consumer processes freeze for 4 s (a backlog builds), then for 20 s the database refuses every connection (`ALLOW_CONNECTIONS false`) and all existing ones are terminated, this process's included; the Redis cleanup group, deduplicated in Redis, must keep completing (`redis_cleanups_during_db_outage`); one landing per five of the other kinds' |
 //! | `redis-outage` | Redis drops its clients and pauses for 1.5 s (`CLIENT KILL`, `CLIENT PAUSE`) |
 //! | `rebalance` | a third consumer process joins every group, then the oldest leaves (SIGTERM) |
 //! | `gateway-webhook` | the demo gateway answers 503 or hangs past the client timeout; the webhook answers 500 or stalls |

@@ -13,7 +13,8 @@ use concert_chaos::{ChaosConfig, Phases, Sabotage};
 /// Drives users through every flow while processes are killed at the worst moments,
 /// the broker restarts, PostgreSQL connections and Redis drop, groups rebalance, the
 /// gateway and webhook fail; prints, last,
-/// `chaos: ok messages= faults= kinds= lost=0 duplicated=0 dead_lettered= compensated=`
+/// `chaos: ok messages= faults= kinds= lost=0 duplicated=0 dead_lettered= compensated=
+/// redis_cleanups_during_db_outage=`
 /// or `chaos: FAILED …` (exit 1). Needs PostgreSQL (`DATABASE_URL`, default
 /// postgres://127.0.0.1:5432/postgres; a database is created per run), Redis
 /// (`REDIS_URL`, default redis://127.0.0.1:6379) and the tansu binary.

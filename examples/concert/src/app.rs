@@ -473,7 +473,7 @@ fn start_pipeline<DB: AppBackend>(
         )
     };
     group(&|| build().handler(compensate_payment))?;
-    let cleanup = RedisCleanup { store: store.clone() };
+    let cleanup = RedisCleanup::new(store.clone());
     group(&|| build().handler(cleanup.clone()))?;
     let mut redriver = None;
     if cfg.flows == Flows::All {

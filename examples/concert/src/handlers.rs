@@ -5,6 +5,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use reliable_kafka::{
     event_handler, EventHandler, ExponentialBackOff, FixedBackOff, HandlerContext, HandlerError, HandlerOptions,
+    RedisDedup,
 };
 
 use crate::db::{AppBackend, NOW_LITE};
@@ -93,11 +94,27 @@ pub async fn compensate_payment<DB: AppBackend>(
 /// token, each only if it still belongs to this payment (compare-and-delete), so a
 /// redelivery never touches a newer hold or token.
 ///
+/// On Redis, the group is deduplicated in Redis ([`RedisDedup`]): the message id is
+/// claimed in the same `MULTI`/`EXEC` as the deletes, so the cleanup needs no database
+/// and keeps working while PostgreSQL is down (seed 000: "if the database or Redis
+/// fails, the other compensation still happens"). On the in-process store it is
+/// deduplicated in the database, as every other group.
+///
 /// A handler with state (the Redis connection) implements [`EventHandler`] by hand.
 #[derive(Debug, Clone)]
 pub struct RedisCleanup {
-    /// The Redis store.
+    /// The store.
     pub store: Store,
+    /// Deduplication in Redis, when the store is on Redis.
+    pub dedup: Option<RedisDedup>,
+}
+
+impl RedisCleanup {
+    /// The cleanup on `store`, deduplicated in Redis when the store is on Redis.
+    pub fn new(store: Store) -> Self {
+        let dedup = store.redis_client().map(|c| RedisDedup::new(c.clone()).key_prefix(store.processed_prefix()));
+        RedisCleanup { store, dedup }
+    }
 }
 
 impl<DB: reliable_kafka::Backend> EventHandler<DB> for RedisCleanup {
@@ -105,15 +122,40 @@ impl<DB: reliable_kafka::Backend> EventHandler<DB> for RedisCleanup {
 
     fn options(&self) -> HandlerOptions {
         // Seed 001: FixedBackOff(1000 ms, 3 retries), i.e. 4 attempts.
-        HandlerOptions::new().group(CLEANUP_GROUP).backoff(FixedBackOff::new(Duration::from_secs(1), 4))
+        let options = HandlerOptions::new().group(CLEANUP_GROUP).backoff(FixedBackOff::new(Duration::from_secs(1), 4));
+        match &self.dedup {
+            Some(dedup) => options.redis_dedup(dedup.clone()),
+            None => options,
+        }
     }
 
     fn handle<'a>(
         &'a self,
         event: PaymentFailed,
-        _ctx: &'a mut HandlerContext<DB>,
+        ctx: &'a mut HandlerContext<DB>,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
+            if self.dedup.is_some() {
+                // Compare-and-delete inside the transaction: what was read is watched,
+                // so a hold or token replaced before EXEC aborts it and the attempt
+                // runs again.
+                let (hold, token) = (self.store.hold_key(event.seat_id), self.store.token_key(event.user_id));
+                let tx = ctx.redis();
+                tx.watch(&[&hold, &token]).await.map_err(HandlerError::transient)?;
+                let (held_by, active): (Option<String>, Option<String>) = redis::pipe()
+                    .get(&hold)
+                    .get(&token)
+                    .query_async(tx.connection())
+                    .await
+                    .map_err(HandlerError::transient)?;
+                if held_by == Some(event.user_id.to_string()) {
+                    tx.pipeline().del(&hold).ignore();
+                }
+                if active.as_deref() == Some(event.queue_token.as_str()) {
+                    tx.pipeline().del(&token).ignore();
+                }
+                return Ok(());
+            }
             self.store.release_hold(event.seat_id, event.user_id).await.map_err(HandlerError::transient)?;
             self.store.expire_token(event.user_id, &event.queue_token).await.map_err(HandlerError::transient)?;
             Ok(())

@@ -220,6 +220,8 @@ pub struct Store {
     kv: Arc<dyn KeyValue>,
     ttl: Duration,
     namespace: String,
+    /// The Redis server of a store on Redis.
+    redis: Option<redis::Client>,
 }
 
 impl std::fmt::Debug for Store {
@@ -233,7 +235,7 @@ impl Store {
     /// with `concert:<namespace>:`, so that deployments (or tests) sharing a Redis server
     /// with their own databases do not see each other's holds.
     pub fn new(kv: Arc<dyn KeyValue>, ttl: Duration, namespace: &str) -> Self {
-        Store { kv, ttl, namespace: namespace.to_owned() }
+        Store { kv, ttl, namespace: namespace.to_owned(), redis: None }
     }
 
     /// A store on Redis at `url`.
@@ -241,7 +243,19 @@ impl Store {
     /// # Errors
     /// When Redis cannot be reached.
     pub async fn connect(url: &str, ttl: Duration, namespace: &str) -> Result<Self, StoreError> {
-        Ok(Store::new(Arc::new(RedisKv::connect(url).await?), ttl, namespace))
+        let store = Store::new(Arc::new(RedisKv::connect(url).await?), ttl, namespace);
+        Ok(Store { redis: Some(redis::Client::open(url)?), ..store })
+    }
+
+    /// The Redis server, when the store is on Redis (not in process).
+    pub fn redis_client(&self) -> Option<&redis::Client> {
+        self.redis.as_ref()
+    }
+
+    /// Prefix of the keys of processed message ids of the consumer groups deduplicated
+    /// in Redis: `concert:<namespace>:processed`.
+    pub fn processed_prefix(&self) -> String {
+        format!("concert:{}:processed", self.namespace)
     }
 
     /// An in-process store.

@@ -357,8 +357,24 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             if table.dead_letter_topic != dead_letter_topic {
                 table.dead_letter_topic = format!("{topic}{}", self.dead_letter_suffix);
             }
-            let route =
-                Route { handler, backoff, dead_letter_topic, breaker, retry_topics: retry_plan.clone(), key_blocking };
+            #[cfg(feature = "redis")]
+            if options.redis_dedup.is_some() && key_blocking {
+                return Err(ConfigError::invalid(
+                    "redis_dedup",
+                    format!("`{topic}`: key-blocking retry keeps its records in the database; a handler deduplicated in Redis cannot use it"),
+                )
+                .into());
+            }
+            let route = Route {
+                handler,
+                backoff,
+                dead_letter_topic,
+                breaker,
+                retry_topics: retry_plan.clone(),
+                key_blocking,
+                #[cfg(feature = "redis")]
+                redis_dedup: options.redis_dedup,
+            };
             table.routes.push(route.clone());
             if table.routes.len() > 1 && !table.identity.has_event_types() {
                 return Err(ConfigError::invalid(

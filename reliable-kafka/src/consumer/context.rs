@@ -39,13 +39,17 @@ pub struct RecordInfo {
 /// attempt number.
 ///
 /// Everything the handler writes through [`HandlerContext::tx`] commits together with
-/// the deduplication row, or not at all.
+/// the deduplication row, or not at all. A handler deduplicated in Redis instead
+/// ([`crate::HandlerOptions::redis_dedup`], feature `redis`) gets no database
+/// transaction but a Redis one, [`HandlerContext::redis`].
 ///
 /// `DB` is the backend of the container's pool: write `HandlerContext` for PostgreSQL,
 /// `HandlerContext<Sqlite>` for SQLite, or keep a handler generic over `DB: Backend`
 /// when it does not touch the database.
 pub struct HandlerContext<DB: Backend = DefaultBackend> {
-    pub(crate) tx: Transaction<'static, DB>,
+    pub(crate) tx: Option<Transaction<'static, DB>>,
+    #[cfg(feature = "redis")]
+    pub(crate) redis: Option<crate::RedisTx>,
     pub(crate) record: RecordInfo,
     pub(crate) attempt: u32,
     pub(crate) group: Arc<str>,
@@ -95,7 +99,50 @@ impl<DB: Backend> HandlerContext<DB> {
     /// `#[event_handler]`). Take the transaction back with
     /// [`HandlerContext::into_transaction`] to inspect or roll back its effects.
     pub fn new(tx: Transaction<'static, DB>, record: RecordInfo) -> Self {
-        HandlerContext { tx, record, attempt: 1, group: Arc::from("") }
+        Self::open(Some(tx), None, record, 1, Arc::from(""))
+    }
+
+    /// A context with a Redis transaction and no database one, for `record`, attempt 1,
+    /// group `""`: to call a handler deduplicated in Redis directly in a unit test. Take
+    /// the transaction back with [`HandlerContext::into_redis`] to see the writes queued.
+    #[cfg(feature = "redis")]
+    pub fn with_redis(tx: crate::RedisTx, record: RecordInfo) -> Self {
+        Self::open(None, Some(tx), record, 1, Arc::from(""))
+    }
+
+    /// The Redis transaction, with the writes the handler queued, not sent.
+    ///
+    /// # Panics
+    /// When the context has no Redis transaction (the handler is deduplicated in the
+    /// database).
+    #[cfg(feature = "redis")]
+    pub fn into_redis(self) -> crate::RedisTx {
+        self.redis.expect(NO_REDIS)
+    }
+
+    /// The container's context of one attempt.
+    pub(crate) fn open(
+        tx: Option<Transaction<'static, DB>>,
+        #[cfg(feature = "redis")] redis: Option<crate::RedisTx>,
+        #[cfg(not(feature = "redis"))] _redis: Option<std::convert::Infallible>,
+        record: RecordInfo,
+        attempt: u32,
+        group: Arc<str>,
+    ) -> Self {
+        HandlerContext {
+            tx,
+            #[cfg(feature = "redis")]
+            redis,
+            record,
+            attempt,
+            group,
+        }
+    }
+
+    /// The open transaction (the container's contexts of database-deduplicated
+    /// handlers always have one).
+    pub(crate) fn transaction(&mut self) -> &mut Transaction<'static, DB> {
+        self.tx.as_mut().expect(NO_TRANSACTION)
     }
 
     /// Sets the attempt number (1 for the first delivery).
@@ -111,8 +158,11 @@ impl<DB: Backend> HandlerContext<DB> {
     }
 
     /// The transaction, with what the handler wrote, uncommitted.
+    ///
+    /// # Panics
+    /// When the handler is deduplicated in Redis (it has no database transaction).
     pub fn into_transaction(self) -> Transaction<'static, DB> {
-        self.tx
+        self.tx.expect(NO_TRANSACTION)
     }
     /// The transaction for the handler's database effects (use as `ctx.tx()` wherever
     /// sqlx takes an executor).
@@ -121,8 +171,23 @@ impl<DB: Backend> HandlerContext<DB> {
     /// write of the handler must go through it (a write through the pool would wait
     /// for this very lock until the busy timeout), and slow calls inside a handler
     /// delay every other writer.
+    ///
+    /// # Panics
+    /// When the handler is deduplicated in Redis
+    /// ([`crate::HandlerOptions::redis_dedup`]): it has no database transaction.
     pub fn tx(&mut self) -> &mut DB::Connection {
-        &mut self.tx
+        self.transaction()
+    }
+
+    /// The Redis transaction of a handler deduplicated in Redis: reads on its
+    /// connection, writes queued in its pipeline, committed in one `MULTI`/`EXEC` with
+    /// the claim of the message id (see [`crate::RedisDedup`]).
+    ///
+    /// # Panics
+    /// When the handler is deduplicated in the database (the default).
+    #[cfg(feature = "redis")]
+    pub fn redis(&mut self) -> &mut crate::RedisTx {
+        self.redis.as_mut().expect(NO_REDIS)
     }
 
     /// The record's coordinates and envelope.
@@ -145,6 +210,13 @@ impl<DB: Backend> HandlerContext<DB> {
         &self.group
     }
 }
+
+#[cfg(feature = "redis")]
+const NO_REDIS: &str =
+    "HandlerContext::redis: this handler is deduplicated in the database, not in Redis (HandlerOptions::redis_dedup)";
+
+const NO_TRANSACTION: &str =
+    "HandlerContext::tx: this handler is deduplicated in Redis (HandlerOptions::redis_dedup) and has no database transaction";
 
 impl<DB: Backend> std::fmt::Debug for HandlerContext<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

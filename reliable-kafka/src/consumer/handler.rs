@@ -157,6 +157,8 @@ pub struct HandlerOptions {
     pub(crate) circuit_breaker: Option<CircuitBreaker>,
     pub(crate) retry_topics: Option<Result<RetryTopics, ConfigError>>,
     pub(crate) key_blocking: Option<bool>,
+    #[cfg(feature = "redis")]
+    pub(crate) redis_dedup: Option<crate::RedisDedup>,
 }
 
 impl HandlerOptions {
@@ -217,6 +219,19 @@ impl HandlerOptions {
         self
     }
 
+    /// Deduplicates the handler's records in Redis instead of the database (feature
+    /// `redis`, default: the database table, in the handler's transaction): for a
+    /// handler whose effects are Redis writes, which then works while the database is
+    /// down. It gets no database transaction: its writes go through
+    /// [`crate::HandlerContext::redis`], committed with the claim of the message id in
+    /// one `MULTI`/`EXEC` (see [`crate::RedisDedup`]). `build()` refuses it together with
+    /// [`HandlerOptions::key_blocking`]; its records are never batched.
+    #[cfg(feature = "redis")]
+    pub fn redis_dedup(mut self, dedup: crate::RedisDedup) -> Self {
+        self.redis_dedup = Some(dedup);
+        self
+    }
+
     /// Each setting given in `overrides` wins over this one's.
     pub(crate) fn overridden_by(self, overrides: HandlerOptions) -> HandlerOptions {
         HandlerOptions {
@@ -228,6 +243,8 @@ impl HandlerOptions {
             circuit_breaker: overrides.circuit_breaker.or(self.circuit_breaker),
             retry_topics: overrides.retry_topics.or(self.retry_topics),
             key_blocking: overrides.key_blocking.or(self.key_blocking),
+            #[cfg(feature = "redis")]
+            redis_dedup: overrides.redis_dedup.or(self.redis_dedup),
         }
     }
 }

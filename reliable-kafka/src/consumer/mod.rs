@@ -18,6 +18,7 @@
 //! | `context.rs` | [`HandlerContext`], [`RecordInfo`] |
 //! | `stats.rs` | [`ContainerStats`] |
 //! | `prune.rs` | retention of the deduplication table |
+//! | `redis_dedup.rs` | [`RedisDedup`]: deduplication in Redis (feature `redis`) |
 
 mod breaker;
 mod builder;
@@ -29,6 +30,8 @@ mod key_blocking;
 mod paused;
 mod pipeline;
 mod prune;
+#[cfg(feature = "redis")]
+mod redis_dedup;
 mod retry;
 mod retry_topics;
 mod routes;
@@ -45,6 +48,8 @@ pub use context::{HandlerContext, RecordInfo};
 pub use handler::{EventHandler, HandlerError, HandlerFault, HandlerOptions, RetryTopicsArg};
 pub use pipeline::UnexpectedRecord;
 pub use prune::PRUNE_INTERVAL;
+#[cfg(feature = "redis")]
+pub use redis_dedup::{RedisDedup, RedisTx, REDIS_DEDUP_DEFAULT_PREFIX, REDIS_DEDUP_DEFAULT_TTL};
 pub use retry_topics::{RetryTopics, MAX_RETRY_TOPICS};
 pub use routes::UnknownEventType;
 pub use stats::ContainerStats;

@@ -139,7 +139,9 @@ impl<DB: Backend> Pipeline<DB> {
         let retrying = self.retries.of_partition(first.topic(), first.partition()).is_some();
         let batchable = self.routes.get(first.topic()).is_some_and(|t| {
             t.retry_stage.is_none()
-                && t.routes.iter().all(|r| !r.key_blocking && r.breaker.as_ref().is_none_or(|b| b.is_closed()))
+                && t.routes
+                    .iter()
+                    .all(|r| !r.key_blocking && !r.dedup_in_redis() && r.breaker.as_ref().is_none_or(|b| b.is_closed()))
         });
         if batch.len() > 1 && !retrying && batchable {
             match self.try_batch(batch, stop).await {
@@ -203,7 +205,7 @@ impl<DB: Backend> Pipeline<DB> {
         } else {
             DB::insert_dedup_batch(&mut tx, &self.dedup_sql, &self.group, &ids).await.map_err(BatchError::Database)?
         };
-        let mut ctx = HandlerContext { tx, record: items[0].1.clone(), attempt: 1, group: self.group.clone() };
+        let mut ctx = HandlerContext::open(Some(tx), None, items[0].1.clone(), 1, self.group.clone());
         let mut handled = HashSet::with_capacity(new.len());
         let mut produced_at = Vec::with_capacity(new.len());
         // Runs of consecutive new records of one route.
@@ -242,7 +244,7 @@ impl<DB: Backend> Pipeline<DB> {
                 }
             }
         }
-        match DB::check_transaction(&mut ctx.tx).await.map_err(BatchError::Database)? {
+        match DB::check_transaction(ctx.transaction()).await.map_err(BatchError::Database)? {
             TransactionState::Open => {}
             TransactionState::Aborted => return Err(BatchError::Aborted),
         }
@@ -250,7 +252,7 @@ impl<DB: Backend> Pipeline<DB> {
             return Err(BatchError::Cancelled);
         }
         fault_point!(crate::fault::CONSUMER_BEFORE_COMMIT);
-        ctx.tx.commit().await.map_err(BatchError::Database)?;
+        ctx.tx.take().expect("opened with a transaction").commit().await.map_err(BatchError::Database)?;
         if !handled.is_empty() {
             fault_point!(crate::fault::CONSUMER_AFTER_COMMIT);
         }
@@ -355,6 +357,10 @@ impl<DB: Backend> Pipeline<DB> {
         stop: Stop<'_>,
     ) -> Result<bool, AttemptError> {
         let event = route.handler.decode(msg.payload().unwrap_or_default()).map_err(AttemptError::Decode)?;
+        #[cfg(feature = "redis")]
+        if let Some(dedup) = &route.redis_dedup {
+            return self.attempt_in_redis(dedup, event, route, info, attempt, stop).await;
+        }
         let infra = |op| move |e| AttemptError::Infrastructure(Error::Database { operation: op, source: e });
         let mut tx = DB::begin_write(&self.pool).await.map_err(infra("begin handler transaction"))?;
         let new = crate::fault::sabotaged(crate::fault::SABOTAGE_NO_DEDUP)
@@ -365,34 +371,10 @@ impl<DB: Backend> Pipeline<DB> {
             tracing::debug!(group = %self.group, message_id = %info.message_id, "duplicate delivery skipped");
             return Ok(true);
         }
-        let mut ctx = HandlerContext { tx, record: info.clone(), attempt, group: self.group.clone() };
-        // A panic is a permanent failure of this record, not of the container; a hung
-        // handler is a transient one (the transaction is rolled back on drop).
-        let span = spans::process(info, &self.group, attempt);
-        let call = AssertUnwindSafe(route.handler.call(event, &mut ctx)).catch_unwind().instrument(span);
-        let started = std::time::Instant::now();
-        let result = tokio::select! {
-            biased;
-            _ = stop.revoked.cancelled() => return Err(AttemptError::Cancelled),
-            r = tokio::time::timeout(self.handler_timeout, call) => r,
-        };
-        self.metrics.topic(&info.topic).handler.record(started.elapsed().as_secs_f64());
-        match result {
-            Err(_) => {
-                return Err(AttemptError::Handler(HandlerError::transient(HandlerFault::Timeout(self.handler_timeout))))
-            }
-            Ok(Err(panic)) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic payload".to_owned());
-                return Err(AttemptError::Handler(HandlerError::permanent(HandlerFault::Panic(msg))));
-            }
-            Ok(Ok(result)) => result.map_err(AttemptError::Handler)?,
-        }
+        let mut ctx = HandlerContext::open(Some(tx), None, info.clone(), attempt, self.group.clone());
+        self.call_handler(route, event, &mut ctx, info, attempt, stop).await?;
         // A handler that swallowed a failed statement must not count as success.
-        match DB::check_transaction(&mut ctx.tx).await {
+        match DB::check_transaction(ctx.transaction()).await {
             Ok(TransactionState::Open) => {}
             Ok(TransactionState::Aborted) => {
                 return Err(AttemptError::Handler(HandlerError::permanent(HandlerFault::AbortedTransaction)))
@@ -403,9 +385,46 @@ impl<DB: Backend> Pipeline<DB> {
             return Err(AttemptError::Cancelled);
         }
         fault_point!(crate::fault::CONSUMER_BEFORE_COMMIT);
-        ctx.tx.commit().await.map_err(|e| classify_db(e, "commit handler transaction"))?;
+        let tx = ctx.tx.take().expect("opened with a transaction");
+        tx.commit().await.map_err(|e| classify_db(e, "commit handler transaction"))?;
         fault_point!(crate::fault::CONSUMER_AFTER_COMMIT);
         Ok(false)
+    }
+
+    /// Calls the handler of `route` with `event` under the handler timeout, a panic
+    /// caught; `Ok` when it returned `Ok`.
+    pub(crate) async fn call_handler(
+        &self,
+        route: &Route<DB>,
+        event: super::handler::AnyEvent,
+        ctx: &mut HandlerContext<DB>,
+        info: &RecordInfo,
+        attempt: u32,
+        stop: Stop<'_>,
+    ) -> Result<(), AttemptError> {
+        // A panic is a permanent failure of this record, not of the container; a hung
+        // handler is a transient one (the transaction is rolled back on drop).
+        let span = spans::process(info, &self.group, attempt);
+        let call = AssertUnwindSafe(route.handler.call(event, ctx)).catch_unwind().instrument(span);
+        let started = std::time::Instant::now();
+        let result = tokio::select! {
+            biased;
+            _ = stop.revoked.cancelled() => return Err(AttemptError::Cancelled),
+            r = tokio::time::timeout(self.handler_timeout, call) => r,
+        };
+        self.metrics.topic(&info.topic).handler.record(started.elapsed().as_secs_f64());
+        match result {
+            Err(_) => Err(AttemptError::Handler(HandlerError::transient(HandlerFault::Timeout(self.handler_timeout)))),
+            Ok(Err(panic)) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_owned());
+                Err(AttemptError::Handler(HandlerError::permanent(HandlerFault::Panic(msg))))
+            }
+            Ok(Ok(result)) => result.map_err(AttemptError::Handler),
+        }
     }
 }
 

@@ -38,9 +38,20 @@ pub(crate) struct Route<DB: Backend> {
     pub retry_topics: Option<Arc<RetryPlan>>,
     /// Key-blocking retry (`rk_blocked_records`).
     pub key_blocking: bool,
+    /// Deduplication in Redis instead of the database.
+    #[cfg(feature = "redis")]
+    pub redis_dedup: Option<crate::RedisDedup>,
 }
 
 impl<DB: Backend> Route<DB> {
+    /// Whether the handler is deduplicated in Redis (no database transaction).
+    pub(crate) fn dedup_in_redis(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.redis_dedup.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
+    }
+
     /// The wait after failed attempt `attempt` with the transient error `e` (its
     /// `RetryAfter`, else the back-off's delay); `None` after the last attempt.
     pub(crate) fn delay_after(&self, attempt: u32, e: &crate::HandlerError) -> Option<Duration> {
@@ -61,6 +72,8 @@ impl<DB: Backend> Clone for Route<DB> {
             breaker: self.breaker.clone(),
             retry_topics: self.retry_topics.clone(),
             key_blocking: self.key_blocking,
+            #[cfg(feature = "redis")]
+            redis_dedup: self.redis_dedup.clone(),
         }
     }
 }

@@ -88,6 +88,8 @@ async fn routed(handlers: Vec<Arc<dyn ErasedHandler<Sqlite>>>, unknown: UnknownE
             breaker: None,
             retry_topics: None,
             key_blocking: false,
+            #[cfg(feature = "redis")]
+            redis_dedup: None,
         })
         .collect();
     Pipeline {
