@@ -188,7 +188,12 @@ async fn drive_waves(
     let mut n = 0u64;
     while !*stop.borrow() {
         let cfg = ScenarioConfig { seed: scenario.seed + n, ..scenario.clone() };
-        waves.push(drive_wave(&pool, &http, &base, &cfg, &ProgressBar::hidden()).await?);
+        match drive_wave(&pool, &http, &base, &cfg, &ProgressBar::hidden()).await {
+            Ok(wave) => waves.push(wave),
+            // Its data could not be created (`db-outage`): no request was sent, so
+            // there is nothing to check; the next wave tries again.
+            Err(e) => tracing::warn!(error = %reliable_kafka::report(e.as_ref()), "wave not started"),
+        }
         n += 1;
         // A steady trickle, not a flood: tansu's fetch cost grows with consumer lag.
         tokio::time::sleep(Duration::from_secs(2)).await;

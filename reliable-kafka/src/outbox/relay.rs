@@ -389,6 +389,8 @@ impl<DB: Backend> OutboxRelay<DB> {
         let mut lease: Option<DB::RelayLease> = None;
         let sharded = self.cfg.shards > 1;
         let mut next_rebalance = Instant::now();
+        // A database that refuses connections is asked again 100 ms, 200 ms, … 5 s later.
+        let mut lease_backoff = crate::worker::InfraBackoff::new();
         while !shutdown.is_cancelled() {
             if last_backlog.is_none_or(|t| t.elapsed() >= crate::telemetry::METRICS_INTERVAL) {
                 last_backlog = Some(Instant::now());
@@ -399,8 +401,18 @@ impl<DB: Backend> OutboxRelay<DB> {
             }
             if lease.is_none() {
                 match self.lease().await {
-                    Ok(l) => lease = l,
-                    Err(e) => tracing::warn!(error = %crate::report(&e), "outbox relay cannot take its lock"),
+                    Ok(l) => {
+                        lease = l;
+                        lease_backoff = crate::worker::InfraBackoff::new();
+                    }
+                    Err(e) => {
+                        let wait = lease_backoff.next_delay();
+                        tracing::warn!(error = %crate::report(&e), retry_in_ms = wait.as_millis() as u64, "outbox relay cannot take its lock");
+                        if crate::worker::sleep_or_shutdown(wait, &shutdown).await {
+                            break;
+                        }
+                        continue;
+                    }
                 }
                 // Rebalance at once: the stats learn the shards taken.
                 next_rebalance = Instant::now();

@@ -63,19 +63,26 @@ pub async fn drive_wave(
     Ok(Wave { run_id, coupon_id, errors, idempotency_violations })
 }
 
+/// How long [`call`] retries "retry later" answers: longer than the chaos harness's
+/// database outage (20 s), as a client that waits out an outage of the service's
+/// database.
+pub const RETRY_LATER_FOR: Duration = Duration::from_secs(40);
+
 struct UserOutcome {
     error: Option<String>,
     idempotency_violated: bool,
 }
 
-/// Sends `req`, as a careful client does: an answer "retry later" (500, 503) is retried
-/// up to 5 times, 250 ms × attempt apart (every request of the flow is safe to repeat:
-/// payments carry an idempotency key, a seat hold is the user's own).
+/// Sends `req`, as a careful client does: an answer "retry later" (500, 503) is retried,
+/// 250 ms × attempt apart (at most 2 s), for up to [`RETRY_LATER_FOR`] (every request
+/// of the flow is safe to repeat: payments carry an idempotency key, a seat hold is the
+/// user's own).
 async fn call<T: DeserializeOwned>(
     req: reqwest::RequestBuilder,
     expect: &[StatusCode],
 ) -> Result<(StatusCode, T), String> {
     let mut attempt = 0;
+    let started = std::time::Instant::now();
     let (status, text) = loop {
         attempt += 1;
         let again = req.try_clone().ok_or("request body cannot be repeated")?;
@@ -83,10 +90,10 @@ async fn call<T: DeserializeOwned>(
         let status = resp.status();
         let text = resp.text().await.map_err(|e| reliable_kafka::report(&e))?;
         let retry_later = matches!(status, StatusCode::INTERNAL_SERVER_ERROR | StatusCode::SERVICE_UNAVAILABLE);
-        if !retry_later || attempt > 5 {
+        if !retry_later || started.elapsed() >= RETRY_LATER_FOR {
             break (status, text);
         }
-        tokio::time::sleep(Duration::from_millis(250) * attempt).await;
+        tokio::time::sleep((Duration::from_millis(250) * attempt).min(Duration::from_secs(2))).await;
     };
     if !expect.contains(&status) {
         return Err(format!("unexpected {status}: {text}"));
