@@ -1,6 +1,7 @@
-//! The same scenarios on both backends: PostgreSQL (production) and SQLite (the
-//! embedded default). Each test body is stamped out once per backend by
-//! `backend_tests!`, against the Kafka-protocol broker of `KAFKA_BROKERS`.
+//! The same scenarios on every backend: PostgreSQL (production), MySQL/MariaDB
+//! (`MYSQL_URL`, the development machines' MariaDB by default) and SQLite (the embedded
+//! default). Each test body is stamped out once per backend by `backend_tests!`, against
+//! the Kafka-protocol broker of `KAFKA_BROKERS`.
 
 use std::time::Duration;
 
@@ -223,6 +224,7 @@ macro_rules! backend_tests {
 
 backend_tests!(postgres, Postgres, isolated_pool().await.0, create_effects_table);
 backend_tests!(sqlite, Sqlite, sqlite_pool().await, create_effects_table_sqlite);
+backend_tests!(mysql, MySql, mysql_pool().await, create_effects_table_mysql);
 
 #[tokio::test]
 async fn the_database_url_scheme_picks_the_backend_and_a_bad_one_names_the_key() {
@@ -232,50 +234,152 @@ async fn the_database_url_scheme_picks_the_backend_and_a_bad_one_names_the_key()
     assert!(path.exists(), "the SQLite file is created");
     let pool = reliable_kafka::AnyPool::connect(&database_url(), 2).await.unwrap();
     assert_eq!(pool.backend_name(), "postgres");
-    let err = reliable_kafka::AnyPool::connect("mysql://root@127.0.0.1/test", 2).await.unwrap_err();
+    let server = mysql_url();
+    let pool = reliable_kafka::AnyPool::connect(&server, 2).await.unwrap();
+    assert_eq!(pool.backend_name(), "mysql");
+    let mariadb = server.replacen("mysql:", "mariadb:", 1);
+    assert_eq!(reliable_kafka::AnyPool::connect(&mariadb, 2).await.unwrap().backend_name(), "mysql");
+    let err = reliable_kafka::AnyPool::connect("oracle://scott@127.0.0.1/orcl", 2).await.unwrap_err();
     match err {
         reliable_kafka::Error::Config(reliable_kafka::ConfigError::InvalidValue { key, reason }) => {
             assert_eq!(key, "DATABASE_URL");
-            assert!(reason.contains("`mysql`"), "{reason}");
+            assert!(reason.contains("`oracle`"), "{reason}");
         }
         other => panic!("expected a configuration error, got {other:?}"),
     }
     let _ = std::fs::remove_file(path);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreadable_sqlite_outbox_row_is_parked_and_the_others_are_published() {
-    let pool = sqlite_pool().await;
-    let kafka = kafka();
-    let topic = unique("malformed");
-    create_topics(&kafka, &topic, 1).await;
-    // Rows written by another tool: an id that is not a UUID, headers that are not JSON.
-    sqlx::raw_sql(&format!(
-        "INSERT INTO rk_outbox (id, aggregatetype, type, schema_version, payload, content_type) \
+/// Rows another tool wrote that cannot be read are parked with the reason; the others
+/// flow (PostgreSQL's typed columns cannot hold such rows).
+macro_rules! malformed_row_test {
+    ($name:ident, $pool:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let pool = $pool;
+            let kafka = kafka();
+            let topic = unique("malformed");
+            create_topics(&kafka, &topic, 1).await;
+            // Rows written by another tool: an id that is not a UUID, headers that are not JSON.
+            sqlx::raw_sql(&format!(
+                "INSERT INTO rk_outbox (id, aggregatetype, type, schema_version, payload, content_type) \
          VALUES ('not-a-uuid', '{topic}', 'Work', 1, x'7b7d', 'application/json');
          INSERT INTO rk_outbox (id, aggregatetype, type, schema_version, payload, content_type, headers) \
          VALUES ('{}', '{topic}', 'Work', 1, x'7b7d', 'application/json', 'not json');",
-        Uuid::now_v7()
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    let options = EnqueueOptions { topic: Some(topic.clone()), ..Default::default() };
-    Outbox::new().enqueue_with(&mut tx, &Work { key: "k".into(), n: 1 }, options).await.unwrap();
-    tx.commit().await.unwrap();
-
-    let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).build().unwrap();
-    assert_eq!(relay.relay_once().await.unwrap().published, 1);
-    let parked: Vec<String> =
-        sqlx::query_scalar("SELECT last_error FROM rk_outbox WHERE parked_at IS NOT NULL ORDER BY seq")
-            .fetch_all(&pool)
+                Uuid::now_v7()
+            ))
+            .execute(&pool)
             .await
             .unwrap();
-    assert_eq!(parked.len(), 2, "{parked:?}");
-    assert!(parked[0].contains("not-a-uuid"), "{parked:?}");
-    assert!(parked[1].starts_with("malformed outbox row"), "{parked:?}");
-    assert_eq!(relay.relay_once().await.unwrap().published, 0, "parked rows are not claimed again");
-    let msgs = read_topic(&kafka, &topic, 1, Duration::from_secs(20), Duration::from_millis(500)).await;
-    assert_eq!(msgs.len(), 1);
+            let mut tx = pool.begin().await.unwrap();
+            let options = EnqueueOptions { topic: Some(topic.clone()), ..Default::default() };
+            Outbox::new().enqueue_with(&mut tx, &Work { key: "k".into(), n: 1 }, options).await.unwrap();
+            tx.commit().await.unwrap();
+
+            let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).build().unwrap();
+            assert_eq!(relay.relay_once().await.unwrap().published, 1);
+            let parked: Vec<String> =
+                sqlx::query_scalar("SELECT last_error FROM rk_outbox WHERE parked_at IS NOT NULL ORDER BY seq")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            assert_eq!(parked.len(), 2, "{parked:?}");
+            assert!(parked[0].contains("not-a-uuid"), "{parked:?}");
+            assert!(parked[1].starts_with("malformed outbox row"), "{parked:?}");
+            assert_eq!(relay.relay_once().await.unwrap().published, 0, "parked rows are not claimed again");
+            let msgs = read_topic(&kafka, &topic, 1, Duration::from_secs(20), Duration::from_millis(500)).await;
+            assert_eq!(msgs.len(), 1);
+        }
+    };
+}
+
+malformed_row_test!(an_unreadable_sqlite_outbox_row_is_parked_and_the_others_are_published, sqlite_pool().await);
+malformed_row_test!(an_unreadable_mysql_outbox_row_is_parked_and_the_others_are_published, mysql_pool().await);
+
+/// MySQL's relay lease is a `GET_LOCK` held by the relay's session: of two instances one
+/// publishes, each row once, in per-key order, and when it stops the other takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_mysql_relays_publish_each_row_once_and_one_takes_over_when_the_other_stops() {
+    let pool = mysql_pool().await;
+    let kafka = kafka();
+    let topic = unique("mysql-relays");
+    create_topics(&kafka, &topic, 3).await;
+    let spawn = || {
+        OutboxRelay::builder(kafka.clone(), pool.clone())
+            .batch_size(20)
+            .poll_interval(Duration::from_millis(100))
+            .build()
+            .unwrap()
+            .spawn()
+    };
+    let (a, b) = (spawn(), spawn());
+    let outbox = Outbox::new();
+    let enqueue = |from: u32, to_n: u32| {
+        let (pool, outbox, topic) = (pool.clone(), outbox.clone(), topic.clone());
+        async move {
+            for chunk in (from..to_n).step_by(20) {
+                let mut tx = pool.begin().await.unwrap();
+                for n in chunk..(chunk + 20).min(to_n) {
+                    let options = EnqueueOptions { topic: Some(topic.clone()), ..Default::default() };
+                    outbox.enqueue_with(&mut tx, &Work { key: format!("k{}", n % 7), n }, options).await.unwrap();
+                }
+                tx.commit().await.unwrap();
+            }
+        }
+    };
+    enqueue(0, 300).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async { a.stats().published() + b.stats().published() == 300 }).await
+    );
+    let (pa, pb) = (a.stats().published(), b.stats().published());
+    assert!(pa == 0 || pb == 0, "one instance publishes at a time (a={pa}, b={pb})");
+    let (publisher, standby) = if pa > 0 { (a, b) } else { (b, a) };
+    publisher.shutdown().await.expect("graceful shutdown");
+    enqueue(300, 400).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async { standby.stats().published() == 100 }).await,
+        "the standby took the lock: {}",
+        standby.stats().published()
+    );
+    standby.shutdown().await.expect("graceful shutdown");
+
+    let msgs = read_topic(&kafka, &topic, 400, Duration::from_secs(60), Duration::from_secs(2)).await;
+    let works: Vec<Work> = msgs.iter().map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap()).collect();
+    assert_eq!(works.len(), 400);
+    assert_eq!(works.iter().map(|w| w.n).collect::<std::collections::HashSet<_>>().len(), 400, "each row once");
+    let mut last = std::collections::HashMap::new();
+    for w in &works {
+        if let Some(prev) = last.insert(w.key.clone(), w.n) {
+            assert!(prev < w.n, "key {} went {prev} then {}", w.key, w.n);
+        }
+    }
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rk_outbox WHERE delivered_at IS NULL").fetch_one(&pool).await.unwrap();
+    assert_eq!(pending, 0);
+}
+
+/// Rows are claimed by `seq`, not past a high-water mark: a transaction that took a
+/// lower `seq` and committed after a later one is published too (InnoDB hands out
+/// `AUTO_INCREMENT` values at insert, not at commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_row_committed_late_is_not_skipped() {
+    let pool = mysql_pool().await;
+    let kafka = kafka();
+    let topic = unique("mysql-late");
+    create_topics(&kafka, &topic, 1).await;
+    let outbox = Outbox::new();
+    let to = || EnqueueOptions { topic: Some(topic.clone()), ..Default::default() };
+    let relay = OutboxRelay::builder(kafka.clone(), pool.clone()).build().unwrap();
+    let mut early = pool.begin().await.unwrap();
+    outbox.enqueue_with(&mut early, &Work { key: "early".into(), n: 1 }, to()).await.unwrap();
+    let mut late = pool.begin().await.unwrap();
+    outbox.enqueue_with(&mut late, &Work { key: "late".into(), n: 2 }, to()).await.unwrap();
+    late.commit().await.unwrap();
+    assert_eq!(relay.relay_once().await.unwrap().published, 1, "the committed row goes first");
+    early.commit().await.unwrap();
+    assert_eq!(relay.relay_once().await.unwrap().published, 1, "the late committer is published too");
+    let msgs = read_topic(&kafka, &topic, 2, Duration::from_secs(30), Duration::from_secs(1)).await;
+    let keys: Vec<String> =
+        msgs.iter().map(|m| serde_json::from_slice::<Work>(m.payload().unwrap()).unwrap().key).collect();
+    assert_eq!(keys, ["late", "early"]);
 }

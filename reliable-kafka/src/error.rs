@@ -148,7 +148,9 @@ impl From<ConfigError> for Error {
 /// and TLS errors, the PostgreSQL SQLSTATE classes `08` (connection), `40`
 /// (serialization failure, deadlock), `53` (insufficient resources) and `57` (operator
 /// intervention, e.g. a server restart), and SQLite's `SQLITE_BUSY` and
-/// `SQLITE_LOCKED` (with their extended codes). Constraint violations, bad SQL and
+/// `SQLITE_LOCKED` (with their extended codes), and MySQL's lock wait timeout (1205),
+/// deadlock (1213), connection limits and shutdowns (1040, 1053, 1317, 1927), `NOWAIT`
+/// (3572) and read-only server (1290, 1836) errors. Constraint violations, bad SQL and
 /// decoding errors are not.
 pub fn is_transient_sqlx(e: &sqlx::Error) -> bool {
     match e {
@@ -158,6 +160,13 @@ pub fn is_transient_sqlx(e: &sqlx::Error) -> bool {
                 return sqlx::error::DatabaseError::code(lite)
                     .and_then(|c| c.parse::<i32>().ok())
                     .is_some_and(|c| matches!(c & 0xff, 5 | 6));
+            }
+            #[cfg(feature = "mysql")]
+            if let Some(n) = crate::store::mysql::mysql_error_number(&**db) {
+                // Lock wait timeout, deadlock, too many connections, server shutdown,
+                // query interrupted, connection killed (MariaDB), lock not granted
+                // (`NOWAIT`), read-only server (during a failover).
+                return matches!(n, 1205 | 1213 | 1040 | 1053 | 1317 | 1927 | 3572 | 1290 | 1836);
             }
             db.code().is_some_and(|c| ["08", "40", "53", "57"].iter().any(|class| c.starts_with(class)))
         }

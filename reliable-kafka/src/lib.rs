@@ -1,7 +1,7 @@
 //! # reliable-kafka
 //!
 //! Reliable Kafka messaging between Rust services, on `rdkafka`, `sqlx` and `tokio`,
-//! with PostgreSQL for production or SQLite embedded ([`Backend`]):
+//! with PostgreSQL for production, MySQL/MariaDB, or SQLite embedded ([`Backend`]):
 //!
 //! - **Transactional outbox** ([`Outbox`]): an event is written in the same
 //!   database transaction as the business change, so it exists if and only if the
@@ -54,6 +54,7 @@
 //! | feature | default | what |
 //! |---|---|---|
 //! | `postgres` | yes | the PostgreSQL backend ([`Postgres`]) |
+//! | `mysql` | no | the MySQL and MariaDB backend ([`MySql`]) |
 //! | `sqlite` | no | the SQLite backend ([`Sqlite`]) |
 //! | `macros` | yes | `#[derive(Event)]`, `#[event_handler]` |
 //! | `embedded` | no | `EmbeddedKafka`: librdkafka's in-process mock cluster |
@@ -158,6 +159,8 @@ pub use schema::{
 pub use store::ops::AuditEntry;
 pub use store::outbox::OutboxBacklog;
 pub use store::park::ParkedMessage;
+#[cfg(feature = "mysql")]
+pub use store::MySql;
 #[cfg(feature = "postgres")]
 pub use store::Postgres;
 pub use store::{begin_write, AnyPool, Backend, BackendConnection, DefaultBackend};

@@ -271,6 +271,40 @@ pub async fn sqlite_pool() -> sqlx::SqlitePool {
     pool
 }
 
+/// `MYSQL_URL` (a server, no database), or the local MariaDB of the development
+/// machines.
+pub fn mysql_url() -> String {
+    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+}
+
+/// A fresh MySQL/MariaDB database (`rkt_<uuid>`) with the crate's tables.
+pub async fn mysql_pool() -> sqlx::MySqlPool {
+    init_tracing();
+    let server = mysql_url();
+    let db = format!("rkt_{}", uuid::Uuid::new_v4().simple());
+    let mut admin: sqlx::MySqlConnection =
+        sqlx::Connection::connect(&server).await.expect("connect to MySQL (MYSQL_URL)");
+    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&mut admin).await.unwrap();
+    let url = format!("{}/{db}", server.trim_end_matches('/'));
+    let reliable_kafka::AnyPool::MySql(pool) = reliable_kafka::AnyPool::connect(&url, 10).await.expect("open MySQL")
+    else {
+        unreachable!("mysql URL")
+    };
+    reliable_kafka::migrate(&pool).await.expect("migrate");
+    pool
+}
+
+/// The effects table of [`Recorder`] on MySQL.
+pub async fn create_effects_table_mysql(pool: &sqlx::MySqlPool) {
+    sqlx::query(
+        "CREATE TABLE effects (id BIGINT AUTO_INCREMENT PRIMARY KEY, message_id BINARY(16) NOT NULL, \
+         `key` TEXT NOT NULL, n INT NOT NULL)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 /// The effects table of [`Recorder`] on SQLite.
 pub async fn create_effects_table_sqlite(pool: &sqlx::SqlitePool) {
     sqlx::query("CREATE TABLE effects (id INTEGER PRIMARY KEY, message_id BLOB NOT NULL, key TEXT NOT NULL, n INTEGER NOT NULL)")
@@ -309,7 +343,7 @@ pub async fn create_effects_table(pool: &PgPool) {
 
 /// Implements [`reliable_kafka::EventHandler`] for [`Recorder`] on one backend.
 macro_rules! impl_recorder {
-    ($db:ty) => {
+    ($db:ty, $insert:expr) => {
         impl reliable_kafka::EventHandler<$db> for Recorder {
             type Event = Work;
 
@@ -336,12 +370,7 @@ macro_rules! impl_recorder {
                         topic: ctx.record().topic.clone(),
                         at: Instant::now(),
                     });
-                    sqlx::query("INSERT INTO effects (message_id, key, n) VALUES ($1, $2, $3)")
-                        .bind(id)
-                        .bind(&event.key)
-                        .bind(event.n as i32)
-                        .execute(ctx.tx())
-                        .await?;
+                    sqlx::query($insert).bind(id).bind(&event.key).bind(event.n as i32).execute(ctx.tx()).await?;
                     match self.mode {
                         Mode::Panic => panic!("handler bug for n = {}", event.n),
                         Mode::SwallowDbError => {
@@ -385,8 +414,9 @@ macro_rules! impl_recorder {
         }
     };
 }
-impl_recorder!(reliable_kafka::Postgres);
-impl_recorder!(reliable_kafka::Sqlite);
+impl_recorder!(reliable_kafka::Postgres, "INSERT INTO effects (message_id, key, n) VALUES ($1, $2, $3)");
+impl_recorder!(reliable_kafka::Sqlite, "INSERT INTO effects (message_id, key, n) VALUES ($1, $2, $3)");
+impl_recorder!(reliable_kafka::MySql, "INSERT INTO effects (message_id, `key`, n) VALUES (?, ?, ?)");
 
 /// Produces one record with the given headers, bypassing the outbox.
 pub async fn produce_raw(kafka: &KafkaConfig, topic: &str, key: &str, payload: &[u8], hdrs: &[(&str, &[u8])]) {

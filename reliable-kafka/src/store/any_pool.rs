@@ -1,15 +1,19 @@
-//! [`AnyPool`]: a pool of either backend, chosen by the URL.
+//! [`AnyPool`]: a pool of one of the backends, chosen by the URL.
 
 use crate::{ConfigError, Error};
 
-/// A pool of either backend, chosen by the URL scheme: `postgres://` or `postgresql://`
-/// for PostgreSQL (feature `postgres`), `sqlite:` for SQLite (feature `sqlite`).
+/// A pool of one of the backends, chosen by the URL scheme: `postgres://` or
+/// `postgresql://` for PostgreSQL (feature `postgres`), `mysql://` or `mariadb://` for
+/// MySQL and MariaDB (feature `mysql`), `sqlite:` for SQLite (feature `sqlite`).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum AnyPool {
     /// PostgreSQL.
     #[cfg(feature = "postgres")]
     Postgres(sqlx::PgPool),
+    /// MySQL or MariaDB.
+    #[cfg(feature = "mysql")]
+    MySql(sqlx::MySqlPool),
     /// SQLite.
     #[cfg(feature = "sqlite")]
     Sqlite(sqlx::SqlitePool),
@@ -24,7 +28,8 @@ impl AnyPool {
     /// created if missing, WAL journal, `synchronous=NORMAL`, foreign keys on,
     /// `busy_timeout` [`SQLITE_BUSY_TIMEOUT`] (writers queue instead of failing), at
     /// least 2 connections; an in-memory URL (`sqlite::memory:`) gets one shared
-    /// connection. PostgreSQL: `max_connections` connections.
+    /// connection. PostgreSQL, MySQL: `max_connections` connections; MySQL sessions run
+    /// in UTC (`time_zone = '+00:00'`, sqlx's default).
     ///
     /// # Errors
     /// [`Error::Config`] naming `DATABASE_URL` for an unknown scheme, a scheme whose
@@ -33,10 +38,11 @@ impl AnyPool {
     pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, Error> {
         match url.split(':').next().unwrap_or_default() {
             "postgres" | "postgresql" => Self::connect_postgres(url, max_connections).await,
+            "mysql" | "mariadb" => Self::connect_mysql(url, max_connections).await,
             "sqlite" => Self::connect_sqlite(url, max_connections).await,
             scheme => Err(ConfigError::invalid(
                 "DATABASE_URL",
-                format!("unsupported scheme `{scheme}`: use postgres://… or sqlite:…"),
+                format!("unsupported scheme `{scheme}`: use postgres://…, mysql://… or sqlite:…"),
             )
             .into()),
         }
@@ -55,6 +61,29 @@ impl AnyPool {
     #[cfg(not(feature = "postgres"))]
     async fn connect_postgres(_url: &str, _max_connections: u32) -> Result<AnyPool, Error> {
         Err(not_compiled("postgres"))
+    }
+
+    #[cfg(feature = "mysql")]
+    async fn connect_mysql(url: &str, max_connections: u32) -> Result<AnyPool, Error> {
+        use std::str::FromStr;
+        // sqlx knows the scheme `mysql` only; MariaDB speaks the same protocol.
+        let url = match url.strip_prefix("mariadb:") {
+            Some(rest) => format!("mysql:{rest}"),
+            None => url.to_owned(),
+        };
+        let options = sqlx::mysql::MySqlConnectOptions::from_str(&url)
+            .map_err(|e| ConfigError::invalid("DATABASE_URL", format!("not a valid MySQL URL: {e}")))?;
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options)
+            .await
+            .map_err(Error::db("connect to MySQL"))?;
+        Ok(AnyPool::MySql(pool))
+    }
+
+    #[cfg(not(feature = "mysql"))]
+    async fn connect_mysql(_url: &str, _max_connections: u32) -> Result<AnyPool, Error> {
+        Err(not_compiled("mysql"))
     }
 
     #[cfg(feature = "sqlite")]
@@ -86,18 +115,20 @@ impl AnyPool {
         Err(not_compiled("sqlite"))
     }
 
-    /// `"postgres"` or `"sqlite"`.
+    /// `"postgres"`, `"mysql"` or `"sqlite"`.
     pub fn backend_name(&self) -> &'static str {
         match self {
             #[cfg(feature = "postgres")]
             AnyPool::Postgres(_) => "postgres",
+            #[cfg(feature = "mysql")]
+            AnyPool::MySql(_) => "mysql",
             #[cfg(feature = "sqlite")]
             AnyPool::Sqlite(_) => "sqlite",
         }
     }
 }
 
-#[cfg(not(all(feature = "postgres", feature = "sqlite")))]
+#[cfg(not(all(feature = "postgres", feature = "mysql", feature = "sqlite")))]
 fn not_compiled(feature: &'static str) -> Error {
     ConfigError::invalid(
         "DATABASE_URL",

@@ -38,21 +38,22 @@ pub(crate) const DEFER: &str = "INSERT INTO rk_blocked_records (consumer_group, 
 pub(crate) const DUE_PARTITIONS: &str =
     "SELECT DISTINCT topic, kafka_partition FROM rk_blocked_records WHERE consumer_group = $1 AND due_at_ms <= $2";
 
-/// The heads of the keys (each key's lowest offset) of group `$1`, topic `$4`,
-/// partition `$5`, due at `$2` ms, earliest first, at most `$3`.
+/// The heads of the keys (each key's lowest offset) of group `$1`, topic `$2`,
+/// partition `$3`, due at `$4` ms, earliest first, at most `$5`.
 pub(crate) fn heads() -> String {
     format!(
-        "SELECT {COLUMNS} FROM rk_blocked_records r WHERE consumer_group = $1 AND due_at_ms <= $2 \
-         AND topic = $4 AND kafka_partition = $5 \
+        "SELECT {COLUMNS} FROM rk_blocked_records r WHERE consumer_group = $1 AND topic = $2 \
+         AND kafka_partition = $3 AND due_at_ms <= $4 \
          AND kafka_offset = (SELECT min(h.kafka_offset) FROM rk_blocked_records h WHERE h.consumer_group = r.consumer_group \
          AND h.topic = r.topic AND h.kafka_partition = r.kafka_partition AND h.record_key = r.record_key) \
-         ORDER BY due_at_ms, kafka_offset LIMIT $3"
+         ORDER BY due_at_ms, kafka_offset LIMIT $5"
     )
 }
 
-/// Sets the next attempt (`$5`), its due time (`$6`) and the error (`$7`) of a record.
-pub(crate) const RESCHEDULE: &str = "UPDATE rk_blocked_records SET attempt = $5, due_at_ms = $6, last_error = $7 \
-     WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3 AND kafka_offset = $4";
+/// Sets the next attempt (`$1`), its due time (`$2`) and the error (`$3`) of the record
+/// of group `$4`, topic `$5`, partition `$6`, offset `$7`.
+pub(crate) const RESCHEDULE: &str = "UPDATE rk_blocked_records SET attempt = $1, due_at_ms = $2, last_error = $3 \
+     WHERE consumer_group = $4 AND topic = $5 AND kafka_partition = $6 AND kafka_offset = $7";
 
 /// Removes a record that is done (processed or dead-lettered): its key's next record
 /// becomes the head.
@@ -122,10 +123,10 @@ pub trait BlockedStore: sqlx::Database + Sized {
     ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send + 'a;
 }
 
-/// One implementation for both dialects: the statements and the column types
-/// (`text`, `integer`, `bigint`, `bytea`/`BLOB`) are the same.
+/// One implementation for every dialect: the statements (translated by `$sql`) and the
+/// column types (`text`, `integer`, `bigint`, `bytea`/`BLOB`) are the same.
 macro_rules! impl_blocked_store {
-    ($db:ty) => {
+    ($db:ty, $sql:path) => {
         impl BlockedStore for $db {
             async fn is_blocked(
                 pool: &Pool<Self>,
@@ -134,7 +135,7 @@ macro_rules! impl_blocked_store {
                 partition: i32,
                 key: &[u8],
             ) -> Result<bool, sqlx::Error> {
-                let found: Option<i64> = sqlx::query_scalar(IS_BLOCKED)
+                let found: Option<i64> = sqlx::query_scalar(&$sql(IS_BLOCKED))
                     .bind(group)
                     .bind(topic)
                     .bind(partition)
@@ -146,7 +147,7 @@ macro_rules! impl_blocked_store {
 
             async fn defer(pool: &Pool<Self>, d: Defer<'_>) -> Result<(), sqlx::Error> {
                 let r = d.row;
-                sqlx::query(DEFER)
+                sqlx::query(&$sql(DEFER))
                     .bind(d.group)
                     .bind(&r.topic)
                     .bind(r.kafka_partition)
@@ -169,7 +170,7 @@ macro_rules! impl_blocked_store {
                 group: &str,
                 now_ms: i64,
             ) -> Result<Vec<(String, i32)>, sqlx::Error> {
-                sqlx::query_as(DUE_PARTITIONS).bind(group).bind(now_ms).fetch_all(pool).await
+                sqlx::query_as(&$sql(DUE_PARTITIONS)).bind(group).bind(now_ms).fetch_all(pool).await
             }
 
             async fn heads(
@@ -179,12 +180,12 @@ macro_rules! impl_blocked_store {
                 now_ms: i64,
                 limit: i64,
             ) -> Result<Vec<BlockedRow>, sqlx::Error> {
-                sqlx::query_as(&heads())
+                sqlx::query_as(&$sql(&heads()))
                     .bind(group)
-                    .bind(now_ms)
-                    .bind(limit)
                     .bind(partition.0)
                     .bind(partition.1)
+                    .bind(now_ms)
+                    .bind(limit)
                     .fetch_all(pool)
                     .await
             }
@@ -195,21 +196,21 @@ macro_rules! impl_blocked_store {
                 row: &BlockedRow,
                 error: &str,
             ) -> Result<(), sqlx::Error> {
-                sqlx::query(RESCHEDULE)
+                sqlx::query(&$sql(RESCHEDULE))
+                    .bind(row.attempt)
+                    .bind(row.due_at_ms)
+                    .bind(error)
                     .bind(group)
                     .bind(&row.topic)
                     .bind(row.kafka_partition)
                     .bind(row.kafka_offset)
-                    .bind(row.attempt)
-                    .bind(row.due_at_ms)
-                    .bind(error)
                     .execute(pool)
                     .await
                     .map(|_| ())
             }
 
             async fn release_blocked(pool: &Pool<Self>, group: &str, row: &BlockedRow) -> Result<(), sqlx::Error> {
-                sqlx::query(RELEASE)
+                sqlx::query(&$sql(RELEASE))
                     .bind(group)
                     .bind(&row.topic)
                     .bind(row.kafka_partition)
@@ -220,13 +221,15 @@ macro_rules! impl_blocked_store {
             }
 
             async fn blocked_count(pool: &Pool<Self>, group: &str) -> Result<i64, sqlx::Error> {
-                sqlx::query_scalar(COUNT).bind(group).fetch_one(pool).await
+                sqlx::query_scalar(&$sql(COUNT)).bind(group).fetch_one(pool).await
             }
         }
     };
 }
 
 #[cfg(feature = "postgres")]
-impl_blocked_store!(sqlx::Postgres);
+impl_blocked_store!(sqlx::Postgres, super::same_sql);
 #[cfg(feature = "sqlite")]
-impl_blocked_store!(sqlx::Sqlite);
+impl_blocked_store!(sqlx::Sqlite, super::same_sql);
+#[cfg(feature = "mysql")]
+impl_blocked_store!(sqlx::MySql, super::mysql::dialect);

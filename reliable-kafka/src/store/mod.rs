@@ -1,5 +1,6 @@
-//! Database backends: [`Postgres`] for production (feature `postgres`), [`Sqlite`] as
-//! the embedded default (feature `sqlite`).
+//! Database backends: [`Postgres`] for production (feature `postgres`), [`MySql`] for
+//! services on MySQL or MariaDB (feature `mysql`), [`Sqlite`] as the embedded default
+//! (feature `sqlite`).
 //!
 //! Every database-facing type is generic over its backend (`OutboxRelay<DB>`,
 //! `ListenerContainer<DB>`, `HandlerContext<DB>`, `DeadLetterRedriver<DB>`,
@@ -9,27 +10,32 @@
 //! What a backend does is split by concern, one trait each: the outbox and its relay
 //! (`outbox.rs`; PostgreSQL's in `postgres_outbox.rs`), the deduplication table (`dedup.rs`), parked records (`park.rs`), the
 //! key-blocking table (`blocked.rs`),
-//! named locks (`lock.rs`) and shard leases for a service's own jobs (`shard_lease.rs`); SQL both dialects share is in `sql.rs`.
+//! named locks (`lock.rs`) and shard leases for a service's own jobs (`shard_lease.rs`); SQL the dialects share is in `sql.rs`
+//! (MySQL's own in `mysql.rs` and `mysql_outbox.rs`).
 //!
-//! What differs between the two:
+//! What differs between them:
 //!
-//! | | PostgreSQL | SQLite |
-//! |---|---|---|
-//! | several relay instances | one publishes at a time (session advisory lock on the table's OID), or each its shards | one process per database file (SQLite has one writer) |
-//! | relay wake-up | `LISTEN rk_outbox` + `poll_interval` | `poll_interval` |
-//! | handler transactions | concurrent | serialized: `BEGIN IMMEDIATE` takes the write lock for the handler's whole run |
-//! | a handler that swallows a failed statement | detected (`SELECT 1` probe, SQLSTATE 25P02) | detected when SQLite rolled the transaction back (after `SQLITE_FULL`, an I/O error); otherwise SQLite keeps the transaction usable |
-//! | timestamps | `timestamptz` | RFC 3339 text in UTC (`2026-11-23T06:43:12.123Z`) |
-//! | message ids | `uuid` | hyphenated lowercase text |
-//! | re-driver lock | session advisory lock | per process |
+//! | | PostgreSQL | MySQL / MariaDB | SQLite |
+//! |---|---|---|---|
+//! | several relay instances | one publishes at a time (session advisory lock on the table's OID), or each its shards | one publishes at a time (`GET_LOCK` on the database and table, held by the relay's session) | one process per database file (SQLite has one writer) |
+//! | relay wake-up | `LISTEN rk_outbox` + `poll_interval` | `poll_interval` | `poll_interval` |
+//! | handler transactions | concurrent | concurrent (InnoDB row locks) | serialized: `BEGIN IMMEDIATE` takes the write lock for the handler's whole run |
+//! | a handler that swallows a failed statement | detected (`SELECT 1` probe, SQLSTATE 25P02) | a failed statement rolls back only itself; a deadlock rolls back the transaction, detected on MariaDB (`@@in_transaction`) | detected when SQLite rolled the transaction back (after `SQLITE_FULL`, an I/O error); otherwise SQLite keeps the transaction usable |
+//! | timestamps | `timestamptz` | `DATETIME(6)` in UTC | RFC 3339 text in UTC (`2026-11-23T06:43:12.123Z`) |
+//! | message ids | `uuid` | hyphenated lowercase text (`CHAR(36)`) | hyphenated lowercase text |
+//! | re-driver lock | session advisory lock | `GET_LOCK` | per process |
 
-#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
-compile_error!("reliable-kafka needs a database backend: enable the `postgres` or the `sqlite` feature");
+#[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+compile_error!("reliable-kafka needs a database backend: enable the `postgres`, `mysql` or `sqlite` feature");
 
 mod any_pool;
 pub(crate) mod blocked;
 pub(crate) mod dedup;
 pub(crate) mod lock;
+#[cfg(feature = "mysql")]
+pub(crate) mod mysql;
+#[cfg(feature = "mysql")]
+mod mysql_outbox;
 pub(crate) mod ops;
 pub(crate) mod outbox;
 pub(crate) mod park;
@@ -54,6 +60,8 @@ pub use any_pool::AnyPool;
 pub use any_pool::SQLITE_BUSY_TIMEOUT;
 #[cfg(feature = "postgres")]
 pub use shard_lease::{ShardLease, MAX_LEASE_SHARDS};
+#[cfg(feature = "mysql")]
+pub use sqlx::MySql;
 #[cfg(feature = "postgres")]
 pub use sqlx::Postgres;
 #[cfg(feature = "sqlite")]
@@ -68,13 +76,19 @@ use crate::Error;
 pub type DefaultBackend = sqlx::Postgres;
 /// The backend a type means when its backend argument is left out (`HandlerContext`,
 /// `ListenerContainer`, …): [`Postgres`] when the `postgres` feature is on, else
-/// [`Sqlite`].
-#[cfg(all(not(feature = "postgres"), feature = "sqlite"))]
+/// [`MySql`] when `mysql` is, else [`Sqlite`].
+#[cfg(all(not(feature = "postgres"), feature = "mysql"))]
+pub type DefaultBackend = sqlx::MySql;
+/// The backend a type means when its backend argument is left out (`HandlerContext`,
+/// `ListenerContainer`, …): [`Postgres`] when the `postgres` feature is on, else
+/// [`MySql`] when `mysql` is, else [`Sqlite`].
+#[cfg(all(not(feature = "postgres"), not(feature = "mysql"), feature = "sqlite"))]
 pub type DefaultBackend = sqlx::Sqlite;
 
-/// A database the framework's tables can live in: [`Postgres`] or [`Sqlite`].
+/// A database the framework's tables can live in: [`Postgres`], [`MySql`] (MySQL 8.0.13+
+/// or MariaDB 10.6+) or [`Sqlite`].
 ///
-/// Sealed: the framework's SQL is written for these two. Its supertraits (outbox,
+/// Sealed: the framework's SQL is written for these three. Its supertraits (outbox,
 /// deduplication, parking, locks, transactions) are the crate's own.
 pub trait Backend:
     sqlx::Database<Connection: BackendConnection<Backend = Self>>
@@ -90,11 +104,14 @@ pub trait Backend:
 
 #[cfg(feature = "postgres")]
 impl Backend for sqlx::Postgres {}
+#[cfg(feature = "mysql")]
+impl Backend for sqlx::MySql {}
 #[cfg(feature = "sqlite")]
 impl Backend for sqlx::Sqlite {}
 
 /// Something that gives a connection of a [`Backend`]: `PgConnection`,
-/// `SqliteConnection`, a `sqlx::Transaction` or a pooled connection of either. Lets
+/// `MySqlConnection`, `SqliteConnection`, a `sqlx::Transaction` or a pooled connection
+/// of one. Lets
 /// [`crate::Outbox::enqueue`] take `&mut tx` as well as `ctx.tx()`.
 pub trait BackendConnection: Send {
     /// The backend.
@@ -107,6 +124,14 @@ pub trait BackendConnection: Send {
 impl BackendConnection for sqlx::PgConnection {
     type Backend = sqlx::Postgres;
     fn connection(&mut self) -> &mut sqlx::PgConnection {
+        self
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl BackendConnection for sqlx::MySqlConnection {
+    type Backend = sqlx::MySql;
+    fn connection(&mut self) -> &mut sqlx::MySqlConnection {
         self
     }
 }
@@ -157,7 +182,7 @@ pub enum TransactionState {
 
 /// Transactions and migrations of a backend. Not implementable outside the crate.
 pub trait Transactions: sqlx::Database + Sized {
-    /// `"postgres"` or `"sqlite"`.
+    /// `"postgres"`, `"mysql"` or `"sqlite"`.
     const NAME: &'static str;
 
     /// The crate's migrations for this backend.
@@ -178,6 +203,13 @@ pub trait Transactions: sqlx::Database + Sized {
     fn check_transaction(
         conn: &mut Self::Connection,
     ) -> impl Future<Output = Result<TransactionState, sqlx::Error>> + Send + '_;
+}
+
+/// The statement as written: PostgreSQL and SQLite run the shared SQL of `sql.rs`
+/// unchanged (MySQL translates it: [`mysql::dialect`]).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn same_sql(sql: &str) -> std::borrow::Cow<'_, str> {
+    std::borrow::Cow::Borrowed(sql)
 }
 
 /// The instant `age` ago; the earliest representable instant when that is out of range.

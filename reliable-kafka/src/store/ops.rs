@@ -1,6 +1,7 @@
 //! The statements of the operations API ([`crate::Operations`]): per-topic outbox
 //! backlog, retrying parked outbox rows, deleting parked records, the audit table.
-//! The SQL is the same on both backends; one impl per backend (sqlx's types differ).
+//! The SQL is the same on every backend (MySQL's translated); one impl per backend
+//! (sqlx's types differ).
 
 use std::future::Future;
 
@@ -69,18 +70,18 @@ pub trait OpsStore: sqlx::Database + Sized {
 }
 
 macro_rules! ops_store {
-    ($db:ty) => {
+    ($db:ty, $sql:path) => {
         impl OpsStore for $db {
             async fn outbox_topics(pool: &Pool<Self>, sql: &str) -> Result<Vec<TopicRow>, sqlx::Error> {
-                sqlx::query_as(sql).fetch_all(pool).await
+                sqlx::query_as(&$sql(sql)).fetch_all(pool).await
             }
 
             async fn execute_text(pool: &Pool<Self>, sql: &str, text: Option<&str>) -> Result<u64, sqlx::Error> {
-                Ok(sqlx::query(sql).bind(text).execute(pool).await?.rows_affected())
+                Ok(sqlx::query(&$sql(sql)).bind(text).execute(pool).await?.rows_affected())
             }
 
             async fn execute_id(pool: &Pool<Self>, sql: &str, id: i64) -> Result<u64, sqlx::Error> {
-                Ok(sqlx::query(sql).bind(id).execute(pool).await?.rows_affected())
+                Ok(sqlx::query(&$sql(sql)).bind(id).execute(pool).await?.rows_affected())
             }
 
             async fn insert_audit(
@@ -88,7 +89,7 @@ macro_rules! ops_store {
                 sql: &str,
                 (operator, action, target, records, detail): (&str, &str, &str, i64, &str),
             ) -> Result<(), sqlx::Error> {
-                sqlx::query(sql)
+                sqlx::query(&$sql(sql))
                     .bind(operator)
                     .bind(action)
                     .bind(target)
@@ -100,13 +101,15 @@ macro_rules! ops_store {
             }
 
             async fn audit_list(pool: &Pool<Self>, sql: &str, limit: i64) -> Result<Vec<AuditEntry>, sqlx::Error> {
-                sqlx::query_as(sql).bind(limit).fetch_all(pool).await
+                sqlx::query_as(&$sql(sql)).bind(limit).fetch_all(pool).await
             }
         }
     };
 }
 
 #[cfg(feature = "postgres")]
-ops_store!(sqlx::Postgres);
+ops_store!(sqlx::Postgres, super::same_sql);
 #[cfg(feature = "sqlite")]
-ops_store!(sqlx::Sqlite);
+ops_store!(sqlx::Sqlite, super::same_sql);
+#[cfg(feature = "mysql")]
+ops_store!(sqlx::MySql, super::mysql::dialect);

@@ -5,6 +5,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+use sqlx::FromRow;
 use sqlx::Pool;
 use uuid::Uuid;
 
@@ -46,8 +48,8 @@ pub struct OutboxRow {
     pub created_at: DateTime<Utc>,
 }
 
-/// The outbox columns besides the id, as both backends store them (the id's type
-/// differs: `uuid` on PostgreSQL, text on SQLite).
+/// The outbox columns besides the id, as the backends store them (the id's type
+/// differs: `uuid` on PostgreSQL, text on MySQL and SQLite).
 #[derive(sqlx::FromRow)]
 pub(crate) struct OutboxColumns {
     aggregatetype: String,
@@ -76,6 +78,51 @@ impl OutboxColumns {
             created_at: self.created_at,
         }
     }
+}
+
+/// An outbox row whose id is text (SQLite, MySQL), as the relay claims it.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+#[derive(sqlx::FromRow)]
+pub(crate) struct TextIdOutboxRow {
+    seq: i64,
+    id: String,
+    #[sqlx(flatten)]
+    columns: OutboxColumns,
+}
+
+/// A claimed row that cannot be read: its `seq` and why.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) type Malformed = (i64, String);
+
+/// Decodes claimed rows; rows another tool wrote that cannot be read (an id that is
+/// not a UUID, headers that are not JSON) come back apart, as `(seq, reason)`, to be
+/// parked with the reason instead of blocking the table.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) fn decode_text_id_rows<R>(rows: Vec<R>) -> Result<(Vec<OutboxRow>, Vec<Malformed>), Error>
+where
+    R: sqlx::Row,
+    for<'r> TextIdOutboxRow: sqlx::FromRow<'r, R>,
+    i64: sqlx::Type<R::Database> + for<'r> sqlx::Decode<'r, R::Database>,
+    for<'n> &'n str: sqlx::ColumnIndex<R>,
+{
+    let mut claimed = Vec::with_capacity(rows.len());
+    let mut malformed = Vec::new();
+    for row in rows {
+        let seq: i64 = row.try_get("seq").map_err(Error::db("claim outbox rows"))?;
+        let decoded =
+            TextIdOutboxRow::from_row(&row).map_err(|e| crate::report(&e)).and_then(|r| match Uuid::parse_str(&r.id) {
+                Ok(id) => Ok(r.columns.with_id(r.seq, id)),
+                Err(e) => Err(format!("id {:?} is not a UUID: {e}", r.id)),
+            });
+        match decoded {
+            Ok(row) => claimed.push(row),
+            Err(why) => {
+                tracing::error!(seq, reason = %why, "malformed outbox row parked");
+                malformed.push((seq, format!("malformed outbox row: {why}")));
+            }
+        }
+    }
+    Ok((claimed, malformed))
 }
 
 /// A row whose send failed, with the error kept typed until it is written to the
@@ -123,12 +170,12 @@ pub trait OutboxListener: Send {
     fn recv(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_;
 }
 
-/// A listener that never fires, for backends without notifications (SQLite).
-#[cfg(feature = "sqlite")]
+/// A listener that never fires, for backends without notifications (SQLite, MySQL).
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 #[derive(Debug)]
 pub enum NoListener {}
 
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 impl OutboxListener for NoListener {
     async fn recv(&mut self) -> Result<(), sqlx::Error> {
         match *self {}

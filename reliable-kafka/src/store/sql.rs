@@ -1,4 +1,7 @@
-//! SQL text both dialects share, written once; `$n` placeholders work on both.
+//! SQL text the dialects share, written once: `$n` placeholders in the order they
+//! appear, and no PostgreSQL-only syntax (`FILTER`), so that MySQL's translation
+//! ([`super::mysql::dialect`]: `?` placeholders, `INSERT IGNORE`) applies to every
+//! statement.
 
 /// Rows deleted per statement by retention (outbox cleanup, dedup pruning); a loop
 /// repeats the statement while a full batch was deleted.
@@ -17,6 +20,7 @@ pub(crate) fn dedup_insert(table: &str) -> String {
     format!("INSERT INTO {table} (consumer_group, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
 }
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 /// Deletes up to [`DELETE_BATCH`] deduplication rows of group `$1` processed before
 /// `$2`; `row_id` is the dialect's physical row id (`ctid`, `rowid`).
 pub(crate) fn dedup_prune(table: &str, row_id: &str) -> String {
@@ -26,6 +30,7 @@ pub(crate) fn dedup_prune(table: &str, row_id: &str) -> String {
     )
 }
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 /// Deletes up to [`DELETE_BATCH`] outbox rows delivered before `$1`; `key` is a
 /// unique column.
 pub(crate) fn outbox_cleanup(table: &str, key: &str) -> String {
@@ -38,10 +43,10 @@ pub(crate) fn outbox_cleanup(table: &str, key: &str) -> String {
 /// delivered rows kept by retention.
 pub(crate) fn outbox_backlog(table: &str) -> String {
     format!(
-        "SELECT count(*) FILTER (WHERE delivered_at IS NULL AND parked_at IS NULL), \
-         min(created_at) FILTER (WHERE delivered_at IS NULL AND parked_at IS NULL), \
-         count(*) FILTER (WHERE parked_at IS NOT NULL), \
-         count(*) FILTER (WHERE delivered_at IS NOT NULL) FROM {table}"
+        "SELECT count(CASE WHEN delivered_at IS NULL AND parked_at IS NULL THEN 1 END), \
+         min(CASE WHEN delivered_at IS NULL AND parked_at IS NULL THEN created_at END), \
+         count(CASE WHEN parked_at IS NOT NULL THEN 1 END), \
+         count(CASE WHEN delivered_at IS NOT NULL THEN 1 END) FROM {table}"
     )
 }
 
@@ -81,9 +86,9 @@ pub(crate) fn parked_list(table: &str) -> String {
 /// delivered rows only are left out).
 pub(crate) fn outbox_topics(table: &str) -> String {
     format!(
-        "SELECT aggregatetype, count(*) FILTER (WHERE delivered_at IS NULL AND parked_at IS NULL), \
-         min(created_at) FILTER (WHERE delivered_at IS NULL AND parked_at IS NULL), \
-         count(*) FILTER (WHERE parked_at IS NOT NULL) FROM {table} \
+        "SELECT aggregatetype, count(CASE WHEN delivered_at IS NULL AND parked_at IS NULL THEN 1 END), \
+         min(CASE WHEN delivered_at IS NULL AND parked_at IS NULL THEN created_at END), \
+         count(CASE WHEN parked_at IS NOT NULL THEN 1 END) FROM {table} \
          WHERE delivered_at IS NULL GROUP BY aggregatetype ORDER BY aggregatetype"
     )
 }
@@ -92,7 +97,7 @@ pub(crate) fn outbox_topics(table: &str) -> String {
 pub(crate) fn outbox_retry(table: &str) -> String {
     format!(
         "UPDATE {table} SET parked_at = NULL, attempts = 0 \
-         WHERE parked_at IS NOT NULL AND delivered_at IS NULL AND ($1 IS NULL OR aggregatetype = $1)"
+         WHERE parked_at IS NOT NULL AND delivered_at IS NULL AND aggregatetype = COALESCE($1, aggregatetype)"
     )
 }
 

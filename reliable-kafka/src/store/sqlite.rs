@@ -9,14 +9,13 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::types::Json;
-use sqlx::{FromRow, Row};
 use sqlx::{Pool, Sqlite, SqliteConnection, Transaction};
 use uuid::Uuid;
 
 use super::dedup::DedupStore;
 use super::lock::{LocalLock, LockStore};
 use super::outbox::{
-    backlog, NewOutboxRow, NoListener, OutboxBacklog, OutboxColumns, OutboxRow, OutboxStore, Published,
+    backlog, decode_text_id_rows, NewOutboxRow, NoListener, OutboxBacklog, OutboxRow, OutboxStore, Published,
 };
 use super::park::{ParkRow, ParkStore, ParkedMessage};
 use super::{sql, TransactionState, Transactions};
@@ -31,13 +30,6 @@ fn timestamp(t: DateTime<Utc>) -> String {
 }
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
-
-#[derive(sqlx::FromRow)]
-struct LiteOutboxRow {
-    id: String,
-    #[sqlx(flatten)]
-    columns: OutboxColumns,
-}
 
 impl Transactions for Sqlite {
     const NAME: &'static str = "sqlite";
@@ -163,26 +155,7 @@ impl OutboxStore for Sqlite {
             .fetch_all(pool)
             .await
             .map_err(Error::db("claim outbox rows"))?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        // Rows another tool wrote that cannot be read (an id that is not a UUID, headers
-        // that are not JSON) are parked with the reason instead of blocking the table.
-        let mut malformed: Vec<(i64, String)> = Vec::new();
-        for row in rows {
-            let seq: i64 = row.try_get("seq").map_err(Error::db("claim outbox rows"))?;
-            let decoded = LiteOutboxRow::from_row(&row).map_err(|e| crate::report(&e)).and_then(|r| {
-                match Uuid::parse_str(&r.id) {
-                    Ok(id) => Ok(r.columns.with_id(seq, id)),
-                    Err(e) => Err(format!("id {:?} is not a UUID: {e}", r.id)),
-                }
-            });
-            match decoded {
-                Ok(row) => claimed.push(row),
-                Err(why) => {
-                    tracing::error!(seq, reason = %why, "malformed outbox row parked");
-                    malformed.push((seq, format!("malformed outbox row: {why}")));
-                }
-            }
-        }
+        let (claimed, malformed) = decode_text_id_rows(rows)?;
         if !malformed.is_empty() {
             let mut tx = Self::begin_write(pool).await.map_err(Error::db("begin relay transaction"))?;
             for (seq, why) in &malformed {
