@@ -19,6 +19,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let url = cli.database_url.clone().context("no database: set DATABASE_URL or --database-url")?;
     match AnyPool::connect(&url, 4).await.context("connect to the database")? {
         AnyPool::Postgres(pool) => on(pool, kafka, cli).await,
+        AnyPool::MySql(pool) => on(pool, kafka, cli).await,
         AnyPool::Sqlite(pool) => on(pool, kafka, cli).await,
         _ => bail!("this rk was built without that database's driver"),
     }

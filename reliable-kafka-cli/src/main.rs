@@ -24,7 +24,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     after_help = "Exit codes: 0 done; 1 failed (database, broker, a replay stopped part-way); 2 usage error; 3 refused (purge without --yes); 4 not found."
 )]
 pub struct Cli {
-    /// The service's database (postgres://… or sqlite:…).
+    /// The service's database (postgres://…, mysql://… or sqlite:…).
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
     /// Bootstrap brokers (other librdkafka settings: KAFKA_CONFIG_<KEY>, dots as `_`).

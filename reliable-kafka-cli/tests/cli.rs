@@ -200,3 +200,76 @@ async fn rk_lists_replays_and_purges_what_a_reference_app_run_left_and_audits_it
         "newest first; the dry run left none"
     );
 }
+
+/// `rk` on MySQL/MariaDB: the outbox backlog per topic and the retry of parked rows,
+/// a parked dead letter listed, shown and purged, each operation audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rk_reads_and_repairs_a_mysql_database() {
+    let (pool, url) = mysql_database().await;
+    let run = |args: &[&str]| {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rk"))
+            .args(&all)
+            .env("DATABASE_URL", &url)
+            .env("KAFKA_BROKERS", kafka().brokers())
+            .env("RK_OPERATOR", "night-shift")
+            .output()
+            .expect("run rk");
+        assert!(out.status.success(), "rk {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap_or_else(|e| panic!("rk {args:?}: no JSON ({e})"))
+    };
+    let kafka = kafka();
+    // Two outbox rows of one topic, one a relay parked after the broker refused it.
+    let topic = unique("mysql-rk");
+    let mut tx = pool.begin().await.unwrap();
+    for n in 1..=2 {
+        let to = EnqueueOptions { topic: Some(topic.clone()), ..Default::default() };
+        Outbox::new().enqueue_with(&mut tx, &Work { key: "k".into(), n }, to).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    sqlx::query("UPDATE rk_outbox SET parked_at = UTC_TIMESTAMP(6), last_error = 'too large' ORDER BY seq LIMIT 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // A record dead-lettered once and parked by a re-driver that allows no re-drive.
+    let source = unique("mysql-rk-source");
+    create_topics(&kafka, &source, 1).await;
+    produce_work(&kafka, &source, uuid::Uuid::now_v7(), &Work { key: "p".into(), n: 7 }).await;
+    sqlx::query("CREATE TABLE effects (message_id BINARY(16), `key` TEXT, n INT)").execute(&pool).await.unwrap();
+    let recorder = Recorder::new(&source, &unique("group"), Mode::AlwaysTransient, 1);
+    let c = ListenerContainer::builder(kafka.clone(), pool.clone()).handler(recorder).build().unwrap().spawn();
+    assert!(eventually(Duration::from_secs(30), || async { c.stats().dead_lettered() == 1 }).await);
+    c.shutdown().await.unwrap();
+    let redriver = DeadLetterRedriver::builder(kafka.clone(), pool.clone())
+        .topic(format!("{source}.DLQ"))
+        .group_id(unique("redrive"))
+        .max_redrives(0)
+        .build()
+        .unwrap();
+    assert_eq!(redriver.redrive_once().await.unwrap().parked, 1);
+
+    let status = run(&["outbox", "status"]);
+    assert_eq!(
+        (status["pending"].as_u64(), status["parked"].as_u64(), status["parked_dead_letters"].as_u64()),
+        (Some(1), Some(1), Some(1)),
+        "{status}"
+    );
+    assert_eq!(status["topics"][0]["topic"].as_str(), Some(topic.as_str()));
+    assert!(status["oldest_pending_age_secs"].as_f64().is_some_and(|s| (0.0..60.0).contains(&s)), "{status}");
+    assert_eq!(run(&["outbox", "retry", "--topic", &topic])["retried"], 1);
+    assert_eq!(run(&["outbox", "status"])["pending"], 2);
+
+    let parked = run(&["parked", "list"]);
+    let parked = parked.as_array().unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0]["original_topic"].as_str(), Some(source.as_str()));
+    let one = run(&["parked", "show", &parked[0]["id"].to_string()]);
+    assert_eq!((one["key"].as_str(), one["payload"]["json"]["n"].as_i64()), (Some("p"), Some(7)), "{one}");
+    assert_eq!(run(&["parked", "purge", "--yes"])["purged"], 1);
+    assert!(run(&["parked", "list"]).as_array().unwrap().is_empty());
+    let audit = run(&["audit"]);
+    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["parked.purge", "outbox.retry"]);
+    assert!(audit.as_array().unwrap().iter().all(|a| a["operator"] == "night-shift"));
+}

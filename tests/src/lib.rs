@@ -279,6 +279,12 @@ pub fn mysql_url() -> String {
 
 /// A fresh MySQL/MariaDB database (`rkt_<uuid>`) with the crate's tables.
 pub async fn mysql_pool() -> sqlx::MySqlPool {
+    mysql_database().await.0
+}
+
+/// A fresh MySQL/MariaDB database (`rkt_<uuid>`) with the crate's tables: a pool and
+/// its URL.
+pub async fn mysql_database() -> (sqlx::MySqlPool, String) {
     init_tracing();
     let server = mysql_url();
     let db = format!("rkt_{}", uuid::Uuid::new_v4().simple());
@@ -291,7 +297,7 @@ pub async fn mysql_pool() -> sqlx::MySqlPool {
         unreachable!("mysql URL")
     };
     reliable_kafka::migrate(&pool).await.expect("migrate");
-    pool
+    (pool, url)
 }
 
 /// The effects table of [`Recorder`] on MySQL.
