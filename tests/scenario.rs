@@ -1,5 +1,5 @@
-//! The reference application's scenario, small, over HTTP against real PostgreSQL,
-//! Redis and the Kafka-protocol broker, with the demo gateway and webhook receiver
+//! The reference application's scenario, small, over HTTP against real PostgreSQL (and
+//! MariaDB), Redis and the Kafka-protocol broker, with the demo gateway and webhook receiver
 //! (real local HTTP servers) failing on purpose.
 //!
 //! Unlike the other tests, these use the seed documents' topic and group names, so
@@ -59,6 +59,33 @@ async fn all_flows_under_injected_faults_are_consistent() {
         ..Default::default()
     };
     let r = scenario(cfg.clone()).await;
+    assert_all_flows_consistent(&r, &cfg);
+}
+
+/// Every flow on MariaDB (`DATABASE_URL=mysql://…`), Redis and the broker, faults
+/// injected: the application's SQL translated to MySQL's dialect, the library's MySQL
+/// backend under its outbox, consumers and re-driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_flows_on_mariadb_under_injected_faults_are_consistent() {
+    delete_topics(&kafka(), &concert::app::topics()).await;
+    let (pool, url) = mysql_database().await;
+    let db = Db::connect(&url, 10).await.expect("MariaDB");
+    assert_eq!(db.backend_name(), "mysql");
+    drop(pool);
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let store = Store::connect(&redis, Duration::from_secs(600), &unique("mariadb")).await.expect("redis");
+    let cfg = ScenarioConfig {
+        users: 200,
+        failure_rate: 0.3,
+        concurrency: 16,
+        flows: Flows::All,
+        inject_faults: true,
+        progress: false,
+        settle_timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let r = run(db, store, kafka(), &cfg).await.expect("scenario");
+    println!("{}\n{r:#?}", r.line(cfg.flows));
     assert_all_flows_consistent(&r, &cfg);
 }
 

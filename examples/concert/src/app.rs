@@ -237,6 +237,7 @@ impl App {
         let parts = Parts { relay: cfg.pipeline, consumers: cfg.pipeline, redriver: true };
         let (relay, containers, redriver) = match &pool {
             Db::Postgres(p) => start_pipeline(p.clone(), &kafka, &store, cfg, &webhook_url, parts)?,
+            Db::MySql(p) => start_pipeline(p.clone(), &kafka, &store, cfg, &webhook_url, parts)?,
             Db::Sqlite(p) => start_pipeline(p.clone(), &kafka, &store, cfg, &webhook_url, parts)?,
         };
 
@@ -245,6 +246,12 @@ impl App {
         let recovery_pool = match &pool {
             Db::Postgres(p) => Db::Postgres(
                 sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .connect_with((*p.connect_options()).clone())
+                    .await?,
+            ),
+            Db::MySql(p) => Db::MySql(
+                sqlx::mysql::MySqlPoolOptions::new()
                     .max_connections(2)
                     .connect_with((*p.connect_options()).clone())
                     .await?,
@@ -393,6 +400,7 @@ impl Workers {
             Parts { relay: role == WorkerRole::Relay, consumers: role == WorkerRole::Consumers, redriver: false };
         let (relay, containers, _) = match &pool {
             Db::Postgres(p) => start_pipeline(p.clone(), kafka, store, cfg, webhook_url, parts)?,
+            Db::MySql(p) => start_pipeline(p.clone(), kafka, store, cfg, webhook_url, parts)?,
             Db::Sqlite(p) => start_pipeline(p.clone(), kafka, store, cfg, webhook_url, parts)?,
         };
         Ok(Workers { relay, containers })

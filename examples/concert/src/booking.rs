@@ -176,17 +176,26 @@ impl Booking {
         };
         let result = async {
             let mut tx = self.pool.begin().await?;
-            let seat: Option<i64> = sql!(
+            // The row lock the update takes keeps the seat ours until commit.
+            let reserved = sql!(
                 &mut tx,
-                query_scalar(
-                    "UPDATE seat SET status = 'RESERVED' WHERE id = $1 AND status = 'AVAILABLE' RETURNING concert_date_id"
-                )
-                .bind(seat_id)
-                .fetch_optional()
-            )?;
+                query("UPDATE seat SET status = 'RESERVED' WHERE id = $1 AND status = 'AVAILABLE'")
+                    .bind(seat_id)
+                    .execute()
+            )? == 1;
+            let seat: Option<i64> = if reserved {
+                sql!(
+                    &mut tx,
+                    query_scalar("SELECT concert_date_id FROM seat WHERE id = $1").bind(seat_id).fetch_optional()
+                )?
+            } else {
+                None
+            };
             let Some(concert_date_id) = seat else {
-                let exists: bool =
-                    sql!(&mut tx, query_scalar("SELECT EXISTS (SELECT 1 FROM seat WHERE id = $1)").bind(seat_id).fetch_one())?;
+                let exists: bool = sql!(
+                    &mut tx,
+                    query_scalar("SELECT EXISTS (SELECT 1 FROM seat WHERE id = $1)").bind(seat_id).fetch_one()
+                )?;
                 return Err(if exists {
                     BookingError::SeatTaken { seat_id }
                 } else {
@@ -199,17 +208,25 @@ impl Booking {
                     .bind(concert_date_id)
                     .execute()
             )?;
-            let r: Reservation = sql!(
+            // MariaDB's `INSERT … RETURNING` names no columns in its prepared statement, so
+            // the reservation is read by the id it returns.
+            let id: i64 = sql!(
                 &mut tx,
-                query_as(
+                query_scalar(
                     "INSERT INTO reservation (user_id, seat_id, concert_date_id, status, queue_token) \
-                     VALUES ($1, $2, $3, 'PENDING', $4) RETURNING id, user_id, seat_id, concert_date_id, status"
+                     VALUES ($1, $2, $3, 'PENDING', $4) RETURNING id"
                 )
                 .bind(user_id)
                 .bind(seat_id)
                 .bind(concert_date_id)
                 .bind(queue_token)
                 .fetch_one()
+            )?;
+            let r: Reservation = sql!(
+                &mut tx,
+                query_as("SELECT id, user_id, seat_id, concert_date_id, status FROM reservation WHERE id = $1")
+                    .bind(id)
+                    .fetch_one()
             )?;
             tx.commit().await?;
             Ok(r)
@@ -447,18 +464,38 @@ async fn finalize_failed(outbox: &Outbox, mut tx: Ex<'_>, payment_id: i64, f: Fa
         "UPDATE payment SET status = 'FAILED', failure_reason = $2, updated_at = {NOW_LITE} \
          WHERE id = $1 AND status = 'IN_PROGRESS' RETURNING reservation_id, user_id, 0, 0, amount, NULL"
     );
-    let row: Option<(i64, i64, i64, i64, i64, Option<String>)> = sql!(
-        tx.re(),
-        query_as((
-            "UPDATE payment p SET status = 'FAILED', failure_reason = $2, updated_at = now() \
-             FROM reservation r WHERE p.id = $1 AND p.status = 'IN_PROGRESS' AND r.id = p.reservation_id \
-             RETURNING p.reservation_id, p.user_id, r.seat_id, r.concert_date_id, p.amount, r.queue_token",
-            lite.as_str()
-        ))
-        .bind(payment_id)
-        .bind(f.reason)
-        .fetch_optional()
-    )?;
+    let row: Option<(i64, i64, i64, i64, i64, Option<String>)> = if tx.is_mysql() {
+        // MySQL has no `UPDATE … RETURNING`: the row, locked by the update, is read after.
+        let failed = sql!(
+            tx.re(),
+            query("UPDATE payment SET status = 'FAILED', failure_reason = $2, updated_at = now() WHERE id = $1 AND status = 'IN_PROGRESS'")
+                .bind(payment_id)
+                .bind(f.reason)
+                .execute()
+        )? == 1;
+        if !failed {
+            return Ok(false);
+        }
+        sql!(
+            tx.re(),
+            query_as("SELECT reservation_id, user_id, 0, 0, amount, NULL FROM payment WHERE id = $1")
+                .bind(payment_id)
+                .fetch_optional()
+        )?
+    } else {
+        sql!(
+            tx.re(),
+            query_as((
+                "UPDATE payment p SET status = 'FAILED', failure_reason = $2, updated_at = now() \
+                 FROM reservation r WHERE p.id = $1 AND p.status = 'IN_PROGRESS' AND r.id = p.reservation_id \
+                 RETURNING p.reservation_id, p.user_id, r.seat_id, r.concert_date_id, p.amount, r.queue_token",
+                lite.as_str()
+            ))
+            .bind(payment_id)
+            .bind(f.reason)
+            .fetch_optional()
+        )?
+    };
     let Some((reservation_id, user_id, _, _, amount, _)) = row else {
         return Ok(false);
     };
@@ -535,16 +572,35 @@ pub async fn finalize(
                 "UPDATE payment SET status = 'COMPLETED', updated_at = {NOW_LITE} \
                  WHERE id = $1 AND status = 'IN_PROGRESS' RETURNING reservation_id, user_id, amount"
             );
-            let row: Option<(i64, i64, i64)> = sql!(
-                tx.re(),
-                query_as((
-                    "UPDATE payment SET status = 'COMPLETED', updated_at = now() \
-                     WHERE id = $1 AND status = 'IN_PROGRESS' RETURNING reservation_id, user_id, amount",
-                    lite.as_str()
-                ))
-                .bind(payment_id)
-                .fetch_optional()
-            )?;
+            let row: Option<(i64, i64, i64)> = if tx.is_mysql() {
+                // MySQL has no `UPDATE … RETURNING`: the row, locked by the update, is read after.
+                let completed = sql!(
+                    tx.re(),
+                    query("UPDATE payment SET status = 'COMPLETED', updated_at = now() WHERE id = $1 AND status = 'IN_PROGRESS'")
+                        .bind(payment_id)
+                        .execute()
+                )? == 1;
+                if !completed {
+                    return Ok(None);
+                }
+                sql!(
+                    tx.re(),
+                    query_as("SELECT reservation_id, user_id, amount FROM payment WHERE id = $1")
+                        .bind(payment_id)
+                        .fetch_optional()
+                )?
+            } else {
+                sql!(
+                    tx.re(),
+                    query_as((
+                        "UPDATE payment SET status = 'COMPLETED', updated_at = now() \
+                         WHERE id = $1 AND status = 'IN_PROGRESS' RETURNING reservation_id, user_id, amount",
+                        lite.as_str()
+                    ))
+                    .bind(payment_id)
+                    .fetch_optional()
+                )?
+            };
             let Some((reservation_id, user_id, amount)) = row else {
                 return Ok(None);
             };

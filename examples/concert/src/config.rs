@@ -8,7 +8,7 @@ use reliable_kafka::KafkaConfig;
 /// in-process store for `REDIS_URL`.
 #[derive(Debug, Clone)]
 pub struct Env {
-    /// `DATABASE_URL`: `postgres://…` or `sqlite:…`.
+    /// `DATABASE_URL`: `postgres://…`, `mysql://…` (MariaDB 10.6+) or `sqlite:…`.
     pub database_url: Option<String>,
     /// `REDIS_URL`.
     pub redis_url: Option<String>,

@@ -44,6 +44,7 @@ use sqlx::migrate::Migrator;
 use crate::db::Db;
 
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mysql");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Creates the library's tables (outbox, dedup, parked) and the application's.
@@ -61,6 +62,10 @@ pub async fn migrate(db: &Db) -> anyhow::Result<()> {
         Db::Postgres(pool) => {
             reliable_kafka::migrate(pool).await?;
             app(&PG_MIGRATIONS).run(pool).await?;
+        }
+        Db::MySql(pool) => {
+            reliable_kafka::migrate(pool).await?;
+            app(&MYSQL_MIGRATIONS).run(pool).await?;
         }
         Db::Sqlite(pool) => {
             reliable_kafka::migrate(pool).await?;

@@ -209,6 +209,7 @@ async fn summary(State(s): State<OpsState>) -> Response {
     };
     let topics: Result<Vec<TopicBacklog>, _> = match &s.db {
         Db::Postgres(p) => Operations::new(p.clone()).outbox_topics().await,
+        Db::MySql(p) => Operations::new(p.clone()).outbox_topics().await,
         Db::Sqlite(p) => Operations::new(p.clone()).outbox_topics().await,
     };
     let topics = match topics {
@@ -291,6 +292,9 @@ async fn replay(State(s): State<OpsState>, Path(id): Path<i64>) -> Response {
     let filter = DeadLetterFilter::new().parked_id(id);
     let report = match &s.db {
         Db::Postgres(p) => {
+            Operations::new(p.clone()).replay_parked(&s.kafka, &filter, Some(1), None, false, "ops-page").await
+        }
+        Db::MySql(p) => {
             Operations::new(p.clone()).replay_parked(&s.kafka, &filter, Some(1), None, false, "ops-page").await
         }
         Db::Sqlite(p) => {

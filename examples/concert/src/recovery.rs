@@ -88,7 +88,8 @@ impl PaymentRecovery {
     }
 
     /// [`PaymentRecovery::recover_once`] for the payments of `partitions` (of `count`:
-    /// `id % count` in `partitions`) only; on SQLite, all of them.
+    /// `id % count` in `partitions`) only; on SQLite, all of them. PostgreSQL and MySQL
+    /// claim with `FOR UPDATE SKIP LOCKED`.
     ///
     /// # Errors
     /// Database errors.
@@ -99,7 +100,7 @@ impl PaymentRecovery {
         for _ in 0..self.batch {
             let cutoff = (chrono::Utc::now() - self.stuck_after).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
             let mut claim = match &self.pool {
-                Db::Postgres(_) => Some(self.pool.begin().await?),
+                Db::Postgres(_) | Db::MySql(_) => Some(self.pool.begin().await?),
                 Db::Sqlite(_) => None,
             };
             const PG_CLAIM: &str =
@@ -110,6 +111,17 @@ impl PaymentRecovery {
             let stuck: Option<(i64, Option<String>)> = match claim.as_mut() {
                 Some(crate::db::Tx::Postgres(tx)) => {
                     sqlx::query_as(PG_CLAIM).bind(&cutoff).bind(count).bind(&owned).fetch_optional(&mut **tx).await?
+                }
+                Some(crate::db::Tx::MySql(tx)) => {
+                    // No array parameters: the partitions (numbers) are written in.
+                    let owned: Vec<String> = owned.iter().map(i32::to_string).collect();
+                    let my_claim = format!(
+                        "SELECT id, traceparent FROM payment WHERE status = 'IN_PROGRESS' AND updated_at < ? \
+                         AND id % {count} IN ({}) ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+                        owned.join(", ")
+                    );
+                    let cutoff = chrono::Utc::now() - self.stuck_after;
+                    sqlx::query_as(&my_claim).bind(cutoff).fetch_optional(&mut **tx).await?
                 }
                 Some(tx) => sql!(tx, query_as(LITE_CLAIM).bind(&cutoff).fetch_optional())?,
                 None => sql!(&self.pool, query_as(LITE_CLAIM).bind(&cutoff).fetch_optional())?,

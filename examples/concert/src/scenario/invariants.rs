@@ -106,14 +106,14 @@ pub async fn check(pool: &Db, store: &Store, run_id: i64, coupon_id: i64, flows:
         pool,
         query_as(
             "SELECT count(*),
-                count(*) FILTER (WHERE p.status = 'FAILED'),
-                count(*) FILTER (WHERE p.status = 'COMPLETED'),
-                count(*) FILTER (WHERE p.status = 'IN_PROGRESS'),
-                count(*) FILTER (WHERE p.status = 'FAILED' AND p.compensated_at IS NOT NULL
+                count(CASE WHEN p.status = 'FAILED' THEN 1 END),
+                count(CASE WHEN p.status = 'COMPLETED' THEN 1 END),
+                count(CASE WHEN p.status = 'IN_PROGRESS' THEN 1 END),
+                count(CASE WHEN p.status = 'FAILED' AND p.compensated_at IS NOT NULL
                                    AND r.status = 'FAILED' AND s.status = 'AVAILABLE'
                                    AND (NOT p.charged OR EXISTS (SELECT 1 FROM point_history h
-                                                                 WHERE h.payment_id = p.id AND h.kind = 'REFUND'))),
-                count(*) FILTER (WHERE p.status = 'COMPLETED' AND (r.status <> 'CONFIRMED' OR s.status <> 'SOLD'))
+                                                                 WHERE h.payment_id = p.id AND h.kind = 'REFUND')) THEN 1 END),
+                count(CASE WHEN p.status = 'COMPLETED' AND (r.status <> 'CONFIRMED' OR s.status <> 'SOLD') THEN 1 END)
          FROM payment p
          JOIN reservation r ON r.id = p.reservation_id
          JOIN seat s ON s.id = r.seat_id
@@ -160,7 +160,7 @@ pub async fn check(pool: &Db, store: &Store, run_id: i64, coupon_id: i64, flows:
     let (balance_over, balance_under): (i64, i64) = sql!(
         pool,
         query_as(
-            "SELECT count(*) FILTER (WHERE u.balance > h.total), count(*) FILTER (WHERE u.balance < h.total)
+            "SELECT count(CASE WHEN u.balance > h.total THEN 1 END), count(CASE WHEN u.balance < h.total THEN 1 END)
              FROM app_user u JOIN (SELECT user_id, sum(amount) AS total FROM point_history GROUP BY user_id) h ON h.user_id = u.id
              WHERE u.run_id = $1"
         )

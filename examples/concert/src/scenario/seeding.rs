@@ -33,7 +33,9 @@ pub(crate) async fn seed_data(pool: &Db, cfg: &ScenarioConfig) -> anyhow::Result
                 "INSERT INTO concert_date (concert_id, starts_at, total_seat_count, available_seat_count) \
                  VALUES ($1, $2::timestamptz, $3, $3) RETURNING id",
                 "INSERT INTO concert_date (concert_id, starts_at, total_seat_count, available_seat_count) \
-                 VALUES ($1, $2, $3, $3) RETURNING id"
+                 VALUES ($1, $2, $3, $3) RETURNING id",
+                "INSERT INTO concert_date (concert_id, starts_at, total_seat_count, available_seat_count) \
+                 VALUES ($1, STR_TO_DATE($2, '%Y-%m-%dT%H:%i:%s.%fZ'), $3, $3) RETURNING id"
             ))
             .bind(run_id)
             .bind(&starts_at)
@@ -42,11 +44,18 @@ pub(crate) async fn seed_data(pool: &Db, cfg: &ScenarioConfig) -> anyhow::Result
         )?;
         let ids: Vec<i64> = sql!(
             &mut tx,
-            query_scalar(
+            query_scalar((
                 "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < $3) \
                  INSERT INTO seat (concert_date_id, number, price, status) \
+                 SELECT $1, x, $2, 'AVAILABLE' FROM n RETURNING id",
+                "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < $3) \
+                 INSERT INTO seat (concert_date_id, number, price, status) \
+                 SELECT $1, x, $2, 'AVAILABLE' FROM n RETURNING id",
+                // MariaDB: the CTE belongs to the SELECT; INSERT … RETURNING (MariaDB 10.5+).
+                "INSERT INTO seat (concert_date_id, number, price, status) \
+                 WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < $3) \
                  SELECT $1, x, $2, 'AVAILABLE' FROM n RETURNING id"
-            )
+            ))
             .bind(date_id)
             .bind(SEAT_PRICE)
             .bind(SEATS_PER_DATE as i32)
@@ -58,7 +67,8 @@ pub(crate) async fn seed_data(pool: &Db, cfg: &ScenarioConfig) -> anyhow::Result
     let mut rng = fastrand::Rng::with_seed(cfg.seed);
     let balances: Vec<i64> =
         (0..users).map(|_| if rng.f64() < cfg.failure_rate * 0.2 { SEAT_PRICE / 2 } else { START_BALANCE }).collect();
-    // The balances travel as one array: `unnest` on PostgreSQL, `json_each` on SQLite.
+    // The balances travel as one array: `unnest` on PostgreSQL, `json_each` on SQLite,
+    // `JSON_TABLE` on MySQL.
     let balances_json = serde_json::to_string(&balances)?;
     let user_ids: Vec<i64> = match &mut tx {
         crate::db::Tx::Postgres(t) => {
@@ -69,6 +79,19 @@ pub(crate) async fn seed_data(pool: &Db, cfg: &ScenarioConfig) -> anyhow::Result
             )
             .bind(run_id)
             .bind(&balances)
+            .fetch_all(&mut **t)
+            .await?
+        }
+        crate::db::Tx::MySql(t) => {
+            sqlx::query_scalar(
+                "INSERT INTO app_user (name, balance, run_id, mail) \
+                 SELECT CONCAT('user-', ?, '-', n), b, ?, CONCAT('user-', ?, '-', n, '@example.com') \
+                 FROM JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, b BIGINT PATH '$')) AS t ORDER BY n RETURNING id",
+            )
+            .bind(run_id)
+            .bind(run_id)
+            .bind(run_id)
+            .bind(&balances_json)
             .fetch_all(&mut **t)
             .await?
         }
