@@ -383,3 +383,99 @@ async fn a_mysql_row_committed_late_is_not_skipped() {
         msgs.iter().map(|m| serde_json::from_slice::<Work>(m.payload().unwrap()).unwrap().key).collect();
     assert_eq!(keys, ["late", "early"]);
 }
+
+/// A handler that takes row 1 of `accounts`, waits until the test's transaction holds
+/// row 2 and waits for row 1, then asks for row 2 (a deadlock, in which InnoDB rolls
+/// back the lighter transaction: the handler's), swallows the error, and returns `Ok`.
+struct DeadlockSwallower {
+    topic: String,
+    group: String,
+    locked: std::sync::Arc<tokio::sync::Notify>,
+    go: std::sync::Arc<tokio::sync::Notify>,
+    swallowed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl reliable_kafka::EventHandler<reliable_kafka::MySql> for DeadlockSwallower {
+    type Event = Work;
+
+    fn options(&self) -> reliable_kafka::HandlerOptions {
+        reliable_kafka::HandlerOptions::new().topic(self.topic.clone()).group(self.group.clone())
+    }
+
+    fn handle<'a>(
+        &'a self,
+        _event: Work,
+        ctx: &'a mut HandlerContext<reliable_kafka::MySql>,
+    ) -> futures::future::BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            sqlx::query("UPDATE accounts SET n = n + 1 WHERE id = 1").execute(ctx.tx()).await?;
+            self.locked.notify_one();
+            self.go.notified().await;
+            if let Err(e) = sqlx::query("UPDATE accounts SET n = n + 1 WHERE id = 2").execute(ctx.tx()).await {
+                *self.swallowed.lock().unwrap() = Some(e.to_string()); // the bug under test
+            }
+            Ok(())
+        })
+    }
+}
+
+/// InnoDB rolls back a whole transaction on a deadlock; a handler that swallows the
+/// error and returns `Ok` must not be counted as processed with its work (and its dedup
+/// row) gone: the container asks MariaDB (`@@in_transaction`) and dead-letters it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_handler_that_swallows_a_deadlock_is_dead_lettered_not_counted_as_done() {
+    let pool = mysql_pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE accounts (id INT PRIMARY KEY, n INT NOT NULL); INSERT INTO accounts VALUES (1, 0), (2, 0);
+         CREATE TABLE ballast (id INT PRIMARY KEY)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let kafka = kafka();
+    let topic = unique("mysql-deadlock");
+    create_topics(&kafka, &topic, 1).await;
+    let id = Uuid::now_v7();
+    produce_work(&kafka, &topic, id, &Work { key: "k".into(), n: 1 }).await;
+    let handler = DeadlockSwallower {
+        topic: topic.clone(),
+        group: unique("group"),
+        locked: Default::default(),
+        go: Default::default(),
+        swallowed: Default::default(),
+    };
+    let (locked, go, swallowed) = (handler.locked.clone(), handler.go.clone(), handler.swallowed.clone());
+    // The other transaction: heavier (200 rows written), so that InnoDB picks the
+    // handler's as the deadlock victim; it holds row 2.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO ballast (id) WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 200) SELECT x FROM n")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE accounts SET n = n + 10 WHERE id = 2").execute(&mut *other).await.unwrap();
+    let c = ListenerContainer::builder(kafka.clone(), pool.clone()).handler(handler).build().unwrap().spawn();
+    tokio::time::timeout(Duration::from_secs(30), locked.notified()).await.expect("the handler holds row 1");
+    let waiter = tokio::spawn(async move {
+        // Waits for row 1 until the deadlock's rollback releases it.
+        sqlx::query("UPDATE accounts SET n = n + 10 WHERE id = 1").execute(&mut *other).await.unwrap();
+        other.commit().await.unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    go.notify_one();
+    waiter.await.expect("the other transaction commits");
+    assert!(eventually(Duration::from_secs(30), || async { c.stats().dead_lettered() == 1 }).await, "{:?}", c.stats());
+    assert_eq!(c.stats().processed(), 0);
+    c.shutdown().await.unwrap();
+    let why = swallowed.lock().unwrap().clone().expect("the handler hit the deadlock");
+    assert!(why.contains("1213") || why.to_lowercase().contains("deadlock"), "{why}");
+    let rows: Vec<(i32, i32)> =
+        sqlx::query_as("SELECT id, n FROM accounts ORDER BY id").fetch_all(&pool).await.unwrap();
+    assert_eq!(rows, [(1, 10), (2, 10)], "the handler's update was rolled back; the other transaction's committed");
+    let dedup: i64 = sqlx::query_scalar("SELECT count(*) FROM rk_processed_messages").fetch_one(&pool).await.unwrap();
+    assert_eq!(dedup, 0, "no dedup row for a record whose work is gone");
+    let msgs =
+        read_topic(&kafka, &format!("{topic}.DLQ"), 1, Duration::from_secs(20), Duration::from_millis(500)).await;
+    assert_eq!(msgs.len(), 1);
+    let info = DeadLetterInfo::from_headers(msgs[0].headers().unwrap()).unwrap();
+    assert!(info.error_message.to_lowercase().contains("transaction"), "{}", info.error_message);
+}
