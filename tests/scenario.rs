@@ -48,16 +48,7 @@ async fn payment_failure_scenario_is_consistent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_flows_under_injected_faults_are_consistent() {
-    let cfg = ScenarioConfig {
-        users: 200,
-        failure_rate: 0.3,
-        concurrency: 16,
-        flows: Flows::All,
-        inject_faults: true,
-        progress: false,
-        settle_timeout: Duration::from_secs(120),
-        ..Default::default()
-    };
+    let cfg = all_flows_with_faults();
     let r = scenario(cfg.clone()).await;
     assert_all_flows_consistent(&r, &cfg);
 }
@@ -74,7 +65,15 @@ async fn all_flows_on_mariadb_under_injected_faults_are_consistent() {
     drop(pool);
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let store = Store::connect(&redis, Duration::from_secs(600), &unique("mariadb")).await.expect("redis");
-    let cfg = ScenarioConfig {
+    let cfg = all_flows_with_faults();
+    let r = run(db, store, kafka(), &cfg).await.expect("scenario");
+    println!("{}\n{r:#?}", r.line(cfg.flows));
+    assert_all_flows_consistent(&r, &cfg);
+}
+
+/// 200 users, every flow, faults injected.
+fn all_flows_with_faults() -> ScenarioConfig {
+    ScenarioConfig {
         users: 200,
         failure_rate: 0.3,
         concurrency: 16,
@@ -83,10 +82,7 @@ async fn all_flows_on_mariadb_under_injected_faults_are_consistent() {
         progress: false,
         settle_timeout: Duration::from_secs(120),
         ..Default::default()
-    };
-    let r = run(db, store, kafka(), &cfg).await.expect("scenario");
-    println!("{}\n{r:#?}", r.line(cfg.flows));
-    assert_all_flows_consistent(&r, &cfg);
+    }
 }
 
 /// The report of a 200-user run of every flow with faults injected.

@@ -24,13 +24,25 @@ pub trait DedupStore: sqlx::Database + Sized {
     ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send + 'a;
 
     /// Inserts the deduplication rows of `message_ids`; returns those inserted (not
-    /// processed before).
+    /// processed before). By default one [`DedupStore::insert_dedup`] per id (SQLite:
+    /// in process, as fast as a multi-row statement; MySQL: `INSERT IGNORE` reports how
+    /// many rows it inserted, not which); PostgreSQL inserts them in one statement.
     fn insert_dedup_batch<'a>(
         conn: &'a mut Self::Connection,
         sql: &'a Self::DedupSql,
         group: &'a str,
         message_ids: &'a [Uuid],
-    ) -> impl Future<Output = Result<HashSet<Uuid>, sqlx::Error>> + Send + 'a;
+    ) -> impl Future<Output = Result<HashSet<Uuid>, sqlx::Error>> + Send + 'a {
+        async move {
+            let mut new = HashSet::with_capacity(message_ids.len());
+            for id in message_ids {
+                if Self::insert_dedup(&mut *conn, sql, group, *id).await? {
+                    new.insert(*id);
+                }
+            }
+            Ok(new)
+        }
+    }
 
     /// Deletes up to [`super::sql::DELETE_BATCH`] rows of `group` processed before
     /// `older_than`; the number deleted.

@@ -5,7 +5,6 @@
 //! defaults, `FOR UPDATE SKIP LOCKED` is not needed: one relay publishes at a time).
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use sqlx::{MySql, MySqlConnection, Pool, Transaction};
@@ -121,23 +120,6 @@ impl DedupStore for MySql {
         let mut buf = Uuid::encode_buffer();
         let id: &str = message_id.hyphenated().encode_lower(&mut buf);
         sqlx::query(&sql.insert).bind(group).bind(id).execute(conn).await.map(|r| r.rows_affected() == 1)
-    }
-
-    /// One statement per row: `INSERT IGNORE` reports how many rows it inserted, not
-    /// which.
-    async fn insert_dedup_batch(
-        conn: &mut MySqlConnection,
-        sql: &MySqlDedupSql,
-        group: &str,
-        message_ids: &[Uuid],
-    ) -> Result<HashSet<Uuid>, sqlx::Error> {
-        let mut new = HashSet::with_capacity(message_ids.len());
-        for id in message_ids {
-            if Self::insert_dedup(&mut *conn, sql, group, *id).await? {
-                new.insert(*id);
-            }
-        }
-        Ok(new)
     }
 
     async fn prune_dedup(

@@ -5,8 +5,6 @@
 //! invisible, and none can commit later with a smaller `seq`), publishes them, and
 //! marks them in a short write transaction.
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::types::Json;
 use sqlx::{Pool, Sqlite, SqliteConnection, Transaction};
@@ -246,21 +244,6 @@ impl DedupStore for Sqlite {
         let mut buf = Uuid::encode_buffer();
         let id: &str = message_id.hyphenated().encode_lower(&mut buf);
         sqlx::query(&sql.insert).bind(group).bind(id).execute(conn).await.map(|r| r.rows_affected() == 1)
-    }
-
-    async fn insert_dedup_batch(
-        conn: &mut SqliteConnection,
-        sql: &LiteDedupSql,
-        group: &str,
-        message_ids: &[Uuid],
-    ) -> Result<HashSet<Uuid>, sqlx::Error> {
-        let mut new = HashSet::with_capacity(message_ids.len());
-        for id in message_ids {
-            if Self::insert_dedup(&mut *conn, sql, group, *id).await? {
-                new.insert(*id);
-            }
-        }
-        Ok(new)
     }
 
     async fn prune_dedup(
