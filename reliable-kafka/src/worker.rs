@@ -167,14 +167,28 @@ pub(crate) async fn flush(producer: &crate::kafka::Producer) {
 /// destroy the client) after its offsets were committed: 10 s.
 pub const CONSUMER_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs `close` (librdkafka's close and destroy, which block) on a blocking thread and
+/// Runs `close` (librdkafka's close and destroy, which block) on a thread of its own and
 /// waits for it at most `timeout`. librdkafka's close can block for as long as a broker
 /// or the group coordinator stays unreachable (a group join in flight when it went
 /// away); the worker then stops anyway, with a warning, and the close goes on in the
 /// background until the process exits. Call it only once the offsets are committed.
+///
+/// The thread is a plain OS thread, not Tokio's blocking pool: a runtime waits for its
+/// blocking tasks when it is dropped (the end of `#[tokio::main]`), so a close left
+/// running there would keep the process from exiting after a graceful stop.
 pub(crate) async fn close_within(worker: &str, timeout: Duration, close: impl FnOnce() + Send + 'static) {
-    let task = tokio::task::spawn_blocking(close);
-    if tokio::time::timeout(timeout, task).await.is_err() {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new().name("rk-consumer-close".into()).spawn(move || {
+        close();
+        let _ = done_tx.send(());
+    });
+    if let Err(e) = spawned {
+        // No thread to be had: the closure was dropped with the failed spawn, which
+        // closed the consumer on this thread.
+        tracing::warn!(worker, error = %e, "could not start a thread to close the consumer");
+        return;
+    }
+    if tokio::time::timeout(timeout, done_rx).await.is_err() {
         tracing::warn!(
             worker,
             timeout_ms = timeout.as_millis() as u64,
@@ -212,5 +226,29 @@ impl InfraBackoff {
         let d = self.0;
         self.0 = (self.0 * 2).min(INFRASTRUCTURE_BACKOFF_MAX);
         d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// A close that never ends must not keep the runtime from shutting down: the
+    /// runtime is dropped as at the end of `#[tokio::main]`, and the drop returns.
+    #[test]
+    fn a_close_that_hangs_does_not_keep_the_runtime_from_dropping() {
+        let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            rt.block_on(super::close_within("hanging", Duration::from_millis(50), || {
+                std::thread::park(); // librdkafka's close with the coordinator gone
+            }));
+            drop(rt);
+            dropped_tx.send(()).unwrap();
+        });
+        assert!(
+            dropped_rx.recv_timeout(Duration::from_secs(30)).is_ok(),
+            "the runtime waited for the hanging close when dropped"
+        );
     }
 }

@@ -72,7 +72,9 @@ impl Broker {
         self.spawn().await
     }
 
-    /// Whether tansu logged, since the last call, that its storage actor is gone.
+    /// Whether tansu logged, since the last call, that its storage actor is gone; then
+    /// the log lines that say why are appended to `tansu-revivals.log` in the run's
+    /// directory.
     ///
     /// tansu 0.6.0's storage actor (`ChannelRequestService::serve`) ends at the first
     /// error of any request, including a client that disconnected while its request
@@ -80,13 +82,25 @@ impl Broker {
     /// `UnableToSend` while the process stays up. The harness restarts it then, as a
     /// liveness probe would; its storage keeps the data.
     fn storage_dead(&mut self) -> anyhow::Result<bool> {
-        use std::io::{Read, Seek};
+        use std::io::{Read, Seek, Write};
         let mut f = std::fs::File::open(self.dir.join("tansu.log"))?;
         f.seek(std::io::SeekFrom::Start(self.log_read))?;
         let mut text = Vec::new();
         f.read_to_end(&mut text)?;
         self.log_read += text.len() as u64;
-        Ok(String::from_utf8_lossy(&text).contains("SendError"))
+        let text = String::from_utf8_lossy(&text);
+        if !text.contains("SendError") {
+            return Ok(false);
+        }
+        // The first error lines of the window: what killed the actor, not its echoes.
+        let why: Vec<&str> = text.lines().filter(|l| l.contains("ERROR") || l.contains("Error")).take(12).collect();
+        let mut out =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("tansu-revivals.log"))?;
+        writeln!(out, "--- {} revival after:", chrono::Utc::now().to_rfc3339())?;
+        for l in why {
+            writeln!(out, "{}", l.chars().take(600).collect::<String>())?;
+        }
+        Ok(true)
     }
 
     /// Stops the broker: SIGINT, SIGKILL after 5 s.

@@ -106,6 +106,12 @@ pub(crate) async fn tansu_phase(
     if !settled {
         run.report.problems.push(format!("phase 1 did not settle within {:?}", cfg.settle_timeout));
         run.report.problems.extend(lagging_partitions(&brokers, AppConfig::default().partitions).await?);
+        let revivals = dir.join("tansu-revivals.log");
+        run.report.problems.push(format!(
+            "tansu was revived {} times; the last reason logged: {}",
+            revived.load(Ordering::Relaxed),
+            crate::supervisor::log_tail(&revivals, 4)
+        ));
     }
     for w in std::mem::take(&mut run.workers) {
         run.expect_clean_exit(w).await?;

@@ -169,8 +169,20 @@ impl Supervisor {
         match w.terminate(Duration::from_secs(60)).await? {
             Some(status) if status.success() => {}
             Some(status) => self.report.problems.push(format!("worker {name} ended with {status} after SIGTERM")),
-            None => self.report.problems.push(format!("worker {name} did not stop within 60 s of SIGTERM")),
+            None => {
+                let tail = log_tail(&self.dir.join(format!("{name}.log")), 6);
+                self.report
+                    .problems
+                    .push(format!("worker {name} did not stop within 60 s of SIGTERM; its log ends: {tail}"));
+            }
         }
         Ok(())
     }
+}
+
+/// The last `n` lines of the log at `path`, joined with ` | ` (for a problem report).
+pub(crate) fn log_tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
 }

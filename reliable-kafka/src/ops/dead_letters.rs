@@ -321,7 +321,8 @@ pub async fn read_dead_letters(
         }
     }
     let _ = consumer.unassign();
-    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    crate::worker::close_within("dead-letter reader", crate::worker::CONSUMER_CLOSE_TIMEOUT, move || drop(consumer))
+        .await;
     for (_, records) in by_partition {
         out.extend(records);
     }

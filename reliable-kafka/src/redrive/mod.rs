@@ -292,8 +292,9 @@ impl<DB: Backend> DeadLetterRedriver<DB> {
                 .map_err(Error::kafka("commit re-drive offsets"))
         };
         let _ = consumer.unassign();
-        // Closing blocks until the consumer has left; keep it off the async workers.
-        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        // Closing blocks until the consumer has left (as long as the broker is away):
+        // bounded, off the async workers, and never holding up the runtime's shutdown.
+        crate::worker::close_within(&self.group, crate::worker::CONSUMER_CLOSE_TIMEOUT, move || drop(consumer)).await;
         let result = result.and(committed);
         if !self.dry_run {
             self.stats.redriven.fetch_add(report.redriven, Ordering::Relaxed);
