@@ -280,7 +280,9 @@ async fn pay(
         )
     })?;
     let p = s.booking.pay(key, &req).await?;
-    let status = if p.status == "IN_PROGRESS" { StatusCode::ACCEPTED } else { StatusCode::OK };
+    // In progress at the gateway, or accepted with the payment record on its way.
+    let status =
+        if p.status == "IN_PROGRESS" || p.status == "ACCEPTED" { StatusCode::ACCEPTED } else { StatusCode::OK };
     Ok((status, Json(p)).into_response())
 }
 

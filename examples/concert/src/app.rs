@@ -1,5 +1,5 @@
 //! The whole application in one process: HTTP API, outbox relay, the six consumer
-//! groups, the dead-letter re-drive scheduler, the payment recovery bulkhead and, in
+//! groups (seven when payments are created by event), the dead-letter re-drive scheduler, the payment recovery bulkhead and, in
 //! demo mode, the payment gateway and webhook receiver.
 
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use crate::events::{PAYMENT_NOTIFICATION_TOPIC, TOPICS};
 use crate::gateway::{DemoGateway, GatewayBehaviour, GatewayClient};
 use crate::handlers::{compensate_payment, issue_coupon, store_order_info, RedisCleanup};
 use crate::http::Server;
+use crate::payment_event::{create_payment, PaymentCreation};
 use crate::recovery::PaymentRecovery;
 use crate::store::Store;
 use crate::webhook::{DemoReceiver, ReceiverBehaviour, WebhookNotifier};
@@ -85,6 +86,9 @@ pub struct AppConfig {
     pub consumer_properties: Vec<(String, String)>,
     /// Flows served.
     pub flows: Flows,
+    /// Where payments are created: in the use case (default, seed 004's gateway) or by
+    /// the `payment-create-group` from an event (seed 002); see [`PaymentCreation`].
+    pub payment_creation: PaymentCreation,
     /// Consumer instances per consumer group (seed 001 runs 3). Each is a member of
     /// the group and gets its own share of the partitions. Default 1: with the tansu
     /// broker, 3 members per group (18 consumers) rebalanced so often that the scenario
@@ -144,6 +148,7 @@ impl Default for AppConfig {
                 ("fetch.max.bytes".into(), "52428800".into()),
             ],
             flows: Flows::All,
+            payment_creation: PaymentCreation::UseCase,
             consumers_per_group: 1,
             webhook_timeout: Duration::from_secs(2),
             webhook_backoff: Duration::from_millis(200),
@@ -277,7 +282,8 @@ impl App {
             relay.as_ref().map(|r| r.shared_stats()),
             TOPICS.iter().map(|t| format!("{t}{DEFAULT_DEAD_LETTER_SUFFIX}")).collect(),
         );
-        let booking = Booking::new(pool, store, client);
+        let mut booking = Booking::new(pool, store, client);
+        booking.creation = cfg.payment_creation;
         let sampler = ops.spawn_sampler();
         let api = Server::start(
             router(ApiState { booking, outbox: Outbox::new(), probes, metrics: cfg.metrics.clone() })
@@ -483,6 +489,9 @@ fn start_pipeline<DB: AppBackend>(
     group(&|| build().handler(compensate_payment))?;
     let cleanup = RedisCleanup::new(store.clone());
     group(&|| build().handler(cleanup.clone()))?;
+    if cfg.payment_creation == PaymentCreation::Event {
+        group(&|| build().handler(create_payment))?;
+    }
     let mut redriver = None;
     if cfg.flows == Flows::All {
         let notifier = WebhookNotifier::new(webhook_url, cfg.connect_timeout, cfg.webhook_timeout)?

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::db::{Db, Ex, NOW_LITE};
 use crate::events::{OrderPlaced, PaymentCompleted, PaymentFailed};
 use crate::gateway::{ChargeStatus, GatewayClient, GatewayError};
+pub use crate::payment_event::PaymentCreation;
 use crate::sql;
 use crate::store::Store;
 
@@ -95,11 +96,14 @@ pub struct PayRequest {
 /// A payment as the API returns it; the same for every repetition of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct PaymentView {
-    /// Payment id.
-    pub payment_id: i64,
+    /// Payment id; `null` while the `payment-create-group` has not created the payment
+    /// yet ([`PaymentCreation::Event`]).
+    pub payment_id: Option<i64>,
     /// Reservation.
     pub reservation_id: i64,
-    /// `IN_PROGRESS`, `COMPLETED` or `FAILED`.
+    /// `IN_PROGRESS`, `COMPLETED` or `FAILED`; `ACCEPTED` with
+    /// [`PaymentCreation::Event`]: points charged and reservation confirmed, the payment
+    /// record being created.
     pub status: String,
     /// Amount in points.
     pub amount: i64,
@@ -125,6 +129,8 @@ pub struct Booking {
     outbox: Outbox,
     /// How long a repeated request waits for the first one's outcome.
     pub duplicate_wait: Duration,
+    /// Where the payment record is created (default: in the use case).
+    pub creation: PaymentCreation,
 }
 
 const PAYMENT_VIEW: &str =
@@ -133,7 +139,14 @@ const PAYMENT_VIEW: &str =
 impl Booking {
     /// A service on `pool`, `store` and `gateway`.
     pub fn new(pool: Db, store: Store, gateway: GatewayClient) -> Self {
-        Booking { pool, store, gateway, outbox: Outbox::new(), duplicate_wait: Duration::from_secs(5) }
+        Booking {
+            pool,
+            store,
+            gateway,
+            outbox: Outbox::new(),
+            duplicate_wait: Duration::from_secs(5),
+            creation: PaymentCreation::UseCase,
+        }
     }
 
     /// The database pool.
@@ -317,7 +330,10 @@ impl Booking {
             Some(first) if first != body => return Err(BookingError::KeyReused { key }),
             Some(_) => {
                 tx.commit().await?;
-                return self.await_outcome(key).await;
+                return match self.creation {
+                    PaymentCreation::UseCase => self.await_outcome(key).await,
+                    PaymentCreation::Event => crate::payment_event::answer(&self.pool, key).await,
+                };
             }
             None => {}
         }
@@ -364,40 +380,34 @@ impl Booking {
                 .bind(amount)
                 .execute()
         )? == 1;
-        let insert_payment = format!(
-            "INSERT INTO payment (reservation_id, user_id, amount, status, charged, idempotency_key, updated_at, traceparent) \
-             VALUES ($1, $2, $3, 'IN_PROGRESS', $4, $5, {NOW_LITE}, $6) RETURNING id"
-        );
-        let payment_id: i64 = sql!(
-            &mut tx,
-            query_scalar((
-                "INSERT INTO payment (reservation_id, user_id, amount, status, charged, idempotency_key, updated_at, traceparent) \
-                 VALUES ($1, $2, $3, 'IN_PROGRESS', $4, $5, clock_timestamp(), $6) RETURNING id",
-                insert_payment.as_str()
-            ))
-            .bind(req.reservation_id)
-            .bind(owner)
-            .bind(amount)
-            .bind(charged)
-            .bind(key)
-            .bind(request_traceparent())
-            .fetch_one()
-        )?;
-        history(tx.ex(), payment_id, "IN_PROGRESS", None).await?;
+        if self.creation == PaymentCreation::Event {
+            let request = crate::payment_event::Accepted {
+                key,
+                reservation_id: req.reservation_id,
+                user_id: owner,
+                amount,
+                charged,
+            };
+            let after = crate::payment_event::accept(&self.outbox, tx.ex(), &request).await?;
+            tx.commit().await?;
+            if let Some(after) = after {
+                if let Err(e) = after.run(&self.store).await {
+                    tracing::warn!(%key, error = %reliable_kafka::report(&e), "releasing hold and token failed");
+                }
+            }
+            return crate::payment_event::answer(&self.pool, key).await;
+        }
+        let payment_id = insert_payment(
+            tx.ex(),
+            NewPayment { reservation_id: req.reservation_id, user_id: owner, amount, charged, key },
+        )
+        .await?;
         if !charged {
-            let failure = Failure { reason: "insufficient balance", charged: false };
+            let failure = Failure { reason: INSUFFICIENT_BALANCE, charged: false };
             finalize_failed(&self.outbox, tx.ex(), payment_id, failure).await?;
             tx.commit().await?;
             return self.payment(payment_id).await;
         }
-        sql!(
-            &mut tx,
-            query("INSERT INTO point_history (user_id, payment_id, kind, amount) VALUES ($1, $2, 'CHARGE', $3)")
-                .bind(owner)
-                .bind(payment_id)
-                .bind(-amount)
-                .execute()
-        )?;
         tx.commit().await?;
 
         match self.gateway.charge(payment_id, amount).await {
@@ -452,9 +462,66 @@ async fn history(mut tx: Ex<'_>, payment_id: i64, status: &str, note: Option<&st
     .map(|_| ())
 }
 
+/// A payment record to write, `IN_PROGRESS`.
+pub(crate) struct NewPayment {
+    pub(crate) reservation_id: i64,
+    pub(crate) user_id: i64,
+    pub(crate) amount: i64,
+    /// Whether the balance was charged (then a `CHARGE` line goes to the point history).
+    pub(crate) charged: bool,
+    /// The checkout's idempotency key (unique per payment).
+    pub(crate) key: Uuid,
+}
+
+/// Writes the payment `IN_PROGRESS` with its first history line, and the `CHARGE` line
+/// of the point history when the balance was charged; returns the payment id. The
+/// payment carries the current trace's `traceparent` (the recovery settles it there).
+pub(crate) async fn insert_payment(mut tx: Ex<'_>, p: NewPayment) -> Result<i64, BookingError> {
+    let insert_payment = format!(
+        "INSERT INTO payment (reservation_id, user_id, amount, status, charged, idempotency_key, updated_at, traceparent) \
+         VALUES ($1, $2, $3, 'IN_PROGRESS', $4, $5, {NOW_LITE}, $6) RETURNING id"
+    );
+    let payment_id: i64 = sql!(
+        tx.re(),
+        query_scalar((
+            "INSERT INTO payment (reservation_id, user_id, amount, status, charged, idempotency_key, updated_at, traceparent) \
+             VALUES ($1, $2, $3, 'IN_PROGRESS', $4, $5, clock_timestamp(), $6) RETURNING id",
+            insert_payment.as_str()
+        ))
+        .bind(p.reservation_id)
+        .bind(p.user_id)
+        .bind(p.amount)
+        .bind(p.charged)
+        .bind(p.key)
+        .bind(request_traceparent())
+        .fetch_one()
+    )?;
+    history(tx.re(), payment_id, "IN_PROGRESS", None).await?;
+    if p.charged {
+        sql!(
+            tx.re(),
+            query("INSERT INTO point_history (user_id, payment_id, kind, amount) VALUES ($1, $2, 'CHARGE', $3)")
+                .bind(p.user_id)
+                .bind(payment_id)
+                .bind(-p.amount)
+                .execute()
+        )?;
+    }
+    Ok(payment_id)
+}
+
+/// Why a payment without enough points failed.
+pub(crate) const INSUFFICIENT_BALANCE: &str = "insufficient balance";
+
 struct Failure {
     reason: &'static str,
     charged: bool,
+}
+
+/// Fails an `IN_PROGRESS` payment whose balance was not charged (insufficient
+/// balance) and enqueues `payment.failed`, which releases the seat.
+pub(crate) async fn fail_uncharged(outbox: &Outbox, tx: Ex<'_>, payment_id: i64) -> Result<bool, BookingError> {
+    finalize_failed(outbox, tx, payment_id, Failure { reason: INSUFFICIENT_BALANCE, charged: false }).await
 }
 
 /// Marks an `IN_PROGRESS` payment `FAILED` and enqueues `payment.failed`.
@@ -531,6 +598,11 @@ pub struct AfterCommit {
 }
 
 impl AfterCommit {
+    /// The clean-up of `user_id`'s hold on `seat_id` and of their queue `token`.
+    pub(crate) fn new(seat_id: i64, user_id: i64, token: Option<String>) -> Self {
+        AfterCommit { seat_id, user_id, token }
+    }
+
     /// Releases the seat hold and expires the queue token: in-process, after the
     /// commit (seed 002). Both are compare-and-delete, so repeating is harmless.
     ///

@@ -11,9 +11,38 @@ pub const PAYMENT_NOTIFICATION_TOPIC: &str = "payment-notification";
 pub const TRACE_TOPIC: &str = "trace-topic";
 /// Topic of [`CouponIssueRequested`] (seed 001).
 pub const COUPON_TOPIC: &str = "coupon-topic";
+/// Topic of [`PaymentRequested`] (seed 002; the seed names none).
+pub const PAYMENT_REQUESTED_TOPIC: &str = "payment.requested";
 
 /// Every topic of the application, for creation at start-up.
-pub const TOPICS: &[&str] = &[PAYMENT_FAILED_TOPIC, PAYMENT_NOTIFICATION_TOPIC, TRACE_TOPIC, COUPON_TOPIC];
+pub const TOPICS: &[&str] =
+    &[PAYMENT_FAILED_TOPIC, PAYMENT_NOTIFICATION_TOPIC, TRACE_TOPIC, COUPON_TOPIC, PAYMENT_REQUESTED_TOPIC];
+
+/// The payment use case charged the points (or found them short) and asks for the
+/// payment record to be created (seed 002, with
+/// [`PaymentCreation::Event`](crate::payment_event::PaymentCreation::Event)); the
+/// `payment-create-group` creates it. Keyed by reservation, like [`PaymentFailed`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
+#[event(topic = "payment.requested", key = reservation_id, version = 1)]
+pub struct PaymentRequested {
+    /// The checkout's idempotency key, unique per payment.
+    pub idempotency_key: uuid::Uuid,
+    /// Reservation paid.
+    pub reservation_id: i64,
+    /// Paying user.
+    pub user_id: i64,
+    /// Seat.
+    pub seat_id: i64,
+    /// Concert date.
+    pub concert_date_id: i64,
+    /// Amount in points.
+    pub amount: i64,
+    /// Whether the points were charged; false: insufficient balance, the payment is
+    /// created `FAILED` and the seat released.
+    pub charged: bool,
+    /// The queue token the payment was made with.
+    pub queue_token: String,
+}
 
 /// A payment failed; everything needed to compensate travels with the event so the
 /// consumers need no call back to the payment service. Keyed by reservation, so all

@@ -6,6 +6,7 @@
 //! | queue token, seat hold (Redis) and reservation | 000 | [`booking`], [`store`] |
 //! | checkout with an idempotency key | 004 | [`booking::Booking::pay`] |
 //! | payment, outbox `payment.completed` / `OrderPlaced` | 002, 004 | [`booking::finalize`] |
+//! | payment created by an event consumer (`PAYMENT_CREATION=event`) | 002 | [`payment_event`] |
 //! | payment-failure compensation (two groups) | 000 | [`handlers`] |
 //! | notification webhook, DLQ, bounded re-drive | 003 | [`webhook`], [`app`] |
 //! | order trace (two groups) and coupons | 001 | [`handlers`], [`coupon`] |
@@ -32,6 +33,7 @@ pub mod gateway;
 pub mod handlers;
 pub mod http;
 pub mod ops_page;
+pub mod payment_event;
 pub mod recovery;
 pub mod scenario;
 pub mod services;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use concert::app::{App, AppConfig, Flows};
 use concert::config::Env;
+use concert::payment_event::PaymentCreation;
 use concert::scenario::{self, ScenarioConfig};
 use concert::services::Services;
 
@@ -47,6 +48,10 @@ enum Command {
         /// Flows to drive.
         #[arg(long, value_enum, default_value_t = Flows::All)]
         flows: Flows,
+        /// Where payments are created: `use-case` (with the payment gateway, seed 004)
+        /// or `event` (by the `payment-create-group`, seed 002).
+        #[arg(long, value_enum, env = "PAYMENT_CREATION", default_value_t = PaymentCreation::UseCase)]
+        payment_creation: PaymentCreation,
         /// Gateway and webhook faults: `all` (503s, hangs, stalls, always-failing
         /// notifications) or `none`.
         #[arg(long, value_enum, default_value_t = Faults::All)]
@@ -83,6 +88,10 @@ enum Command {
         /// Seconds between re-drives of dead-lettered notifications.
         #[arg(long, default_value_t = 300)]
         redrive_interval_secs: u64,
+        /// Where payments are created: `use-case` (with the payment gateway, seed 004)
+        /// or `event` (by the `payment-create-group`, seed 002).
+        #[arg(long, value_enum, env = "PAYMENT_CREATION", default_value_t = PaymentCreation::UseCase)]
+        payment_creation: PaymentCreation,
     },
 }
 
@@ -117,12 +126,13 @@ async fn main() -> anyhow::Result<()> {
     // The embedded mock cluster has no admin API: its topics are created with it.
     let create_topics = services.embedded_kafka.is_none();
     match cli.command {
-        Some(Command::Serve { listen, gateway_url, webhook_url, redrive_interval_secs }) => {
+        Some(Command::Serve { listen, gateway_url, webhook_url, redrive_interval_secs, payment_creation }) => {
             let cfg = AppConfig {
                 api_addr: listen,
                 gateway_url,
                 webhook_url,
                 redrive_interval: Duration::from_secs(redrive_interval_secs),
+                payment_creation,
                 create_topics,
                 metrics: Some(telemetry.metrics.clone()),
                 ..AppConfig::default()
@@ -144,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
                     seed,
                     settle_timeout_secs,
                     flows,
+                    payment_creation,
                     faults,
                     no_faults,
                     webhook_outage_secs,
@@ -155,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
                     seed,
                     settle_timeout: Duration::from_secs(settle_timeout_secs),
                     flows,
+                    payment_creation,
                     inject_faults: faults == Faults::All && !no_faults,
                     webhook_outage: webhook_outage_secs.map(Duration::from_secs),
                     progress: true,

@@ -141,7 +141,9 @@ async fn user_flow(
             answers.push(pay().await);
         }
         let answers: Vec<PaymentView> = answers.into_iter().map(|a| a.map(|(_, p)| p)).collect::<Result<_, _>>()?;
-        idempotency_violated = answers.iter().any(|a| a.payment_id != answers[0].payment_id);
+        idempotency_violated = answers
+            .iter()
+            .any(|a| (a.payment_id, a.reservation_id) != (answers[0].payment_id, answers[0].reservation_id));
         if flows == Flows::All {
             let req =
                 || http.post(format!("{base}/api/coupons/{coupon_id}/requests")).json(&json!({ "user_id": user }));

@@ -21,6 +21,7 @@ pub use self::invariants::{check, Report};
 use crate::app::{App, AppConfig, Flows};
 use crate::db::Db;
 use crate::gateway::GatewayBehaviour;
+use crate::payment_event::PaymentCreation;
 use crate::store::Store;
 use crate::webhook::ReceiverBehaviour;
 
@@ -41,6 +42,8 @@ pub struct ScenarioConfig {
     pub settle_timeout: Duration,
     /// Flows driven and reported.
     pub flows: Flows,
+    /// Where payments are created (`--payment-creation`).
+    pub payment_creation: PaymentCreation,
     /// Inject gateway errors (5 % of calls answer 503) and hangs (2 % of payments answer
     /// after 3 s, past the 1 s timeout), and webhook failures (10 % of calls 503, 2 %
     /// stall past the 300 ms timeout, every 50th payment always fails: dead-lettered,
@@ -68,6 +71,7 @@ impl Default for ScenarioConfig {
             seed: 42,
             settle_timeout: Duration::from_secs(600),
             flows: Flows::All,
+            payment_creation: PaymentCreation::UseCase,
             inject_faults: true,
             progress: true,
             create_topics: true,
@@ -115,6 +119,7 @@ impl ScenarioConfig {
             recovery_interval: Duration::from_millis(500),
             stuck_after: Duration::from_secs(6),
             flows: self.flows,
+            payment_creation: self.payment_creation,
             create_topics: self.create_topics,
             relay_poll_interval: Duration::from_millis(50),
             metrics: self.metrics.clone(),
