@@ -292,3 +292,49 @@ async fn a_container_whose_broker_stops_answering_stops_on_shutdown() {
     println!("stopped after {:?}", started.elapsed());
     assert!(matches!(stopped, Ok(Ok(()))), "shutdown returned and succeeded: {stopped:?}");
 }
+
+/// The final offset commit of a stopping container is bounded too: librdkafka's
+/// synchronous commit has no timeout, and with the coordinator answering after 2
+/// minutes it held the shutdown that long. Past `FINAL_COMMIT_TIMEOUT` the container
+/// stops without it; the record comes again to the group's next member, which the
+/// dedup row turns into no second effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_commit_the_coordinator_never_answers_does_not_hold_the_shutdown() {
+    let mock = MockCluster::new(1).unwrap();
+    let topic = unique("mock-final-commit");
+    mock.create_topic(&topic, 1, 1).unwrap();
+    let kafka = test_settings(KafkaConfig::new(mock.bootstrap_servers()));
+    let (pool, _schema) = isolated_pool().await;
+    create_effects_table(&pool).await;
+    produce_work(&kafka, &topic, uuid::Uuid::now_v7(), &Work { key: "k".into(), n: 1 }).await;
+    let group = unique("final-commit");
+    // The offset is stored after the record, and committed only at shutdown.
+    let c = reliable_kafka::ListenerContainer::builder(kafka.clone(), pool.clone())
+        .commit_interval(Duration::from_secs(3600))
+        .handler(Recorder::new(&topic, &group, Mode::Succeed, 1))
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(
+        eventually(Duration::from_secs(60), || async { count(&pool, "SELECT count(*) FROM effects").await == 1 }).await,
+        "the record was handled"
+    );
+    mock.broker_round_trip_time(1, Duration::from_secs(120)).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(60), c.shutdown()).await;
+    println!("stopped after {:?}", started.elapsed());
+    assert!(matches!(stopped, Ok(Ok(()))), "shutdown returned and succeeded: {stopped:?}");
+    mock.broker_round_trip_time(1, Duration::ZERO).unwrap();
+
+    // The next member gets the record again (or the late commit landed): one effect.
+    let next = reliable_kafka::ListenerContainer::builder(kafka.clone(), pool.clone())
+        .handler(Recorder::new(&topic, &group, Mode::Succeed, 1))
+        .build()
+        .unwrap()
+        .spawn();
+    assert!(eventually(Duration::from_secs(30), || async { next.stats().assigned_partitions() == 1 }).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    next.shutdown().await.unwrap();
+    assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 1, "no second effect");
+}

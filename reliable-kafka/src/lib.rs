@@ -169,8 +169,8 @@ pub use store::{ShardLease, MAX_LEASE_SHARDS};
 #[cfg(feature = "sqlite")]
 pub use store::{Sqlite, SQLITE_BUSY_TIMEOUT};
 pub use worker::{
-    HealthProbe, WorkerHandle, CONSUMER_CLOSE_TIMEOUT, INFRASTRUCTURE_BACKOFF_MAX, INFRASTRUCTURE_BACKOFF_MIN,
-    PRODUCER_FLUSH_TIMEOUT,
+    HealthProbe, WorkerHandle, CONSUMER_CLOSE_TIMEOUT, FINAL_COMMIT_TIMEOUT, INFRASTRUCTURE_BACKOFF_MAX,
+    INFRASTRUCTURE_BACKOFF_MIN, PRODUCER_FLUSH_TIMEOUT,
 };
 
 /// The `rdkafka` this crate is built on, for its types in this API (the error codes

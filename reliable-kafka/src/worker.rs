@@ -167,28 +167,19 @@ pub(crate) async fn flush(producer: &crate::kafka::Producer) {
 /// destroy the client) after its offsets were committed: 10 s.
 pub const CONSUMER_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs `close` (librdkafka's close and destroy, which block) on a thread of its own and
-/// waits for it at most `timeout`. librdkafka's close can block for as long as a broker
-/// or the group coordinator stays unreachable (a group join in flight when it went
-/// away); the worker then stops anyway, with a warning, and the close goes on in the
-/// background until the process exits. Call it only once the offsets are committed.
-///
-/// The thread is a plain OS thread, not Tokio's blocking pool: a runtime waits for its
-/// blocking tasks when it is dropped (the end of `#[tokio::main]`), so a close left
-/// running there would keep the process from exiting after a graceful stop.
+/// Longest wait, at shutdown, for a container's final synchronous offset commit: 10 s.
+/// librdkafka's synchronous commit has no timeout of its own and waits as long as the
+/// group coordinator is unreachable; past this bound the container stops without it,
+/// and the records since its last commit are delivered again (and deduplicated).
+pub const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `close` (librdkafka's close and destroy, which block) off the async workers
+/// and waits for it at most `timeout`. librdkafka's close can block for as long as a
+/// broker or the group coordinator stays unreachable (a group join in flight when it
+/// went away); the worker then stops anyway, with a warning, and the close goes on in
+/// the background until the process exits. Call it only once the offsets are committed.
 pub(crate) async fn close_within(worker: &str, timeout: Duration, close: impl FnOnce() + Send + 'static) {
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let spawned = std::thread::Builder::new().name("rk-consumer-close".into()).spawn(move || {
-        close();
-        let _ = done_tx.send(());
-    });
-    if let Err(e) = spawned {
-        // No thread to be had: the closure was dropped with the failed spawn, which
-        // closed the consumer on this thread.
-        tracing::warn!(worker, error = %e, "could not start a thread to close the consumer");
-        return;
-    }
-    if tokio::time::timeout(timeout, done_rx).await.is_err() {
+    if !blocking_within(worker, timeout, close).await {
         tracing::warn!(
             worker,
             timeout_ms = timeout.as_millis() as u64,
@@ -196,6 +187,28 @@ pub(crate) async fn close_within(worker: &str, timeout: Duration, close: impl Fn
              its offsets were committed before, and the close goes on in the background"
         );
     }
+}
+
+/// Runs the blocking `f` on a thread of its own and waits for it at most `timeout`;
+/// returns whether it ended in time. Past the timeout `f` goes on in the background
+/// until it ends or the process exits.
+///
+/// A plain OS thread, not Tokio's blocking pool: a runtime waits for its blocking
+/// tasks when it is dropped (the end of `#[tokio::main]`), so a call left hanging there
+/// would keep the process from exiting after a graceful stop.
+pub(crate) async fn blocking_within(worker: &str, timeout: Duration, f: impl FnOnce() + Send + 'static) -> bool {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new().name("rk-blocking".into()).spawn(move || {
+        f();
+        let _ = done_tx.send(());
+    });
+    if let Err(e) = spawned {
+        // No thread to be had: the closure was dropped with the failed spawn (a
+        // consumer it owned was closed on this thread).
+        tracing::warn!(worker, error = %e, "could not start a thread for a blocking call");
+        return true;
+    }
+    tokio::time::timeout(timeout, done_rx).await.is_ok()
 }
 
 /// Sleeps `d` unless shutdown comes first; returns whether shutdown came.

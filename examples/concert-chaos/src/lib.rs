@@ -80,7 +80,13 @@ pub struct ChaosConfig {
     pub phases: Phases,
     /// A mechanism to switch off, to show the harness fails without it.
     pub sabotage: Option<Sabotage>,
+    /// Relay processes of phase 1 (default 1). With more than one, the outbox is
+    /// published in [`RELAY_SHARDS`] shards that the relays split among them.
+    pub relays: usize,
 }
+
+/// Shards of the outbox relay when phase 1 runs several relays: one per partition.
+pub const RELAY_SHARDS: u32 = 3;
 
 /// A mechanism of the library the harness can switch off (a sabotage switch of the
 /// `testing` feature), to show that the run then fails.
@@ -132,6 +138,7 @@ impl Default for ChaosConfig {
             seed: 42,
             phases: Phases::All,
             sabotage: None,
+            relays: 1,
         }
     }
 }

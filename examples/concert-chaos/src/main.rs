@@ -62,6 +62,10 @@ struct ChaosArgs {
     /// `offsets-before-commit` or `mark-before-send`.
     #[arg(long, value_enum)]
     sabotage: Option<Sabotage>,
+    /// Relay processes in phase 1; more than one publish the outbox in 3 shards
+    /// split among them (`OutboxRelayBuilder::shards`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    relays: u16,
 }
 
 #[derive(Subcommand)]
@@ -79,6 +83,9 @@ enum Command {
         /// Records per consumer transaction.
         #[arg(long, default_value_t = 20)]
         max_batch: usize,
+        /// Shards of the outbox relay (role `relay`).
+        #[arg(long, default_value_t = 1)]
+        relay_shards: u32,
     },
 }
 
@@ -93,8 +100,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let env = Env::from_env();
-    if let Some(Command::Worker { role, webhook_url, max_batch }) = cli.command {
-        return concert_chaos::worker::run(&env, role, &webhook_url, max_batch).await;
+    if let Some(Command::Worker { role, webhook_url, max_batch, relay_shards }) = cli.command {
+        return concert_chaos::worker::run(&env, role, &webhook_url, max_batch, relay_shards).await;
     }
     let args = cli.chaos;
     let defaults = ChaosConfig::default();
@@ -111,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         seed: args.seed,
         phases: args.phases,
         sabotage: args.sabotage,
+        relays: usize::from(args.relays),
     };
     let report = concert_chaos::run(cfg).await?;
     let faults: Vec<String> = report.faults.iter().map(|(k, n)| format!("{k}={n}")).collect();

@@ -81,12 +81,11 @@ pub(crate) async fn tansu_phase(
         spawned: 0,
         report: std::mem::take(report),
     };
-    // One relay, two consumer workers. With two relays sharing the outbox by shards,
-    // 2 of 3 runs ended with one consumer group stalled on one partition (the outbox
-    // fully published, the records in the topic, the group's committed offset stuck):
-    // a consumer bug under investigation (issue 15's note). `AppConfig::relay_shards`
-    // and `tests/relay_shards.rs` cover the sharded relay meanwhile.
-    run.spawn_worker(WorkerRole::Relay)?;
+    // The relays (one by default; `--relays N` runs N over 3 shards) and two consumer
+    // workers.
+    for _ in 0..cfg.relays.max(1) {
+        run.spawn_worker(WorkerRole::Relay)?;
+    }
     run.spawn_worker(WorkerRole::Consumers)?;
     run.spawn_worker(WorkerRole::Consumers)?;
 

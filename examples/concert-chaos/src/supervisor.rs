@@ -101,6 +101,7 @@ impl Supervisor {
             .arg("worker")
             .args(["--role", role_arg.get_name()])
             .args(["--webhook-url", &self.webhook_url])
+            .args(["--relay-shards", &if self.cfg.relays > 1 { crate::RELAY_SHARDS } else { 1 }.to_string()])
             .env("DATABASE_URL", &self.worker_url)
             .env("REDIS_URL", &self.cfg.redis_url)
             .env("REDIS_NAMESPACE", &self.namespace)
@@ -112,7 +113,10 @@ impl Supervisor {
             .env("CHAOS_SABOTAGE", self.cfg.sabotage.map_or("", Sabotage::fail_point))
             .env(
                 "RUST_LOG",
-                std::env::var("CHAOS_WORKER_LOG").unwrap_or_else(|_| "warn,concert=info,concert_chaos=info".into()),
+                std::env::var("CHAOS_WORKER_LOG").unwrap_or_else(|_| {
+                    // The containers' own lines say which step of a stop hangs, if one does.
+                    "warn,concert=info,concert_chaos=info,reliable_kafka::consumer::container=info".into()
+                }),
             )
             .stdin(Stdio::piped())
             .stdout(log.try_clone()?)

@@ -427,13 +427,25 @@ impl<DB: Backend> ListenerContainer<DB> {
         }
         drop(pending);
         if let Some(scheduler) = scheduler.as_mut() {
+            tracing::info!(%group, "stopping: waiting for the batches in hand");
             scheduler.drain().await;
         }
-        commit(&*self.consumer, CommitMode::Sync, &group);
+        tracing::info!(%group, "stopping: committing offsets");
+        let (consumer, g) = (self.consumer.clone(), group.clone());
+        let timeout = crate::worker::FINAL_COMMIT_TIMEOUT;
+        if !crate::worker::blocking_within(&group, timeout, move || commit(&*consumer, CommitMode::Sync, &g)).await {
+            tracing::warn!(
+                %group,
+                timeout_ms = timeout.as_millis() as u64,
+                "the final offset commit did not complete in time (the group coordinator is unreachable); \
+                 the records since the last commit will be delivered again and deduplicated"
+            );
+        }
         pruner.abort();
         if let Some(retrier) = retrier {
             let _ = retrier.await; // it ends at shutdown, after the record in hand
         }
+        tracing::info!(%group, "stopping: flushing the dead-letter producer, closing the consumer");
         crate::worker::flush(&self.pipeline.producer).await;
         // Leaving the group and destroying the client can block while the broker is
         // away; the offsets are committed, so the wait is bounded.
