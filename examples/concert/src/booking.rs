@@ -306,6 +306,11 @@ impl Booking {
     /// `IN_PROGRESS` and the recovery scheduler settles it. Insufficient balance fails
     /// the payment at once (`payment.failed`, nothing charged).
     ///
+    /// With [`PaymentCreation::Event`] (seed 002) no payment is written and the gateway
+    /// is not asked: the points are charged, the reservation confirmed (or failed, when
+    /// the points are short) and `PaymentRequested` enqueued, and the answer is
+    /// `ACCEPTED` (or `FAILED`) with no payment id; see [`crate::payment_event`].
+    ///
     /// # Errors
     /// [`BookingError::NotFound`] (key), [`BookingError::KeyReused`],
     /// [`BookingError::NotPayable`], database and outbox errors.
