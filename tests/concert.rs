@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use concert::api::{router, ApiState, CheckoutResponse, TokenResponse, IDEMPOTENCY_KEY_HEADER, QUEUE_TOKEN_HEADER};
-use concert::booking::{Booking, PaymentView, Reservation};
+use concert::api::{router, ApiState, IDEMPOTENCY_KEY_HEADER};
+use concert::booking::{Booking, PaymentView};
 use concert::events::PaymentCompleted;
 use concert::gateway::{DemoGateway, GatewayBehaviour, GatewayClient};
 use concert::http::Server;
@@ -67,38 +67,7 @@ impl World {
     /// Token, reservation and checkout for `user` on seat `user`; returns the
     /// reservation id and the idempotency key.
     async fn checkout(&self, user: i64) -> (i64, String) {
-        let base = self.api.url();
-        let t: TokenResponse = self
-            .http
-            .post(format!("{base}/api/queue/tokens"))
-            .json(&json!({ "user_id": user }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let r: Reservation = self
-            .http
-            .post(format!("{base}/api/reservations"))
-            .header(QUEUE_TOKEN_HEADER, t.token)
-            .json(&json!({ "user_id": user, "seat_id": user }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let c: CheckoutResponse = self
-            .http
-            .post(format!("{base}/api/reservations/{}/checkout", r.id))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        (r.id, c.idempotency_key.to_string())
+        checkout_over_http(&self.http, &self.api.url(), user).await
     }
 
     async fn pay(&self, key: &str, reservation: i64, user: i64) -> (StatusCode, serde_json::Value) {

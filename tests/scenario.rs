@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
-use concert::api::{CheckoutResponse, TokenResponse, IDEMPOTENCY_KEY_HEADER, QUEUE_TOKEN_HEADER};
+use concert::api::IDEMPOTENCY_KEY_HEADER;
 use concert::app::{App, AppConfig, Flows, WorkerRole, Workers};
-use concert::booking::{PaymentView, Reservation};
+use concert::booking::PaymentView;
 use concert::db::Db;
 use concert::payment_event::PaymentCreation;
 use concert::scenario::{run, Report, ScenarioConfig};
@@ -170,33 +170,13 @@ async fn the_payment_record_is_created_by_the_consumer_group_not_the_use_case() 
     let (http, base) = (reqwest::Client::new(), app.api.url());
     let mut answers = Vec::new();
     for user in [1i64, 2] {
-        let t: TokenResponse = http
-            .post(format!("{base}/api/queue/tokens"))
-            .json(&json!({ "user_id": user }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let r: Reservation = http
-            .post(format!("{base}/api/reservations"))
-            .header(QUEUE_TOKEN_HEADER, t.token)
-            .json(&json!({ "user_id": user, "seat_id": user }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let c: CheckoutResponse =
-            http.post(format!("{base}/api/reservations/{}/checkout", r.id)).send().await.unwrap().json().await.unwrap();
+        let (reservation, key) = checkout_over_http(&http, &base, user).await;
         // Sent twice: the same answer, one payment.
         for _ in 0..2 {
             let resp = http
                 .post(format!("{base}/api/payments"))
-                .header(IDEMPOTENCY_KEY_HEADER, c.idempotency_key.to_string())
-                .json(&json!({ "reservation_id": r.id, "user_id": user }))
+                .header(IDEMPOTENCY_KEY_HEADER, &key)
+                .json(&json!({ "reservation_id": reservation, "user_id": user }))
                 .send()
                 .await
                 .unwrap();

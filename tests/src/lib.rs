@@ -624,3 +624,36 @@ impl Drop for OwnBroker {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The reference app's way to a payment over its HTTP API, for user `user` and seat
+/// `user`: a queue token, a reservation with it, then the checkout. Returns the
+/// reservation id and the checkout's idempotency key.
+///
+/// # Panics
+/// When a request fails or an answer is not the expected JSON.
+pub async fn checkout_over_http(http: &reqwest::Client, base: &str, user: i64) -> (i64, String) {
+    use concert::api::{CheckoutResponse, TokenResponse, QUEUE_TOKEN_HEADER};
+    use serde_json::json;
+    let t: TokenResponse = http
+        .post(format!("{base}/api/queue/tokens"))
+        .json(&json!({ "user_id": user }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r: concert::booking::Reservation = http
+        .post(format!("{base}/api/reservations"))
+        .header(QUEUE_TOKEN_HEADER, t.token)
+        .json(&json!({ "user_id": user, "seat_id": user }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let c: CheckoutResponse =
+        http.post(format!("{base}/api/reservations/{}/checkout", r.id)).send().await.unwrap().json().await.unwrap();
+    (r.id, c.idempotency_key.to_string())
+}

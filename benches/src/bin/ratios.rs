@@ -5,7 +5,9 @@
 //! cluster (32 partitions) where the broker must not be the bottleneck (R1–R4, R6);
 //! the TCP broker of `KAFKA_BROKERS` (tansu in CI) for end-to-end latency (R5).
 //! Prints one line per ratio and writes the same as JSON (`--json PATH`, default
-//! `target/ratios.json`). A measurement, never a test: nothing here asserts a time.
+//! `ratios.json` in the build directory). At the end it builds and runs the peer
+//! benchmark of `benches/peers` (P1 and P2 against RustStream; `--no-peers` skips it,
+//! `--peers-only` runs only it). A measurement, never a test: nothing here asserts a time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -430,6 +432,54 @@ async fn latencies(pool: &sqlx::PgPool, kafka: &KafkaConfig, n: usize) -> ((f64,
 
 /// `ratios.json` in the build directory this binary runs from (`<target>/<profile>/ratios`
 /// → `<target>/ratios.json`), wherever `CARGO_TARGET_DIR` put it.
+/// P1 and P2: the peer benchmark (`benches/peers`, a package of its own outside the
+/// workspace so that RustStream and its sqlx 0.9 stay out of every other build), built
+/// and run in this build directory: its `P1`/`P2` lines and their JSON.
+fn peers(quick: bool) -> Vec<(String, String, serde_json::Value)> {
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/Cargo.toml");
+    let target = default_json_path().parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["run", "--release", "--quiet", "--manifest-path", manifest, "--target-dir"]).arg(&target);
+    if quick {
+        cmd.args(["--", "--quick"]);
+    }
+    eprintln!("P1/P2: building and running the peer benchmark ({manifest})");
+    let out = cmd.stderr(std::process::Stdio::inherit()).output();
+    let stdout = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => {
+            let why = format!("not measured: the peer benchmark exited with {}", o.status);
+            return ["P1 relay/ruststream", "P2 consumer/ruststream"]
+                .map(|n| (n[..2].to_owned(), format!("{n} = {why}"), json!({ "error": why })))
+                .into();
+        }
+        Err(e) => {
+            let why = format!("not measured: cargo did not start ({e})");
+            return ["P1 relay/ruststream", "P2 consumer/ruststream"]
+                .map(|n| (n[..2].to_owned(), format!("{n} = {why}"), json!({ "error": why })))
+                .into();
+        }
+    };
+    let values: serde_json::Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("json "))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_default();
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("P1 ") || l.starts_with("P2 "))
+        .map(|l| {
+            let name = &l[..2];
+            let value = json!({
+                "mock": values[format!("{name}_mock")].clone(),
+                "tansu": values[format!("{name}_tansu")].clone(),
+            });
+            (name.to_owned(), l.to_owned(), value)
+        })
+        .collect()
+}
+
 fn default_json_path() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("path of the running binary");
     let target = exe.parent().and_then(|profile| profile.parent()).map(std::path::Path::to_path_buf);
@@ -459,6 +509,12 @@ async fn main() {
     if std::env::args().any(|a| a == "--r4-only") {
         let (line, value) = r4(&pool, &cluster, &mock, scale).await;
         println!("{line}\n{value}");
+        return;
+    }
+    if std::env::args().any(|a| a == "--peers-only") {
+        for (_, line, value) in peers(quick) {
+            println!("{line}\n{value}");
+        }
         return;
     }
     if std::env::args().any(|a| a == "--r7-only") {
@@ -594,6 +650,12 @@ async fn main() {
 
     let (line, value) = r7(&cluster, &mock, &schema, 4 * n2).await;
     record("R7", line, value);
+
+    if !std::env::args().any(|a| a == "--no-peers") {
+        for (name, line, value) in peers(quick) {
+            record(&name, line, value);
+        }
+    }
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     report.insert("machine".into(), json!({ "cores": cores, "quick": quick }));
