@@ -430,8 +430,6 @@ async fn latencies(pool: &sqlx::PgPool, kafka: &KafkaConfig, n: usize) -> ((f64,
     (percentiles(framework), percentiles(raw))
 }
 
-/// `ratios.json` in the build directory this binary runs from (`<target>/<profile>/ratios`
-/// → `<target>/ratios.json`), wherever `CARGO_TARGET_DIR` put it.
 /// P1 and P2: the peer benchmark (`benches/peers`, a package of its own outside the
 /// workspace so that RustStream and its sqlx 0.9 stay out of every other build), built
 /// and run in this build directory: its `P1`/`P2` lines and their JSON.
@@ -450,36 +448,40 @@ fn peers(quick: bool) -> Vec<(String, String, serde_json::Value)> {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
         Ok(o) => {
             let why = format!("not measured: the peer benchmark exited with {}", o.status);
-            return ["P1 relay/ruststream", "P2 consumer/ruststream"]
-                .map(|n| (n[..2].to_owned(), format!("{n} = {why}"), json!({ "error": why })))
-                .into();
+            return not_measured(&why);
         }
         Err(e) => {
-            let why = format!("not measured: cargo did not start ({e})");
-            return ["P1 relay/ruststream", "P2 consumer/ruststream"]
-                .map(|n| (n[..2].to_owned(), format!("{n} = {why}"), json!({ "error": why })))
-                .into();
+            return not_measured(&format!("not measured: cargo did not start ({e})"));
         }
     };
-    let values: serde_json::Value = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("json "))
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_default();
+    // One `json {…}` line per broker, keyed `P1_mock`, `P2_tansu`, ….
+    let mut values = serde_json::Map::new();
+    for line in stdout.lines().filter_map(|l| l.strip_prefix("json ")) {
+        if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(line) {
+            values.extend(m);
+        }
+    }
     stdout
         .lines()
         .filter(|l| l.starts_with("P1 ") || l.starts_with("P2 "))
         .map(|l| {
-            let name = &l[..2];
-            let value = json!({
-                "mock": values[format!("{name}_mock")].clone(),
-                "tansu": values[format!("{name}_tansu")].clone(),
-            });
-            (name.to_owned(), l.to_owned(), value)
+            let broker = if l.contains("(mock broker") { "mock" } else { "tansu" };
+            let name = format!("{}_{broker}", &l[..2]);
+            let value = values.get(&name).cloned().unwrap_or_default();
+            (name, l.to_owned(), value)
         })
         .collect()
 }
 
+/// P1 and P2 as lines saying why they were not measured.
+fn not_measured(why: &str) -> Vec<(String, String, serde_json::Value)> {
+    ["P1 relay/ruststream", "P2 consumer/ruststream"]
+        .map(|n| (n[..2].to_owned(), format!("{n} = {why}"), json!({ "error": why })))
+        .into()
+}
+
+/// `ratios.json` in the build directory this binary runs from (`<target>/<profile>/ratios`
+/// → `<target>/ratios.json`), wherever `CARGO_TARGET_DIR` put it.
 fn default_json_path() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("path of the running binary");
     let target = exe.parent().and_then(|profile| profile.parent()).map(std::path::Path::to_path_buf);
