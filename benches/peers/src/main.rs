@@ -224,6 +224,23 @@ async fn ruststream_consumer(url: &str, schema: &str, brokers: &str, n: usize, w
     let count = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM peer_effects").fetch_one(&pool).await.unwrap() as usize
     };
+    let (rate, done) = consumed(n, count).await;
+    running.shutdown().await.expect("RustStream consumer stops");
+    if done < n {
+        eprintln!("RustStream's consumer stalled: {done} of {n} records in {DEADLINE:?}");
+        return f64::NAN;
+    }
+    rate
+}
+
+/// Waits for the first business row (the group join is not timed), then for `n`:
+/// records/s from the first row to the last, and how many rows there were when it
+/// stopped (fewer than `n` past [`DEADLINE`]).
+async fn consumed<F, Fut>(n: usize, count: F) -> (f64, usize)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
     let joined = Instant::now();
     while count().await == 0 && joined.elapsed() < DEADLINE {
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -234,13 +251,7 @@ async fn ruststream_consumer(url: &str, schema: &str, brokers: &str, n: usize, w
         tokio::time::sleep(Duration::from_millis(2)).await;
         done = count().await;
     }
-    let rate = (done - first) as f64 / start.elapsed().as_secs_f64();
-    running.shutdown().await.expect("RustStream consumer stops");
-    if done < n {
-        eprintln!("RustStream's consumer stalled: {done} of {n} records in {DEADLINE:?}");
-        return f64::NAN;
-    }
-    rate
+    ((done - first) as f64 / start.elapsed().as_secs_f64(), done)
 }
 
 async fn peer_pool(url: &str, schema: &str, max: u32) -> sqlx::PgPool {
@@ -342,17 +353,7 @@ async fn our_consumer(pool: &sqlx08::PgPool, kafka: &KafkaConfig, topic: &str, n
     let count = || async {
         sqlx08::query_scalar::<_, i64>("SELECT count(*) FROM effects").fetch_one(pool).await.unwrap() as usize
     };
-    let joined = Instant::now();
-    while count().await == 0 && joined.elapsed() < DEADLINE {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let (start, first) = (Instant::now(), count().await);
-    let mut done = first;
-    while done < n && start.elapsed() < DEADLINE {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        done = count().await;
-    }
-    let rate = (done - first) as f64 / start.elapsed().as_secs_f64();
+    let (rate, done) = consumed(n, count).await;
     let stats = format!("{:?}", c.stats());
     OUR_TRANSACTIONS.store(c.stats().batches(), Ordering::Relaxed);
     c.shutdown().await.unwrap();
