@@ -52,6 +52,7 @@ pub struct ListenerContainerBuilder<DB: Backend = DefaultBackend> {
     identity: IdentitySource,
     unknown_event_types: UnknownEventType,
     consumer_properties: Vec<(String, String)>,
+    watermark_dedup: bool,
 }
 
 impl<DB: Backend> std::fmt::Debug for ListenerContainerBuilder<DB> {
@@ -89,6 +90,7 @@ impl<DB: Backend> ListenerContainer<DB> {
             identity: IdentitySource::envelope(),
             unknown_event_types: UnknownEventType::DeadLetter,
             consumer_properties: Vec::new(),
+            watermark_dedup: false,
         }
     }
 }
@@ -219,6 +221,32 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
         self
     }
 
+    /// Deduplicates records numbered by a relay with
+    /// [`crate::OutboxRelayBuilder::sequence_numbers`] by a watermark instead of a
+    /// deduplication row each (default off; PostgreSQL only).
+    ///
+    /// Per group, topic, partition and source (outbox table and shard) the container
+    /// keeps the highest number applied in `rk_watermarks`, read with a lock and raised
+    /// in the handler's transaction: two statements per batch, whatever its size. A
+    /// numbered record at or below it is a duplicate. The relay guarantees that a row's
+    /// first copy never reaches a partition after a higher number of its source.
+    ///
+    /// Records without a number (other producers, re-driven records, replayed parked
+    /// records: the header [`crate::headers::RELAY_SEQ`] is dropped when a record is
+    /// re-published on purpose), copies in retry topics and records of key-blocking
+    /// handlers keep the deduplication row. The first batch of a source without a
+    /// watermark writes deduplication rows too, so turning the mode on while records
+    /// processed before are delivered again applies none twice. Turn the relay's
+    /// numbers on with its backlog published: a row sent before without a number and
+    /// again with one would be applied twice.
+    ///
+    /// [`ListenerContainerBuilder::build`] rejects it on SQLite and MySQL
+    /// (`Error::Config` naming `watermark_dedup`).
+    pub fn watermark_dedup(mut self, on: bool) -> Self {
+        self.watermark_dedup = on;
+        self
+    }
+
     /// Deduplication table (default `rk_processed_messages`), optionally schema-qualified.
     pub fn processed_table(mut self, table: impl Into<String>) -> Self {
         self.processed_table = table.into();
@@ -236,7 +264,8 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
     /// not shorter than `max.poll.interval.ms`, an invalid or conflicting
     /// `circuit_breaker` or `retry_topics` (a handler with retry topics and its own
     /// back-off, equal delays named by value, a breaker that opens after the last
-    /// attempt), an invalid `processed_table`, a zero `commit_interval`.
+    /// attempt), an invalid `processed_table`, a zero `commit_interval`,
+    /// `watermark_dedup` on a backend other than PostgreSQL.
     /// [`Error::Kafka`] when librdkafka rejects the configuration.
     pub fn build(self) -> Result<ListenerContainer<DB>, Error> {
         validate_identifier("processed_table", &self.processed_table)?;
@@ -248,6 +277,9 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
         }
         if self.commit_interval.is_zero() {
             return Err(ConfigError::invalid("commit_interval", "must be greater than zero").into());
+        }
+        if self.watermark_dedup && !DB::WATERMARKS {
+            return Err(ConfigError::invalid("watermark_dedup", "watermarks need PostgreSQL").into());
         }
         if self.handlers.is_empty() {
             return Err(ConfigError::Missing { key: "handler".into() }.into());
@@ -433,6 +465,7 @@ impl<DB: Backend> ListenerContainerBuilder<DB> {
             handler_timeout: self.handler_timeout,
             processed_retention: self.processed_retention,
             retries: rdkafka::consumer::Consumer::context(&consumer).retries.clone(),
+            watermark: self.watermark_dedup,
         };
         Ok(ListenerContainer::new(
             Arc::new(consumer),

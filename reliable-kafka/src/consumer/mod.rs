@@ -37,6 +37,7 @@ mod retry_topics;
 mod routes;
 mod scheduler;
 mod stats;
+pub(crate) mod watermark;
 
 pub use breaker::{CircuitBreaker, CircuitState};
 pub use builder::{

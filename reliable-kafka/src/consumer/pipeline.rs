@@ -44,6 +44,8 @@ pub(crate) struct Pipeline<DB: Backend> {
     /// Each partition's failing record between attempts (shared with the rebalance
     /// callback, which forgets those of revoked partitions).
     pub retries: Arc<Retries>,
+    /// Deduplicate numbered records by watermark (`watermark.rs`).
+    pub watermark: bool,
 }
 
 /// What may stop a record's processing. Shutdown cuts infrastructure waits short (the
@@ -170,12 +172,15 @@ impl<DB: Backend> Pipeline<DB> {
     async fn try_batch<M: Message + Sync>(&self, batch: &[M], stop: Stop<'_>) -> Result<(), BatchError> {
         let topic = self.routes.get(batch[0].topic()).ok_or(BatchError::NoRoute)?;
         let mut items = Vec::with_capacity(batch.len());
+        let mut numbers = Vec::with_capacity(batch.len());
         let mut skipped = 0;
         for msg in batch {
             match topic.resolve(msg, self.unknown_event_types) {
                 Resolution::Route(route, info) => {
                     let payload = msg.payload().unwrap_or_default();
                     let event = route.handler.decode(payload).map_err(BatchError::Decode)?;
+                    // (a batch has no retry topic nor key-blocking handler)
+                    numbers.push(self.number_of(msg, false, false));
                     items.push((route, info, event));
                 }
                 Resolution::Skip { .. } => skipped += 1,
@@ -200,19 +205,16 @@ impl<DB: Backend> Pipeline<DB> {
             items.iter().map(|(_, info, _)| info.traceparent.as_deref()),
         );
         let mut tx = DB::begin_write(&self.pool).await.map_err(BatchError::Database)?;
-        let new: HashSet<Uuid> = if crate::fault::sabotaged(crate::fault::SABOTAGE_NO_DEDUP) {
-            ids.iter().copied().collect()
-        } else {
-            DB::insert_dedup_batch(&mut tx, &self.dedup_sql, &self.group, &ids).await.map_err(BatchError::Database)?
-        };
+        let place = (batch[0].topic(), batch[0].partition());
+        let (new, marks) = self.admit(&mut tx, place, &ids, &numbers).await.map_err(BatchError::Database)?;
         let mut ctx = HandlerContext::open(Some(tx), None, items[0].1.clone(), 1, self.group.clone());
         let mut handled = HashSet::with_capacity(new.len());
         let mut produced_at = Vec::with_capacity(new.len());
         // Runs of consecutive new records of one route.
         let mut runs: Vec<(&Route<DB>, Vec<_>)> = Vec::new();
-        for (route, info, event) in items {
+        for ((route, info, event), new) in items.into_iter().zip(new) {
             // Already processed, or a second copy within the batch.
-            if new.contains(&info.message_id) && handled.insert(info.message_id) {
+            if new && handled.insert(info.message_id) {
                 produced_at.push(info.produced_at_ms);
                 match runs.last_mut() {
                     Some((r, work)) if std::ptr::eq(*r, route) => work.push((event, info)),
@@ -248,6 +250,7 @@ impl<DB: Backend> Pipeline<DB> {
             TransactionState::Open => {}
             TransactionState::Aborted => return Err(BatchError::Aborted),
         }
+        self.raise(ctx.transaction(), place, &marks).await.map_err(BatchError::Database)?;
         if stop.revoked.is_cancelled() {
             return Err(BatchError::Cancelled);
         }
@@ -363,10 +366,19 @@ impl<DB: Backend> Pipeline<DB> {
         }
         let infra = |op| move |e| AttemptError::Infrastructure(Error::Database { operation: op, source: e });
         let mut tx = DB::begin_write(&self.pool).await.map_err(infra("begin handler transaction"))?;
-        let new = crate::fault::sabotaged(crate::fault::SABOTAGE_NO_DEDUP)
-            || DB::insert_dedup(&mut tx, &self.dedup_sql, &self.group, info.message_id)
-                .await
-                .map_err(infra("insert dedup row"))?;
+        let place = (msg.topic(), msg.partition());
+        let number = self.number_of(msg, self.routes.get(msg.topic()).is_some_and(|t| t.retry_stage.is_some()), route.key_blocking);
+        let mut marks = None;
+        let new = if number.is_none() {
+            crate::fault::sabotaged(crate::fault::SABOTAGE_NO_DEDUP)
+                || DB::insert_dedup(&mut tx, &self.dedup_sql, &self.group, info.message_id)
+                    .await
+                    .map_err(infra("insert dedup row"))?
+        } else {
+            let (new, m) = self.admit(&mut tx, place, &[info.message_id], &[number]).await.map_err(infra("read watermark"))?;
+            marks = Some(m);
+            new[0]
+        };
         if !new {
             tracing::debug!(group = %self.group, message_id = %info.message_id, "duplicate delivery skipped");
             return Ok(true);
@@ -380,6 +392,9 @@ impl<DB: Backend> Pipeline<DB> {
                 return Err(AttemptError::Handler(HandlerError::permanent(HandlerFault::AbortedTransaction)))
             }
             Err(e) => return Err(classify_db(e, "check handler transaction")),
+        }
+        if let Some(marks) = &marks {
+            self.raise(ctx.transaction(), place, marks).await.map_err(|e| classify_db(e, "raise watermark"))?;
         }
         if stop.revoked.is_cancelled() {
             return Err(AttemptError::Cancelled);

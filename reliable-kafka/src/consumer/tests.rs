@@ -113,6 +113,7 @@ async fn routed(handlers: Vec<Arc<dyn ErasedHandler<Sqlite>>>, unknown: UnknownE
         handler_timeout: Duration::from_secs(5),
         processed_retention: Duration::from_secs(3600),
         retries: Default::default(),
+        watermark: false,
     }
 }
 

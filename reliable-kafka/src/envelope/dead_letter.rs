@@ -195,7 +195,8 @@ pub(crate) fn redrive_headers<H: Headers>(h: Option<&H>, count: u32) -> OwnedHea
     let mut out = OwnedHeaders::new_with_capacity(h.map_or(0, |h| h.count()) + 1);
     for x in h.into_iter().flat_map(|h| h.iter()) {
         let dead_letter = headers::DEAD_LETTER_PREFIXES.iter().any(|p| x.key.starts_with(p));
-        if !dead_letter && x.key != headers::REDRIVE_COUNT {
+        // The relay's sequence number goes too: a consumer's watermark is past it.
+        if !dead_letter && x.key != headers::REDRIVE_COUNT && x.key != headers::RELAY_SEQ {
             out = out.insert(Header { key: x.key, value: x.value });
         }
     }
@@ -252,6 +253,7 @@ mod tests {
         };
         let own = OwnedHeaders::new()
             .insert(Header { key: headers::MESSAGE_ID, value: Some("id") })
+            .insert(Header { key: headers::RELAY_SEQ, value: Some("5f0c/0:42") })
             .insert(Header { key: headers::REDRIVE_COUNT, value: Some("1") });
         let dead = info.append_to(own);
         assert_eq!(redrive_count(Some(&dead)), 1);

@@ -79,6 +79,14 @@ pub const DLT_PAYLOAD_OMITTED: &str = "rk-dlt-payload-omitted";
 /// the re-driver and carried through the next dead-lettering, so the bound
 /// (`max_redrives`) holds across cycles.
 pub const REDRIVE_COUNT: &str = "rk-redrive-count";
+/// The relay's sequence number of the record, `<source>:<n>` (ASCII): `<source>` names
+/// the outbox table and shard that numbered it (`<uuid>/<shard>`), `<n>` is a decimal
+/// that grows with each row the shard numbers. Written by a relay with
+/// `OutboxRelayBuilder::sequence_numbers`; read by consumers in watermark mode
+/// (`ListenerContainerBuilder::watermark_dedup`). Re-drive, retry topics and the replay
+/// of parked records drop it, so that a watermark never swallows a copy sent again on
+/// purpose.
+pub const RELAY_SEQ: &str = "rk-relay-seq";
 
 /// Retry topics (Spring Kafka's name): the attempt a record in a retry topic is for,
 /// a 4-byte big-endian integer (2 in the first retry topic).

@@ -177,7 +177,7 @@ pub(crate) fn replay_headers(json: &serde_json::Value) -> OwnedHeaders {
     let mut out = OwnedHeaders::new();
     for h in json.as_array().into_iter().flatten() {
         let Some(key) = h.get("key").and_then(|k| k.as_str()) else { continue };
-        if headers::DEAD_LETTER_PREFIXES.iter().any(|p| key.starts_with(p)) || key == headers::REDRIVE_COUNT {
+        if headers::DEAD_LETTER_PREFIXES.iter().any(|p| key.starts_with(p)) || key == headers::REDRIVE_COUNT || key == headers::RELAY_SEQ {
             continue;
         }
         let value: Option<Vec<u8>> =
@@ -211,6 +211,7 @@ mod tests {
             { "key": "kafka_dlt-original-partition", "hex": "00000002" },
             { "key": "rk-dlt-reason", "value": "retries-exhausted" },
             { "key": "rk-redrive-count", "value": "3" },
+            { "key": "rk-relay-seq", "value": "5f0c/0:42" },
             { "key": "trace-bin", "hex": "00ff10" },
             { "key": "empty" },
             { "key": "edited", "hex": "zz€41" },

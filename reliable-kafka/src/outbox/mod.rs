@@ -1,9 +1,13 @@
 //! Transactional outbox: write an event in the same database transaction as the
 //! business change; the [`OutboxRelay`] publishes it after commit.
 
+mod builder;
 mod pipeline;
 mod record;
 mod relay;
+mod sequence;
+#[cfg(test)]
+mod sequence_model;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -17,7 +21,8 @@ use crate::{BackendConnection, Codec, ConfigError, Error, Event};
 #[cfg(feature = "testing")]
 pub(crate) use pipeline::Until;
 pub use record::HeaderFormat;
-pub use relay::{OutboxRelay, OutboxRelayBuilder, RelayBatch, RelayHandle, DEFAULT_MAX_PENDING_AGE, MAX_SHARDS};
+pub use builder::{OutboxRelayBuilder, DEFAULT_MAX_PENDING_AGE, MAX_SHARDS};
+pub use relay::{OutboxRelay, RelayBatch, RelayHandle};
 pub use stats::RelayStats;
 
 /// Writes events to the outbox table inside the caller's transaction.

@@ -15,6 +15,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
+use rdkafka::error::KafkaError;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -35,6 +37,25 @@ pub(super) struct Sending {
     /// `None`: counted as delivered without waiting (the stubbed benchmark relay, the
     /// mark-before-send sabotage).
     deliveries: Option<Vec<Pending>>,
+    /// The acknowledgements, once awaited ([`Sending::acked`]); `Some(None)`: the wait
+    /// was cut by shutdown (nothing is known: the rows stay pending as they are).
+    results: Option<Option<Vec<Result<(), KafkaError>>>>,
+}
+
+impl Sending {
+    /// Awaits the acknowledgements (until `shutdown`, which leaves them unknown) and
+    /// keeps them for the settle; whether every record was acknowledged.
+    async fn acked(&mut self, shutdown: Option<&CancellationToken>) -> bool {
+        if self.results.is_none() {
+            let Some(d) = self.deliveries.take() else { return true };
+            let never = CancellationToken::new();
+            self.results = Some(tokio::select! {
+                r = await_deliveries(d) => Some(r),
+                _ = shutdown.unwrap_or(&never).cancelled() => None,
+            });
+        }
+        self.results.as_ref().is_some_and(|r| r.as_ref().is_some_and(|r| r.iter().all(Result::is_ok)))
+    }
 }
 
 /// What settling one batch did.
@@ -84,6 +105,10 @@ impl<DB: Backend> OutboxRelay<DB> {
                 && until.deadline.is_none_or(|d| Instant::now() < d)
                 && !until.shutdown.as_ref().is_some_and(|t| t.is_cancelled())
         };
+        if self.cfg.sequenced {
+            // Every batch of the last run is settled: nothing of the old one is in flight.
+            self.producer.renew_if_fatal(&self.cfg.table);
+        }
         let mut next: Vec<OutboxRow> = Vec::new();
         if may_claim(claims, false) {
             next = DB::claim_outbox(&self.pool, lease, &self.cfg.sql, limit, &[])
@@ -99,6 +124,16 @@ impl<DB: Backend> OutboxRelay<DB> {
         let mut prev: Option<Sending> = None;
         let mut failure: Option<(Error, bool)> = None;
         while failure.is_none() && (!next.is_empty() || prev.is_some()) {
+            // With sequence numbers a batch goes out only once the one before it is
+            // acknowledged (`sequence.rs`, rule 4); after a failure, not at all.
+            if self.cfg.sequenced && !next.is_empty() {
+                if let Some(p) = prev.as_mut() {
+                    if !p.acked(until.shutdown.as_ref()).await {
+                        halted = true;
+                        next.clear();
+                    }
+                }
+            }
             // Stage 1: hand the claimed batch to the producer, on a task of its own.
             let (mut current, enqueued) = match std::mem::take(&mut next) {
                 rows if rows.is_empty() => (None, None),
@@ -112,7 +147,7 @@ impl<DB: Backend> OutboxRelay<DB> {
             // Stage 2: the batch before it: acknowledgements, then its marks.
             let settle = async {
                 match prev.take() {
-                    Some(p) => self.settle(p).await.map(Some),
+                    Some(p) => self.settle(p, until.shutdown.as_ref()).await.map(Some),
                     None => Ok(None),
                 }
             };
@@ -166,7 +201,7 @@ impl<DB: Backend> OutboxRelay<DB> {
                     if let Some(d) = p.deliveries {
                         await_deliveries(d).await;
                     }
-                } else if let Err(settle) = self.settle(p).await {
+                } else if let Err(settle) = self.settle(p, until.shutdown.as_ref()).await {
                     // The claim failed, not the batch in flight: its rows are marked
                     // unless the database refuses that too.
                     tracing::warn!(error = %crate::report(&settle), "outbox rows delivered but not marked; they will be published again");
@@ -183,14 +218,14 @@ impl<DB: Backend> OutboxRelay<DB> {
     }
 
     /// Awaits a batch's acknowledgements and records them; returns what it settled.
-    async fn settle(&self, sending: Sending) -> Result<Settled, Error> {
+    async fn settle(&self, sending: Sending, shutdown: Option<&CancellationToken>) -> Result<Settled, Error> {
         let span = sending.span.clone();
         let oldest_failed = |published: &Published, meta: &[(usize, DateTime<Utc>)], ids: &[Uuid]| {
             let failed: std::collections::HashSet<Uuid> = published.failed.iter().map(|f| f.id).collect();
             ids.iter().zip(meta).filter(|(id, _)| failed.contains(id)).map(|(_, m)| m.1).min()
         };
         let (ids, meta) = (sending.ids.clone(), sending.meta.clone());
-        let published = self.finish(sending).instrument(span.clone()).await;
+        let published = self.finish(sending, shutdown).instrument(span.clone()).await;
         DB::settle_outbox(&self.pool, &self.cfg.sql, &published, self.cfg.max_send_attempts).instrument(span).await?;
         self.account(&published);
         Ok(Settled {
@@ -224,12 +259,12 @@ impl<DB: Backend> OutboxRelay<DB> {
                 }
             })
             .collect();
-        let sending = Sending { span: span.clone(), seqs, ids, meta, topics, deliveries: None };
+        let sending = Sending { span: span.clone(), seqs, ids, meta, topics, deliveries: None, results: None };
         if stub {
             return (sending, None);
         }
         let format = self.cfg.header_format.clone();
-        let producer = self.producer.clone();
+        let producer = self.producer.get();
         if crate::fault::sabotaged(crate::fault::SABOTAGE_MARK_BEFORE_SEND) {
             // Fire and forget: the rows count as sent before Kafka has them.
             tokio::spawn(async move {
@@ -253,12 +288,23 @@ impl<DB: Backend> OutboxRelay<DB> {
     }
 
     /// Awaits the acknowledgements of `sending`: which rows were delivered, which not.
-    async fn finish(&self, sending: Sending) -> Published {
-        let Sending { ids, meta, topics, deliveries, .. } = sending;
-        let Some(deliveries) = deliveries else {
-            return Published { delivered: ids, failed: Vec::new() };
+    async fn finish(&self, mut sending: Sending, shutdown: Option<&CancellationToken>) -> Published {
+        if sending.deliveries.is_none() && sending.results.is_none() {
+            return Published { delivered: sending.ids, failed: Vec::new() };
+        }
+        if self.cfg.sequenced {
+            // No local timeout: a broker outage would hold the shutdown.
+            sending.acked(shutdown).await;
+        }
+        let Sending { ids, meta, topics, deliveries, results, .. } = sending;
+        let results = match (results, deliveries) {
+            (Some(Some(r)), _) => r,
+            (Some(None), _) => return Published::default(),
+            (None, Some(d)) => await_deliveries(d).await,
+            (None, None) => return Published::default(),
         };
-        let results = await_deliveries(deliveries).await;
+        // A failure without a fatal error was not written: the row gets a new number.
+        let renumber = self.cfg.sequenced && !self.producer.is_fatal();
         let acked = results.iter().zip(&meta).filter(|(r, _)| r.is_ok()).map(|(_, (t, at))| (topics[*t].as_str(), *at));
         self.metrics.batch(meta.len(), acked);
         let mut out = Published { delivered: Vec::with_capacity(ids.len()), failed: Vec::new() };
@@ -269,7 +315,7 @@ impl<DB: Backend> OutboxRelay<DB> {
                     let permanent = crate::kafka::is_permanent_send_error(&e);
                     self.metrics.send_error(permanent);
                     tracing::warn!(message_id = %id, error = %e, permanent, "outbox row not delivered; will retry");
-                    out.failed.push(SendFailure { id, error: e, permanent });
+                    out.failed.push(SendFailure { id, error: e, permanent, renumber });
                 }
             }
         }

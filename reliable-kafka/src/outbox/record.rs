@@ -66,7 +66,7 @@ pub(crate) fn into_record(row: OutboxRow, format: &HeaderFormat) -> OutRecord {
     // consumer dead-letters it as unsupported instead of taking it for version 0.
     let version = u32::try_from(row.schema_version).unwrap_or(u32::MAX);
     let extra = row.headers.as_object();
-    let mut h = OwnedHeaders::new_with_capacity(11 + extra.map_or(0, |m| m.len()));
+    let mut h = OwnedHeaders::new_with_capacity(12 + extra.map_or(0, |m| m.len()));
     if !matches!(format, HeaderFormat::CloudEvents { .. }) {
         let envelope = Envelope::new(row.id, row.event_type.as_str(), version)
             .with_produced_at_ms(row.created_at.timestamp_millis())
@@ -89,6 +89,9 @@ pub(crate) fn into_record(row: OutboxRow, format: &HeaderFormat) -> OutRecord {
                 h = h.insert(Header { key: headers::SCHEMA_VERSION, value: Some(&version.to_string()) });
             }
         }
+    }
+    if let Some(n) = &row.sequence {
+        h = h.insert(Header { key: headers::RELAY_SEQ, value: Some(n) });
     }
     // Extra headers: a JSON object of strings as written by `Outbox`; other values
     // (from other tools writing the table) are sent as their JSON text.
@@ -119,6 +122,7 @@ mod tests {
             content_type: "application/json".into(),
             headers: serde_json::json!({ "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" }),
             created_at: chrono::Utc::now(),
+            sequence: None,
         }
     }
 

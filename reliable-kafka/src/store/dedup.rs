@@ -44,6 +44,41 @@ pub trait DedupStore: sqlx::Database + Sized {
         }
     }
 
+    /// Whether the backend keeps watermarks (`rk_watermarks`): PostgreSQL.
+    const WATERMARKS: bool = false;
+
+    /// Locks (creating at 0 where missing) the watermarks of `sources` (sorted, no
+    /// repeats) for `group`, `topic` and `partition` until the transaction ends, and
+    /// returns each as (source, highest sequence number applied, in its bootstrap
+    /// window). A watermark created while the group has deduplication rows is in its
+    /// bootstrap window for `retention`.
+    fn lock_watermarks<'a>(
+        conn: &'a mut Self::Connection,
+        sql: &'a Self::DedupSql,
+        retention: std::time::Duration,
+        group: &'a str,
+        topic: &'a str,
+        partition: i32,
+        sources: &'a [&'a str],
+    ) -> impl Future<Output = Result<Vec<(String, i64, bool)>, sqlx::Error>> + Send + 'a {
+        let _ = (conn, sql, retention, group, topic, partition, sources);
+        async { Err(sqlx::Error::Configuration("watermark deduplication needs PostgreSQL".into())) }
+    }
+
+    /// Sets the watermarks of `sources` to `seqs` (locked before by
+    /// [`DedupStore::lock_watermarks`] in the same transaction).
+    fn raise_watermarks<'a>(
+        conn: &'a mut Self::Connection,
+        group: &'a str,
+        topic: &'a str,
+        partition: i32,
+        sources: &'a [String],
+        seqs: &'a [i64],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a {
+        let _ = (conn, group, topic, partition, sources, seqs);
+        async { Err(sqlx::Error::Configuration("watermark deduplication needs PostgreSQL".into())) }
+    }
+
     /// Deletes up to [`super::sql::DELETE_BATCH`] rows of `group` processed before
     /// `older_than`; the number deleted.
     fn prune_dedup<'a>(

@@ -68,7 +68,7 @@ impl OutboxStore for MySql {
     }
 
     /// One shard only (`OutboxRelayBuilder::shards` refuses more).
-    fn relay_sql(t: &str, delete_on_delivery: bool, _shards: u32) -> MySqlRelaySql {
+    fn relay_sql(t: &str, delete_on_delivery: bool, _shards: u32, _sequenced: bool) -> MySqlRelaySql {
         MySqlRelaySql {
             table: t.to_owned(),
             select: format!(

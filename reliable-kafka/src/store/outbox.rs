@@ -46,6 +46,8 @@ pub struct OutboxRow {
     pub content_type: String,
     pub headers: serde_json::Value,
     pub created_at: DateTime<Utc>,
+    /// The relay's sequence number, `<source>:<n>` (relays with sequence numbers).
+    pub sequence: Option<String>,
 }
 
 /// The outbox columns besides the id, as the backends store them (the id's type
@@ -76,6 +78,7 @@ impl OutboxColumns {
             content_type: self.content_type,
             headers: self.headers.0,
             created_at: self.created_at,
+            sequence: None,
         }
     }
 }
@@ -132,6 +135,9 @@ pub struct SendFailure {
     pub error: rdkafka::error::KafkaError,
     /// The broker rejected the record itself; counts toward `max_send_attempts`.
     pub permanent: bool,
+    /// Relays with sequence numbers: the record was not written, and the row gets a
+    /// new number at its next claim (`outbox/sequence.rs`, rule 4).
+    pub renumber: bool,
 }
 
 impl SendFailure {
@@ -193,6 +199,8 @@ pub trait OutboxStore: sqlx::Database + Sized {
     type RelayLease: Send;
     /// Whether several relay instances can share a table by shards.
     const SHARDED_RELAY: bool;
+    /// Whether the relay can number rows (`OutboxRelayBuilder::sequence_numbers`).
+    const SEQUENCED_RELAY: bool = false;
 
     /// Inserts `row` with `sql` ([`super::sql::outbox_insert`]).
     fn insert_outbox<'a>(
@@ -202,8 +210,9 @@ pub trait OutboxStore: sqlx::Database + Sized {
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + 'a;
 
     /// The relay's statements for `table`; delivered rows are deleted at once when
-    /// `delete_on_delivery`; `shards` > 1 splits the rows among relay instances.
-    fn relay_sql(table: &str, delete_on_delivery: bool, shards: u32) -> Self::RelaySql;
+    /// `delete_on_delivery`; `shards` > 1 splits the rows among relay instances;
+    /// `sequenced` numbers the rows (only where [`OutboxStore::SEQUENCED_RELAY`]).
+    fn relay_sql(table: &str, delete_on_delivery: bool, shards: u32, sequenced: bool) -> Self::RelaySql;
 
     /// Takes the relay's lock on the table (sharded: a member slot and this member's
     /// share of the shards); `Ok(None)` when another instance holds it.

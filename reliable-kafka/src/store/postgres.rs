@@ -49,6 +49,7 @@ pub struct PgDedupSql {
     insert: String,
     insert_batch: String,
     prune: String,
+    lock_watermarks: String,
 }
 
 impl DedupStore for Postgres {
@@ -62,6 +63,14 @@ impl DedupStore for Postgres {
                  ON CONFLICT DO NOTHING RETURNING message_id"
             ),
             prune: sql::dedup_prune(t, "ctid"),
+            // The no-op update locks an existing row.
+            lock_watermarks: format!(
+                "INSERT INTO rk_watermarks (consumer_group, topic, kafka_partition, source, seq, bootstrap_until) \
+                 SELECT $1, $2, $3, s, 0, CASE WHEN EXISTS (SELECT 1 FROM {t} WHERE consumer_group = $1) \
+                 THEN now() + make_interval(secs => $5) END FROM unnest($4::text[]) AS u(s) \
+                 ON CONFLICT (consumer_group, topic, kafka_partition, source) DO UPDATE SET seq = rk_watermarks.seq \
+                 RETURNING source, seq, COALESCE(bootstrap_until > now(), false)"
+            ),
         }
     }
 
@@ -83,6 +92,50 @@ impl DedupStore for Postgres {
         let ids: Vec<Uuid> =
             sqlx::query_scalar(&sql.insert_batch).bind(group).bind(message_ids).fetch_all(conn).await?;
         Ok(ids.into_iter().collect())
+    }
+
+    const WATERMARKS: bool = true;
+
+    async fn lock_watermarks(
+        conn: &mut PgConnection,
+        sql: &PgDedupSql,
+        retention: std::time::Duration,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        sources: &[&str],
+    ) -> Result<Vec<(String, i64, bool)>, sqlx::Error> {
+        sqlx::query_as(&sql.lock_watermarks)
+            .bind(group)
+            .bind(topic)
+            .bind(partition)
+            .bind(sources)
+            .bind(retention.as_secs_f64())
+            .fetch_all(conn)
+            .await
+    }
+
+    async fn raise_watermarks(
+        conn: &mut PgConnection,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        sources: &[String],
+        seqs: &[i64],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE rk_watermarks w SET seq = u.seq, updated_at = now() \
+             FROM unnest($4::text[], $5::int8[]) AS u(source, seq) \
+             WHERE w.consumer_group = $1 AND w.topic = $2 AND w.kafka_partition = $3 AND w.source = u.source",
+        )
+        .bind(group)
+        .bind(topic)
+        .bind(partition)
+        .bind(sources)
+        .bind(seqs)
+        .execute(conn)
+        .await
+        .map(|_| ())
     }
 
     async fn prune_dedup(

@@ -61,14 +61,29 @@ struct PgOutboxRow {
     id: Uuid,
     #[sqlx(flatten)]
     columns: OutboxColumns,
+    /// Relays with sequence numbers: the row's number, if it has one, and its shard.
+    #[sqlx(default)]
+    relay_seq: Option<i64>,
+    #[sqlx(default)]
+    shard: i32,
 }
+
+/// Adds `k` to the counters of the given shards of a table (creating them with a random
+/// source id), returning each shard's source and last number.
+const COUNTERS_SQL: &str = "INSERT INTO rk_relay_sequences (outbox_table, shard, last_seq) \
+     SELECT $1::regclass::oid::text, s, k FROM unnest($2::int4[], $3::int8[]) AS u(s, k) \
+     ON CONFLICT (outbox_table, shard) DO UPDATE SET last_seq = rk_relay_sequences.last_seq + excluded.last_seq \
+     RETURNING shard, source, last_seq";
 
 /// The relay's statements for one outbox table.
 #[derive(Debug)]
 pub struct PgRelaySql {
     table: String,
     shards: u32,
+    sequenced: bool,
     select: String,
+    /// Sets `relay_seq` of rows by `seq`.
+    number: String,
     mark: String,
     fail: String,
     cleanup: String,
@@ -103,6 +118,7 @@ impl OutboxStore for Postgres {
     type Listener = PgOutboxListener;
     type RelayLease = PgRelayLease;
     const SHARDED_RELAY: bool = true;
+    const SEQUENCED_RELAY: bool = true;
 
     async fn insert_outbox(conn: &mut PgConnection, sql: &str, row: NewOutboxRow<'_>) -> Result<(), sqlx::Error> {
         sqlx::query(sql)
@@ -120,27 +136,36 @@ impl OutboxStore for Postgres {
             .map(|_| ())
     }
 
-    fn relay_sql(t: &str, delete_on_delivery: bool, shards: u32) -> PgRelaySql {
+    fn relay_sql(t: &str, delete_on_delivery: bool, shards: u32, sequenced: bool) -> PgRelaySql {
+        // Rows written without `key_hash` (before the column, or by other writers)
+        // keep one shard per key through PostgreSQL's own hash of it.
+        let shard = format!("(COALESCE({t}.key_hash, hashtext({t}.aggregateid) & 2147483647, {t}.seq) % {shards})::int4");
         // `NOT IN (SELECT unnest(..))` is a hashed subplan: one probe per row scanned,
         // whatever the number of rows in flight.
-        let sharded = if shards > 1 {
-            // Rows written without `key_hash` (before the column, or by other writers)
-            // keep one shard per key through PostgreSQL's own hash of it.
+        let sharded = if shards > 1 { format!(" AND {shard} = ANY($3::int4[])") } else { String::new() };
+        let columns = "seq, id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers, created_at";
+        let pending = format!("{t} WHERE delivered_at IS NULL AND parked_at IS NULL AND seq NOT IN (SELECT unnest($2::int8[])){sharded}");
+        let select = if sequenced {
+            // Numbered rows first, in number order (sent before: they go out again
+            // before anything newer of their shard), then new rows in `seq` order.
+            let shard = if shards > 1 { shard } else { "0".to_owned() };
             format!(
-                " AND (COALESCE({t}.key_hash, hashtext({t}.aggregateid) & 2147483647, {t}.seq) % {shards})::int4 \
-                 = ANY($3::int4[])"
+                "(SELECT {columns}, relay_seq, {shard} AS shard FROM {pending} AND relay_seq IS NOT NULL \
+                 ORDER BY relay_seq LIMIT $1) UNION ALL \
+                 (SELECT {columns}, relay_seq, {shard} AS shard FROM {pending} AND relay_seq IS NULL \
+                 ORDER BY seq LIMIT $1) LIMIT $1"
             )
         } else {
-            String::new()
+            format!("SELECT {columns} FROM {pending} ORDER BY seq LIMIT $1")
         };
+        // A send that failed without a fatal error was not written: a new number.
+        let renumber = if sequenced { ", relay_seq = CASE WHEN u.renumber THEN NULL ELSE {t}.relay_seq END" } else { "" };
         PgRelaySql {
             table: t.to_owned(),
             shards,
-            select: format!(
-                "SELECT seq, id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers, created_at \
-                 FROM {t} WHERE delivered_at IS NULL AND parked_at IS NULL \
-                 AND seq NOT IN (SELECT unnest($2::int8[])){sharded} ORDER BY seq LIMIT $1"
-            ),
+            sequenced,
+            select,
+            number: format!("UPDATE {t} SET relay_seq = u.n FROM unnest($1::int8[], $2::int8[]) AS u(seq, n) WHERE {t}.seq = u.seq"),
             mark: if delete_on_delivery {
                 format!("DELETE FROM {t} WHERE id = ANY($1)")
             } else {
@@ -148,8 +173,10 @@ impl OutboxStore for Postgres {
             },
             fail: format!(
                 "UPDATE {t} SET attempts = {t}.attempts + 1, last_error = u.err, \
-                 parked_at = CASE WHEN u.permanent AND {t}.attempts + 1 >= $3 THEN now() END \
-                 FROM unnest($1::uuid[], $2::text[], $4::bool[]) AS u(id, err, permanent) WHERE {t}.id = u.id"
+                 parked_at = CASE WHEN u.permanent AND {t}.attempts + 1 >= $3 THEN now() END{renumber} \
+                 FROM unnest($1::uuid[], $2::text[], $4::bool[], $5::bool[]) AS u(id, err, permanent, renumber) \
+                 WHERE {t}.id = u.id",
+                renumber = renumber.replace("{t}", t)
             ),
             cleanup: sql::outbox_cleanup(t, "id"),
         }
@@ -260,6 +287,9 @@ impl OutboxStore for Postgres {
             .fetch_all(&mut lease.conn)
             .await
             .map_err(Error::db("claim outbox rows"))?;
+        if sql.sequenced && !rows.is_empty() {
+            return number_rows(&mut lease.conn, sql, rows).await;
+        }
         Ok(rows.into_iter().map(|r| r.columns.with_id(r.seq, r.id)).collect())
     }
 
@@ -290,11 +320,13 @@ impl OutboxStore for Postgres {
         let ids: Vec<Uuid> = published.failed.iter().map(|f| f.id).collect();
         let errors: Vec<String> = published.failed.iter().map(|f| f.message()).collect();
         let permanent: Vec<bool> = published.failed.iter().map(|f| f.permanent).collect();
+        let renumber: Vec<bool> = published.failed.iter().map(|f| f.renumber).collect();
         sqlx::query(&sql.fail)
             .bind(&ids)
             .bind(&errors)
             .bind(max_attempts)
             .bind(&permanent)
+            .bind(&renumber)
             .execute(&mut *tx)
             .await
             .map_err(Error::db("record outbox send failure"))?;
@@ -330,6 +362,57 @@ impl OutboxStore for Postgres {
             sqlx::query_as(sql).fetch_one(pool).await?;
         Ok(backlog(pending, oldest, parked, delivered))
     }
+}
+
+/// Gives the claimed rows without a number the next numbers of their shards, in claim
+/// order, on the lease's session (only its owner numbers a shard), and returns the
+/// rows with their `<source>:<n>` (`outbox/sequence.rs`).
+async fn number_rows(conn: &mut PgConnection, sql: &PgRelaySql, rows: Vec<PgOutboxRow>) -> Result<Vec<OutboxRow>, Error> {
+    let mut wanted: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
+    for r in &rows {
+        *wanted.entry(r.shard).or_default() += i64::from(r.relay_seq.is_none());
+    }
+    let (shards, counts): (Vec<i32>, Vec<i64>) = wanted.iter().map(|(s, k)| (*s, *k)).unzip();
+    let got: Vec<(i32, Uuid, i64)> = sqlx::query_as(COUNTERS_SQL)
+        .bind(&sql.table)
+        .bind(&shards)
+        .bind(&counts)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::db("take relay sequence numbers"))?;
+    // Per shard: its source and the next number to give.
+    let mut next: std::collections::HashMap<i32, (String, i64)> = got
+        .into_iter()
+        .map(|(shard, source, last)| (shard, (format!("{source}/{shard}"), last - wanted[&shard] + 1)))
+        .collect();
+    let (mut seqs, mut numbers) = (Vec::new(), Vec::new());
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let (source, n) = next.get_mut(&r.shard).ok_or_else(|| Error::Database {
+            operation: "take relay sequence numbers",
+            source: sqlx::Error::RowNotFound,
+        })?;
+        let number = match r.relay_seq {
+            Some(kept) => kept,
+            None => {
+                seqs.push(r.seq);
+                numbers.push(*n);
+                *n += 1;
+                *n - 1
+            }
+        };
+        let sequence = Some(format!("{source}:{number}"));
+        out.push(OutboxRow { sequence, ..r.columns.with_id(r.seq, r.id) });
+    }
+    if !seqs.is_empty() {
+        sqlx::query(&sql.number)
+            .bind(&seqs)
+            .bind(&numbers)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("number outbox rows"))?;
+    }
+    Ok(out)
 }
 
 /// Takes the two-key advisory lock `(table OID, n)` with `lock_sql` ([`TRY_LOCK2_SQL`]

@@ -100,7 +100,7 @@ impl OutboxStore for Sqlite {
     }
 
     /// One shard only: several relays on one SQLite file are not supported.
-    fn relay_sql(t: &str, delete_on_delivery: bool, _shards: u32) -> LiteRelaySql {
+    fn relay_sql(t: &str, delete_on_delivery: bool, _shards: u32, _sequenced: bool) -> LiteRelaySql {
         LiteRelaySql {
             table: t.to_owned(),
             select: format!(
