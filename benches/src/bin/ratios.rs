@@ -1,4 +1,4 @@
-//! The performance ratios R1–R6 of `BENCHMARKS.md`, in one process, on the same
+//! The performance ratios R1–R7 and R1w of `BENCHMARKS.md`, in one process, on the same
 //! database and brokers: `cargo run --release -p reliable-kafka-benches --bin ratios`.
 //!
 //! PostgreSQL (`DATABASE_URL`) for every database figure; librdkafka's in-process mock
@@ -75,6 +75,12 @@ async fn measured<T>(f: impl std::future::Future<Output = T>) -> (T, Duration, C
 
 /// Produces `n` `Work` records with a valid envelope (distinct message ids).
 fn produce(brokers: &str, topic: &str, n: usize) {
+    produce_with(brokers, topic, n, false)
+}
+
+/// As [`produce`]; `numbered` adds the relay's sequence number (`rk-relay-seq`, one
+/// source, numbers 1..=n in produce order), as a relay with sequence numbers writes it.
+fn produce_with(brokers: &str, topic: &str, n: usize, numbered: bool) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
@@ -85,9 +91,12 @@ fn produce(brokers: &str, topic: &str, n: usize) {
         let id = Uuid::now_v7().to_string();
         let payload = serde_json::to_vec(&Work { key: format!("k{}", i % 1000), n: i as u32 }).unwrap();
         let key = format!("k{}", i % 1000);
-        let h = OwnedHeaders::new()
+        let mut h = OwnedHeaders::new()
             .insert(Header { key: headers::MESSAGE_ID, value: Some(&id) })
             .insert(Header { key: headers::EVENT_TYPE, value: Some("Work") });
+        if numbered {
+            h = h.insert(Header { key: headers::RELAY_SEQ, value: Some(&format!("bench/0:{}", i + 1)) });
+        }
         let mut record = BaseRecord::to(topic).key(&key).payload(&payload).headers(h);
         loop {
             match producer.send(record) {
@@ -127,6 +136,60 @@ fn raw_drain(brokers: &str, topic: &str, n: usize) -> Duration {
     first.map(|t| t.elapsed()).unwrap_or_default()
 }
 
+/// Raw rdkafka committing one PostgreSQL transaction per `batch` records (an upsert
+/// of the partition's next offset, the least an exactly-once effect costs): the time
+/// from the first record to the last commit.
+fn raw_tx_drain(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    batch: usize,
+    pool: sqlx::PgPool,
+    rt: tokio::runtime::Handle,
+) -> Duration {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("raw-tx"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).unwrap();
+    rt.block_on(
+        sqlx::query("CREATE TABLE IF NOT EXISTS raw_offsets (topic text, kafka_partition int, next_offset bigint, PRIMARY KEY (topic, kafka_partition))")
+            .execute(&pool),
+    )
+    .unwrap();
+    let (mut got, mut first) = (0, None);
+    let mut pending: Vec<(i32, i64)> = Vec::new();
+    while got < n {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            use rdkafka::Message;
+            first.get_or_insert_with(Instant::now);
+            got += 1;
+            pending.push((m.partition(), m.offset() + 1));
+        }
+        if pending.len() >= batch || (got == n && !pending.is_empty()) {
+            let (parts, offsets): (Vec<i32>, Vec<i64>) = std::mem::take(&mut pending).into_iter().unzip();
+            rt.block_on(async {
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query(
+                    "INSERT INTO raw_offsets SELECT $1, p, max(o) FROM unnest($2::int4[], $3::int8[]) AS u(p, o) GROUP BY p \
+                     ON CONFLICT (topic, kafka_partition) DO UPDATE SET next_offset = excluded.next_offset",
+                )
+                .bind(topic)
+                .bind(&parts)
+                .bind(&offsets)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+            });
+        }
+    }
+    first.map(|t| t.elapsed()).unwrap_or_default()
+}
+
 /// The container draining `n` records of `topic` with `max_batch`; records/s.
 /// How the consumer of a measurement is set up.
 #[derive(Clone, Copy)]
@@ -139,20 +202,23 @@ struct Setup {
     per_record: bool,
     /// `partition_concurrency`.
     partitions: usize,
+    /// `watermark_dedup`.
+    watermark: bool,
 }
 
 impl Setup {
     const fn new(batch: usize, insert: bool) -> Self {
-        Setup { batch, insert, per_record: false, partitions: 1 }
+        Setup { batch, insert, per_record: false, partitions: 1, watermark: false }
     }
 }
 
 async fn container_rate(pool: &sqlx::PgPool, kafka: &KafkaConfig, topic: &str, n: usize, setup: Setup) -> (f64, Cpu) {
-    let Setup { batch, insert, per_record, partitions } = setup;
+    let Setup { batch, insert, per_record, partitions, watermark } = setup;
     let handler = Bench { topic: topic.to_owned(), group: unique("bench"), insert, per_record };
     let c = ListenerContainer::builder(kafka.clone(), pool.clone())
         .max_batch(batch)
         .partition_concurrency(partitions)
+        .watermark_dedup(watermark)
         .handler(handler)
         .build()
         .expect("container")
@@ -549,6 +615,28 @@ async fn main() {
         format!("R1 framework/raw = {:.2} (framework {fw:.0} rec/s, raw {raw:.0} rec/s; no-op handler, max_batch 500, dedup insert per record)", fw / raw),
         json!({ "ratio": fw / raw, "framework_rps": fw, "raw_rps": raw, "cpu_framework": cpu(&fw_cpu), "cpu_raw": cpu(&raw_cpu) }),
     );
+
+    // R1w: the R1 container in watermark mode, on numbered records ÷ raw rdkafka
+    // committing one PostgreSQL transaction per 500 records.
+    let t1w = unique("r1w");
+    cluster.create_topics(&[(&t1w, PARTITIONS)]).unwrap();
+    let (b, t) = (brokers.clone(), t1w.clone());
+    tokio::task::spawn_blocking(move || produce_with(&b, &t, n1, true)).await.unwrap();
+    let (b, t, p, rt) = (brokers.clone(), t1w.clone(), pool.clone(), tokio::runtime::Handle::current());
+    let (raw_tx_wall, _, raw_tx_cpu) =
+        measured(async { tokio::task::spawn_blocking(move || raw_tx_drain(&b, &t, n1, 500, p, rt)).await.unwrap() })
+            .await;
+    let raw_tx = (n1 - 1) as f64 / raw_tx_wall.as_secs_f64();
+    let (wm, wm_cpu) =
+        container_rate(&pool, &mock, &t1w, n1, Setup { watermark: true, ..Setup::new(500, false) }).await;
+    record(
+        "R1w",
+        format!("R1w watermark/raw-tx = {:.2} (framework in watermark mode {wm:.0} rec/s, raw rdkafka with one PostgreSQL transaction per 500 records {raw_tx:.0} rec/s; no-op handler, max_batch 500; dedup-row mode R1 above {fw:.0} rec/s)", wm / raw_tx),
+        json!({ "ratio": wm / raw_tx, "framework_rps": wm, "raw_tx_rps": raw_tx, "row_mode_rps": fw, "cpu_framework": cpu(&wm_cpu), "cpu_raw_tx": cpu(&raw_tx_cpu) }),
+    );
+    if std::env::args().any(|a| a == "--r1-only") {
+        return;
+    }
 
     // R2: idempotent consumer (dedup + business insert, 100 records/tx) ÷ the same SQL from memory.
     let n2 = 50_000 / scale;

@@ -83,6 +83,9 @@ pub struct ChaosConfig {
     /// Relay processes of phase 1 (default 1). With more than one, the outbox is
     /// published in [`RELAY_SHARDS`] shards that the relays split among them.
     pub relays: usize,
+    /// Deduplicate by watermark: the relays number their records and the consumers
+    /// keep a watermark per partition (`AppConfig::watermarks`).
+    pub watermarks: bool,
 }
 
 /// Shards of the outbox relay when phase 1 runs several relays: one per partition.
@@ -139,6 +142,7 @@ impl Default for ChaosConfig {
             phases: Phases::All,
             sabotage: None,
             relays: 1,
+            watermarks: false,
         }
     }
 }

@@ -66,6 +66,10 @@ struct ChaosArgs {
     /// split among them (`OutboxRelayBuilder::shards`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
     relays: u16,
+    /// Deduplicate by watermark: relays with sequence numbers, consumers in watermark
+    /// mode (`OutboxRelayBuilder::sequence_numbers`, `watermark_dedup`).
+    #[arg(long)]
+    watermarks: bool,
 }
 
 #[derive(Subcommand)]
@@ -86,6 +90,9 @@ enum Command {
         /// Shards of the outbox relay (role `relay`).
         #[arg(long, default_value_t = 1)]
         relay_shards: u32,
+        /// Deduplicate by watermark.
+        #[arg(long)]
+        watermarks: bool,
     },
 }
 
@@ -100,8 +107,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let env = Env::from_env();
-    if let Some(Command::Worker { role, webhook_url, max_batch, relay_shards }) = cli.command {
-        return concert_chaos::worker::run(&env, role, &webhook_url, max_batch, relay_shards).await;
+    if let Some(Command::Worker { role, webhook_url, max_batch, relay_shards, watermarks }) = cli.command {
+        return concert_chaos::worker::run(&env, role, &webhook_url, (max_batch, relay_shards, watermarks)).await;
     }
     let args = cli.chaos;
     let defaults = ChaosConfig::default();
@@ -119,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
         phases: args.phases,
         sabotage: args.sabotage,
         relays: usize::from(args.relays),
+        watermarks: args.watermarks,
     };
     let report = concert_chaos::run(cfg).await?;
     let faults: Vec<String> = report.faults.iter().map(|(k, n)| format!("{k}={n}")).collect();

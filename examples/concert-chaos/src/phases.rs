@@ -149,8 +149,13 @@ pub(crate) async fn mock_phase(
     let names = topics();
     cluster.create_topics(&names.iter().map(|t| (t.as_str(), partitions)).collect::<Vec<_>>())?;
     let kafka = cluster.config().set("session.timeout.ms", "6000").set("reconnect.backoff.max.ms", "500");
-    let app = App::start(pool.clone(), store.clone(), kafka, &AppConfig { max_batch: 20, ..app_cfg_base.app_config() })
-        .await?;
+    let app = App::start(
+        pool.clone(),
+        store.clone(),
+        kafka,
+        &AppConfig { max_batch: 20, watermarks: cfg.watermarks, ..app_cfg_base.app_config() },
+    )
+    .await?;
     let (stop_load, load_stopped) = watch::channel(false);
     let load = tokio::spawn(drive_waves(pool.clone(), app.api.url(), app_cfg_base, load_stopped));
     // A container's name is its consumer group.

@@ -102,6 +102,7 @@ impl Supervisor {
             .args(["--role", role_arg.get_name()])
             .args(["--webhook-url", &self.webhook_url])
             .args(["--relay-shards", &if self.cfg.relays > 1 { crate::RELAY_SHARDS } else { 1 }.to_string()])
+            .args(self.cfg.watermarks.then_some("--watermarks"))
             .env("DATABASE_URL", &self.worker_url)
             .env("REDIS_URL", &self.cfg.redis_url)
             .env("REDIS_NAMESPACE", &self.namespace)

@@ -28,8 +28,7 @@ pub async fn run(
     env: &Env,
     role: WorkerRole,
     webhook_url: &str,
-    max_batch: usize,
-    relay_shards: u32,
+    (max_batch, relay_shards, watermarks): (usize, u32, bool),
 ) -> anyhow::Result<()> {
     // First, so that a SIGTERM during start-up still means a graceful stop.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -50,7 +49,7 @@ pub async fn run(
     }
     let db = Db::connect(db_url, 10).await?;
     let store = Store::connect(redis_url, Duration::from_secs(600), &env.redis_namespace).await?;
-    let cfg = AppConfig { max_batch, relay_shards, ..ScenarioConfig::default().app_config() };
+    let cfg = AppConfig { max_batch, relay_shards, watermarks, ..ScenarioConfig::default().app_config() };
     let workers = Workers::start(db.clone(), &store, kafka, &cfg, role, webhook_url)?;
     // stdin is read on a thread of its own: tokio's stdin reads on its blocking pool,
     // and the runtime would wait at exit for that read to end.

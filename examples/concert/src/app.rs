@@ -109,6 +109,11 @@ pub struct AppConfig {
     /// Shards of the outbox relay (PostgreSQL; default 1, one relay publishes); with
     /// several relay processes, one per partition (3) lets each publish its share.
     pub relay_shards: u32,
+    /// Deduplicate by watermark (PostgreSQL; default false): the relay numbers its
+    /// records (`OutboxRelayBuilder::sequence_numbers`) and the consumer groups keep a
+    /// watermark per partition instead of a row per record
+    /// (`ListenerContainerBuilder::watermark_dedup`).
+    pub watermarks: bool,
     /// Run the outbox relay and the consumer groups in this process (default true).
     /// False runs the API, the demo servers, the recovery and the re-driver only, with
     /// the relay and consumers in [`Workers`] processes (as the chaos harness does).
@@ -156,6 +161,7 @@ impl Default for AppConfig {
             create_topics: true,
             relay_poll_interval: Duration::from_millis(500),
             relay_shards: 1,
+            watermarks: false,
             pipeline: true,
             max_batch: 1,
             metrics: None,
@@ -466,6 +472,7 @@ fn start_pipeline<DB: AppBackend>(
             OutboxRelay::builder(kafka.clone(), pool.clone())
                 .poll_interval(cfg.relay_poll_interval)
                 .shards(cfg.relay_shards)
+                .sequence_numbers(cfg.watermarks)
                 .build()?
                 .spawn(),
         ),
@@ -482,7 +489,8 @@ fn start_pipeline<DB: AppBackend>(
         cfg.consumer_properties.iter().fold(
             ListenerContainer::builder(kafka.clone(), pool.clone())
                 .max_batch(cfg.max_batch)
-                .partition_concurrency(cfg.partition_concurrency),
+                .partition_concurrency(cfg.partition_concurrency)
+                .watermark_dedup(cfg.watermarks),
             |b, (k, v)| b.consumer_property(k, v),
         )
     };

@@ -367,7 +367,11 @@ impl<DB: Backend> Pipeline<DB> {
         let infra = |op| move |e| AttemptError::Infrastructure(Error::Database { operation: op, source: e });
         let mut tx = DB::begin_write(&self.pool).await.map_err(infra("begin handler transaction"))?;
         let place = (msg.topic(), msg.partition());
-        let number = self.number_of(msg, self.routes.get(msg.topic()).is_some_and(|t| t.retry_stage.is_some()), route.key_blocking);
+        let number = self.number_of(
+            msg,
+            self.routes.get(msg.topic()).is_some_and(|t| t.retry_stage.is_some()),
+            route.key_blocking,
+        );
         let mut marks = None;
         let new = if number.is_none() {
             crate::fault::sabotaged(crate::fault::SABOTAGE_NO_DEDUP)
@@ -375,7 +379,8 @@ impl<DB: Backend> Pipeline<DB> {
                     .await
                     .map_err(infra("insert dedup row"))?
         } else {
-            let (new, m) = self.admit(&mut tx, place, &[info.message_id], &[number]).await.map_err(infra("read watermark"))?;
+            let (new, m) =
+                self.admit(&mut tx, place, &[info.message_id], &[number]).await.map_err(infra("read watermark"))?;
             marks = Some(m);
             new[0]
         };

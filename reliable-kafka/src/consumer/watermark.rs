@@ -105,7 +105,9 @@ impl<DB: Backend> Pipeline<DB> {
         } else {
             // Sorted, so that two transactions of one partition lock in the same order.
             let retention = self.processed_retention;
-            Marks::new(DB::lock_watermarks(conn, &self.dedup_sql, retention, &self.group, topic, partition, &sources).await?)
+            Marks::new(
+                DB::lock_watermarks(conn, &self.dedup_sql, retention, &self.group, topic, partition, &sources).await?,
+            )
         };
         let rows: Vec<Uuid> = ids
             .iter()

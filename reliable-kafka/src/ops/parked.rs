@@ -177,7 +177,10 @@ pub(crate) fn replay_headers(json: &serde_json::Value) -> OwnedHeaders {
     let mut out = OwnedHeaders::new();
     for h in json.as_array().into_iter().flatten() {
         let Some(key) = h.get("key").and_then(|k| k.as_str()) else { continue };
-        if headers::DEAD_LETTER_PREFIXES.iter().any(|p| key.starts_with(p)) || key == headers::REDRIVE_COUNT || key == headers::RELAY_SEQ {
+        if headers::DEAD_LETTER_PREFIXES.iter().any(|p| key.starts_with(p))
+            || key == headers::REDRIVE_COUNT
+            || key == headers::RELAY_SEQ
+        {
             continue;
         }
         let value: Option<Vec<u8>> =

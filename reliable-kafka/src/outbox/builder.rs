@@ -7,9 +7,9 @@ use sqlx::Pool;
 
 use super::record::HeaderFormat;
 use super::relay::{OutboxRelay, RelayConfig};
+use super::sequence;
 use super::stats::RelayStats;
 use crate::error::validate_identifier;
-use super::sequence;
 use crate::kafka::HealthContext;
 use crate::telemetry::record::RelayMetrics;
 use crate::{Backend, ConfigError, DefaultBackend, Error, KafkaConfig};

@@ -18,10 +18,10 @@ use crate::error::validate_identifier;
 use crate::store::outbox::NewOutboxRow;
 use crate::{BackendConnection, Codec, ConfigError, Error, Event};
 
+pub use builder::{OutboxRelayBuilder, DEFAULT_MAX_PENDING_AGE, MAX_SHARDS};
 #[cfg(feature = "testing")]
 pub(crate) use pipeline::Until;
 pub use record::HeaderFormat;
-pub use builder::{OutboxRelayBuilder, DEFAULT_MAX_PENDING_AGE, MAX_SHARDS};
 pub use relay::{OutboxRelay, RelayBatch, RelayHandle};
 pub use stats::RelayStats;
 

@@ -139,12 +139,16 @@ impl OutboxStore for Postgres {
     fn relay_sql(t: &str, delete_on_delivery: bool, shards: u32, sequenced: bool) -> PgRelaySql {
         // Rows written without `key_hash` (before the column, or by other writers)
         // keep one shard per key through PostgreSQL's own hash of it.
-        let shard = format!("(COALESCE({t}.key_hash, hashtext({t}.aggregateid) & 2147483647, {t}.seq) % {shards})::int4");
+        let shard =
+            format!("(COALESCE({t}.key_hash, hashtext({t}.aggregateid) & 2147483647, {t}.seq) % {shards})::int4");
         // `NOT IN (SELECT unnest(..))` is a hashed subplan: one probe per row scanned,
         // whatever the number of rows in flight.
         let sharded = if shards > 1 { format!(" AND {shard} = ANY($3::int4[])") } else { String::new() };
-        let columns = "seq, id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers, created_at";
-        let pending = format!("{t} WHERE delivered_at IS NULL AND parked_at IS NULL AND seq NOT IN (SELECT unnest($2::int8[])){sharded}");
+        let columns =
+            "seq, id, aggregatetype, aggregateid, type, schema_version, payload, content_type, headers, created_at";
+        let pending = format!(
+            "{t} WHERE delivered_at IS NULL AND parked_at IS NULL AND seq NOT IN (SELECT unnest($2::int8[])){sharded}"
+        );
         let select = if sequenced {
             // Numbered rows first, in number order (sent before: they go out again
             // before anything newer of their shard), then new rows in `seq` order.
@@ -159,13 +163,16 @@ impl OutboxStore for Postgres {
             format!("SELECT {columns} FROM {pending} ORDER BY seq LIMIT $1")
         };
         // A send that failed without a fatal error was not written: a new number.
-        let renumber = if sequenced { ", relay_seq = CASE WHEN u.renumber THEN NULL ELSE {t}.relay_seq END" } else { "" };
+        let renumber =
+            if sequenced { ", relay_seq = CASE WHEN u.renumber THEN NULL ELSE {t}.relay_seq END" } else { "" };
         PgRelaySql {
             table: t.to_owned(),
             shards,
             sequenced,
             select,
-            number: format!("UPDATE {t} SET relay_seq = u.n FROM unnest($1::int8[], $2::int8[]) AS u(seq, n) WHERE {t}.seq = u.seq"),
+            number: format!(
+                "UPDATE {t} SET relay_seq = u.n FROM unnest($1::int8[], $2::int8[]) AS u(seq, n) WHERE {t}.seq = u.seq"
+            ),
             mark: if delete_on_delivery {
                 format!("DELETE FROM {t} WHERE id = ANY($1)")
             } else {
@@ -367,7 +374,11 @@ impl OutboxStore for Postgres {
 /// Gives the claimed rows without a number the next numbers of their shards, in claim
 /// order, on the lease's session (only its owner numbers a shard), and returns the
 /// rows with their `<source>:<n>` (`outbox/sequence.rs`).
-async fn number_rows(conn: &mut PgConnection, sql: &PgRelaySql, rows: Vec<PgOutboxRow>) -> Result<Vec<OutboxRow>, Error> {
+async fn number_rows(
+    conn: &mut PgConnection,
+    sql: &PgRelaySql,
+    rows: Vec<PgOutboxRow>,
+) -> Result<Vec<OutboxRow>, Error> {
     let mut wanted: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
     for r in &rows {
         *wanted.entry(r.shard).or_default() += i64::from(r.relay_seq.is_none());
