@@ -338,3 +338,68 @@ async fn a_final_commit_the_coordinator_never_answers_does_not_hold_the_shutdown
     next.shutdown().await.unwrap();
     assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 1, "no second effect");
 }
+
+/// For each partition of `msgs`: whether every row's first copy comes after no higher
+/// number of its source (what consumers in watermark mode rely on), and the copies.
+fn first_copies_in_number_order(msgs: &[rdkafka::message::OwnedMessage]) -> Result<usize, String> {
+    use rdkafka::message::Message;
+    let mut highest: std::collections::HashMap<(i32, String), i64> = Default::default();
+    let mut seen: HashSet<String> = HashSet::new();
+    for m in msgs {
+        let id = header(m, headers::MESSAGE_ID).expect("message id");
+        let seq = header(m, headers::RELAY_SEQ).expect("numbered");
+        let (source, n) = seq.rsplit_once(':').unwrap();
+        let n: i64 = n.parse().unwrap();
+        let top = highest.entry((m.partition(), source.to_owned())).or_insert(0);
+        if seen.insert(id.clone()) && n <= *top {
+            return Err(format!(
+                "partition {} offset {}: first copy of {id} numbered {n} after {top}",
+                m.partition(),
+                m.offset()
+            ));
+        }
+        *top = (*top).max(n);
+    }
+    Ok(msgs.len() - seen.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numbering_relay_through_produce_errors_keeps_first_copies_in_number_order() {
+    let mock = MockCluster::new(3).unwrap();
+    let topic = unique("mock-numbered");
+    mock.create_topic(&topic, 4, 3).unwrap();
+    let kafka = test_settings(KafkaConfig::new(mock.bootstrap_servers()));
+    let (pool, _schema) = isolated_pool().await;
+    let mut ids = enqueue(&pool, &topic, 0..300).await;
+    use RDKafkaRespErr::*;
+    // Retriable errors, and errors librdkafka's idempotent producer cannot retry
+    // without a gap: with the gapless guarantee they stop the producer (fatal), and the
+    // relay sends the failed rows again with their numbers from a new one.
+    let errors = [
+        RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+        RD_KAFKA_RESP_ERR__TRANSPORT,
+        RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+        RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID,
+        RD_KAFKA_RESP_ERR_INVALID_RECORD,
+    ];
+    mock.request_errors(RDKafkaApiKey::Produce, &errors.repeat(3));
+    let relay = OutboxRelay::builder(kafka.clone(), pool.clone())
+        .batch_size(50)
+        .poll_interval(Duration::from_millis(100))
+        .sequence_numbers(true)
+        .build()
+        .unwrap()
+        .spawn();
+    ids.extend(enqueue(&pool, &topic, 300..600).await);
+    assert!(eventually(Duration::from_secs(90), || async { pending(&pool).await == 0 }).await, "relay caught up");
+    let renewals = relay.stats().producer_renewals();
+    relay.shutdown().await.expect("graceful shutdown");
+    assert!(renewals > 0, "the errors stopped a producer at least once");
+    let msgs = read_topic(&kafka, &topic, ids.len(), Duration::from_secs(30), Duration::from_secs(2)).await;
+    let got = count_by_header(&msgs, headers::MESSAGE_ID);
+    let want: HashSet<String> = ids.into_iter().collect();
+    assert_eq!(got.keys().cloned().collect::<HashSet<_>>(), want, "every row published");
+    let copies = first_copies_in_number_order(&msgs).unwrap();
+    eprintln!("{} records, {copies} second copies, {renewals} producers renewed", msgs.len());
+}

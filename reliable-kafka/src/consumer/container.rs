@@ -446,6 +446,10 @@ impl<DB: Backend> ListenerContainer<DB> {
             let _ = retrier.await; // it ends at shutdown, after the record in hand
         }
         tracing::info!(%group, "stopping: flushing the dead-letter producer, closing the consumer");
+        // The scheduler holds the consumer too: with it alive, the close below would
+        // only drop a reference, and librdkafka's close would run (and block, with the
+        // broker away) on this runtime's thread when `run` returns.
+        drop(scheduler);
         crate::worker::flush(&self.pipeline.producer).await;
         // Leaving the group and destroying the client can block while the broker is
         // away; the offsets are committed, so the wait is bounded.

@@ -107,7 +107,9 @@ impl<DB: Backend> OutboxRelay<DB> {
         };
         if self.cfg.sequenced {
             // Every batch of the last run is settled: nothing of the old one is in flight.
-            self.producer.renew_if_fatal(&self.cfg.table);
+            if self.producer.renew_if_fatal(&self.cfg.table) {
+                self.stats.producer_renewals.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let mut next: Vec<OutboxRow> = Vec::new();
         if may_claim(claims, false) {

@@ -91,15 +91,20 @@ impl ProducerSlot {
     /// Replaces a producer that stopped with a fatal error by a new one (nothing of
     /// the old one is in flight: the pipeline settled every batch). Keeps the old one
     /// when librdkafka refuses a new one.
-    pub(crate) fn renew_if_fatal(&self, table: &str) {
-        let Some((code, reason)) = self.get().client().fatal_error() else { return };
+    /// Returns whether it did.
+    pub(crate) fn renew_if_fatal(&self, table: &str) -> bool {
+        let Some((code, reason)) = self.get().client().fatal_error() else { return false };
         match self.config.create_with_context(self.context.clone()) {
             Ok(fresh) => {
                 tracing::error!(table, error = ?code, reason = %reason,
                     "relay producer stopped with a fatal error; a new one sends the failed rows again with their numbers");
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                true
             }
-            Err(e) => tracing::error!(table, error = %crate::report(&e), "relay producer not replaced"),
+            Err(e) => {
+                tracing::error!(table, error = %crate::report(&e), "relay producer not replaced");
+                false
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ pub struct RelayStats {
     pub(crate) failed: AtomicU64,
     pub(crate) batches: AtomicU64,
     pub(crate) deleted: AtomicU64,
+    pub(crate) producer_renewals: AtomicU64,
     /// Insert time of the oldest row of the last claim, ms since the epoch; 0: none
     /// pending.
     oldest_pending_ms: AtomicU64,
@@ -45,6 +46,7 @@ impl RelayStats {
             failed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
+            producer_renewals: AtomicU64::new(0),
             oldest_pending_ms: AtomicU64::new(0),
             last_delivery_ms: AtomicU64::new(0),
             last_failed: AtomicU64::new(0),
@@ -62,6 +64,12 @@ impl RelayStats {
     /// Failed send attempts (records).
     pub fn failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
+    }
+    /// Producers replaced after a fatal error (relays with sequence numbers, whose
+    /// producer stops instead of leaving a gap; see
+    /// `OutboxRelayBuilder::sequence_numbers`).
+    pub fn producer_renewals(&self) -> u64 {
+        self.producer_renewals.load(Ordering::Relaxed)
     }
     /// Batches that published at least one row.
     pub fn batches(&self) -> u64 {

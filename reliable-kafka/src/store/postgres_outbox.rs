@@ -162,9 +162,13 @@ impl OutboxStore for Postgres {
         } else {
             format!("SELECT {columns} FROM {pending} ORDER BY seq LIMIT $1")
         };
-        // A send that failed without a fatal error was not written: a new number.
-        let renumber =
-            if sequenced { ", relay_seq = CASE WHEN u.renumber THEN NULL ELSE {t}.relay_seq END" } else { "" };
+        // A send that failed without a fatal error was not written: a new number. So
+        // does a row parked now: sent again once un-parked, after higher numbers.
+        let renumber = if sequenced {
+            ", relay_seq = CASE WHEN u.renumber OR (u.permanent AND {t}.attempts + 1 >= $3) THEN NULL ELSE {t}.relay_seq END"
+        } else {
+            ""
+        };
         PgRelaySql {
             table: t.to_owned(),
             shards,
