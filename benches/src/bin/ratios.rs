@@ -7,7 +7,9 @@
 //! Prints one line per ratio and writes the same as JSON (`--json PATH`, default
 //! `ratios.json` in the build directory). At the end it builds and runs the peer
 //! benchmark of `benches/peers` (P1 and P2 against RustStream; `--no-peers` skips it,
-//! `--peers-only` runs only it). A measurement, never a test: nothing here asserts a time.
+//! `--peers-only` runs only it). `--r1-only` stops after R1 and R1w, `--r4-only` and
+//! `--r7-only` run that ratio alone. A measurement, never a test: nothing here asserts
+//! a time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -601,6 +603,10 @@ async fn main() {
     }
     if std::env::args().any(|a| a == "--r7-only") {
         println!("{}", r7(&cluster, &mock, &schema, 200_000 / scale).await.0);
+        return;
+    }
+    if std::env::args().any(|a| a == "--r4-only") {
+        println!("{}", r4(&pool, &cluster, &mock, scale).await.0);
         return;
     }
     let mut lines = Vec::new();

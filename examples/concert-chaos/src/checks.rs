@@ -79,6 +79,21 @@ impl ChaosReport {
     }
 }
 
+/// With `--watermarks`: the consumer groups kept watermarks (`watermarks/rows`, the
+/// groups' highest numbers summed in `watermarks/applied`), so the run proved the
+/// watermark mode, not a fallback to deduplication rows.
+pub(crate) async fn watermarks_used(pool: &Db, report: &mut ChaosReport) -> anyhow::Result<()> {
+    let Db::Postgres(pg) = pool else { anyhow::bail!("--watermarks needs PostgreSQL") };
+    let (rows, applied): (i64, Option<i64>) =
+        sqlx::query_as("SELECT count(*), sum(seq)::int8 FROM rk_watermarks").fetch_one(pg).await?;
+    report.count("watermarks/rows", rows as u64);
+    report.count("watermarks/applied", applied.unwrap_or(0) as u64);
+    if rows == 0 {
+        report.problems.push("watermark mode: no consumer group kept a watermark".to_owned());
+    }
+    Ok(())
+}
+
 /// The faults the demo gateway and webhook receiver injected.
 pub(crate) fn count_demo_faults(app: &App, report: &mut ChaosReport) {
     if let Some((g, _)) = &app.gateway {

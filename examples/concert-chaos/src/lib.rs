@@ -217,6 +217,9 @@ async fn run_in(cfg: &ChaosConfig, dir: &Path, admin: sqlx::PgPool, database: &s
     let backlog = pool.outbox_backlog().await?;
     report.messages = i64::try_from(backlog.pending + backlog.parked + backlog.delivered).unwrap_or(i64::MAX);
     report.kinds = checks::kinds_done(&mut report, cfg.faults_per_kind, cfg.phases);
+    if cfg.watermarks {
+        checks::watermarks_used(&pool, &mut report).await?;
+    }
     // The violated invariants first, then what kept the run from settling.
     let (mut first, rest): (Vec<String>, Vec<String>) =
         report.problems.drain(..).partition(|p| p.starts_with("wave ") || p.starts_with("false dead"));
