@@ -82,7 +82,8 @@ pub struct PgRelaySql {
     shards: u32,
     sequenced: bool,
     select: String,
-    /// Sets `relay_seq` of rows by `seq`.
+    /// Sets `relay_seq` of rows by id (the primary key: `seq` has only the pending
+    /// index, which a join cannot use).
     number: String,
     mark: String,
     fail: String,
@@ -175,7 +176,7 @@ impl OutboxStore for Postgres {
             sequenced,
             select,
             number: format!(
-                "UPDATE {t} SET relay_seq = u.n FROM unnest($1::int8[], $2::int8[]) AS u(seq, n) WHERE {t}.seq = u.seq"
+                "UPDATE {t} SET relay_seq = u.n FROM unnest($1::uuid[], $2::int8[]) AS u(id, n) WHERE {t}.id = u.id"
             ),
             mark: if delete_on_delivery {
                 format!("DELETE FROM {t} WHERE id = ANY($1)")
@@ -400,7 +401,7 @@ async fn number_rows(
         .into_iter()
         .map(|(shard, source, last)| (shard, (format!("{source}/{shard}"), last - wanted[&shard] + 1)))
         .collect();
-    let (mut seqs, mut numbers) = (Vec::new(), Vec::new());
+    let (mut ids, mut numbers) = (Vec::new(), Vec::new());
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let (source, n) = next.get_mut(&r.shard).ok_or_else(|| Error::Database {
@@ -410,7 +411,7 @@ async fn number_rows(
         let number = match r.relay_seq {
             Some(kept) => kept,
             None => {
-                seqs.push(r.seq);
+                ids.push(r.id);
                 numbers.push(*n);
                 *n += 1;
                 *n - 1
@@ -419,9 +420,9 @@ async fn number_rows(
         let sequence = Some(format!("{source}:{number}"));
         out.push(OutboxRow { sequence, ..r.columns.with_id(r.seq, r.id) });
     }
-    if !seqs.is_empty() {
+    if !ids.is_empty() {
         sqlx::query(&sql.number)
-            .bind(&seqs)
+            .bind(&ids)
             .bind(&numbers)
             .execute(&mut *conn)
             .await
