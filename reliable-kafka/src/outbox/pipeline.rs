@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use super::record::into_record;
 use super::relay::{OutboxRelay, RelayBatch};
+use super::sequence::{ProducerSlot, FATAL_CHECK_INTERVAL};
 use crate::kafka::{await_deliveries, enqueue_in_order, OutRecord, Pending};
 use crate::store::outbox::{OutboxRow, Published, SendFailure};
 use crate::{Backend, Error};
@@ -45,13 +46,20 @@ pub(super) struct Sending {
 impl Sending {
     /// Awaits the acknowledgements (until `shutdown`, which leaves them unknown) and
     /// keeps them for the settle; whether every record was acknowledged.
-    async fn acked(&mut self, shutdown: Option<&CancellationToken>) -> bool {
+    async fn acked(&mut self, shutdown: Option<&CancellationToken>, producer: &ProducerSlot) -> bool {
         if self.results.is_none() {
             let Some(d) = self.deliveries.take() else { return true };
             let never = CancellationToken::new();
-            self.results = Some(tokio::select! {
-                r = await_deliveries(d) => Some(r),
-                _ = shutdown.unwrap_or(&never).cancelled() => None,
+            let wait = await_deliveries(d);
+            tokio::pin!(wait);
+            self.results = Some(loop {
+                tokio::select! {
+                    r = &mut wait => break Some(r),
+                    _ = shutdown.unwrap_or(&never).cancelled() => break None,
+                    // Without a local timeout, a producer stopped by a fatal error
+                    // would keep the records it has not failed yet for good.
+                    _ = tokio::time::sleep(FATAL_CHECK_INTERVAL) => producer.purge_if_fatal(),
+                }
             });
         }
         self.results.as_ref().is_some_and(|r| r.as_ref().is_some_and(|r| r.iter().all(Result::is_ok)))
@@ -130,7 +138,7 @@ impl<DB: Backend> OutboxRelay<DB> {
             // acknowledged (`sequence.rs`, rule 4); after a failure, not at all.
             if self.cfg.sequenced && !next.is_empty() {
                 if let Some(p) = prev.as_mut() {
-                    if !p.acked(until.shutdown.as_ref()).await {
+                    if !p.acked(until.shutdown.as_ref(), &self.producer).await {
                         halted = true;
                         next.clear();
                     }
@@ -296,7 +304,7 @@ impl<DB: Backend> OutboxRelay<DB> {
         }
         if self.cfg.sequenced {
             // No local timeout: a broker outage would hold the shutdown.
-            sending.acked(shutdown).await;
+            sending.acked(shutdown, &self.producer).await;
         }
         let Sending { ids, meta, topics, deliveries, results, .. } = sending;
         let results = match (results, deliveries) {

@@ -65,6 +65,10 @@ pub(crate) fn check_sequenced(cfg: &ClientConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// How often a relay with sequence numbers, waiting for acknowledgements, looks
+/// whether its producer stopped with a fatal error.
+pub(crate) const FATAL_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The relay's producer, replaced after a fatal error.
 pub(crate) struct ProducerSlot {
     current: RwLock<Producer>,
@@ -86,6 +90,16 @@ impl ProducerSlot {
     /// Whether the producer in use stopped with a fatal error.
     pub(crate) fn is_fatal(&self) -> bool {
         self.get().client().fatal_error().is_some()
+    }
+
+    /// Fails every record a producer stopped by a fatal error still holds (in its
+    /// queues or in flight: possibly written), so that the relay's wait ends and the
+    /// rows go out again, with their numbers, from a new producer.
+    pub(crate) fn purge_if_fatal(&self) {
+        let producer = self.get();
+        if producer.client().fatal_error().is_some() {
+            producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        }
     }
 
     /// Replaces a producer that stopped with a fatal error by a new one (nothing of
