@@ -134,8 +134,10 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
     /// `relay_seq`, counters in `rk_relay_sequences`) and keeps it when it is sent
     /// again; the record carries it in [`crate::headers::RELAY_SEQ`] (one header more).
     /// The producer runs with `enable.gapless.guarantee=true` and
-    /// `message.timeout.ms=0`: during a broker outage sends wait instead of failing (the
-    /// relay stops at shutdown all the same; its rows stay pending), an error that would
+    /// `message.timeout.ms=0`: during a broker outage sends wait instead of failing (a
+    /// running relay stops at shutdown all the same, its rows pending; `relay_once` and
+    /// `drain` wait as long as the outage, and a sharded instance keeps its shards
+    /// meanwhile), an error that would
     /// leave a gap stops the producer and the relay builds a new one, and a batch is
     /// handed to the producer once the one before it is acknowledged. Why that makes
     /// the watermark safe: the module `outbox::sequence` in the sources.
