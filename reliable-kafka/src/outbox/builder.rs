@@ -74,7 +74,7 @@ impl<DB: Backend> OutboxRelayBuilder<DB> {
         self.max_send_attempts = attempts;
         self
     }
-    /// Age of the oldest pending row above which [`RelayHandle::health`] reports the
+    /// Age of the oldest pending row above which [`RelayHandle::health`](crate::RelayHandle::health) reports the
     /// relay unhealthy (half of it: degraded); default [`DEFAULT_MAX_PENDING_AGE`], 60 s.
     /// Set it from the delay your consumers can bear.
     pub fn max_pending_age(mut self, age: Duration) -> Self {

@@ -22,7 +22,7 @@ use crate::{Backend, DefaultBackend, Error};
 /// 1. **Lease.** The relay takes a session-level advisory lock on the table (key derived
 ///    from the table's OID) on a connection of its own, and keeps it while it runs: of
 ///    several instances exactly one publishes, the others retry at each wake-up. With
-///    [`OutboxRelayBuilder::shards`] > 1 the rows are split into shards by key and
+///    [`OutboxRelayBuilder::shards`](crate::OutboxRelayBuilder::shards) > 1 the rows are split into shards by key and
 ///    every instance holds the locks of its share of them, so several instances publish
 ///    at once (see there).
 /// 2. **Claim.** Up to `batch_size` undelivered rows in `seq` order. Rows are selected by
