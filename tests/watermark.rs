@@ -38,6 +38,29 @@ async fn drain(relay: &OutboxRelay, n: usize) {
     assert_eq!(published, n);
 }
 
+/// A container in watermark mode (batches of up to 50) on `topic` until it has taken
+/// `copies` records, processed or skipped as duplicates.
+async fn consume_in_watermark_mode(
+    kafka: &reliable_kafka::KafkaConfig,
+    pool: &sqlx::PgPool,
+    topic: &str,
+    group: &str,
+    copies: u64,
+) {
+    let c = ListenerContainer::builder(kafka.clone(), pool.clone())
+        .handler(Recorder::new(topic, group, Mode::Succeed, 1))
+        .max_batch(50)
+        .watermark_dedup(true)
+        .build()
+        .unwrap()
+        .spawn();
+    let taken =
+        eventually(Duration::from_secs(60), || async { c.stats().processed() + c.stats().duplicates() == copies })
+            .await;
+    c.shutdown().await.unwrap();
+    assert!(taken, "{copies} records taken");
+}
+
 /// Each record's (source, number).
 fn numbers(msgs: &[OwnedMessage]) -> Vec<(i32, String, i64)> {
     msgs.iter()
@@ -104,17 +127,7 @@ async fn rows_sent_twice_are_applied_once_by_watermark_without_deduplication_row
             .await
             .unwrap();
     }
-    let c = ListenerContainer::builder(kafka.clone(), pool.clone())
-        .handler(Recorder::new(&topic, &group, Mode::Succeed, 1))
-        .max_batch(50)
-        .watermark_dedup(true)
-        .build()
-        .unwrap()
-        .spawn();
-    assert!(
-        eventually(Duration::from_secs(60), || async { c.stats().processed() + c.stats().duplicates() == 122 }).await
-    );
-    c.shutdown().await.unwrap();
+    consume_in_watermark_mode(&kafka, &pool, &topic, &group, msgs.len() as u64 + 2).await;
     assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 61, "each row and the plain record once");
     assert_eq!(count(&pool, "SELECT count(DISTINCT message_id) FROM effects").await, 61);
     assert_eq!(dedup_rows(&pool, &group).await, 1, "only the record without a number has a deduplication row");
@@ -158,17 +171,7 @@ async fn turning_watermarks_on_applies_nothing_twice_that_was_processed_with_row
     drain(&relay, 20).await;
     enqueue(&pool, &topic, 5, 4).await;
     drain(&relay, 5).await;
-    let c = ListenerContainer::builder(kafka.clone(), pool.clone())
-        .handler(Recorder::new(&topic, &group, Mode::Succeed, 1))
-        .max_batch(50)
-        .watermark_dedup(true)
-        .build()
-        .unwrap()
-        .spawn();
-    assert!(
-        eventually(Duration::from_secs(60), || async { c.stats().processed() + c.stats().duplicates() == 25 }).await
-    );
-    c.shutdown().await.unwrap();
+    consume_in_watermark_mode(&kafka, &pool, &topic, &group, 25).await;
     assert_eq!(count(&pool, "SELECT count(*) FROM effects").await, 25, "20 + 5 new, none twice");
     assert_eq!(count(&pool, "SELECT count(DISTINCT message_id) FROM effects").await, 25);
     let mark: i64 = sqlx::query_scalar("SELECT seq FROM rk_watermarks WHERE consumer_group = $1")
